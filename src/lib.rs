@@ -1,0 +1,3 @@
+//! cachefilesd-rs: a drop-in replacement for the Linux cachefilesd daemon.
+
+pub mod proto;

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds (or reuses) the test kernel: Debian's linux-source-6.12 from trixie, fetched with a
+# private apt state so the system's apt never sees trixie, tinyconfig + kernel.config.
+# Prints the path of the cached bzImage on stdout; everything else goes to stderr.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${CACHEFILESD_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cachefilesd-rs}
+fragment=$here/kernel.config
+jobs=${JOBS:-$(nproc)}
+log() { echo "build-kernel: $*" >&2; }
+
+apt_state=$cache/apt
+mkdir -p "$apt_state/lists/partial" "$apt_state/archives/partial"
+echo "deb http://deb.debian.org/debian trixie main" >"$apt_state/trixie.list"
+apt_opts=(-o "Dir::Etc::SourceList=$apt_state/trixie.list" -o Dir::Etc::SourceParts=/dev/null
+  -o "Dir::State::Lists=$apt_state/lists" -o "Dir::Cache::Archives=$apt_state/archives"
+  -o "Dir::Cache=$apt_state" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
+  -o APT::Get::List-Cleanup=false)
+
+# The key uses the package version when apt can tell it; offline, the newest cached source wins.
+version=""
+if [ -z "${CACHEFILESD_VM_OFFLINE:-}" ]; then
+  if apt-get "${apt_opts[@]}" -qq update >&2; then
+    version=$(apt-cache "${apt_opts[@]}" show linux-source-6.12 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n1)
+  fi
+fi
+if [ -z "$version" ]; then
+  version=$(ls "$cache/src" 2>/dev/null | sort -V | tail -n1)
+  [ -n "$version" ] || { log "cannot determine linux-source-6.12 version (no network and no cached source)"; exit 1; }
+fi
+frag_hash=$(sha256sum "$fragment" | cut -c1-16)
+key="$version-$frag_hash"
+out=$cache/kernel/$key
+if [ -s "$out/bzImage" ]; then
+  log "reusing $out/bzImage (key $key)"
+  echo "$out/bzImage"
+  exit 0
+fi
+
+src=$cache/src/$version
+if [ ! -f "$src/Makefile" ]; then
+  log "fetching linux-source-6.12 $version"
+  tmp=$(mktemp -d "$cache/dl.XXXXXX")
+  (cd "$tmp" && apt-get "${apt_opts[@]}" -qq download "linux-source-6.12=$version" >&2)
+  dpkg-deb --fsys-tarfile "$tmp"/linux-source-6.12_*.deb | tar -x -C "$tmp" ./usr/src/linux-source-6.12.tar.xz
+  mkdir -p "$src.tmp"
+  tar -xJf "$tmp/usr/src/linux-source-6.12.tar.xz" -C "$src.tmp" --strip-components=1
+  rm -rf "$tmp" "$src"
+  mv "$src.tmp" "$src"
+fi
+
+build=$cache/build/$key
+rm -rf "$build"
+mkdir -p "$build"
+log "configuring in $build"
+make -s -C "$src" O="$build" tinyconfig >&2
+"$src/scripts/kconfig/merge_config.sh" -m -O "$build" "$build/.config" "$fragment" >&2
+make -s -C "$src" O="$build" olddefconfig >&2
+missing=0
+while IFS= read -r line; do
+  case "$line" in ''|'#'*) continue ;; esac
+  if ! grep -qxF "$line" "$build/.config"; then
+    log "option did not survive olddefconfig: $line"
+    missing=1
+  fi
+done <"$fragment"
+[ "$missing" = 0 ] || exit 1
+log "building bzImage with -j$jobs (about 8 minutes on 2 cores)"
+start=$(date +%s)
+make -s -C "$src" O="$build" -j"$jobs" bzImage >&2
+log "built in $(( $(date +%s) - start )) s"
+mkdir -p "$out"
+cp "$build/arch/x86/boot/bzImage" "$out/bzImage.tmp"
+cp "$build/.config" "$out/config"
+mv "$out/bzImage.tmp" "$out/bzImage"
+rm -rf "$build"
+echo "$out/bzImage"

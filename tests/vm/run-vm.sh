@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Boots the test kernel + initramfs under qemu (TCG) and runs one scenario:
+#   run-vm.sh --kernel K --initrd I --scenario NAME --results DIR
+#             [--data DIR] [--fscached DIR] [--timeout SEC] [--smp N] [--mem M] [--disk-size S]
+#
+# Guest hardware:
+#   /dev/vda   fresh sparse ext4 image (DIR/cache.img, --disk-size, default 256M) for the cache,
+#   9p `results`  DIR, read-write: the guest writes status, output.log, dmesg.txt there,
+#   9p `fscached` a host directory of test files for cache=fscache mounts (read-only; default
+#                 target/vm/fscached, created by make-fscached-data.sh). Always present, and on
+#                 a device of its own: one virtio-9p device serves one mount,
+#   9p `data`     --data DIR, read-only, mounted by /init at /data (only with --data).
+# Serial console goes to DIR/console.log (VM_CONSOLE=1 also shows it live).
+#
+# Exit status: 0 if DIR/status says 0; 77 if it says 77 (scenario skipped); 124 if qemu was
+# killed by the timeout; 1 otherwise, in particular when there is no status file at all.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+log() { echo "run-vm: $*" >&2; }
+usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+kernel= initrd= scenario= results= data= fscached= timeout=300 smp=2 mem=1024M disk_size=256M
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kernel) kernel=$2; shift 2 ;;
+    --initrd) initrd=$2; shift 2 ;;
+    --scenario) scenario=$2; shift 2 ;;
+    --results) results=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
+    --fscached) fscached=$2; shift 2 ;;
+    --timeout) timeout=$2; shift 2 ;;
+    --smp) smp=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --disk-size) disk_size=$2; shift 2 ;;
+    -h|--help) usage ;;
+    *) log "unknown argument: $1"; usage ;;
+  esac
+done
+[ -n "$kernel" ] && [ -n "$initrd" ] && [ -n "$scenario" ] && [ -n "$results" ] || usage
+[ -f "$kernel" ] || { log "no kernel at $kernel"; exit 1; }
+[ -f "$initrd" ] || { log "no initramfs at $initrd"; exit 1; }
+[ -z "$data" ] || [ -d "$data" ] || { log "--data $data is not a directory"; exit 1; }
+case "$timeout" in ''|*[!0-9]*) log "--timeout wants seconds"; exit 2 ;; esac
+
+mkdir -p "$results"
+results=$(cd "$results" && pwd)
+# Results of an earlier run must not be mistaken for this one's.
+rm -f "$results"/{status,output.log,dmesg.txt,console.log,cache.img,cachefilesd.log}
+
+fscached=${fscached:-$repo/target/vm/fscached}
+"$here/make-fscached-data.sh" "$fscached"
+
+# The cache disk: sparse, fresh per run. -m 0: no root reserve, so f_bavail (what cachefiles
+# compares with its thresholds) is simply the free space; 4 KiB blocks regardless of size.
+PATH=$PATH:/usr/sbin:/sbin
+truncate -s "$disk_size" "$results/cache.img"
+mke2fs -q -F -t ext4 -m 0 -b 4096 -L fscache "$results/cache.img"
+
+# The guest watchdog in /init fires 20 s before the host kills qemu, so a hang still leaves
+# dmesg and a process list in DIR.
+guest_timeout=$(( timeout > 40 ? timeout - 20 : timeout / 2 ))
+append="console=ttyS0 panic=-1 quiet loglevel=4 scenario=$scenario vmtimeout=$guest_timeout"
+
+qemu=(qemu-system-x86_64 -nographic -no-reboot -accel tcg -smp "$smp" -m "$mem"
+  -kernel "$kernel" -initrd "$initrd" -append "$append"
+  -monitor none
+  -drive "file=$results/cache.img,if=virtio,format=raw,cache=unsafe"
+  -virtfs "local,path=$results,mount_tag=results,security_model=none,id=results"
+  -virtfs "local,path=$fscached,mount_tag=fscached,security_model=none,id=fscached,readonly=on")
+if [ -n "$data" ]; then
+  qemu+=(-virtfs "local,path=$data,mount_tag=data,security_model=none,id=data,readonly=on")
+fi
+if [ "${VM_CONSOLE:-0}" = 1 ]; then
+  qemu+=(-chardev "stdio,id=con,signal=off,logfile=$results/console.log" -serial chardev:con)
+else
+  qemu+=(-serial "file:$results/console.log")
+fi
+
+log "scenario $scenario: qemu -smp $smp -m $mem, timeout ${timeout}s, results in $results"
+start=$(date +%s.%N)
+set +e
+# -k: qemu ignoring SIGTERM must not outlive the timeout either.
+timeout -k 10 "$timeout" "${qemu[@]}" </dev/null
+qemu_rc=$?
+set -e
+wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+echo "$wall" >"$results/wall-seconds"
+
+status=$(tr -d '[:space:]' <"$results/status" 2>/dev/null || true)
+if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
+  log "scenario $scenario: TIMEOUT after ${wall}s (qemu killed; guest status '${status:-none}')"
+  exit 124
+fi
+[ "$qemu_rc" = 0 ] || log "qemu exited with $qemu_rc"
+log "scenario $scenario: boot-to-result ${wall}s, status '${status:-missing}'"
+case "$status" in
+  0) exit 0 ;;
+  77) exit 77 ;;
+  *) exit 1 ;;
+esac

@@ -1,0 +1,91 @@
+# Helpers shared by the scenario scripts (sourced; busybox sh). Not a scenario itself: run-suite
+# only runs scenarios/*.sh.
+#
+# Conventions: print what is checked; exit 1 on the first failed check (after running the
+# scenario's on_fail hook, if it defines one); exit 77 with the reason as the last line of stdout
+# to skip; `pass` refuses to report success if no check ran.
+
+checks=0
+say() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*"; }
+
+fail() {
+  say "FAIL: $*"
+  if command -v on_fail >/dev/null 2>&1; then
+    trap - EXIT
+    on_fail || true
+  fi
+  exit 1
+}
+
+# check DESCRIPTION COMMAND [ARG...]: runs the command, counts and reports the check.
+check() {
+  _desc=$1
+  shift
+  if "$@"; then
+    checks=$((checks + 1))
+    say "ok $checks: $_desc"
+  else
+    fail "$_desc"
+  fi
+}
+
+skip() { echo "SKIP: $*"; exit 77; }
+
+pass() {
+  [ "$checks" -gt 0 ] || fail "scenario ran no checks"
+  say "PASS: $checks checks"
+  exit 0
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND [ARG...]: polls the command every 0.2 s until it succeeds;
+# counts as a check; fails after SECONDS.
+wait_for() {
+  _limit=$1
+  _desc=$2
+  shift 2
+  _end=$(( $(cut -d. -f1 /proc/uptime) + _limit ))
+  while ! "$@"; do
+    if [ "$(cut -d. -f1 /proc/uptime)" -ge "$_end" ]; then
+      fail "$_desc (waited ${_limit}s)"
+    fi
+    sleep 0.2
+  done
+  checks=$((checks + 1))
+  say "ok $checks: $_desc"
+}
+
+# Filesystem numbers as cachefiles sees them (statfs): total blocks, available blocks, block size.
+fs_blocks() { stat -f -c %b "$1"; }
+fs_bavail() { stat -f -c %a "$1"; }
+fs_bsize() { stat -f -c %S "$1"; }
+
+# The kernel's absolute threshold for PCT percent of TOTAL (fs/cachefiles/cache.c: total/100*pct).
+threshold() { echo $(( $1 / 100 * $2 )); }
+
+# Name cachefiles gives the data object of a 9p inode (fs/cachefiles/key.c, cachefiles_cook_key):
+# the 9p cookie key is the 8-byte little-endian qid.path, and on 64-bit i_ino = qid.path + 2
+# (fs/9p/v9fs_vfs.h QID2INO). Such a key is never printable (its high bytes are 0 for any real
+# inode number), so the name is "S"/"T" + comma separated hex words (zero words empty) when that
+# is shorter than the 14-character base64 form; "S" (big-endian words) wins ties.
+ninep_object_name() { # INODE
+  _path=$(( $1 - 2 ))
+  _lo=$(( _path & 0xffffffff ))
+  _hi=$(( (_path >> 32) & 0xffffffff ))
+  _blo=$(bswap32 "$_lo")
+  _bhi=$(bswap32 "$_hi")
+  _nle=$(( 2 + $(hexdigits "$_lo") + $(hexdigits "$_hi") ))
+  _nbe=$(( 2 + $(hexdigits "$_blo") + $(hexdigits "$_bhi") ))
+  # base64 form: 2 + 4*ceil(8/3) = 14 characters; words are used only when shorter.
+  if [ "$_nbe" -ge 14 ] && [ "$_nle" -ge 14 ]; then
+    echo "base64-name-not-supported"
+    return
+  fi
+  if [ "$_nbe" -le "$_nle" ]; then
+    echo "S$(hexword "$_blo"),$(hexword "$_bhi")"
+  else
+    echo "T$(hexword "$_lo"),$(hexword "$_hi")"
+  fi
+}
+bswap32() { echo $(( (($1 & 0xff) << 24) | (($1 & 0xff00) << 8) | (($1 >> 8) & 0xff00) | (($1 >> 24) & 0xff) )); }
+hexword() { [ "$1" -eq 0 ] || printf '%x' "$1"; }
+hexdigits() { if [ "$1" -eq 0 ]; then echo 0; else printf '%x' "$1" | wc -c; fi; }
