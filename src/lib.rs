@@ -1,3 +1,6 @@
 //! cachefilesd-rs: a drop-in replacement for the Linux cachefilesd daemon.
 
 pub mod proto;
+pub mod config;
+pub mod device;
+pub mod cull;

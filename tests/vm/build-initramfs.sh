@@ -8,7 +8,7 @@
 #   * every BIN given (e.g. target/release/cachefilesd) in /usr/sbin,
 #   * the shared libraries ldd reports for all of the dynamic executables above, at the paths
 #     ldd reports (so the loader stays at /lib64/ld-linux-x86-64.so.2),
-#   * tests/vm/scenarios/ as /scenarios,
+#   * tests/vm/scenarios/ as /scenarios (plus $VM_EXTRA_SCENARIOS/, if set),
 #   * /etc/cachefilesd-features: one word per line from $CACHEFILESD_FEATURES (comma or space
 #     separated, default empty); scenarios for optional daemon features skip unless listed,
 #   * /init (below).
@@ -83,8 +83,13 @@ done | sort -u | while read -r lib; do
 done
 [ -e "$root/lib64/ld-linux-x86-64.so.2" ] || log "warning: no dynamic loader copied (all executables static?)"
 
-# Scenarios (including helper subdirectories such as scenarios/lib).
+# Scenarios (including helper subdirectories such as scenarios/lib). VM_EXTRA_SCENARIOS may name
+# a directory of additional scenario scripts (used to test the harness itself: failing and
+# hanging scenarios that must not live in the real suite).
 cp -R "$here/scenarios/." "$root/scenarios/"
+if [ -n "${VM_EXTRA_SCENARIOS:-}" ]; then
+  cp -R "$VM_EXTRA_SCENARIOS/." "$root/scenarios/"
+fi
 find "$root/scenarios" -name '*.sh' -exec chmod 0755 {} +
 
 # Optional-feature markers for scenarios (see ondemand.sh).

@@ -1,0 +1,217 @@
+//! The culling engine: decides when to scan, keeps the table of the oldest objects and culls
+//! them through the kernel until it says there is room again.
+//!
+//! `cull NAME` is resolved against the process's current directory, so only the event-loop
+//! thread may call `cull_one` (it `fchdir`s into the object's directory). Scans and graveyard
+//! reaping use dirfds only and run on a worker thread.
+
+pub mod graveyard;
+pub mod scan;
+pub mod tree;
+
+use crate::device::{Device, DeviceError};
+use crate::proto::{Command, Status};
+use nix::dir::Dir;
+use nix::errno::Errno;
+use scan::{Candidate, ScanReport};
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CullOutcome {
+    Culled { bytes: u64 },
+    /// The kernel holds the object (EBUSY).
+    InUse,
+    /// Gone before we got to it (ENOENT/ESTALE, or missing at re-check).
+    Vanished,
+    /// Used or replaced since the scan: it is no longer among the oldest.
+    Changed,
+    /// The name cannot be sent or the kernel refused it for another reason; logged, skipped.
+    Refused,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CullStats {
+    pub scans: u64,
+    pub objects_last_scan: u64,
+    pub last_scan_duration: Duration,
+    pub culled: u64,
+    pub bytes_freed: u64,
+    pub in_use: u64,
+    pub vanished: u64,
+    pub changed: u64,
+    pub refused: u64,
+    pub oddities_last_scan: u64,
+}
+
+pub struct Culler {
+    capacity: usize,
+    ready: VecDeque<Candidate>,
+    scanning: bool,
+    scanned_once: bool,
+    last_scan_overflowed: bool,
+    last_scan_end: Option<Instant>,
+    last_scan_empty: bool,
+    released_files: u64,
+    released_blocks: u64,
+    resume_files: Option<u64>,
+    resume_blocks: Option<u64>,
+    /// The directory the process is in, to skip repeated fchdirs.
+    cwd: Option<(Arc<scan::DirPath>, Dir)>,
+    pub stats: CullStats,
+}
+
+/// A scan that found nothing to cull is not repeated sooner than this without releases.
+const IDLE_RESCAN: Duration = Duration::from_secs(5);
+
+impl Culler {
+    pub fn new(culltable_log2: u8, resume_files: Option<u64>, resume_blocks: Option<u64>) -> Culler {
+        Culler {
+            capacity: 1usize << culltable_log2,
+            ready: VecDeque::new(),
+            scanning: false,
+            scanned_once: false,
+            last_scan_overflowed: false,
+            last_scan_end: None,
+            last_scan_empty: false,
+            released_files: 0,
+            released_blocks: 0,
+            resume_files,
+            resume_blocks,
+            cwd: None,
+            stats: CullStats::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub fn is_scanning(&self) -> bool {
+        self.scanning
+    }
+
+    /// Takes the released counters of a status read (the kernel zeroes them on each read).
+    pub fn note_status(&mut self, status: &Status) {
+        self.released_files = self.released_files.saturating_add(status.freleased);
+        self.released_blocks = self.released_blocks.saturating_add(status.breleased);
+    }
+
+    /// Whether a scan should start now; `culling` is the kernel's cull flag.
+    pub fn wants_scan(&self, culling: bool, now: Instant) -> bool {
+        if self.scanning {
+            return false;
+        }
+        if !self.scanned_once {
+            return true;
+        }
+        let released_enough = self.resume_files.is_some_and(|n| self.released_files >= n)
+            || self.resume_blocks.is_some_and(|n| self.released_blocks >= n);
+        if culling && self.ready.is_empty() {
+            // Everything we knew of is gone or in use; rescan at once unless the last scan
+            // found nothing and nothing has been released since (that would spin).
+            let idle = self.last_scan_end.is_none_or(|t| now.duration_since(t) >= IDLE_RESCAN);
+            return !self.last_scan_empty || self.released_files > 0 || idle;
+        }
+        // Background refresh, throttled to a tenth of the time at most.
+        let rested = self.last_scan_end.is_none_or(|t| {
+            now.duration_since(t) >= (self.stats.last_scan_duration * 10).max(Duration::from_secs(1))
+        });
+        rested
+            && (released_enough
+                || (self.last_scan_overflowed && self.ready.len() <= self.capacity / 2))
+    }
+
+    pub fn scan_started(&mut self) {
+        self.scanning = true;
+        self.released_files = 0;
+        self.released_blocks = 0;
+    }
+
+    pub fn scan_finished(&mut self, report: ScanReport, now: Instant) {
+        self.scanning = false;
+        self.scanned_once = true;
+        self.last_scan_end = Some(now);
+        self.last_scan_overflowed = report.table_overflowed;
+        self.last_scan_empty = report.candidates.is_empty();
+        self.stats.scans += 1;
+        self.stats.objects_last_scan = report.objects;
+        self.stats.last_scan_duration = report.duration;
+        self.stats.oddities_last_scan = report.oddities_seen;
+        self.ready = report.candidates.into();
+    }
+
+    /// Culls the oldest candidate. `Ok(None)`: the table is empty.
+    pub fn cull_one(&mut self, root: &Dir, device: &mut dyn Device) -> Result<Option<(Candidate, CullOutcome)>, DeviceError> {
+        let Some(candidate) = self.ready.pop_front() else {
+            return Ok(None);
+        };
+        let outcome = self.cull_candidate(root, device, &candidate)?;
+        match outcome {
+            CullOutcome::Culled { bytes } => {
+                self.stats.culled += 1;
+                self.stats.bytes_freed += bytes;
+            }
+            CullOutcome::InUse => self.stats.in_use += 1,
+            CullOutcome::Vanished => self.stats.vanished += 1,
+            CullOutcome::Changed => self.stats.changed += 1,
+            CullOutcome::Refused => self.stats.refused += 1,
+        }
+        Ok(Some((candidate, outcome)))
+    }
+
+    fn cull_candidate(&mut self, root: &Dir, device: &mut dyn Device, c: &Candidate) -> Result<CullOutcome, DeviceError> {
+        let same_dir = self.cwd.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, &c.dir));
+        if !same_dir {
+            self.cwd = None;
+            let dir = match tree::open_path(root, &c.dir.0) {
+                Ok(d) => d,
+                Err(Errno::ENOENT) => return Ok(CullOutcome::Vanished),
+                Err(_) => return Ok(CullOutcome::Changed),
+            };
+            if nix::unistd::fchdir(dir.as_raw_fd()).is_err() {
+                return Ok(CullOutcome::Vanished);
+            }
+            self.cwd = Some((c.dir.clone(), dir));
+        }
+        let (_, dir) = self.cwd.as_ref().expect("set above");
+        // Re-check: a used object has a newer atime; a replaced one a new inode.
+        match tree::stat_at(dir, &c.name) {
+            Ok(st) => {
+                if tree::file_type(&st) != nix::sys::stat::SFlag::S_IFREG
+                    || st.st_ino != c.ino
+                    || (st.st_atime, st.st_atime_nsec) != c.atime
+                {
+                    return Ok(CullOutcome::Changed);
+                }
+            }
+            Err(Errno::ENOENT) => return Ok(CullOutcome::Vanished),
+            Err(_) => return Ok(CullOutcome::Changed),
+        }
+        match device.send(&Command::Cull(c.name.to_vec())) {
+            Ok(()) => Ok(CullOutcome::Culled { bytes: c.allocated }),
+            Err(e) => match e.errno() {
+                Some(Errno::EBUSY) => Ok(CullOutcome::InUse),
+                Some(Errno::ENOENT | Errno::ESTALE) => Ok(CullOutcome::Vanished),
+                _ if e.cache_is_dead() => Err(e),
+                _ => {
+                    log::warn!("cull {} failed: {e}", c.path());
+                    Ok(CullOutcome::Refused)
+                }
+            },
+        }
+    }
+
+    /// Leaves the cache tree so that the process's cwd pins nothing in it between batches.
+    pub fn leave_cache_dir(&mut self) {
+        if self.cwd.take().is_some() {
+            let _ = nix::unistd::chdir("/");
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The /dev/cachefiles character device: opening it, one command per write(), reads, and the
+//! READ_COMPLETE ioctl on on-demand anonymous fds. Everything else talks to a `Device`.
+
+use crate::proto::{Command, CommandError};
+use nix::errno::Errno;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+pub const DEVICE_PATH: &str = "/dev/cachefiles";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{path}: another cache daemon is bound (the device is busy)")]
+    Busy { path: PathBuf },
+    #[error("{path}: cachefiles module not loaded: modprobe cachefiles")]
+    NotLoaded { path: PathBuf },
+    #[error("{path}: permission denied: opening the cachefiles device needs CAP_SYS_ADMIN")]
+    NotPermitted { path: PathBuf },
+    #[error("cannot open {path}: {errno}")]
+    Open { path: PathBuf, errno: Errno },
+    #[error("`{command}` refused by the kernel: {errno}")]
+    Command { command: String, errno: Errno },
+    #[error("cannot send `{keyword}`: {source}")]
+    Invalid {
+        keyword: &'static str,
+        source: CommandError,
+    },
+    #[error("reading the device failed: {0}")]
+    Read(Errno),
+    #[error("READ_COMPLETE for msg_id {msg_id} failed: {errno}")]
+    ReadComplete { msg_id: u32, errno: Errno },
+}
+
+impl DeviceError {
+    /// The kernel returns EIO for everything once the cache is dead (backing-fs error or a
+    /// withdrawn cache): no retry can help, the service manager must restart us.
+    pub fn cache_is_dead(&self) -> bool {
+        matches!(
+            self,
+            DeviceError::Command { errno: Errno::EIO, .. } | DeviceError::Read(Errno::EIO)
+        )
+    }
+
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            DeviceError::Command { errno, .. }
+            | DeviceError::Read(errno)
+            | DeviceError::ReadComplete { errno, .. }
+            | DeviceError::Open { errno, .. } => Some(*errno),
+            DeviceError::Busy { .. } => Some(Errno::EBUSY),
+            DeviceError::NotLoaded { .. } => Some(Errno::ENOENT),
+            DeviceError::NotPermitted { .. } => Some(Errno::EPERM),
+            DeviceError::Invalid { .. } => None,
+        }
+    }
+}
+
+/// What the daemon needs from the kernel side. The real implementation is `CachefilesDevice`;
+/// tests drive the daemon with a scriptable fake.
+pub trait Device {
+    /// Writes one command; the kernel parses exactly one per write().
+    fn send(&mut self, command: &Command) -> Result<(), DeviceError>;
+    /// One read(): the status line in classic mode, one message (or 0: none pending) on demand.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, DeviceError>;
+    /// Tells the kernel that a READ's data is in place (or deliberately absent).
+    fn complete_read(&mut self, anon_fd: BorrowedFd<'_>, msg_id: u32) -> Result<(), DeviceError>;
+    /// The fd to poll: readable on a state change or pending request, writable while the
+    /// kernel wants culling.
+    fn poll_fd(&self) -> RawFd;
+}
+
+pub struct CachefilesDevice {
+    file: File,
+}
+
+impl CachefilesDevice {
+    pub fn open(path: &Path) -> Result<CachefilesDevice, DeviceError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                let path = path.to_path_buf();
+                match errno {
+                    Errno::EBUSY => DeviceError::Busy { path },
+                    Errno::ENOENT | Errno::ENXIO | Errno::ENODEV => DeviceError::NotLoaded { path },
+                    Errno::EPERM | Errno::EACCES => DeviceError::NotPermitted { path },
+                    errno => DeviceError::Open { path, errno },
+                }
+            })?;
+        Ok(CachefilesDevice { file })
+    }
+
+    /// Adopts a device fd handed over by a supervisor or systemd's fd store.
+    pub fn from_fd(fd: OwnedFd) -> CachefilesDevice {
+        CachefilesDevice { file: File::from(fd) }
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+impl Device for CachefilesDevice {
+    fn send(&mut self, command: &Command) -> Result<(), DeviceError> {
+        let bytes = command
+            .to_bytes()
+            .map_err(|source| DeviceError::Invalid { keyword: command.keyword(), source })?;
+        loop {
+            match self.file.write(&bytes) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(DeviceError::Command {
+                        command: command.to_string(),
+                        errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    })
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, DeviceError> {
+        loop {
+            match self.file.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DeviceError::Read(Errno::from_raw(e.raw_os_error().unwrap_or(0)))),
+            }
+        }
+    }
+
+    fn complete_read(&mut self, anon_fd: BorrowedFd<'_>, msg_id: u32) -> Result<(), DeviceError> {
+        read_complete(anon_fd, msg_id).map_err(|errno| DeviceError::ReadComplete { msg_id, errno })
+    }
+
+    fn poll_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// `CACHEFILES_IOC_READ_COMPLETE = _IOW(0x98, 1, int)`; the msg_id is passed by value.
+const CACHEFILES_IOC_READ_COMPLETE: libc::c_ulong = 0x4004_9801;
+
+fn read_complete(anon_fd: BorrowedFd<'_>, msg_id: u32) -> Result<(), Errno> {
+    // SAFETY: the ioctl takes its argument by value (no pointer is passed) and the fd is a
+    // live borrowed descriptor for the duration of the call.
+    let rc = unsafe {
+        libc::ioctl(anon_fd.as_raw_fd(), CACHEFILES_IOC_READ_COMPLETE as _, msg_id as libc::c_ulong)
+    };
+    Errno::result(rc).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_number_matches_iow_0x98_1_int() {
+        assert_eq!(CACHEFILES_IOC_READ_COMPLETE, nix::request_code_write!(0x98, 1, std::mem::size_of::<libc::c_int>()) as libc::c_ulong);
+    }
+
+    #[test]
+    fn open_errors_say_what_to_do() {
+        let e = CachefilesDevice::open(Path::new("/nonexistent/cachefiles")).err().unwrap();
+        assert_eq!(e.to_string(), "/nonexistent/cachefiles: cachefiles module not loaded: modprobe cachefiles");
+    }
+
+    #[test]
+    fn commands_reach_the_fd_one_per_write() {
+        // A FIFO shows each write's bytes exactly.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let reader = std::thread::spawn({
+            let path = path.clone();
+            move || std::fs::read(path).unwrap()
+        });
+        let mut dev = CachefilesDevice { file: OpenOptions::new().write(true).open(&path).unwrap() };
+        dev.send(&Command::Limit(crate::proto::Limit::Brun, 10)).unwrap();
+        let bad = dev.send(&Command::Cull(b"a/b".to_vec())).unwrap_err();
+        assert!(matches!(bad, DeviceError::Invalid { keyword: "cull", .. }));
+        drop(dev);
+        assert_eq!(reader.join().unwrap(), b"brun 10%");
+    }
+}

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Runs the VM test scenarios:
+#   run-suite.sh [SCENARIO...]        (default: every tests/vm/scenarios/*.sh)
+#
+# Steps: build (or reuse) the kernel with build-kernel.sh; `cargo build --release --locked`;
+# one initramfs with the release binaries (cachefilesd, and cachefilesctl if it exists); then one
+# fresh VM per scenario with results in target/vm/<scenario>/. Prints a table
+#   scenario  PASS/FAIL/SKIP  seconds  [reason]
+# and exits non-zero if any scenario failed. On FAIL the tail of its console.log is shown.
+#
+# Environment:
+#   KERNEL=path               use this bzImage instead of running build-kernel.sh
+#   CACHEFILESD_SKIP_CARGO=1  do not run cargo; use whatever binaries target/release holds
+#   CACHEFILESD_FEATURES=...  optional daemon features to test (e.g. "ondemand"), see ondemand.sh
+#   VM_SMP, VM_MEM            qemu -smp / -m (default 2, 1024M)
+#   VM_TIMEOUT                per-scenario timeout in seconds, overriding the scenario's
+#                             "# vm-timeout: N" header (default 300)
+#   CARGO_TARGET_DIR          as for cargo (default: <repo>/target)
+#   VM_EXTRA_SCENARIOS=DIR    extra scenario scripts (harness self-tests), runnable by name
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+target=${CARGO_TARGET_DIR:-$repo/target}
+vmdir=$target/vm
+log() { echo "run-suite: $*" >&2; }
+
+if [ $# -gt 0 ]; then
+  scenarios=("$@")
+else
+  scenarios=()
+  for f in "$here"/scenarios/*.sh; do
+    scenarios+=("$(basename "$f" .sh)")
+  done
+fi
+# Where a scenario's script lives (VM_EXTRA_SCENARIOS: see build-initramfs.sh).
+script_of() {
+  if [ -f "$here/scenarios/$1.sh" ]; then
+    echo "$here/scenarios/$1.sh"
+  elif [ -n "${VM_EXTRA_SCENARIOS:-}" ] && [ -f "$VM_EXTRA_SCENARIOS/$1.sh" ]; then
+    echo "$VM_EXTRA_SCENARIOS/$1.sh"
+  fi
+}
+for s in "${scenarios[@]}"; do
+  [ -n "$(script_of "$s")" ] || { log "no such scenario: $s (tests/vm/scenarios/$s.sh)"; exit 2; }
+done
+
+# 1. Kernel. build-kernel.sh prints the bzImage path as its last stdout line.
+if [ -n "${KERNEL:-}" ]; then
+  kernel=$KERNEL
+else
+  kernel=$("$here/build-kernel.sh" | tail -n 1)
+fi
+[ -f "$kernel" ] || { log "no kernel image ('$kernel')"; exit 1; }
+log "kernel: $kernel"
+
+# 2. The daemon. A failed build is not fatal: the smoke scenario needs no daemon, and the daemon
+# scenarios then fail with "no /usr/sbin/cachefilesd in the initramfs" - stale binaries from an
+# earlier build are deliberately not used.
+bins=()
+cargo_ok=1
+if [ "${CACHEFILESD_SKIP_CARGO:-0}" != 1 ]; then
+  log "cargo build --release --locked"
+  if ! (cd "$repo" && cargo build --release --locked >&2); then
+    log "WARNING: cargo build failed; the initramfs gets no daemon binaries"
+    cargo_ok=0
+  fi
+fi
+if [ "$cargo_ok" = 1 ]; then
+  for b in cachefilesd cachefilesctl; do
+    if [ -x "$target/release/$b" ]; then
+      bins+=("$target/release/$b")
+    elif [ "$b" = cachefilesd ]; then
+      log "WARNING: $target/release/cachefilesd does not exist; daemon scenarios will fail"
+    fi
+  done
+fi
+
+# 3. One initramfs for all scenarios.
+mkdir -p "$vmdir"
+initrd=$vmdir/initramfs.cpio.gz
+"$here/build-initramfs.sh" "$initrd" ${bins[@]+"${bins[@]}"}
+
+# 4. The scenarios.
+"$here/make-fscached-data.sh" "$vmdir/fscached"
+declare -A result seconds reason
+any_fail=0
+for s in "${scenarios[@]}"; do
+  results=$vmdir/$s
+  rm -rf "$results"
+  mkdir -p "$results"
+  timeout=${VM_TIMEOUT:-$(sed -n 's/^# vm-timeout: *\([0-9][0-9]*\).*/\1/p' "$(script_of "$s")" | head -n 1)}
+  timeout=${timeout:-300}
+  start=$(date +%s)
+  set +e
+  "$here/run-vm.sh" --kernel "$kernel" --initrd "$initrd" --scenario "$s" --results "$results" \
+    --fscached "$vmdir/fscached" --timeout "$timeout" --smp "${VM_SMP:-2}" --mem "${VM_MEM:-1024M}"
+  rc=$?
+  set -e
+  seconds[$s]=$(( $(date +%s) - start ))
+  # The status file written by the guest is the source of truth; run-vm.sh's exit code adds the
+  # timeout case.
+  status=$(tr -d '[:space:]' <"$results/status" 2>/dev/null || true)
+  if [ "$rc" = 124 ]; then
+    result[$s]=FAIL
+    reason[$s]="timeout after ${timeout}s (guest status: ${status:-none})"
+  elif [ "$status" = 0 ]; then
+    result[$s]=PASS
+    reason[$s]=""
+  elif [ "$status" = 77 ]; then
+    result[$s]=SKIP
+    reason[$s]=$(grep -v '^[[:space:]]*$' "$results/output.log" 2>/dev/null | tail -n 1 | tr -d '\r')
+  elif [ -z "$status" ]; then
+    result[$s]=FAIL
+    reason[$s]="no status file (guest crashed or never ran the scenario)"
+  else
+    result[$s]=FAIL
+    # The first "FAIL:" line the scenario printed, if any.
+    reason[$s]="status $status: $(grep -m 1 'FAIL:' "$results/output.log" 2>/dev/null | sed 's/^\[[0-9. ]*\] *//' | tr -d '\r')"
+  fi
+  if [ "${result[$s]}" = FAIL ]; then
+    any_fail=1
+    echo "----- $s: FAIL, last 40 lines of $results/console.log -----" >&2
+    tail -n 40 "$results/console.log" 2>/dev/null | tr -d '\r' >&2 || true
+    echo "----- end of $s -----" >&2
+  fi
+done
+
+echo
+printf '%-12s %-5s %8s  %s\n' scenario result seconds detail
+for s in "${scenarios[@]}"; do
+  printf '%-12s %-5s %8s  %s\n' "$s" "${result[$s]}" "${seconds[$s]}" "${reason[$s]}"
+done
+exit $any_fail

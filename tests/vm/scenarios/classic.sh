@@ -1,0 +1,159 @@
+#!/bin/sh
+# vm-timeout: 300
+# The daemon in classic (culling) mode against 9p cache=fscache:
+#   1. cachefilesd binds a cache on the ext4 disk (/dev/vda, made by run-vm.sh with -m 0 -b 4096),
+#   2. files read through 9p end up as objects under cache/I9p,fscached,/@xx/ (objects are linked
+#      only when the cookie is committed: at umount or LRU expiry, so read, umount, look),
+#   3. a filler file pushes free space below bcull (but above bstop); reading a few uncached files
+#      makes the kernel notice (it checks space only when it allocates or when the daemon reads
+#      the status) and raise cull=1; the daemon must then cull until free space >= brun,
+#      without touching the object of a file held open on the 9p mount,
+#   4. everything re-read afterwards has the right sha256, the graveyard ends empty, and SIGTERM
+#      stops the daemon with exit status 0.
+# The shell cannot open /dev/cachefiles while the daemon holds it, so all observation goes
+# through statfs (stat -f), find and dmesg.
+. /scenarios/lib/common.sh
+
+cache=/var/cache/fscache
+conf=/etc/cachefilesd.conf
+daemon_log=/results/cachefilesd.log
+daemon=/usr/sbin/cachefilesd
+# Thresholds (percent of f_blocks): the 39 MB of test data is about 16 % of the 256 MiB disk, so
+# dropping free space to 6 % (between bstop 3 % and bcull 9 %) forces the daemon to cull about
+# 8 % of the disk - roughly half of the cached objects - to get back to brun 14 %.
+brun=14 bcull=9 bstop=3 fill_to=6
+daemon_pid=
+
+on_fail() {
+  echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
+  echo "--- df"; df "$cache" 2>/dev/null
+  echo "--- cache tree: $(find "$cache/cache" -type f 2>/dev/null | wc -l) files;" \
+    "graveyard: $(ls -A "$cache/graveyard" 2>/dev/null | wc -l) entries"
+  find "$cache/cache" -maxdepth 1 2>/dev/null
+  echo "--- dmesg (tail)"; dmesg | tail -n 30
+  echo "--- processes"; ps
+}
+
+[ -x "$daemon" ] || fail "no $daemon in the initramfs (build target/release/cachefilesd and rebuild the initramfs)"
+
+mount_9p() { mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache fscached /mnt; }
+# verify LIST: sha256sum -c in /mnt, showing only the mismatches.
+verify() {
+  (cd /mnt && sha256sum -c "$1") >/tmp/verify.out 2>&1
+  _rc=$?
+  grep -v ': OK$' /tmp/verify.out | head -n 10
+  return $_rc
+}
+count_objects() { find "$cache"/cache/I9p*/@* -type f 2>/dev/null | wc -l; }
+bavail() { fs_bavail "$cache"; }
+daemon_alive() { kill -0 "$daemon_pid" 2>/dev/null; }
+graveyard_empty() { [ -z "$(ls -A "$cache/graveyard")" ]; }
+
+mkdir -p "$cache" /etc
+check "mount the ext4 cache disk /dev/vda at $cache" mount -t ext4 /dev/vda "$cache"
+blocks=$(fs_blocks "$cache")
+bsize=$(fs_bsize "$cache")
+brun_blocks=$(threshold "$blocks" $brun)
+bcull_blocks=$(threshold "$blocks" $bcull)
+bstop_blocks=$(threshold "$blocks" $bstop)
+say "cache fs: $blocks blocks of $bsize bytes, $(bavail) available;" \
+  "brun=$brun_blocks bcull=$bcull_blocks bstop=$bstop_blocks blocks"
+
+# Limits are listed in an order that is valid step by step from the kernel's defaults (7/5/1),
+# so even a daemon that forwards lines one by one gets them accepted.
+cat >"$conf" <<EOF
+dir $cache
+tag mycache
+brun $brun%
+bcull $bcull%
+bstop $bstop%
+frun 10%
+fcull 7%
+fstop 3%
+EOF
+say "config:"; sed 's/^/    /' "$conf"
+
+"$daemon" -n -s -f "$conf" >"$daemon_log" 2>&1 &
+daemon_pid=$!
+say "started cachefilesd, pid $daemon_pid (log: results/cachefilesd.log)"
+wait_for 30 "the daemon bound the cache (dmesg: File cache on mycache registered)" \
+  sh -c 'dmesg | grep -q "File cache on mycache registered"'
+check "cachefilesd is running" daemon_alive
+check "bind created cache/ and graveyard/" test -d "$cache/cache" -a -d "$cache/graveyard"
+
+# Phase 1: populate. The last 6 manifest entries are kept unread for phase 3.
+check "mount 9p tag fscached with cache=fscache" mount_9p
+cp /mnt/SHA256SUMS /tmp/all.sha
+total=$(grep -c . /tmp/all.sha)
+head -n $((total - 6)) /tmp/all.sha >/tmp/main.sha
+tail -n 6 /tmp/all.sha >/tmp/trigger.sha
+main=$((total - 6))
+check "first read of $main files: sha256 matches the host manifest" verify /tmp/main.sha
+check "umount 9p (commits the objects)" umount /mnt
+objects_before=$(count_objects)
+say "objects in cache: $objects_before; available blocks: $(bavail)"
+check "the volume directory cache/I9p,fscached, exists" test -d "$cache/cache/I9p,fscached,"
+check "at least 90% of the $main files have an object under cache/I9p*/@xx/" \
+  test "$objects_before" -ge $((main * 9 / 10))
+
+# Phase 2: read back from the cache.
+check "remount 9p" mount_9p
+check "second read (from the cache): sha256 matches" verify /tmp/main.sha
+grep -E '^(Netfs|CacheRd|RdHelp|Cache)' /proc/fs/netfs/stats 2>/dev/null | sed 's/^/    /'
+check "umount 9p" umount /mnt
+
+# Phase 3: culling. Hold one file open on a fresh mount; its object must survive.
+check "remount 9p" mount_9p
+held=d0/f020.bin
+held_ino=$(stat -c %i "/mnt/$held")
+held_name=$(ninep_object_name "$held_ino")
+exec 4<"/mnt/$held"
+held_obj=$(find "$cache"/cache/I9p*/@* -name "$held_name" 2>/dev/null | head -n 1)
+say "holding /mnt/$held open (inode $held_ino, object $held_name at ${held_obj:-?})"
+check "the held file's object exists before culling" test -n "$held_obj" -a -f "$held_obj"
+
+avail=$(bavail)
+target=$(threshold "$blocks" $fill_to)
+[ "$avail" -gt "$target" ] || fail "free space ($avail blocks) already below the fill target ($target)"
+check "fill the cache disk to $fill_to% free ($(( (avail - target) * bsize / 1048576 )) MiB filler)" \
+  fallocate -l $(( (avail - target) * bsize )) "$cache/filler"
+avail=$(bavail)
+say "available blocks now $avail (bstop $bstop_blocks < avail < bcull $bcull_blocks expected)"
+check "free space is below bcull and above bstop" test "$avail" -lt "$bcull_blocks" -a "$avail" -gt "$bstop_blocks"
+# New objects make the kernel check the space, set cull=1 and wake the daemon.
+check "read $(grep -c . /tmp/trigger.sha) uncached files (kernel notices low space)" verify /tmp/trigger.sha
+wait_for 120 "the daemon culls until free space >= brun ($brun_blocks blocks)" \
+  sh -c "[ \$(stat -f -c %a $cache) -ge $brun_blocks ]"
+objects_after=$(count_objects)
+say "objects in cache: $objects_before -> $objects_after; available blocks: $(bavail)"
+check "some objects were culled" test "$objects_after" -lt "$objects_before"
+[ "$objects_after" -gt 0 ] || say "note: the daemon culled every object (more than needed)"
+check "cachefilesd is still running after culling" daemon_alive
+check "the object of the file held open survived" test -f "$held_obj"
+want=$(grep " \./$held\$" /tmp/all.sha | cut -d' ' -f1)
+got=$(sha256sum <&4 | cut -d' ' -f1)
+check "the held file reads correctly through its open descriptor" test "$got" = "$want"
+exec 4<&-
+check "umount 9p" umount /mnt
+
+# Phase 4: everything again (culled files come from the server and are cached anew; the daemon
+# may cull concurrently).
+check "remount 9p" mount_9p
+check "re-read all $total files after culling: sha256 matches" verify /tmp/all.sha
+check "umount 9p" umount /mnt
+check "cachefilesd is still running" daemon_alive
+wait_for 60 "the graveyard ends empty" graveyard_empty
+say "final: $(count_objects) objects, $(bavail) blocks available"
+
+# Stop: SIGTERM must end the daemon with status 0 (with a guard in case it does not exit).
+kill -TERM "$daemon_pid"
+( sleep 30; kill -KILL "$daemon_pid" 2>/dev/null ) &
+guard=$!
+wait "$daemon_pid"
+rc=$?
+kill "$guard" 2>/dev/null
+check "cachefilesd exits with status 0 on SIGTERM (got $rc)" test "$rc" -eq 0
+daemon_pid=
+check "the device is free again after the daemon exited" sh -c 'exec 5<>/dev/cachefiles'
+check "umount the cache disk" umount "$cache"
+pass
