@@ -4,3 +4,7 @@ pub mod proto;
 pub mod config;
 pub mod device;
 pub mod cull;
+pub mod daemon;
+pub mod fake;
+pub mod cli;
+pub mod logging;

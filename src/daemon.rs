@@ -1,0 +1,375 @@
+//! The event loop: one mio Poll over the device, the worker's completions, signals and the
+//! graveyard's inotify watch. Handler errors are logged and counted inside the loop; only a
+//! dead cache (EIO) or a broken loop ends it.
+
+use crate::config::Config;
+use crate::cull::{graveyard, scan, Culler, CullOutcome};
+use crate::device::{Device, DeviceError};
+use crate::proto::Status;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::dir::Dir;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DEVICE: Token = Token(0);
+const WAKER: Token = Token(1);
+const TERMINATE: Token = Token(2);
+const REPORT: Token = Token(3);
+const GRAVEYARD: Token = Token(4);
+
+/// Culls per loop turn before events are looked at again.
+const CULL_BATCH: usize = 64;
+/// Idle tick: re-reads the kernel's state and re-evaluates throttled rescans.
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("the cache is dead (the kernel returns EIO): {0}")]
+    CacheDead(DeviceError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("cannot open {what} {path}: {errno}")]
+    CacheTree { what: &'static str, path: String, errno: nix::errno::Errno },
+    #[error("event loop: {0}")]
+    Loop(#[from] std::io::Error),
+    #[error("unparseable status line from the kernel: {0}")]
+    Status(#[from] crate::proto::StatusError),
+}
+
+impl DaemonError {
+    fn from_device(e: DeviceError) -> DaemonError {
+        if e.cache_is_dead() {
+            DaemonError::CacheDead(e)
+        } else {
+            DaemonError::Device(e)
+        }
+    }
+}
+
+/// Stops a running daemon from another thread (tests, supervisors).
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Signal pipes: each becomes readable when its signal arrives (see signal_hook::low_level::pipe).
+pub struct SignalPipes {
+    pub terminate: mio::net::UnixStream,
+    pub report: mio::net::UnixStream,
+}
+
+enum Job {
+    Scan,
+    Reap,
+}
+
+enum JobDone {
+    Scan(scan::ScanReport),
+    Reap(graveyard::ReapReport),
+}
+
+/// Runs scans and graveyard reaping off the loop thread; they need only dirfds.
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<JobDone>,
+}
+
+impl Worker {
+    fn start(cache: Dir, grave: Dir, capacity: usize, waker: Arc<Waker>) -> Worker {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("cachefilesd-worker".into())
+            .spawn(move || {
+                for job in job_rx {
+                    let result = match job {
+                        Job::Scan => JobDone::Scan(scan::scan(&cache, capacity)),
+                        Job::Reap => JobDone::Reap(graveyard::reap(&grave)),
+                    };
+                    if done_tx.send(result).is_err() {
+                        break;
+                    }
+                    let _ = waker.wake();
+                }
+            })
+            .expect("spawning the worker thread");
+        Worker { jobs, done }
+    }
+}
+
+pub struct Daemon<'d> {
+    device: &'d mut dyn Device,
+    poll: Poll,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    signals: Option<SignalPipes>,
+    cache_root: Dir,
+    culler: Option<Culler>,
+    worker: Worker,
+    inotify: Option<Inotify>,
+    reaping: bool,
+    reap_again: bool,
+    status: Status,
+    started: Instant,
+    pub reaped: u64,
+}
+
+fn open_cache_dir(config: &Config, name: &str) -> Result<Dir, DaemonError> {
+    let path = config.dir.value.join(name);
+    Dir::open(&path, crate::cull::tree::dir_flags(), nix::sys::stat::Mode::empty()).map_err(|errno| {
+        DaemonError::CacheTree { what: "cache directory", path: path.display().to_string(), errno }
+    })
+}
+
+impl<'d> Daemon<'d> {
+    /// Sets up the loop for a device that is already bound (the kernel then has created
+    /// `cache/` and `graveyard/` under the cache directory).
+    pub fn new(config: &Config, device: &'d mut dyn Device, nocull: bool, signals: Option<SignalPipes>) -> Result<Daemon<'d>, DaemonError> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let cache_root = open_cache_dir(config, "cache")?;
+        let grave = open_cache_dir(config, "graveyard")?;
+        let culler = (!nocull && !config.nocull).then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
+        let capacity = culler.as_ref().map_or(1, Culler::capacity);
+        let worker_cache = open_cache_dir(config, "cache")?;
+        let worker_grave = open_cache_dir(config, "graveyard")?;
+        let worker = Worker::start(worker_cache, worker_grave, capacity, waker.clone());
+        drop(grave);
+        let mut signals = signals;
+        if let Some(s) = signals.as_mut() {
+            poll.registry().register(&mut s.terminate, TERMINATE, Interest::READABLE)?;
+            poll.registry().register(&mut s.report, REPORT, Interest::READABLE)?;
+        }
+        poll.registry().register(&mut SourceFd(&device.poll_fd()), DEVICE, Interest::READABLE)?;
+        let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+            Ok(ino) => {
+                let path = config.dir.value.join("graveyard");
+                match ino.add_watch(&path, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_ONLYDIR | AddWatchFlags::IN_DONT_FOLLOW) {
+                    Ok(_) => {
+                        poll.registry().register(&mut SourceFd(&ino.as_fd().as_raw_fd()), GRAVEYARD, Interest::READABLE)?;
+                        Some(ino)
+                    }
+                    Err(e) => {
+                        log::warn!("cannot watch {}: {e}; the graveyard is reaped on a timer instead", path.display());
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!("inotify unavailable ({e}); the graveyard is reaped on a timer instead");
+                None
+            }
+        };
+        Ok(Daemon {
+            device,
+            poll,
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            signals,
+            cache_root,
+            culler,
+            worker,
+            inotify,
+            reaping: false,
+            reap_again: false,
+            status: Status::default(),
+            started: Instant::now(),
+            reaped: 0,
+        })
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle { flag: self.stop.clone(), waker: self.waker.clone() }
+    }
+
+    pub fn culler(&self) -> Option<&Culler> {
+        self.culler.as_ref()
+    }
+
+    fn read_status(&mut self) -> Result<(), DaemonError> {
+        let mut buf = [0u8; 512];
+        let n = self.device.read(&mut buf).map_err(DaemonError::from_device)?;
+        if n == 0 {
+            // Not bound (yet): nothing to learn.
+            return Ok(());
+        }
+        let status = Status::parse(&buf[..n])?;
+        if status.cull != self.status.cull {
+            log::info!("{}", if status.cull { "kernel requests culling" } else { "culling no longer needed" });
+        }
+        if let Some(c) = self.culler.as_mut() {
+            c.note_status(&status);
+        }
+        self.status = status;
+        Ok(())
+    }
+
+    fn request_reap(&mut self) {
+        if self.reaping {
+            self.reap_again = true;
+        } else if self.worker.jobs.send(Job::Reap).is_ok() {
+            self.reaping = true;
+        }
+    }
+
+    fn drain_worker(&mut self) {
+        while let Ok(done) = self.worker.done.try_recv() {
+            match done {
+                JobDone::Scan(report) => {
+                    for o in &report.oddities {
+                        log::warn!("cache/{}: {} left alone", o.path.escape_debug(), o.what);
+                    }
+                    if report.oddities_seen > report.oddities.len() as u64 {
+                        log::warn!("{} more odd entries in the cache tree left alone", report.oddities_seen - report.oddities.len() as u64);
+                    }
+                    log::debug!(
+                        "scan: {} objects in {} directories, {} candidates, {:?}",
+                        report.objects, report.directories, report.candidates.len(), report.duration
+                    );
+                    if let Some(c) = self.culler.as_mut() {
+                        c.scan_finished(report, Instant::now());
+                    }
+                }
+                JobDone::Reap(report) => {
+                    self.reaping = false;
+                    self.reaped += report.removed;
+                    if report.removed > 0 {
+                        log::debug!("graveyard: removed {} entries", report.removed);
+                    }
+                    if let Some((path, errno)) = &report.first_error {
+                        log::warn!("graveyard: {} entries not removed, first graveyard{}: {errno}", report.failed, path.escape_debug());
+                    }
+                    if std::mem::take(&mut self.reap_again) {
+                        self.request_reap();
+                    }
+                }
+            }
+        }
+    }
+
+    fn cull_batch(&mut self) -> Result<(), DaemonError> {
+        let Some(culler) = self.culler.as_mut() else { return Ok(()) };
+        let now = Instant::now();
+        if culler.wants_scan(self.status.cull, now) && self.worker.jobs.send(Job::Scan).is_ok() {
+            culler.scan_started();
+        }
+        if !self.status.cull {
+            return Ok(());
+        }
+        for _ in 0..CULL_BATCH {
+            let culler = self.culler.as_mut().expect("checked above");
+            match culler.cull_one(&self.cache_root, self.device).map_err(DaemonError::from_device)? {
+                None => break,
+                Some((c, outcome)) => {
+                    if log::log_enabled!(log::Level::Debug) {
+                        log::debug!("cull {}: {outcome:?}", c.path().escape_debug());
+                    }
+                    if matches!(outcome, CullOutcome::Culled { .. }) {
+                        self.read_status()?;
+                        if !self.status.cull {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let culler = self.culler.as_mut().expect("checked above");
+        culler.leave_cache_dir();
+        if self.status.cull && culler.ready_len() == 0 && culler.wants_scan(true, Instant::now()) && self.worker.jobs.send(Job::Scan).is_ok() {
+            culler.scan_started();
+        }
+        Ok(())
+    }
+
+    fn has_work(&self) -> bool {
+        self.status.cull && self.culler.as_ref().is_some_and(|c| c.ready_len() > 0)
+    }
+
+    pub fn stats_line(&self) -> String {
+        let up = self.started.elapsed().as_secs();
+        match &self.culler {
+            Some(c) => {
+                let s = &c.stats;
+                format!(
+                    "uptime {up}s; scans {}, objects in last scan {}, last scan {:.3}s; culled {}, freed {} bytes, in use {}, vanished {}, changed {}, refused {}; table {}/{}; graveyard entries removed {}",
+                    s.scans, s.objects_last_scan, s.last_scan_duration.as_secs_f64(), s.culled, s.bytes_freed, s.in_use, s.vanished, s.changed, s.refused, c.ready_len(), c.capacity(), self.reaped
+                )
+            }
+            None => format!("uptime {up}s; culling disabled; graveyard entries removed {}", self.reaped),
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT or `StopHandle::stop`. A dead cache is an error.
+    pub fn run(&mut self) -> Result<(), DaemonError> {
+        let mut events = Events::with_capacity(16);
+        self.read_status()?;
+        self.request_reap();
+        let mut last_tick = Instant::now();
+        loop {
+            self.cull_batch()?;
+            let timeout = if self.has_work() { Duration::ZERO } else { TICK };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let mut device_ready = false;
+            for event in events.iter() {
+                match event.token() {
+                    DEVICE => device_ready = true,
+                    WAKER => self.drain_worker(),
+                    TERMINATE => {
+                        drain(self.signals.as_mut().map(|s| &mut s.terminate));
+                        log::info!("terminating on signal");
+                        return Ok(());
+                    }
+                    REPORT => {
+                        drain(self.signals.as_mut().map(|s| &mut s.report));
+                        log::info!("{}", self.stats_line());
+                    }
+                    GRAVEYARD => {
+                        if let Some(ino) = &self.inotify {
+                            while matches!(ino.read_events(), Ok(ev) if !ev.is_empty()) {}
+                        }
+                        self.request_reap();
+                    }
+                    _ => {}
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let tick = last_tick.elapsed() >= TICK;
+            if tick {
+                last_tick = Instant::now();
+                if self.inotify.is_none() {
+                    self.request_reap();
+                }
+            }
+            if device_ready || tick {
+                self.read_status()?;
+            }
+        }
+    }
+}
+
+fn drain(stream: Option<&mut mio::net::UnixStream>) {
+    if let Some(s) = stream {
+        let mut buf = [0u8; 64];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    }
+}

@@ -1,0 +1,85 @@
+//! Log output: syslog (facility daemon, ident cachefilesd) by default, stderr with `-s`.
+//! On stderr under systemd (JOURNAL_STREAM names our stderr) each line carries a `<N>`
+//! priority prefix and no timestamp, which journald turns into the entry's priority.
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+
+pub fn level_for(debug: u8) -> LevelFilter {
+    match debug {
+        0 => LevelFilter::Info,
+        1 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
+struct StderrLogger {
+    journal: bool,
+}
+
+fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+impl Log for StderrLogger {
+    fn enabled(&self, _: &Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = if self.journal {
+            format!("<{}>{}\n", syslog_priority(record.level()), record.args())
+        } else {
+            let level = match record.level() {
+                Level::Error => "error: ",
+                Level::Warn => "warning: ",
+                _ => "",
+            };
+            format!("cachefilesd: {level}{}\n", record.args())
+        };
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// True when stderr is the stream systemd's journal gave us.
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else { return false };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) else { return false };
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+}
+
+pub fn init(stderr: bool, debug: u8) {
+    let level = level_for(debug);
+    if !stderr {
+        let formatter = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_DAEMON,
+            hostname: None,
+            process: "cachefilesd".into(),
+            pid: std::process::id(),
+        };
+        match syslog::unix(formatter) {
+            Ok(logger) => {
+                if log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger))).is_ok() {
+                    log::set_max_level(level);
+                }
+                return;
+            }
+            Err(e) => eprintln!("cachefilesd: cannot reach syslog ({e}); logging to stderr"),
+        }
+    }
+    if log::set_boxed_logger(Box::new(StderrLogger { journal: stderr_is_journal() })).is_ok() {
+        log::set_max_level(level);
+    }
+}

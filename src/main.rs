@@ -1,0 +1,169 @@
+//! cachefilesd: the cache daemon. Parses the command line and config, opens and binds the
+//! device, daemonises, and hands over to the event loop. Exit status: 0 on a clean stop,
+//! 1 for an OS error (including a dead cache), 2 for a usage or config error, 3 internal.
+
+use cachefilesd_rs::cli::{self, Action, Options};
+use cachefilesd_rs::config::{Config, ConfigError};
+use cachefilesd_rs::daemon::{Daemon, DaemonError, SignalPipes};
+use cachefilesd_rs::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
+use cachefilesd_rs::proto::Command;
+use nix::errno::Errno;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+enum Failure {
+    Config(ConfigError),
+    Os(anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Os(_) => 1,
+            Failure::Config(_) => 2,
+            Failure::Internal(_) => 3,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let action = match cli::parse(std::env::args_os()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cachefilesd: {e}\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let options = match action {
+        Action::Version => {
+            println!("cachefilesd version {} (cachefilesd-rs)", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Action::Help => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Action::Run(o) => o,
+    };
+    let logging = std::cell::Cell::new(false);
+    match run(&options, &logging) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let message = match &failure {
+                Failure::Config(e) => e.to_string(),
+                Failure::Os(e) | Failure::Internal(e) => format!("{e:#}"),
+            };
+            if logging.get() {
+                log::error!("{message}");
+            } else {
+                eprintln!("cachefilesd: {message}");
+            }
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+fn check_dir(config: &Config) -> Result<(), Failure> {
+    let dir = &config.dir;
+    match std::fs::metadata(&dir.value) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(config_error(config, dir.line, format!("dir {} is not a directory", dir.value.display()))),
+        Err(e) => Err(config_error(config, dir.line, format!("dir {}: {e}", dir.value.display()))),
+    }
+}
+
+fn config_error(config: &Config, line: usize, message: String) -> Failure {
+    Failure::Config(ConfigError { path: config.path.clone(), line, message })
+}
+
+fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<(), Failure> {
+    let config = Config::load(&options.config).map_err(Failure::Config)?;
+    check_dir(&config)?;
+    if options.check_config {
+        println!("cachefilesd: {}: configuration OK", options.config.display());
+        return Ok(());
+    }
+
+    let mut device = CachefilesDevice::open(Path::new(DEVICE_PATH)).map_err(|e| Failure::Os(e.into()))?;
+    for command in config.commands() {
+        device.send(&command).map_err(|e| bind_failure(&config, &command, e))?;
+    }
+
+    let pidfile = options.pidfile.clone().or_else(|| (!options.no_daemon).then(|| PathBuf::from(cli::DEFAULT_PIDFILE)));
+    if !options.no_daemon {
+        // Forking is safe here: no thread exists yet (the worker starts in Daemon::new).
+        nix::unistd::daemon(false, options.stderr).map_err(|e| Failure::Os(anyhow::anyhow!("cannot daemonise: {e}")))?;
+    }
+    cachefilesd_rs::logging::init(options.stderr, options.debug);
+    logging.set(true);
+    if let Some(p) = &pidfile {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| Failure::Os(anyhow::anyhow!("cannot write pid file {}: {e}", p.display())))?;
+    }
+    let result = serve(&config, options, &mut device);
+    if let Some(p) = &pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+fn serve(config: &Config, options: &Options, device: &mut CachefilesDevice) -> Result<(), Failure> {
+    let signals = signal_pipes().map_err(|e| Failure::Internal(anyhow::anyhow!("cannot install signal handlers: {e}")))?;
+    let mut daemon = Daemon::new(config, device, options.nocull, Some(signals)).map_err(daemon_failure)?;
+    log::info!(
+        "cache {} bound{}",
+        config.dir.value.display(),
+        if config.nocull || options.nocull { " (culling disabled)" } else { "" }
+    );
+    daemon.run().map_err(daemon_failure)?;
+    log::info!("{}", daemon.stats_line());
+    Ok(())
+}
+
+fn daemon_failure(e: DaemonError) -> Failure {
+    match e {
+        DaemonError::Status(_) => Failure::Internal(e.into()),
+        e => Failure::Os(e.into()),
+    }
+}
+
+fn signal_pipes() -> std::io::Result<SignalPipes> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    use signal_hook::low_level::pipe;
+    let (term_read, term_write) = std::os::unix::net::UnixStream::pair()?;
+    let (report_read, report_write) = std::os::unix::net::UnixStream::pair()?;
+    for s in [&term_read, &term_write, &report_read, &report_write] {
+        s.set_nonblocking(true)?;
+    }
+    pipe::register(SIGTERM, term_write.try_clone()?)?;
+    pipe::register(SIGINT, term_write)?;
+    pipe::register(SIGUSR1, report_write)?;
+    Ok(SignalPipes {
+        terminate: mio::net::UnixStream::from_std(term_read),
+        report: mio::net::UnixStream::from_std(report_read),
+    })
+}
+
+/// A refused configuration command: config errors name the config file and line.
+fn bind_failure(config: &Config, command: &Command, e: DeviceError) -> Failure {
+    let errno = e.errno();
+    let hint = match (command, errno) {
+        (Command::Bind { .. }, Some(Errno::EOPNOTSUPP)) => {
+            " (the filesystem holding the cache lacks xattrs, O_TMPFILE or sync_fs: tmpfs cannot hold a cache; or the kernel lacks CONFIG_CACHEFILES_ONDEMAND for `bind ondemand`)"
+        }
+        (Command::Bind { .. }, Some(Errno::EBUSY)) => " (a cache is already bound)",
+        (Command::Bind { .. }, Some(Errno::EROFS)) => " (the cache filesystem is read-only)",
+        (Command::Bind { .. }, Some(Errno::ENOENT)) => " (the cache directory does not exist)",
+        _ => "",
+    };
+    let line = match command {
+        Command::Dir(_) | Command::Bind { .. } => config.dir.line,
+        Command::Limit(l, _) => config.limits[*l as usize].as_ref().map_or(0, |x| x.line),
+        _ => 0,
+    };
+    if matches!(errno, Some(Errno::EINVAL | Errno::ERANGE)) && !matches!(command, Command::Bind { .. }) {
+        return config_error(config, line, format!("the kernel refused `{command}`: {}", errno.unwrap()));
+    }
+    Failure::Os(anyhow::anyhow!("{e}{hint}"))
+}

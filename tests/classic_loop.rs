@@ -1,0 +1,142 @@
+//! The whole classic-mode event loop against the fake device over a cache tree laid out as
+//! the kernel lays it out.
+
+use cachefilesd_rs::config::Config;
+use cachefilesd_rs::daemon::{Daemon, DaemonError};
+use cachefilesd_rs::fake::FakeKernel;
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// `cull` resolves against the process-wide cwd: culling tests must not overlap.
+static CWD: Mutex<()> = Mutex::new(());
+
+fn object(root: &Path, rel: &str, atime: i64) -> PathBuf {
+    let p = root.join("cache").join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, vec![7u8; 8192]).unwrap();
+    utimensat(None, &p, &TimeSpec::new(atime, 0), &TimeSpec::new(atime, 0), UtimensatFlags::NoFollowSymlink).unwrap();
+    p
+}
+
+fn config(dir: &Path, extra: &str) -> Config {
+    let text = format!("dir {}\ntag test\n{extra}", dir.display());
+    Config::parse(Path::new("test.conf"), text.as_bytes()).unwrap()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn culls_the_oldest_unused_objects_until_the_kernel_is_satisfied() {
+    let _cwd = CWD.lock().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("canary"), b"keep").unwrap();
+    let mut objects = Vec::new();
+    for i in 0..300i64 {
+        let atime = 1_000_000 + (i * 7919) % 300;
+        let rel = format!("I9p,host0,/@{:02x}/T{i},", (i * 31) % 256);
+        objects.push((atime, rel.clone(), object(t.path(), &rel, atime)));
+    }
+    // Hostile entries: links out of the cache, a FIFO, a name the kernel never makes.
+    std::os::unix::fs::symlink(outside.path(), t.path().join("cache/I9p,host0,/@ff/Dlink")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), t.path().join("cache/Ievil")).unwrap();
+    nix::unistd::mkfifo(&t.path().join("cache/I9p,host0,/@00/Dfifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    fs::create_dir_all(t.path().join("graveyard/0000000100000002/@00")).unwrap();
+    fs::write(t.path().join("graveyard/0000000100000002/@00/Dold"), b"x").unwrap();
+    std::os::unix::fs::symlink(outside.path(), t.path().join("graveyard/0000000100000002/link")).unwrap();
+
+    objects.sort();
+    // The three oldest are held by the kernel.
+    let in_use: Vec<Vec<u8>> = objects[..3].iter().map(|(_, rel, _)| rel.rsplit('/').next().unwrap().as_bytes().to_vec()).collect();
+    let (kernel, mut device) = FakeKernel::new();
+    kernel.with(|s| {
+        s.status.cull = true;
+        s.cull_until = 40;
+        s.in_use = in_use.iter().cloned().collect();
+    });
+
+    let cfg = config(t.path(), "culltable 12\n");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        let mut daemon = Daemon::new(&cfg, &mut device, false, None).unwrap();
+        tx.send(daemon.stop_handle()).unwrap();
+        let result = daemon.run();
+        (result.map_err(|e| e.to_string()), daemon.stats_line())
+    });
+    let stop = rx.recv().unwrap();
+    wait_for("40 culls and an empty graveyard", || {
+        kernel.with(|s| s.culled.len() == 40 && !s.status.cull)
+            && fs::read_dir(t.path().join("graveyard")).unwrap().count() == 0
+    });
+    // Give the loop time to (wrongly) go on culling.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.stop();
+    let (result, stats) = runner.join().unwrap();
+    result.unwrap();
+    assert!(stats.contains("culled 40"), "{stats}");
+
+    let culled: Vec<PathBuf> = kernel.with(|s| s.culled.clone());
+    let expected: Vec<PathBuf> = objects[3..43].iter().map(|(_, _, p)| p.canonicalize().unwrap_or(p.clone())).collect();
+    let culled: Vec<PathBuf> = culled.iter().map(|p| {
+        let parent = p.parent().unwrap().canonicalize().unwrap();
+        parent.join(p.file_name().unwrap())
+    }).collect();
+    let canon = |v: &[PathBuf]| -> Vec<PathBuf> { v.iter().map(|p| p.parent().unwrap().canonicalize().unwrap().join(p.file_name().unwrap())).collect() };
+    assert_eq!(culled, canon(&expected), "culled in LRU order, in-use ones skipped");
+    for (_, _, p) in &objects[..3] {
+        assert!(p.exists(), "in-use object {} was removed", p.display());
+    }
+    for (_, _, p) in &objects[43..] {
+        assert!(p.exists(), "{} culled although the kernel was satisfied", p.display());
+    }
+    assert_eq!(fs::read(outside.path().join("canary")).unwrap(), b"keep");
+    assert!(kernel.with(|s| s.commands.iter().all(|c| c.starts_with("cull "))), "no inuse writes while scanning");
+}
+
+#[test]
+fn a_dead_cache_ends_the_loop_with_an_error() {
+    let _cwd = CWD.lock().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    object(t.path(), "Ierofs,x/@00/Dx", 1);
+    fs::create_dir_all(t.path().join("graveyard")).unwrap();
+    let (kernel, mut device) = FakeKernel::new();
+    let cfg = config(t.path(), "");
+    let mut daemon = Daemon::new(&cfg, &mut device, false, None).unwrap();
+    kernel.with(|s| s.dead = true);
+    let err = daemon.run().unwrap_err();
+    assert!(matches!(err, DaemonError::CacheDead(_)), "{err}");
+}
+
+#[test]
+fn nocull_never_culls() {
+    let _cwd = CWD.lock().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let p = object(t.path(), "Ierofs,x/@00/Dx", 1);
+    fs::create_dir_all(t.path().join("graveyard")).unwrap();
+    let (kernel, mut device) = FakeKernel::new();
+    kernel.with(|s| {
+        s.status.cull = true;
+        s.cull_until = 1;
+    });
+    let cfg = config(t.path(), "nocull\n");
+    let mut daemon = Daemon::new(&cfg, &mut device, false, None).unwrap();
+    let stop = daemon.stop_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        stop.stop();
+    });
+    daemon.run().unwrap();
+    stopper.join().unwrap();
+    assert!(p.exists());
+    assert!(kernel.with(|s| s.commands.is_empty()));
+}
