@@ -5,7 +5,9 @@
 use crate::config::Config;
 use crate::cull::{graveyard, scan, Culler, CullOutcome};
 use crate::device::{Device, DeviceError};
-use crate::proto::Status;
+use crate::ondemand::sourcemap::SourceMap;
+use crate::ondemand::OnDemand;
+use crate::proto::{Limit, Status};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::dir::Dir;
@@ -124,6 +126,9 @@ pub struct Daemon<'d> {
     reaping: bool,
     reap_again: bool,
     status: Status,
+    ondemand: Option<OnDemand>,
+    /// Percentages for the statfs-derived cull state in on-demand mode (brun, bcull, frun, fcull).
+    limits: [u8; 4],
     started: Instant,
     pub reaped: u64,
 }
@@ -138,7 +143,13 @@ fn open_cache_dir(config: &Config, name: &str) -> Result<Dir, DaemonError> {
 impl<'d> Daemon<'d> {
     /// Sets up the loop for a device that is already bound (the kernel then has created
     /// `cache/` and `graveyard/` under the cache directory).
-    pub fn new(config: &Config, device: &'d mut dyn Device, nocull: bool, signals: Option<SignalPipes>) -> Result<Daemon<'d>, DaemonError> {
+    pub fn new(
+        config: &Config,
+        device: &'d mut dyn Device,
+        nocull: bool,
+        signals: Option<SignalPipes>,
+        source_map: Option<SourceMap>,
+    ) -> Result<Daemon<'d>, DaemonError> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let cache_root = open_cache_dir(config, "cache")?;
@@ -154,7 +165,15 @@ impl<'d> Daemon<'d> {
             poll.registry().register(&mut s.terminate, TERMINATE, Interest::READABLE)?;
             poll.registry().register(&mut s.report, REPORT, Interest::READABLE)?;
         }
-        poll.registry().register(&mut SourceFd(&device.poll_fd()), DEVICE, Interest::READABLE)?;
+        // On demand, read() returns requests, so "please cull" is only visible as POLLOUT.
+        let interest = if source_map.is_some() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        poll.registry().register(&mut SourceFd(&device.poll_fd()), DEVICE, interest)?;
+        let ondemand = source_map.map(|map| {
+            let w = waker.clone();
+            OnDemand::new(map, Arc::new(move || {
+                let _ = w.wake();
+            }))
+        });
         let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
             Ok(ino) => {
                 let path = config.dir.value.join("graveyard");
@@ -187,6 +206,8 @@ impl<'d> Daemon<'d> {
             reaping: false,
             reap_again: false,
             status: Status::default(),
+            ondemand,
+            limits: [config.limit(Limit::Brun), config.limit(Limit::Bcull), config.limit(Limit::Frun), config.limit(Limit::Fcull)],
             started: Instant::now(),
             reaped: 0,
         })
@@ -198,6 +219,36 @@ impl<'d> Daemon<'d> {
 
     pub fn culler(&self) -> Option<&Culler> {
         self.culler.as_ref()
+    }
+
+    pub fn ondemand(&self) -> Option<&OnDemand> {
+        self.ondemand.as_ref()
+    }
+
+    /// Refreshes the cull flag: from the status line in classic mode; on demand from statfs
+    /// and the configured percentages, computed as the kernel does (total / 100 * pct) and
+    /// with its hysteresis (start below a cull limit, stop when both are above run).
+    fn refresh_cull(&mut self) -> Result<(), DaemonError> {
+        if self.ondemand.is_none() {
+            return self.read_status();
+        }
+        // SAFETY: the fd belongs to `self.cache_root`, which outlives this borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.cache_root.as_raw_fd()) };
+        let Ok(st) = nix::sys::statfs::fstatfs(fd) else { return Ok(()) };
+        let [brun, bcull, frun, fcull] = self.limits.map(u64::from);
+        let blocks = st.blocks() / 100;
+        let files = st.files() / 100;
+        let (bavail, ffree) = (st.blocks_available(), st.files_free());
+        let was = self.status.cull;
+        if bavail < blocks * bcull || ffree < files * fcull {
+            self.status.cull = true;
+        } else if bavail >= blocks * brun && ffree >= files * frun {
+            self.status.cull = false;
+        }
+        if was != self.status.cull {
+            log::info!("{}", if self.status.cull { "cache space low: culling" } else { "culling no longer needed" });
+        }
+        Ok(())
     }
 
     fn read_status(&mut self) -> Result<(), DaemonError> {
@@ -279,7 +330,7 @@ impl<'d> Daemon<'d> {
                         log::debug!("cull {}: {outcome:?}", c.path().escape_debug());
                     }
                     if matches!(outcome, CullOutcome::Culled { .. }) {
-                        self.read_status()?;
+                        self.refresh_cull()?;
                         if !self.status.cull {
                             break;
                         }
@@ -295,13 +346,27 @@ impl<'d> Daemon<'d> {
         Ok(())
     }
 
+    fn serve_requests(&mut self) -> Result<(), DaemonError> {
+        if let Some(od) = self.ondemand.as_mut() {
+            od.drain_device(self.device).map_err(DaemonError::from_device)?;
+        }
+        Ok(())
+    }
+
     fn has_work(&self) -> bool {
         self.status.cull && self.culler.as_ref().is_some_and(|c| c.ready_len() > 0)
     }
 
     pub fn stats_line(&self) -> String {
         let up = self.started.elapsed().as_secs();
-        match &self.culler {
+        let ondemand = self.ondemand.as_ref().map_or(String::new(), |od| {
+            let s = &od.stats;
+            format!(
+                "; on-demand: {} objects open, {} in flight, opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages, {} duplicates",
+                od.objects().len(), od.in_flight(), s.opens, s.opens_failed, s.reads, s.reads_failed, s.bytes_written, s.bad_messages, s.duplicates
+            )
+        });
+        let line = match &self.culler {
             Some(c) => {
                 let s = &c.stats;
                 format!(
@@ -310,13 +375,15 @@ impl<'d> Daemon<'d> {
                 )
             }
             None => format!("uptime {up}s; culling disabled; graveyard entries removed {}", self.reaped),
-        }
+        };
+        line + &ondemand
     }
 
     /// Runs until SIGTERM/SIGINT or `StopHandle::stop`. A dead cache is an error.
     pub fn run(&mut self) -> Result<(), DaemonError> {
         let mut events = Events::with_capacity(16);
-        self.read_status()?;
+        self.refresh_cull()?;
+        self.serve_requests()?;
         self.request_reap();
         let mut last_tick = Instant::now();
         loop {
@@ -330,8 +397,19 @@ impl<'d> Daemon<'d> {
             let mut device_ready = false;
             for event in events.iter() {
                 match event.token() {
-                    DEVICE => device_ready = true,
-                    WAKER => self.drain_worker(),
+                    DEVICE => {
+                        device_ready = true;
+                        if event.is_writable() && self.ondemand.is_some() && !self.status.cull {
+                            log::info!("kernel requests culling");
+                            self.status.cull = true;
+                        }
+                    }
+                    WAKER => {
+                        self.drain_worker();
+                        if let Some(od) = self.ondemand.as_mut() {
+                            od.drain_done(self.device).map_err(DaemonError::from_device)?;
+                        }
+                    }
                     TERMINATE => {
                         drain(self.signals.as_mut().map(|s| &mut s.terminate));
                         log::info!("terminating on signal");
@@ -360,8 +438,11 @@ impl<'d> Daemon<'d> {
                     self.request_reap();
                 }
             }
-            if device_ready || tick {
-                self.read_status()?;
+            if device_ready {
+                self.serve_requests()?;
+            }
+            if tick || (device_ready && self.ondemand.is_none()) {
+                self.refresh_cull()?;
             }
         }
     }

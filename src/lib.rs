@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod fake;
 pub mod cli;
 pub mod logging;
+pub mod ondemand;

@@ -6,6 +6,7 @@ use cachefilesd_rs::cli::{self, Action, Options};
 use cachefilesd_rs::config::{Config, ConfigError};
 use cachefilesd_rs::daemon::{Daemon, DaemonError, SignalPipes};
 use cachefilesd_rs::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
+use cachefilesd_rs::ondemand::sourcemap::SourceMap;
 use cachefilesd_rs::proto::Command;
 use nix::errno::Errno;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,11 @@ fn config_error(config: &Config, line: usize, message: String) -> Failure {
 fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<(), Failure> {
     let config = Config::load(&options.config).map_err(Failure::Config)?;
     check_dir(&config)?;
+
+    let source_map = match &config.ondemand {
+        Some(path) => Some(SourceMap::load(&path.value).map_err(|e| config_error(&config, path.line, e.to_string()))?),
+        None => None,
+    };
     if options.check_config {
         println!("cachefilesd: {}: configuration OK", options.config.display());
         return Ok(());
@@ -101,19 +107,20 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<(), Failure
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| Failure::Os(anyhow::anyhow!("cannot write pid file {}: {e}", p.display())))?;
     }
-    let result = serve(&config, options, &mut device);
+    let result = serve(&config, options, &mut device, source_map);
     if let Some(p) = &pidfile {
         let _ = std::fs::remove_file(p);
     }
     result
 }
 
-fn serve(config: &Config, options: &Options, device: &mut CachefilesDevice) -> Result<(), Failure> {
+fn serve(config: &Config, options: &Options, device: &mut CachefilesDevice, source_map: Option<SourceMap>) -> Result<(), Failure> {
     let signals = signal_pipes().map_err(|e| Failure::Internal(anyhow::anyhow!("cannot install signal handlers: {e}")))?;
-    let mut daemon = Daemon::new(config, device, options.nocull, Some(signals)).map_err(daemon_failure)?;
+    let mut daemon = Daemon::new(config, device, options.nocull, Some(signals), source_map).map_err(daemon_failure)?;
     log::info!(
-        "cache {} bound{}",
+        "cache {} bound in {} mode{}",
         config.dir.value.display(),
+        if config.ondemand.is_some() { "on-demand" } else { "classic" },
         if config.nocull || options.nocull { " (culling disabled)" } else { "" }
     );
     daemon.run().map_err(daemon_failure)?;

@@ -68,7 +68,7 @@ fn culls_the_oldest_unused_objects_until_the_kernel_is_satisfied() {
     let cfg = config(t.path(), "culltable 12\n");
     let (tx, rx) = std::sync::mpsc::channel();
     let runner = std::thread::spawn(move || {
-        let mut daemon = Daemon::new(&cfg, &mut device, false, None).unwrap();
+        let mut daemon = Daemon::new(&cfg, &mut device, false, None, None).unwrap();
         tx.send(daemon.stop_handle()).unwrap();
         let result = daemon.run();
         (result.map_err(|e| e.to_string()), daemon.stats_line())
@@ -111,7 +111,7 @@ fn a_dead_cache_ends_the_loop_with_an_error() {
     fs::create_dir_all(t.path().join("graveyard")).unwrap();
     let (kernel, mut device) = FakeKernel::new();
     let cfg = config(t.path(), "");
-    let mut daemon = Daemon::new(&cfg, &mut device, false, None).unwrap();
+    let mut daemon = Daemon::new(&cfg, &mut device, false, None, None).unwrap();
     kernel.with(|s| s.dead = true);
     let err = daemon.run().unwrap_err();
     assert!(matches!(err, DaemonError::CacheDead(_)), "{err}");
@@ -129,7 +129,7 @@ fn nocull_never_culls() {
         s.cull_until = 1;
     });
     let cfg = config(t.path(), "nocull\n");
-    let mut daemon = Daemon::new(&cfg, &mut device, false, None).unwrap();
+    let mut daemon = Daemon::new(&cfg, &mut device, false, None, None).unwrap();
     let stop = daemon.stop_handle();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(500));

@@ -82,6 +82,9 @@ initrd=$vmdir/initramfs.cpio.gz
 
 # 4. The scenarios.
 "$here/make-fscached-data.sh" "$vmdir/fscached"
+# Text helpers for the table; they must never fail (set -e, pipefail).
+last_line() { { grep -v '^[[:space:]]*$' "$1" 2>/dev/null || true; } | tail -n 1 | tr -d '\r'; }
+first_fail() { { grep -m 1 'FAIL:' "$1" 2>/dev/null || true; } | sed 's/^\[[0-9. ]*\] *//' | tr -d '\r'; }
 declare -A result seconds reason
 any_fail=0
 for s in "${scenarios[@]}"; do
@@ -108,14 +111,17 @@ for s in "${scenarios[@]}"; do
     reason[$s]=""
   elif [ "$status" = 77 ]; then
     result[$s]=SKIP
-    reason[$s]=$(grep -v '^[[:space:]]*$' "$results/output.log" 2>/dev/null | tail -n 1 | tr -d '\r')
+    reason[$s]=$(last_line "$results/output.log")
+  elif [ "$status" = 124 ]; then
+    result[$s]=FAIL
+    reason[$s]="timed out in the guest (init watchdog fired before the host timeout)"
   elif [ -z "$status" ]; then
     result[$s]=FAIL
     reason[$s]="no status file (guest crashed or never ran the scenario)"
   else
     result[$s]=FAIL
     # The first "FAIL:" line the scenario printed, if any.
-    reason[$s]="status $status: $(grep -m 1 'FAIL:' "$results/output.log" 2>/dev/null | sed 's/^\[[0-9. ]*\] *//' | tr -d '\r')"
+    reason[$s]="status $status: $(first_fail "$results/output.log")"
   fi
   if [ "${result[$s]}" = FAIL ]; then
     any_fail=1

@@ -24,6 +24,8 @@ daemon=/usr/sbin/cachefilesd
 brun=14 bcull=9 bstop=3 fill_to=6
 daemon_pid=
 
+[ -x "$daemon" ] || fail "no $daemon in the initramfs (build target/release/cachefilesd and rebuild the initramfs)"
+
 on_fail() {
   echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
   echo "--- df"; df "$cache" 2>/dev/null
@@ -31,10 +33,9 @@ on_fail() {
     "graveyard: $(ls -A "$cache/graveyard" 2>/dev/null | wc -l) entries"
   find "$cache/cache" -maxdepth 1 2>/dev/null
   echo "--- dmesg (tail)"; dmesg | tail -n 30
-  echo "--- processes"; ps
+  echo "--- processes (no kernel threads)"; ps | grep -v ' \['
 }
 
-[ -x "$daemon" ] || fail "no $daemon in the initramfs (build target/release/cachefilesd and rebuild the initramfs)"
 
 mount_9p() { mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache fscached /mnt; }
 # verify LIST: sha256sum -c in /mnt, showing only the mismatches.

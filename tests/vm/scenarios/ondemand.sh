@@ -24,14 +24,15 @@ tree=/tmp/tree
 blob=/srv/erofs/testblob
 daemon_pid=
 
+[ -x "$daemon" ] || fail "no $daemon in the initramfs (build target/release/cachefilesd and rebuild the initramfs)"
+
 on_fail() {
   echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
   echo "--- cache tree"; find "$cache/cache" -type f 2>/dev/null | head -n 20
   echo "--- dmesg (tail)"; dmesg | tail -n 30
-  echo "--- processes"; ps
+  echo "--- processes (no kernel threads)"; ps | grep -v ' \['
 }
 
-[ -x "$daemon" ] || fail "no $daemon in the initramfs (build target/release/cachefilesd and rebuild the initramfs)"
 
 # Deterministic content, cheap enough for TCG (busybox has no `seq -f`, and printf-per-line
 # generators take minutes for 32 MiB under emulation):

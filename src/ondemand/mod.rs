@@ -1,0 +1,354 @@
+//! On-demand mode (`bind ondemand`): the kernel sends OPEN/READ/CLOSE; every OPEN gets exactly
+//! one `copen`, every READ exactly one READ_COMPLETE, whatever the source does. Opening a
+//! source and fetching data run on worker pools (local and remote apart, so a slow server
+//! never delays local blobs); the loop thread only decodes, dispatches and answers.
+
+pub mod sourcemap;
+pub mod sources;
+
+use crate::device::{Device, DeviceError};
+use crate::proto::msg::{self, DecodeError, Request, MSG_MAX_SIZE};
+use crate::proto::Command;
+use nix::errno::Errno;
+use sourcemap::{FetchSettings, Location, SourceMap};
+use sources::Blob;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+const PAGE: u64 = 4096;
+/// Data moves through the anon fd in chunks of this size (whole pages, page aligned).
+const CHUNK: usize = 1 << 20;
+
+/// A page-aligned page: the kernel writes the anon fd with O_DIRECT.
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy)]
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+pub struct Object {
+    pub fd: Arc<OwnedFd>,
+    pub blob: Arc<dyn Blob>,
+    pub volume: String,
+    pub fsid: String,
+    pub source: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub opens: u64,
+    pub opens_failed: u64,
+    pub reads: u64,
+    pub reads_failed: u64,
+    pub bytes_written: u64,
+    pub closes: u64,
+    pub bad_messages: u64,
+    pub duplicates: u64,
+    pub unknown_objects: u64,
+}
+
+type Job = Box<dyn FnOnce() -> Done + Send>;
+
+enum Done {
+    Opened {
+        msg_id: u32,
+        object_id: u32,
+        fd: OwnedFd,
+        volume: String,
+        fsid: String,
+        result: Result<(usize, Arc<dyn Blob>), (Errno, String)>,
+    },
+    Read {
+        msg_id: u32,
+        fd: Arc<OwnedFd>,
+        result: Result<u64, String>,
+        started: Instant,
+    },
+}
+
+struct Pool {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Pool {
+    fn start(name: &str, workers: usize, done: mpsc::Sender<Done>, wake: Arc<dyn Fn() + Send + Sync>) -> Pool {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers {
+            let rx = rx.clone();
+            let done = done.clone();
+            let wake = wake.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock().expect("job queue").recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    if done.send(job()).is_err() {
+                        return;
+                    }
+                    wake();
+                })
+                .expect("spawning a fetch worker");
+        }
+        Pool { jobs }
+    }
+}
+
+pub struct OnDemand {
+    map: Arc<SourceMap>,
+    agent: ureq::Agent,
+    objects: HashMap<u32, Object>,
+    in_flight: HashSet<u32>,
+    local: Pool,
+    remote: Pool,
+    done: mpsc::Receiver<Done>,
+    pub stats: Stats,
+}
+
+fn errno_of(e: &DeviceError) -> Option<Errno> {
+    e.errno()
+}
+
+impl OnDemand {
+    /// `wake` is called from worker threads when a result is ready (a mio Waker).
+    pub fn new(map: SourceMap, wake: Arc<dyn Fn() + Send + Sync>) -> OnDemand {
+        let (done_tx, done) = mpsc::channel();
+        let workers = map.fetch.workers;
+        let agent = sources::agent(&map.fetch);
+        OnDemand {
+            local: Pool::start("fetch-local", workers, done_tx.clone(), wake.clone()),
+            remote: Pool::start("fetch-remote", workers, done_tx, wake),
+            map: Arc::new(map),
+            agent,
+            objects: HashMap::new(),
+            in_flight: HashSet::new(),
+            done,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn objects(&self) -> &HashMap<u32, Object> {
+        &self.objects
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Reads and dispatches every pending request: the kernel returns 0, not EAGAIN, when
+    /// none is left.
+    pub fn drain_device(&mut self, device: &mut dyn Device) -> Result<(), DeviceError> {
+        let mut buf = [0u8; MSG_MAX_SIZE];
+        loop {
+            let n = match device.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.cache_is_dead() => return Err(e),
+                Err(e) => {
+                    log::warn!("{e}");
+                    return Ok(());
+                }
+            };
+            match msg::decode(&buf[..n]) {
+                Ok(request) => self.dispatch(request, device)?,
+                Err(e) => self.bad_message(e, device)?,
+            }
+        }
+    }
+
+    fn bad_message(&mut self, e: DecodeError, device: &mut dyn Device) -> Result<(), DeviceError> {
+        self.stats.bad_messages += 1;
+        log::warn!("bad message from the kernel (msg_id {:?}, opcode {:?}): {e}", e.msg_id, e.opcode);
+        if let Some(fd) = e.open_fd {
+            // SAFETY: the kernel installed this fd in our table for this OPEN; nothing else
+            // owns it, and wrapping it here closes it exactly once.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            if let Some(msg_id) = e.msg_id {
+                self.reply_open(device, msg_id, -(Errno::EINVAL as i64))?;
+            }
+            drop(fd);
+        }
+        Ok(())
+    }
+
+    fn reply_open(&mut self, device: &mut dyn Device, msg_id: u32, size: i64) -> Result<(), DeviceError> {
+        match device.send(&Command::Copen { msg_id, size }) {
+            Ok(()) => Ok(()),
+            Err(e) if e.cache_is_dead() => Err(e),
+            Err(e) => {
+                log::warn!("{e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn dispatch(&mut self, request: Request<'_>, device: &mut dyn Device) -> Result<(), DeviceError> {
+        match request {
+            Request::Open { msg_id, object_id, volume_key, cookie_key, fd, .. } => {
+                // SAFETY: the kernel installed this fd in our table for this OPEN; nothing
+                // else owns it. Owned from here, it can never leak.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+                self.stats.opens += 1;
+                if !self.in_flight.insert(msg_id) {
+                    // Re-delivered after `restore` while we are still answering it.
+                    self.stats.duplicates += 1;
+                    return Ok(());
+                }
+                let volume = String::from_utf8_lossy(volume_key).into_owned();
+                let fsid = String::from_utf8_lossy(cookie_key).into_owned();
+                let domain = volume_key.strip_prefix(b"erofs,").unwrap_or(b"");
+                let Some((source, location)) = self.map.resolve(domain, cookie_key) else {
+                    log::warn!("OPEN {volume:?} {fsid:?}: no source matches; refusing with ENOENT");
+                    self.in_flight.remove(&msg_id);
+                    self.stats.opens_failed += 1;
+                    let r = self.reply_open(device, msg_id, -(Errno::ENOENT as i64));
+                    drop(fd);
+                    return r.or_else(|e| if e.cache_is_dead() { Err(e) } else { Ok(()) });
+                };
+                let index = source.index;
+                let remote = !matches!(location, Location::Path(_));
+                let agent = self.agent.clone();
+                let settings: FetchSettings = self.map.fetch.clone();
+                let fsid_for_job = fsid.clone();
+                let job: Job = Box::new(move || {
+                    let result = sources::open(location, &fsid_for_job, &agent, &settings)
+                        .map(|b| (index, Arc::<dyn Blob>::from(b)))
+                        .map_err(|e| (e.errno(), e.to_string()));
+                    Done::Opened { msg_id, object_id, fd, volume, fsid: fsid_for_job, result }
+                });
+                let pool = if remote { &self.remote } else { &self.local };
+                pool.jobs.send(job).expect("fetch pool alive");
+                let _ = fsid;
+                Ok(())
+            }
+            Request::Read { msg_id, object_id, off, len } => {
+                self.stats.reads += 1;
+                let Some(object) = self.objects.get(&object_id) else {
+                    // Without an fd of the object there is no way to complete it; the kernel
+                    // fails it when the object is dropped.
+                    self.stats.unknown_objects += 1;
+                    log::warn!("READ msg_id {msg_id} for unknown object {object_id}");
+                    return Ok(());
+                };
+                if !self.in_flight.insert(msg_id) {
+                    self.stats.duplicates += 1;
+                    return Ok(());
+                }
+                let fd = object.fd.clone();
+                let blob = object.blob.clone();
+                let readahead = self.map.fetch.readahead;
+                let remote = blob.is_remote();
+                let job: Job = Box::new(move || {
+                    let started = Instant::now();
+                    let result = serve_read(&*blob, &fd, off, len, readahead);
+                    Done::Read { msg_id, fd, result, started }
+                });
+                let pool = if remote { &self.remote } else { &self.local };
+                pool.jobs.send(job).expect("fetch pool alive");
+                Ok(())
+            }
+            Request::Close { object_id, .. } => {
+                self.stats.closes += 1;
+                // In-flight READs keep their own reference: the fd stays open until they
+                // are completed, so the object id cannot be recycled under them.
+                if self.objects.remove(&object_id).is_none() {
+                    log::debug!("CLOSE for unknown object {object_id}");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers everything the workers have finished.
+    pub fn drain_done(&mut self, device: &mut dyn Device) -> Result<(), DeviceError> {
+        while let Ok(done) = self.done.try_recv() {
+            match done {
+                Done::Opened { msg_id, object_id, fd, volume, fsid, result } => {
+                    self.in_flight.remove(&msg_id);
+                    match result {
+                        Ok((source, blob)) => {
+                            let size = blob.size();
+                            match self.reply_open(device, msg_id, size as i64) {
+                                Ok(()) => {
+                                    log::info!("OPEN {volume} {fsid}: {} bytes from {}", size, blob.describe());
+                                    self.objects.insert(object_id, Object { fd: Arc::new(fd), blob, volume, fsid, source });
+                                }
+                                Err(e) if e.cache_is_dead() => return Err(e),
+                                Err(_) => self.stats.opens_failed += 1,
+                            }
+                        }
+                        Err((errno, why)) => {
+                            self.stats.opens_failed += 1;
+                            log::warn!("OPEN {volume} {fsid}: {why}; refusing with {errno}");
+                            let r = self.reply_open(device, msg_id, -(errno as i64));
+                            drop(fd);
+                            if let Err(e) = r {
+                                if e.cache_is_dead() {
+                                    return Err(e);
+                                }
+                            }
+                        }
+                    }
+                }
+                Done::Read { msg_id, fd, result, started } => {
+                    self.in_flight.remove(&msg_id);
+                    match result {
+                        Ok(bytes) => {
+                            self.stats.bytes_written += bytes;
+                            log::trace!("READ msg_id {msg_id}: {bytes} bytes in {:?}", started.elapsed());
+                        }
+                        Err(why) => {
+                            self.stats.reads_failed += 1;
+                            log::warn!("READ msg_id {msg_id} failed: {why}; completing without data");
+                        }
+                    }
+                    if let Err(e) = device.complete_read(fd.as_fd(), msg_id) {
+                        if matches!(errno_of(&e), Some(Errno::EIO)) {
+                            return Err(DeviceError::Read(Errno::EIO));
+                        }
+                        log::warn!("{e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fetches `[off, off+len)` plus readahead and writes it into the anon fd in whole pages from
+/// page-aligned offsets (the kernel refuses unaligned starts with ENOBUFS), zero-padding the
+/// blob's tail. Returns the bytes written.
+pub fn serve_read(blob: &dyn Blob, fd: &OwnedFd, off: u64, len: u64, readahead: u64) -> Result<u64, String> {
+    let size = blob.size();
+    let start = off / PAGE * PAGE;
+    let padded_size = size.div_ceil(PAGE) * PAGE;
+    let end = off.saturating_add(len).saturating_add(readahead).div_ceil(PAGE).saturating_mul(PAGE).min(padded_size);
+    if start >= end {
+        return Ok(0);
+    }
+    let mut pages = vec![Page([0; 4096]); (CHUNK as u64).min(end - start).div_ceil(PAGE) as usize];
+    let mut pos = start;
+    let mut written = 0;
+    while pos < end {
+        let n = (end - pos).min(CHUNK as u64) as usize;
+        let buf = &mut pages.as_mut_bytes()[..n];
+        let data = (size.saturating_sub(pos) as usize).min(n);
+        blob.read_exact_at(pos, &mut buf[..data]).map_err(|e| e.to_string())?;
+        buf[data..].fill(0);
+        let mut done = 0;
+        while done < n {
+            match nix::sys::uio::pwrite(fd, &buf[done..], (pos + done as u64) as i64) {
+                Ok(0) => return Err(format!("writing at {}: no progress", pos + done as u64)),
+                Ok(w) => done += w,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(format!("writing the cache at {}: {e}", pos + done as u64)),
+            }
+        }
+        written += n as u64;
+        pos += n as u64;
+    }
+    Ok(written)
+}

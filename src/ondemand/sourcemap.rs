@@ -1,0 +1,285 @@
+//! The on-demand source map: an ordered list of `[[source]]` entries in a TOML file; the first
+//! whose `domain` and `fsid` globs match serves the blob. `{fsid}` and `{domain}` are
+//! substituted only after validation, so a mount option can never steer the daemon outside
+//! the configured place.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Path(PathBuf),
+    Url(String),
+    Registry { base: String, repository: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub index: usize,
+    pub domain: glob::Pattern,
+    pub fsid: glob::Pattern,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchSettings {
+    pub workers: usize,
+    /// Bytes written beyond the asked range (a multiple of the page size).
+    pub readahead: u64,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        FetchSettings { workers: 4, readahead: 0, timeout: Duration::from_secs(30), retries: 3 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceMap {
+    pub sources: Vec<Source>,
+    pub fetch: FetchSettings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMap {
+    #[serde(default)]
+    source: Vec<RawSource>,
+    fetch: Option<RawFetch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[serde(default = "star")]
+    domain: String,
+    #[serde(default = "star")]
+    fsid: String,
+    path: Option<String>,
+    url: Option<String>,
+    registry: Option<String>,
+    repository: Option<String>,
+}
+
+fn star() -> String {
+    "*".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFetch {
+    workers: Option<u64>,
+    readahead: Option<u64>,
+    /// Seconds.
+    timeout: Option<f64>,
+    retries: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct SourceMapError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Longest fsid or domain accepted (the kernel's key limit is NAME_MAX-ish too).
+pub const MAX_NAME: usize = 255;
+
+/// A name that is safe to put into a path component or a URL path segment unescaped.
+pub fn is_safe_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name != b"."
+        && !name.windows(2).any(|w| w == b"..")
+        && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~:+,=@".contains(&b))
+}
+
+impl SourceMap {
+    pub fn load(path: &Path) -> Result<SourceMap, SourceMapError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SourceMapError { path: path.display().to_string(), message: format!("cannot read: {e}") })?;
+        SourceMap::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(name: &str, text: &str) -> Result<SourceMap, SourceMapError> {
+        let err = |message: String| SourceMapError { path: name.to_string(), message };
+        let raw: RawMap = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        if raw.source.is_empty() {
+            return Err(err("no [[source]] entries".into()));
+        }
+        let mut sources = Vec::new();
+        for (i, s) in raw.source.into_iter().enumerate() {
+            let n = i + 1;
+            let pattern = |what: &str, p: &str| {
+                glob::Pattern::new(p).map_err(|e| err(format!("source {n}: {what} pattern {p:?}: {e}")))
+            };
+            let location = match (s.path, s.url, s.registry, s.repository) {
+                (Some(p), None, None, None) => {
+                    if !p.starts_with('/') {
+                        return Err(err(format!("source {n}: path {p:?} must be absolute")));
+                    }
+                    check_template(&p).map_err(|m| err(format!("source {n}: path {p:?}: {m}")))?;
+                    Location::Path(PathBuf::from(p))
+                }
+                (None, Some(u), None, None) => {
+                    if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        return Err(err(format!("source {n}: url {u:?} must start with http:// or https://")));
+                    }
+                    check_template(&u).map_err(|m| err(format!("source {n}: url {u:?}: {m}")))?;
+                    Location::Url(u)
+                }
+                (None, None, Some(r), Some(repo)) => {
+                    if !(r.starts_with("http://") || r.starts_with("https://")) {
+                        return Err(err(format!("source {n}: registry {r:?} must start with http:// or https://")));
+                    }
+                    if repo.is_empty() || repo.split('/').any(|c| !is_safe_name(c.as_bytes())) {
+                        return Err(err(format!("source {n}: repository {repo:?} is not a valid repository name")));
+                    }
+                    Location::Registry { base: r.trim_end_matches('/').to_string(), repository: repo }
+                }
+                (None, None, Some(_), None) => return Err(err(format!("source {n}: registry needs a repository"))),
+                (None, None, None, Some(_)) => return Err(err(format!("source {n}: repository needs a registry"))),
+                (None, None, None, None) => return Err(err(format!("source {n}: needs one of path, url or registry"))),
+                _ => return Err(err(format!("source {n}: give only one of path, url or registry"))),
+            };
+            sources.push(Source { index: n, domain: pattern("domain", &s.domain)?, fsid: pattern("fsid", &s.fsid)?, location });
+        }
+        let mut fetch = FetchSettings::default();
+        if let Some(f) = raw.fetch {
+            if let Some(w) = f.workers {
+                if !(1..=256).contains(&w) {
+                    return Err(err(format!("fetch.workers {w} must be 1..256")));
+                }
+                fetch.workers = w as usize;
+            }
+            if let Some(r) = f.readahead {
+                if r % 4096 != 0 || r > 64 << 20 {
+                    return Err(err(format!("fetch.readahead {r} must be a multiple of 4096 up to 64 MiB")));
+                }
+                fetch.readahead = r;
+            }
+            if let Some(t) = f.timeout {
+                if !(t > 0.0 && t <= 3600.0) {
+                    return Err(err(format!("fetch.timeout {t} must be between 0 and 3600 seconds")));
+                }
+                fetch.timeout = Duration::from_secs_f64(t);
+            }
+            if let Some(r) = f.retries {
+                if r > 10 {
+                    return Err(err(format!("fetch.retries {r} must be at most 10")));
+                }
+                fetch.retries = r;
+            }
+        }
+        Ok(SourceMap { sources, fetch })
+    }
+
+    /// The first source matching, and its location with the names substituted. `None` when
+    /// nothing matches or a name is unsafe.
+    pub fn resolve(&self, domain: &[u8], fsid: &[u8]) -> Option<(&Source, Location)> {
+        if !is_safe_name(domain) || !is_safe_name(fsid) {
+            return None;
+        }
+        let domain = std::str::from_utf8(domain).ok()?;
+        let fsid = std::str::from_utf8(fsid).ok()?;
+        let source = self.sources.iter().find(|s| s.domain.matches(domain) && s.fsid.matches(fsid))?;
+        let fill = |t: &str| t.replace("{fsid}", fsid).replace("{domain}", domain);
+        let location = match &source.location {
+            Location::Path(p) => Location::Path(PathBuf::from(fill(&p.to_string_lossy()))),
+            Location::Url(u) => Location::Url(fill(u)),
+            Location::Registry { base, repository } => Location::Registry { base: base.clone(), repository: repository.clone() },
+        };
+        Some((source, location))
+    }
+
+    /// Whether any source fetches over the network (the unit then needs network access).
+    pub fn uses_network(&self) -> bool {
+        self.sources.iter().any(|s| !matches!(s.location, Location::Path(_)))
+    }
+}
+
+fn check_template(t: &str) -> Result<(), String> {
+    let mut rest = t;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i..];
+        if !(after.starts_with("{fsid}") || after.starts_with("{domain}")) {
+            return Err("only {fsid} and {domain} may appear in braces".into());
+        }
+        rest = &rest[i + 1..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[[source]]
+domain = "images"
+fsid = "app-*"
+path = "/srv/erofs/{domain}/{fsid}.img"
+
+[[source]]
+fsid = "sha256:*"
+registry = "https://registry.example.org/"
+repository = "library/app"
+
+[[source]]
+url = "https://blobs.example.org/{domain}/{fsid}"
+
+[fetch]
+workers = 8
+readahead = 131072
+timeout = 2.5
+retries = 1
+"#;
+
+    #[test]
+    fn first_match_wins_and_names_are_substituted() {
+        let m = SourceMap::parse("t.toml", EXAMPLE).unwrap();
+        assert_eq!(m.fetch, FetchSettings { workers: 8, readahead: 131072, timeout: Duration::from_millis(2500), retries: 1 });
+        let (s, loc) = m.resolve(b"images", b"app-1").unwrap();
+        assert_eq!(s.index, 1);
+        assert_eq!(loc, Location::Path("/srv/erofs/images/app-1.img".into()));
+        let (s, loc) = m.resolve(b"images", b"sha256:abcd").unwrap();
+        assert_eq!(s.index, 2);
+        assert_eq!(loc, Location::Registry { base: "https://registry.example.org".into(), repository: "library/app".into() });
+        let (_, loc) = m.resolve(b"other", b"blob1").unwrap();
+        assert_eq!(loc, Location::Url("https://blobs.example.org/other/blob1".into()));
+        assert!(m.uses_network());
+    }
+
+    #[test]
+    fn hostile_names_never_resolve() {
+        let m = SourceMap::parse("t.toml", "[[source]]\npath = \"/srv/{fsid}\"\n").unwrap();
+        for bad in [&b"../etc/passwd"[..], b"..", b".", b"a/b", b"a\0b", b"a\nb", b"", b"a b", b"x?y", b"x#y", &[b'a'; 256][..], b"caf\xc3\xa9"] {
+            assert!(m.resolve(b"d", bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(m.resolve(bad, b"ok").is_none());
+        }
+        assert_eq!(m.resolve(b"d", b"ok.img").unwrap().1, Location::Path("/srv/ok.img".into()));
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let cases = [
+            ("", "no [[source]] entries"),
+            ("[[source]]\n", "source 1: needs one of path, url or registry"),
+            ("[[source]]\npath = \"rel/{fsid}\"\n", "source 1: path \"rel/{fsid}\" must be absolute"),
+            ("[[source]]\npath = \"/a\"\nurl = \"http://x\"\n", "source 1: give only one of path, url or registry"),
+            ("[[source]]\nurl = \"ftp://x\"\n", "source 1: url \"ftp://x\" must start with http:// or https://"),
+            ("[[source]]\nregistry = \"http://r\"\n", "source 1: registry needs a repository"),
+            ("[[source]]\npath = \"/a/{key}\"\n", "source 1: path \"/a/{key}\": only {fsid} and {domain} may appear in braces"),
+            ("[[source]]\npath = \"/a\"\nfsid = \"[\"\n", "source 1: fsid pattern \"[\""),
+            ("[[source]]\npath = \"/a\"\n[fetch]\nreadahead = 100\n", "fetch.readahead 100 must be a multiple of 4096"),
+            ("[[source]]\npath = \"/a\"\n[fetch]\nworkers = 0\n", "fetch.workers 0 must be 1..256"),
+            ("[[source]]\npath = \"/a\"\nbogus = 1\n", "unknown field `bogus`"),
+        ];
+        for (text, expected) in cases {
+            let e = SourceMap::parse("t.toml", text).unwrap_err().to_string();
+            assert!(e.contains(expected), "{text:?}: {e}");
+        }
+    }
+}
