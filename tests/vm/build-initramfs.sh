@@ -178,7 +178,7 @@ if [ -n "$vmtimeout" ]; then
   (
     sleep "$vmtimeout"
     echo "init: scenario '$scenario' timed out after ${vmtimeout}s; processes:"
-    ps -o pid,stat,args 2>/dev/null || ps
+    ps -o pid,stat,args 2>/dev/null | grep -v ' \['
     for p in /proc/[0-9]*; do
       [ -r "$p/wchan" ] && echo "  ${p#/proc/} $(cat "$p/wchan" 2>/dev/null) $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)"
     done
@@ -187,9 +187,16 @@ if [ -n "$vmtimeout" ]; then
 fi
 
 # The scenario runs as a plain `sh` child (no -x), output both on the console and in
-# /results/output.log (the SKIP reason is its last line).
-( cd / && sh "$script"; echo $? >/tmp/scenario.status ) 2>&1 | tee /results/output.log
-finish "$(cat /tmp/scenario.status 2>/dev/null || echo 3)"
+# /results/output.log (the SKIP reason is its last line). Init polls for the status file instead
+# of waiting for the pipeline: tee only sees EOF once every process that inherited the pipe is
+# gone, and a scenario may leave a background `sleep` behind.
+( cd / && sh "$script"; echo $? >/tmp/scenario.status.tmp; mv /tmp/scenario.status.tmp /tmp/scenario.status ) 2>&1 |
+  tee /results/output.log &
+while [ ! -e /tmp/scenario.status ]; do
+  sleep 0.2
+done
+sleep 0.2 # let tee write the last lines
+finish "$(cat /tmp/scenario.status)"
 EOF
 chmod 0755 "$root/init"
 

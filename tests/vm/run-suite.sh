@@ -11,12 +11,20 @@
 # Environment:
 #   KERNEL=path               use this bzImage instead of running build-kernel.sh
 #   CACHEFILESD_SKIP_CARGO=1  do not run cargo; use whatever binaries target/release holds
+#   VM_BINS="FILE..."         put exactly these binaries in /usr/sbin instead (no cargo), e.g.
+#                             VM_BINS=tests/vm/selftest/cachefilesd (a shell stand-in daemon)
 #   CACHEFILESD_FEATURES=...  optional daemon features to test (e.g. "ondemand"), see ondemand.sh
-#   VM_SMP, VM_MEM            qemu -smp / -m (default 2, 1024M)
+#   VM_SMP                    qemu -smp for every scenario (default: the scenario's
+#                             "# vm-smp: N" header, else 2)
+#   VM_MEM                    qemu -m (default 1024M)
 #   VM_TIMEOUT                per-scenario timeout in seconds, overriding the scenario's
 #                             "# vm-timeout: N" header (default 300)
 #   CARGO_TARGET_DIR          as for cargo (default: <repo>/target)
-#   VM_EXTRA_SCENARIOS=DIR    extra scenario scripts (harness self-tests), runnable by name
+#   VM_EXTRA_SCENARIOS=DIR    extra scenario scripts, runnable by name (harness self-tests:
+#                             tests/vm/selftest/scenarios)
+#   VM_DATA=DIR               share DIR read-only as 9p tag `data` (mounted at /data)
+#   VM_APPEND="A=b ..."       extra kernel command line; unknown NAME=value words reach the
+#                             scenarios as environment variables
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -58,14 +66,18 @@ log "kernel: $kernel"
 # earlier build are deliberately not used.
 bins=()
 cargo_ok=1
-if [ "${CACHEFILESD_SKIP_CARGO:-0}" != 1 ]; then
+if [ -n "${VM_BINS:-}" ]; then
+  # Explicit binaries (e.g. the shell stand-in tests/vm/selftest/cachefilesd): no cargo.
+  read -r -a bins <<<"$VM_BINS"
+  cargo_ok=0
+elif [ "${CACHEFILESD_SKIP_CARGO:-0}" != 1 ]; then
   log "cargo build --release --locked"
   if ! (cd "$repo" && cargo build --release --locked >&2); then
     log "WARNING: cargo build failed; the initramfs gets no daemon binaries"
     cargo_ok=0
   fi
 fi
-if [ "$cargo_ok" = 1 ]; then
+if [ "$cargo_ok" = 1 ] && [ -z "${VM_BINS:-}" ]; then
   for b in cachefilesd cachefilesctl; do
     if [ -x "$target/release/$b" ]; then
       bins+=("$target/release/$b")
@@ -93,16 +105,20 @@ for s in "${scenarios[@]}"; do
   mkdir -p "$results"
   timeout=${VM_TIMEOUT:-$(sed -n 's/^# vm-timeout: *\([0-9][0-9]*\).*/\1/p' "$(script_of "$s")" | head -n 1)}
   timeout=${timeout:-300}
+  # "# vm-smp: N" in a scenario pins its CPU count (VM_SMP overrides every scenario).
+  smp=${VM_SMP:-$(sed -n 's/^# vm-smp: *\([0-9][0-9]*\).*/\1/p' "$(script_of "$s")" | head -n 1)}
+  smp=${smp:-2}
   start=$(date +%s)
   set +e
   "$here/run-vm.sh" --kernel "$kernel" --initrd "$initrd" --scenario "$s" --results "$results" \
-    --fscached "$vmdir/fscached" --timeout "$timeout" --smp "${VM_SMP:-2}" --mem "${VM_MEM:-1024M}"
+    --fscached "$vmdir/fscached" --timeout "$timeout" --smp "$smp" --mem "${VM_MEM:-1024M}" \
+    ${VM_DATA:+--data "$VM_DATA"} ${VM_APPEND:+--append "$VM_APPEND"}
   rc=$?
   set -e
   seconds[$s]=$(( $(date +%s) - start ))
   # The status file written by the guest is the source of truth; run-vm.sh's exit code adds the
   # timeout case.
-  status=$(tr -d '[:space:]' <"$results/status" 2>/dev/null || true)
+  status=$(tr -d '[:space:]' 2>/dev/null <"$results/status" || true)
   if [ "$rc" = 124 ]; then
     result[$s]=FAIL
     reason[$s]="timeout after ${timeout}s (guest status: ${status:-none})"
@@ -123,6 +139,9 @@ for s in "${scenarios[@]}"; do
     # The first "FAIL:" line the scenario printed, if any.
     reason[$s]="status $status: $(first_fail "$results/output.log")"
   fi
+  if [ "${result[$s]}" = FAIL ] && grep -qE 'kernel BUG|Oops' "$results/dmesg.txt" 2>/dev/null; then
+    reason[$s]="${reason[$s]} [kernel BUG/oops in dmesg.txt]"
+  fi
   if [ "${result[$s]}" = FAIL ]; then
     any_fail=1
     echo "----- $s: FAIL, last 40 lines of $results/console.log -----" >&2
@@ -132,8 +151,8 @@ for s in "${scenarios[@]}"; do
 done
 
 echo
-printf '%-12s %-5s %8s  %s\n' scenario result seconds detail
+printf '%-18s %-6s %7s  %s\n' scenario result seconds detail
 for s in "${scenarios[@]}"; do
-  printf '%-12s %-5s %8s  %s\n' "$s" "${result[$s]}" "${seconds[$s]}" "${reason[$s]}"
+  printf '%-18s %-6s %7s  %s\n' "$s" "${result[$s]}" "${seconds[$s]}" "${reason[$s]}"
 done
 exit $any_fail

@@ -2,6 +2,8 @@
 # Boots the test kernel + initramfs under qemu (TCG) and runs one scenario:
 #   run-vm.sh --kernel K --initrd I --scenario NAME --results DIR
 #             [--data DIR] [--fscached DIR] [--timeout SEC] [--smp N] [--mem M] [--disk-size S]
+#             [--append "KERNEL ARGS"]   (NAME=value words the kernel does not know end up in the
+#                                         environment of /init and so of the scenario)
 #
 # Guest hardware:
 #   /dev/vda   fresh sparse ext4 image (DIR/cache.img, --disk-size, default 256M) for the cache,
@@ -20,7 +22,7 @@ repo=$(cd "$here/../.." && pwd)
 log() { echo "run-vm: $*" >&2; }
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
-kernel= initrd= scenario= results= data= fscached= timeout=300 smp=2 mem=1024M disk_size=256M
+kernel= initrd= scenario= results= data= fscached= timeout=300 smp=2 mem=1024M disk_size=256M extra_append=
 while [ $# -gt 0 ]; do
   case "$1" in
     --kernel) kernel=$2; shift 2 ;;
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
     --smp) smp=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --disk-size) disk_size=$2; shift 2 ;;
+    --append) extra_append=$2; shift 2 ;;
     -h|--help) usage ;;
     *) log "unknown argument: $1"; usage ;;
   esac
@@ -60,7 +63,7 @@ mke2fs -q -F -t ext4 -m 0 -b 4096 -L fscache "$results/cache.img"
 # The guest watchdog in /init fires 20 s before the host kills qemu, so a hang still leaves
 # dmesg and a process list in DIR.
 guest_timeout=$(( timeout > 40 ? timeout - 20 : timeout / 2 ))
-append="console=ttyS0 panic=-1 quiet loglevel=4 scenario=$scenario vmtimeout=$guest_timeout"
+append="console=ttyS0 panic=-1 quiet loglevel=4 scenario=$scenario vmtimeout=$guest_timeout $extra_append"
 
 qemu=(qemu-system-x86_64 -nographic -no-reboot -accel tcg -smp "$smp" -m "$mem"
   -kernel "$kernel" -initrd "$initrd" -append "$append"
@@ -87,7 +90,7 @@ set -e
 wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 echo "$wall" >"$results/wall-seconds"
 
-status=$(tr -d '[:space:]' <"$results/status" 2>/dev/null || true)
+status=$(tr -d '[:space:]' 2>/dev/null <"$results/status" || true)
 if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
   log "scenario $scenario: TIMEOUT after ${wall}s (qemu killed; guest status '${status:-none}')"
   exit 124

@@ -1,5 +1,9 @@
 #!/bin/sh
 # vm-timeout: 300
+# vm-smp: 1
+# (One CPU: with two, Linux 6.12.117's netfs read collector sometimes hits
+#  "netfs: Can't donate prior to front" + "kernel BUG at fs/netfs/read_collect.c:319" while 9p
+#  reads are served from the cache - about 1 run in 3 here; the daemon plays no part in reads.)
 # The daemon in classic (culling) mode against 9p cache=fscache:
 #   1. cachefilesd binds a cache on the ext4 disk (/dev/vda, made by run-vm.sh with -m 0 -b 4096),
 #   2. files read through 9p end up as objects under cache/I9p,fscached,/@xx/ (objects are linked
@@ -37,7 +41,7 @@ on_fail() {
 }
 
 
-mount_9p() { mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache fscached /mnt; }
+mount_9p() { mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache${MSIZE:+,msize=$MSIZE} fscached /mnt; }
 # verify LIST: sha256sum -c in /mnt, showing only the mismatches.
 verify() {
   (cd /mnt && sha256sum -c "$1") >/tmp/verify.out 2>&1
@@ -47,7 +51,7 @@ verify() {
 }
 count_objects() { find "$cache"/cache/I9p*/@* -type f 2>/dev/null | wc -l; }
 bavail() { fs_bavail "$cache"; }
-daemon_alive() { kill -0 "$daemon_pid" 2>/dev/null; }
+daemon_alive() { alive "$daemon_pid"; }
 graveyard_empty() { [ -z "$(ls -A "$cache/graveyard")" ]; }
 
 mkdir -p "$cache" /etc
@@ -77,8 +81,7 @@ say "config:"; sed 's/^/    /' "$conf"
 "$daemon" -n -s -f "$conf" >"$daemon_log" 2>&1 &
 daemon_pid=$!
 say "started cachefilesd, pid $daemon_pid (log: results/cachefilesd.log)"
-wait_for 30 "the daemon bound the cache (dmesg: File cache on mycache registered)" \
-  sh -c 'dmesg | grep -q "File cache on mycache registered"'
+wait_for 30 "the daemon bound the cache (dmesg: File cache on mycache registered)" bound_or_dead
 check "cachefilesd is running" daemon_alive
 check "bind created cache/ and graveyard/" test -d "$cache/cache" -a -d "$cache/graveyard"
 
@@ -143,17 +146,17 @@ check "remount 9p" mount_9p
 check "re-read all $total files after culling: sha256 matches" verify /tmp/all.sha
 check "umount 9p" umount /mnt
 check "cachefilesd is still running" daemon_alive
+# The re-read cached the culled files again and pushed free space below bcull once more; every
+# write that does so raises the kernel's cull flag (which only clears at brun), so a working
+# daemon brings free space back to brun again.
+wait_for 120 "free space back at brun ($brun_blocks blocks) after the re-read" \
+  sh -c "[ \$(stat -f -c %a $cache) -ge $brun_blocks ]"
 wait_for 60 "the graveyard ends empty" graveyard_empty
 say "final: $(count_objects) objects, $(bavail) blocks available"
 
-# Stop: SIGTERM must end the daemon with status 0 (with a guard in case it does not exit).
-kill -TERM "$daemon_pid"
-( sleep 30; kill -KILL "$daemon_pid" 2>/dev/null ) &
-guard=$!
-wait "$daemon_pid"
-rc=$?
-kill "$guard" 2>/dev/null
-check "cachefilesd exits with status 0 on SIGTERM (got $rc)" test "$rc" -eq 0
+# Stop: SIGTERM must end the daemon with status 0 (stop_daemon SIGKILLs it after 30 s).
+stop_daemon "$daemon_pid"
+check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 daemon_pid=
 check "the device is free again after the daemon exited" sh -c 'exec 5<>/dev/cachefiles'
 check "umount the cache disk" umount "$cache"

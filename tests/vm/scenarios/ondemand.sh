@@ -81,7 +81,7 @@ say "tree: $files files, $(du -sk "$tree" | cut -f1) KiB"
 check "the source tree has at least 500 files" test "$files" -ge 500
 
 mkdir -p /srv/erofs /etc/cachefilesd "$cache"
-check "mkfs.erofs $blob" sh -c "mkfs.erofs -q '$blob' '$tree' >/tmp/mkfs.log 2>&1 || { cat /tmp/mkfs.log; false; }"
+check "mkfs.erofs $blob" sh -c "mkfs.erofs --quiet '$blob' '$tree' >/tmp/mkfs.log 2>&1 || { cat /tmp/mkfs.log; false; }"
 say "blob: $(stat -c %s "$blob") bytes"
 
 check "mount the ext4 cache disk /dev/vda at $cache" mount -t ext4 /dev/vda "$cache"
@@ -101,9 +101,8 @@ say "config:"; sed 's/^/    /' "$conf"; sed 's/^/    /' "$map"
 "$daemon" -n -s -f "$conf" >"$daemon_log" 2>&1 &
 daemon_pid=$!
 say "started cachefilesd, pid $daemon_pid (log: results/cachefilesd.log)"
-wait_for 30 "the daemon bound the cache (dmesg: File cache on mycache registered)" \
-  sh -c 'dmesg | grep -q "File cache on mycache registered"'
-check "cachefilesd is running" kill -0 "$daemon_pid"
+wait_for 30 "the daemon bound the cache (dmesg: File cache on mycache registered)" bound_or_dead
+check "cachefilesd is running" alive "$daemon_pid"
 
 # A mount waits for the daemon's answers; the waits are killable, so bound them.
 erofs_mount() { timeout -s KILL 120 mount -t erofs none -o "fsid=$1" /mnt; }
@@ -130,14 +129,9 @@ check "umount" umount /mnt
 no_such_blob_fails() { ! erofs_mount nosuchblob 2>/dev/null; }
 check "mounting an unknown fsid (nosuchblob) fails" no_such_blob_fails
 grep -q ' /mnt ' /proc/mounts && umount /mnt
-check "cachefilesd is still running" kill -0 "$daemon_pid"
+check "cachefilesd is still running" alive "$daemon_pid"
 
-kill -TERM "$daemon_pid"
-( sleep 30; kill -KILL "$daemon_pid" 2>/dev/null ) &
-guard=$!
-wait "$daemon_pid"
-rc=$?
-kill "$guard" 2>/dev/null
-check "cachefilesd exits with status 0 on SIGTERM (got $rc)" test "$rc" -eq 0
+stop_daemon "$daemon_pid"
+check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 check "umount the cache disk" umount "$cache"
 pass

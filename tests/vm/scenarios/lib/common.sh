@@ -10,6 +10,10 @@ say() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*"; }
 
 fail() {
   say "FAIL: $*"
+  if ! kernel_log_clean; then
+    echo "--- kernel trouble in dmesg:"
+    dmesg | grep -E -B8 'kernel BUG|Oops|WARNING: CPU' | head -n 40
+  fi
   if command -v on_fail >/dev/null 2>&1; then
     trap - EXIT
     on_fail || true
@@ -31,8 +35,12 @@ check() {
 
 skip() { echo "SKIP: $*"; exit 77; }
 
+# Kernel trouble (BUG, oops, WARN) fails a scenario even if all its own checks passed.
+kernel_log_clean() { ! dmesg | grep -qE 'kernel BUG|Oops|WARNING: CPU|general protection|Call Trace'; }
+
 pass() {
   [ "$checks" -gt 0 ] || fail "scenario ran no checks"
+  check "no kernel BUG/oops/warning in dmesg" kernel_log_clean
   say "PASS: $checks checks"
   exit 0
 }
@@ -89,3 +97,38 @@ ninep_object_name() { # INODE
 bswap32() { echo $(( (($1 & 0xff) << 24) | (($1 & 0xff00) << 8) | (($1 >> 8) & 0xff00) | (($1 >> 24) & 0xff) )); }
 hexword() { [ "$1" -eq 0 ] || printf '%x' "$1"; }
 hexdigits() { if [ "$1" -eq 0 ]; then echo 0; else printf '%x' "$1" | wc -c; fi; }
+
+# alive PID: the process exists and is not a zombie (kill -0 succeeds on an unreaped zombie, so it
+# cannot tell that a daemon started with & has died).
+alive() {
+  [ -r "/proc/$1/stat" ] || return 1
+  [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]
+}
+
+# stop_daemon PID: SIGTERM, wait up to 30 s (then SIGKILL), reap; sets daemon_rc to the exit
+# status (128+signal if it was killed).
+stop_daemon() {
+  kill -TERM "$1" 2>/dev/null
+  _n=0
+  while alive "$1" && [ $_n -lt 150 ]; do
+    sleep 0.2
+    _n=$((_n + 1))
+  done
+  if alive "$1"; then
+    say "daemon still running 30 s after SIGTERM: SIGKILL"
+    kill -KILL "$1"
+  fi
+  wait "$1"
+  daemon_rc=$?
+}
+
+# bound_or_dead: true once the kernel logged the bind of cache "mycache"; fails the scenario at
+# once if the daemon ($daemon_pid) has already exited, instead of waiting out the timeout.
+bound_or_dead() {
+  dmesg | grep -q "File cache on mycache registered" && return 0
+  if ! alive "$daemon_pid"; then
+    wait "$daemon_pid"
+    fail "cachefilesd exited with status $? before binding the cache (see results/cachefilesd.log)"
+  fi
+  return 1
+}

@@ -1,0 +1,258 @@
+//! HTTP(S) and OCI registry sources against real servers started here: nginx for plain
+//! HTTP Range requests, the CNCF distribution registry (Debian's docker-registry) for
+//! registry blobs, and tiny hand-rolled TCP servers for misbehaviour nginx will not produce
+//! (stalls, lying Content-Range). .ci/run installs nginx and docker-registry.
+
+use cachefilesd_rs::ondemand::serve_read;
+use cachefilesd_rs::ondemand::sourcemap::FetchSettings;
+use cachefilesd_rs::ondemand::sources::{self, Blob, FetchError, HttpBlob, RegistryBlob};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server on port {port} did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn find(binary: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(binary);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{binary} not found: install Debian's {package} package (.ci/run does)");
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: nginx's master then stops its workers too.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(root.join("blobs")).unwrap();
+    let port = free_port();
+    let d = dir.path().display();
+    let conf = format!(
+        "user root; worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    location /norange/ {{ alias {root}/blobs/; max_ranges 0; }}
+    location /moved/ {{ return 302 /blobs/big; }}
+    location /loop/ {{ return 302 /loop/again; }}
+  }}
+}}
+",
+        root = root.display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = Command::new(find("nginx", "nginx"))
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Server { child, port, _dir: dir, root }
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 131) ^ (i >> 9)) as u8).collect()
+}
+
+fn settings(timeout_ms: u64, retries: u32) -> FetchSettings {
+    FetchSettings { workers: 1, readahead: 0, timeout: Duration::from_millis(timeout_ms), retries }
+}
+
+fn write_target() -> (tempfile::NamedTempFile, OwnedFd) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let fd: OwnedFd = std::fs::OpenOptions::new().write(true).open(f.path()).unwrap().into();
+    (f, fd)
+}
+
+#[test]
+fn nginx_range_requests_serve_exact_bytes() {
+    let server = nginx();
+    let content = data(5 * 1024 * 1024 + 123);
+    std::fs::write(server.root.join("blobs/big"), &content).unwrap();
+    let s = settings(5000, 1);
+    let agent = sources::agent(&s);
+    let blob = HttpBlob::open(format!("http://127.0.0.1:{}/blobs/big", server.port), agent.clone(), &s).unwrap();
+    assert_eq!(blob.size(), content.len() as u64);
+    let (file, fd) = write_target();
+    // A read spanning several 1 MiB chunks and the blob's unaligned end.
+    let written = serve_read(&blob, &fd, 4096 * 3 + 17, content.len() as u64, 0).unwrap();
+    assert_eq!(written, (content.len() as u64).div_ceil(4096) * 4096 - 4096 * 3);
+    let mut back = vec![0u8; content.len() - 4096 * 3];
+    file.as_file().read_exact_at(&mut back, 4096 * 3).unwrap();
+    assert_eq!(back, &content[4096 * 3..]);
+
+    // A redirect to the blob is followed.
+    let moved = HttpBlob::open(format!("http://127.0.0.1:{}/moved/x", server.port), agent.clone(), &s).unwrap();
+    assert_eq!(moved.size(), content.len() as u64);
+
+    // 404 fails the OPEN with ENOENT.
+    let missing = HttpBlob::open(format!("http://127.0.0.1:{}/blobs/none", server.port), agent.clone(), &s).err().unwrap();
+    assert_eq!(missing.errno(), nix::errno::Errno::ENOENT, "{missing}");
+
+    // A server that ignores Range (200 with the whole body) is an error, not silent garbage.
+    let norange = HttpBlob::open(format!("http://127.0.0.1:{}/norange/big", server.port), agent.clone(), &s).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let e = norange.read_exact_at(4096, &mut buf).unwrap_err();
+    assert!(e.to_string().contains("expected 206"), "{e}");
+
+    // A redirect loop ends in an error, bounded.
+    let started = Instant::now();
+    let e = HttpBlob::open(format!("http://127.0.0.1:{}/loop/x", server.port), agent, &s).err().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+}
+
+/// A one-shot-per-connection TCP server answering every request with `reply(request)`.
+fn raw_server(reply: impl Fn(&str, &mut std::net::TcpStream) + Send + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut req = Vec::new();
+            let mut byte = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") && conn.read(&mut byte).map_or(false, |n| n == 1) {
+                req.push(byte[0]);
+            }
+            reply(&String::from_utf8_lossy(&req), &mut conn);
+        }
+    });
+    port
+}
+
+#[test]
+fn misbehaving_servers_fail_within_the_timeout() {
+    // HEAD says 1 MiB; GETs stall after a few bytes of the body.
+    let stall = raw_server(|req, c| {
+        if req.starts_with("HEAD") {
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n");
+        } else {
+            let _ = c.write_all(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-4095/1048576\r\nContent-Length: 4096\r\n\r\nabc");
+            std::thread::sleep(Duration::from_secs(30));
+        }
+    });
+    let s = settings(700, 1);
+    let agent = sources::agent(&s);
+    let blob = HttpBlob::open(format!("http://127.0.0.1:{stall}/b"), agent.clone(), &s).unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let e = blob.read_exact_at(0, &mut buf).unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "stalled read took {took:?}: {e}");
+    assert!(matches!(e, FetchError::Io(_)), "{e:?}");
+
+    // A Content-Range for other bytes than asked is rejected.
+    let liar = raw_server(|req, c| {
+        if req.starts_with("HEAD") {
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8192\r\n\r\n");
+        } else {
+            let mut r = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 4096-8191/8192\r\nContent-Length: 4096\r\n\r\n".to_vec();
+            r.extend(vec![b'x'; 4096]);
+            let _ = c.write_all(&r);
+        }
+    });
+    let blob = HttpBlob::open(format!("http://127.0.0.1:{liar}/b"), agent.clone(), &s).unwrap();
+    let e = blob.read_exact_at(0, &mut buf).unwrap_err();
+    assert!(e.to_string().contains("does not match"), "{e}");
+
+    // 500s are retried a bounded number of times, then reported.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c2 = count.clone();
+    let failing = raw_server(move |_, c| {
+        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = c.write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    });
+    let e = HttpBlob::open(format!("http://127.0.0.1:{failing}/b"), agent, &s).err().unwrap();
+    assert!(matches!(e, FetchError::Status(500)), "{e:?}");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2, "one try plus one retry");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn registry_blobs_by_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("config.yml"), conf).unwrap();
+    let child = Command::new(find("docker-registry", "docker-registry"))
+        .args(["serve", &format!("{}/config.yml", dir.path().display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Server { child, port, _dir: dir, root: PathBuf::new() };
+    wait_port(port);
+
+    let content = data(3 * 1024 * 1024 + 5);
+    let hex = sha256_hex(&content);
+    let base = format!("http://127.0.0.1:{port}");
+    // Upload: POST opens a session, PUT to its Location with the digest closes it.
+    let session = ureq::post(&format!("{base}/v2/test/app/blobs/uploads/")).call().unwrap();
+    assert_eq!(session.status(), 202);
+    let location = session.header("Location").unwrap().to_string();
+    let location = if location.starts_with('/') { format!("{base}{location}") } else { location };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let resp = ureq::put(&format!("{location}{sep}digest=sha256:{hex}"))
+        .set("Content-Type", "application/octet-stream")
+        .send_bytes(&content)
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    let s = settings(5000, 1);
+    let agent = sources::agent(&s);
+    let blob = RegistryBlob::open(&base, "test/app", &hex, agent.clone(), &s).unwrap();
+    assert_eq!(blob.size(), content.len() as u64);
+    let (file, fd) = write_target();
+    serve_read(&blob, &fd, 0, content.len() as u64, 0).unwrap();
+    let mut back = vec![0u8; content.len()];
+    file.as_file().read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, content);
+
+    let other = "0".repeat(64);
+    let e = RegistryBlob::open(&base, "test/app", &other, agent.clone(), &s).err().unwrap();
+    assert_eq!(e.errno(), nix::errno::Errno::ENOENT, "{e}");
+    let e = RegistryBlob::open(&base, "test/app", "not-a-digest", agent, &s).err().unwrap();
+    assert_eq!(e.errno(), nix::errno::Errno::ENOENT, "{e}");
+}
