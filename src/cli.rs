@@ -75,7 +75,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, UsageEr
             _ if bytes.len() >= 2 && bytes[0] == b'-' && bytes[1] != b'-' => {}
             _ => {
                 let shown = arg.to_string_lossy().into_owned();
-                return Err(if bytes.starts_with(b"--") { UsageError::Unknown(shown) } else { UsageError::Extra(shown) });
+                return Err(if bytes.starts_with(b"--") {
+                    UsageError::Unknown(shown)
+                } else {
+                    UsageError::Extra(shown)
+                });
             }
         }
         let mut i = 1;
@@ -114,20 +118,31 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> Result<Action, UsageError> {
-        parse(std::iter::once("cachefilesd").chain(args.iter().copied()).map(OsString::from))
+        parse(
+            std::iter::once("cachefilesd")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
     }
 
     #[test]
     fn getopt_compatible() {
-        let Action::Run(o) = run(&["-ddns", "-N", "-f", "/tmp/c.conf", "-p/run/x.pid"]).unwrap() else { panic!() };
+        let Action::Run(o) = run(&["-ddns", "-N", "-f", "/tmp/c.conf", "-p/run/x.pid"]).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(o.debug, 2);
         assert!(o.stderr && o.no_daemon && o.nocull && !o.check_config);
         assert_eq!(o.config, PathBuf::from("/tmp/c.conf"));
         assert_eq!(o.pidfile, Some(PathBuf::from("/run/x.pid")));
-        let Action::Run(o) = run(&["-tf/etc/x"]).unwrap() else { panic!() };
+        let Action::Run(o) = run(&["-tf/etc/x"]).unwrap() else {
+            panic!()
+        };
         assert!(o.check_config);
         assert_eq!(o.config, PathBuf::from("/etc/x"));
-        let Action::Run(o) = run(&[]).unwrap() else { panic!() };
+        let Action::Run(o) = run(&[]).unwrap() else {
+            panic!()
+        };
         assert_eq!(o.config, PathBuf::from("/etc/cachefilesd.conf"));
         assert_eq!(o.pidfile, None);
         assert_eq!(run(&["-v"]).unwrap(), Action::Version);
@@ -139,7 +154,13 @@ mod tests {
     fn usage_errors() {
         assert_eq!(run(&["-x"]).unwrap_err(), UsageError::Unknown("-x".into()));
         assert_eq!(run(&["-f"]).unwrap_err(), UsageError::MissingArgument('f'));
-        assert_eq!(run(&["--frob"]).unwrap_err(), UsageError::Unknown("--frob".into()));
-        assert_eq!(run(&["extra"]).unwrap_err(), UsageError::Extra("extra".into()));
+        assert_eq!(
+            run(&["--frob"]).unwrap_err(),
+            UsageError::Unknown("--frob".into())
+        );
+        assert_eq!(
+            run(&["extra"]).unwrap_err(),
+            UsageError::Extra("extra".into())
+        );
     }
 }

@@ -68,7 +68,11 @@ impl Config {
     }
 
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
-        let err = |line: usize, message: String| ConfigError { path: path.to_path_buf(), line, message };
+        let err = |line: usize, message: String| ConfigError {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
         let mut dir: Option<Located<PathBuf>> = None;
         let mut tag = None;
         let mut secctx = None;
@@ -112,7 +116,10 @@ impl Config {
                 if arg.is_empty() {
                     Ok(())
                 } else {
-                    Err(err(line_no, format!("{keyword} takes no argument, found {arg:?}")))
+                    Err(err(
+                        line_no,
+                        format!("{keyword} takes no argument, found {arg:?}"),
+                    ))
                 }
             };
             let once = |set: bool| -> Result<(), ConfigError> {
@@ -132,7 +139,10 @@ impl Config {
                     if p.len() > 4096 - 10 {
                         return Err(err(line_no, "dir path is too long".into()));
                     }
-                    dir = Some(Located { value: PathBuf::from(p), line: line_no });
+                    dir = Some(Located {
+                        value: PathBuf::from(p),
+                        line: line_no,
+                    });
                 }
                 "tag" => {
                     once(tag.is_some())?;
@@ -145,14 +155,21 @@ impl Config {
                 "debug" => {
                     once(debug.is_some())?;
                     let a = need_arg("a mask")?;
-                    debug = Some(parse_c_number(a).ok_or_else(|| err(line_no, format!("debug mask {a:?} is not a number")))?);
+                    debug = Some(parse_c_number(a).ok_or_else(|| {
+                        err(line_no, format!("debug mask {a:?} is not a number"))
+                    })?);
                 }
                 "culltable" => {
                     once(culltable.is_some())?;
                     let a = need_arg("a size (log2, 12..20)")?;
-                    let v: u8 = a.parse().map_err(|_| err(line_no, format!("culltable {a:?} is not a number")))?;
+                    let v: u8 = a
+                        .parse()
+                        .map_err(|_| err(line_no, format!("culltable {a:?} is not a number")))?;
                     if !(12..=20).contains(&v) {
-                        return Err(err(line_no, format!("culltable {v} is out of range 12..20")));
+                        return Err(err(
+                            line_no,
+                            format!("culltable {v} is out of range 12..20"),
+                        ));
                     }
                     culltable = Some(v);
                 }
@@ -172,9 +189,15 @@ impl Config {
                             return Ok(None);
                         }
                         match s.parse::<u64>() {
-                            Ok(0) => Err(err(line_no, format!("resume_thresholds {what} must not be 0"))),
+                            Ok(0) => Err(err(
+                                line_no,
+                                format!("resume_thresholds {what} must not be 0"),
+                            )),
                             Ok(v) => Ok(Some(v)),
-                            Err(_) => Err(err(line_no, format!("resume_thresholds {what} {s:?} is not a number or -"))),
+                            Err(_) => Err(err(
+                                line_no,
+                                format!("resume_thresholds {what} {s:?} is not a number or -"),
+                            )),
                         }
                     };
                     resume = Some((value(parts[0], "blocks")?, value(parts[1], "files")?));
@@ -182,10 +205,17 @@ impl Config {
                 "ondemand" => {
                     once(ondemand.is_some())?;
                     let p = need_arg("the path of a TOML source map")?;
-                    ondemand = Some(Located { value: PathBuf::from(p), line: line_no });
+                    ondemand = Some(Located {
+                        value: PathBuf::from(p),
+                        line: line_no,
+                    });
                 }
                 "bind" => {
-                    return Err(err(line_no, "bind must not be given in the config: the daemon binds the cache itself".into()));
+                    return Err(err(
+                        line_no,
+                        "bind must not be given in the config: the daemon binds the cache itself"
+                            .into(),
+                    ));
                 }
                 word => {
                     let Some(limit) = Limit::from_keyword(word) else {
@@ -196,16 +226,27 @@ impl Config {
                     let a = need_arg("a percentage like 10%")?;
                     let pct = a
                         .strip_suffix('%')
-                        .and_then(|n| (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(n))
+                        .and_then(|n| {
+                            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(n)
+                        })
                         .and_then(|n| n.parse::<u8>().ok())
                         .filter(|&n| n < 100)
-                        .ok_or_else(|| err(line_no, format!("{word} {a:?} must be a percentage from 0% to 99%")))?;
-                    limits[idx] = Some(Located { value: pct, line: line_no });
+                        .ok_or_else(|| {
+                            err(
+                                line_no,
+                                format!("{word} {a:?} must be a percentage from 0% to 99%"),
+                            )
+                        })?;
+                    limits[idx] = Some(Located {
+                        value: pct,
+                        line: line_no,
+                    });
                 }
             }
         }
 
-        let dir = dir.ok_or_else(|| err(0, "no dir line: the cache directory must be given".into()))?;
+        let dir =
+            dir.ok_or_else(|| err(0, "no dir line: the cache directory must be given".into()))?;
         let config = Config {
             path: path.to_path_buf(),
             dir,
@@ -225,7 +266,9 @@ impl Config {
 
     /// The effective value of a limit: the file's, else the kernel's default.
     pub fn limit(&self, limit: Limit) -> u8 {
-        self.limits[limit as usize].as_ref().map_or(limit.kernel_default(), |l| l.value)
+        self.limits[limit as usize]
+            .as_ref()
+            .map_or(limit.kernel_default(), |l| l.value)
     }
 
     fn check_limits(&self) -> Result<(), ConfigError> {
@@ -283,7 +326,9 @@ impl Config {
                     .expect("limits were checked when the config was parsed"),
             );
         }
-        out.push(Command::Bind { ondemand: self.ondemand.is_some() });
+        out.push(Command::Bind {
+            ondemand: self.ondemand.is_some(),
+        });
         out
     }
 }
@@ -313,21 +358,32 @@ mod tests {
 
     #[test]
     fn shipped_default_config() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/cachefilesd.conf")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/conf/cachefilesd.conf"
+        ))
+        .unwrap();
         let c = parse(&text).unwrap();
         assert_eq!(c.dir.value, PathBuf::from("/var/cache/fscache"));
         assert_eq!(c.tag.as_deref(), Some("mycache"));
         assert_eq!(c.secctx, None);
-        assert_eq!(
-            Limit::ALL.map(|l| c.limit(l)),
-            [10, 7, 3, 10, 7, 3]
-        );
+        assert_eq!(Limit::ALL.map(|l| c.limit(l)), [10, 7, 3, 10, 7, 3]);
         assert_eq!(c.culltable, 12);
         assert_eq!((c.resume_blocks, c.resume_files), (None, Some(5)));
         let cmds: Vec<String> = c.commands().iter().map(|c| c.to_string()).collect();
         assert_eq!(
             cmds,
-            ["dir /var/cache/fscache", "tag mycache", "brun 10%", "bcull 7%", "bstop 3%", "frun 10%", "fcull 7%", "fstop 3%", "bind"]
+            [
+                "dir /var/cache/fscache",
+                "tag mycache",
+                "brun 10%",
+                "bcull 7%",
+                "bstop 3%",
+                "frun 10%",
+                "fcull 7%",
+                "fstop 3%",
+                "bind"
+            ]
         );
     }
 
@@ -339,18 +395,36 @@ mod tests {
              resume_thresholds 1000 -\nondemand /etc/cachefilesd/ondemand.toml\n",
         )
         .unwrap();
-        assert_eq!(c.dir, Located { value: PathBuf::from("/cache"), line: 3 });
+        assert_eq!(
+            c.dir,
+            Located {
+                value: PathBuf::from("/cache"),
+                line: 3
+            }
+        );
         assert_eq!(c.debug, Some(16));
         assert_eq!(c.culltable, 20);
         assert!(c.nocull);
         assert_eq!((c.resume_blocks, c.resume_files), (Some(1000), None));
-        assert_eq!(c.ondemand.as_ref().unwrap().value, PathBuf::from("/etc/cachefilesd/ondemand.toml"));
+        assert_eq!(
+            c.ondemand.as_ref().unwrap().value,
+            PathBuf::from("/etc/cachefilesd/ondemand.toml")
+        );
         let cmds: Vec<String> = c.commands().iter().map(|c| c.to_string()).collect();
         assert_eq!(
             cmds,
             [
-                "dir /cache", "tag t", "secctx system_u:system_r:cachefiles_kernel_t:s0", "debug 16",
-                "bstop 2%", "bcull 3%", "brun 4%", "frun 30%", "fcull 20%", "fstop 0%", "bind ondemand"
+                "dir /cache",
+                "tag t",
+                "secctx system_u:system_r:cachefiles_kernel_t:s0",
+                "debug 16",
+                "bstop 2%",
+                "bcull 3%",
+                "brun 4%",
+                "frun 30%",
+                "fcull 20%",
+                "fstop 0%",
+                "bind ondemand"
             ]
         );
         assert_eq!(parse("dir /c\ndebug 010").unwrap().debug, Some(8));
@@ -388,8 +462,12 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(error(text), expected, "for {text:?}");
         }
-        let not_utf8 = Config::parse(Path::new("/etc/cachefilesd.conf"), b"dir /c\ntag \xff\n").unwrap_err();
-        assert_eq!(not_utf8.to_string(), "/etc/cachefilesd.conf:2: line is not valid UTF-8");
+        let not_utf8 =
+            Config::parse(Path::new("/etc/cachefilesd.conf"), b"dir /c\ntag \xff\n").unwrap_err();
+        assert_eq!(
+            not_utf8.to_string(),
+            "/etc/cachefilesd.conf:2: line is not valid UTF-8"
+        );
     }
 
     proptest::proptest! {

@@ -3,7 +3,7 @@
 //! dead cache (EIO) or a broken loop ends it.
 
 use crate::config::Config;
-use crate::cull::{graveyard, scan, Culler, CullOutcome};
+use crate::cull::{graveyard, scan, CullOutcome, Culler};
 use crate::device::{Device, DeviceError};
 use crate::ondemand::sourcemap::SourceMap;
 use crate::ondemand::OnDemand;
@@ -37,7 +37,11 @@ pub enum DaemonError {
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error("cannot open {what} {path}: {errno}")]
-    CacheTree { what: &'static str, path: String, errno: nix::errno::Errno },
+    CacheTree {
+        what: &'static str,
+        path: String,
+        errno: nix::errno::Errno,
+    },
     #[error("event loop: {0}")]
     Loop(#[from] std::io::Error),
     #[error("unparseable status line from the kernel: {0}")]
@@ -135,8 +139,15 @@ pub struct Daemon<'d> {
 
 fn open_cache_dir(config: &Config, name: &str) -> Result<Dir, DaemonError> {
     let path = config.dir.value.join(name);
-    Dir::open(&path, crate::cull::tree::dir_flags(), nix::sys::stat::Mode::empty()).map_err(|errno| {
-        DaemonError::CacheTree { what: "cache directory", path: path.display().to_string(), errno }
+    Dir::open(
+        &path,
+        crate::cull::tree::dir_flags(),
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|errno| DaemonError::CacheTree {
+        what: "cache directory",
+        path: path.display().to_string(),
+        errno,
     })
 }
 
@@ -154,7 +165,8 @@ impl<'d> Daemon<'d> {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let cache_root = open_cache_dir(config, "cache")?;
         let grave = open_cache_dir(config, "graveyard")?;
-        let culler = (!nocull && !config.nocull).then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
+        let culler = (!nocull && !config.nocull)
+            .then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
         let capacity = culler.as_ref().map_or(1, Culler::capacity);
         let worker_cache = open_cache_dir(config, "cache")?;
         let worker_grave = open_cache_dir(config, "graveyard")?;
@@ -162,28 +174,51 @@ impl<'d> Daemon<'d> {
         drop(grave);
         let mut signals = signals;
         if let Some(s) = signals.as_mut() {
-            poll.registry().register(&mut s.terminate, TERMINATE, Interest::READABLE)?;
-            poll.registry().register(&mut s.report, REPORT, Interest::READABLE)?;
+            poll.registry()
+                .register(&mut s.terminate, TERMINATE, Interest::READABLE)?;
+            poll.registry()
+                .register(&mut s.report, REPORT, Interest::READABLE)?;
         }
         // On demand, read() returns requests, so "please cull" is only visible as POLLOUT.
-        let interest = if source_map.is_some() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-        poll.registry().register(&mut SourceFd(&device.poll_fd()), DEVICE, interest)?;
+        let interest = if source_map.is_some() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        poll.registry()
+            .register(&mut SourceFd(&device.poll_fd()), DEVICE, interest)?;
         let ondemand = source_map.map(|map| {
             let w = waker.clone();
-            OnDemand::new(map, Arc::new(move || {
-                let _ = w.wake();
-            }))
+            OnDemand::new(
+                map,
+                Arc::new(move || {
+                    let _ = w.wake();
+                }),
+            )
         });
         let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
             Ok(ino) => {
                 let path = config.dir.value.join("graveyard");
-                match ino.add_watch(&path, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_ONLYDIR | AddWatchFlags::IN_DONT_FOLLOW) {
+                match ino.add_watch(
+                    &path,
+                    AddWatchFlags::IN_MOVED_TO
+                        | AddWatchFlags::IN_CREATE
+                        | AddWatchFlags::IN_ONLYDIR
+                        | AddWatchFlags::IN_DONT_FOLLOW,
+                ) {
                     Ok(_) => {
-                        poll.registry().register(&mut SourceFd(&ino.as_fd().as_raw_fd()), GRAVEYARD, Interest::READABLE)?;
+                        poll.registry().register(
+                            &mut SourceFd(&ino.as_fd().as_raw_fd()),
+                            GRAVEYARD,
+                            Interest::READABLE,
+                        )?;
                         Some(ino)
                     }
                     Err(e) => {
-                        log::warn!("cannot watch {}: {e}; the graveyard is reaped on a timer instead", path.display());
+                        log::warn!(
+                            "cannot watch {}: {e}; the graveyard is reaped on a timer instead",
+                            path.display()
+                        );
                         None
                     }
                 }
@@ -207,14 +242,22 @@ impl<'d> Daemon<'d> {
             reap_again: false,
             status: Status::default(),
             ondemand,
-            limits: [config.limit(Limit::Brun), config.limit(Limit::Bcull), config.limit(Limit::Frun), config.limit(Limit::Fcull)],
+            limits: [
+                config.limit(Limit::Brun),
+                config.limit(Limit::Bcull),
+                config.limit(Limit::Frun),
+                config.limit(Limit::Fcull),
+            ],
             started: Instant::now(),
             reaped: 0,
         })
     }
 
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { flag: self.stop.clone(), waker: self.waker.clone() }
+        StopHandle {
+            flag: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
     }
 
     pub fn culler(&self) -> Option<&Culler> {
@@ -234,7 +277,9 @@ impl<'d> Daemon<'d> {
         }
         // SAFETY: the fd belongs to `self.cache_root`, which outlives this borrow.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.cache_root.as_raw_fd()) };
-        let Ok(st) = nix::sys::statfs::fstatfs(fd) else { return Ok(()) };
+        let Ok(st) = nix::sys::statfs::fstatfs(fd) else {
+            return Ok(());
+        };
         let [brun, bcull, frun, fcull] = self.limits.map(u64::from);
         let blocks = st.blocks() / 100;
         let files = st.files() / 100;
@@ -246,21 +291,38 @@ impl<'d> Daemon<'d> {
             self.status.cull = false;
         }
         if was != self.status.cull {
-            log::info!("{}", if self.status.cull { "cache space low: culling" } else { "culling no longer needed" });
+            log::info!(
+                "{}",
+                if self.status.cull {
+                    "cache space low: culling"
+                } else {
+                    "culling no longer needed"
+                }
+            );
         }
         Ok(())
     }
 
     fn read_status(&mut self) -> Result<(), DaemonError> {
         let mut buf = [0u8; 512];
-        let n = self.device.read(&mut buf).map_err(DaemonError::from_device)?;
+        let n = self
+            .device
+            .read(&mut buf)
+            .map_err(DaemonError::from_device)?;
         if n == 0 {
             // Not bound (yet): nothing to learn.
             return Ok(());
         }
         let status = Status::parse(&buf[..n])?;
         if status.cull != self.status.cull {
-            log::info!("{}", if status.cull { "kernel requests culling" } else { "culling no longer needed" });
+            log::info!(
+                "{}",
+                if status.cull {
+                    "kernel requests culling"
+                } else {
+                    "culling no longer needed"
+                }
+            );
         }
         if let Some(c) = self.culler.as_mut() {
             c.note_status(&status);
@@ -285,11 +347,17 @@ impl<'d> Daemon<'d> {
                         log::warn!("cache/{}: {} left alone", o.path.escape_debug(), o.what);
                     }
                     if report.oddities_seen > report.oddities.len() as u64 {
-                        log::warn!("{} more odd entries in the cache tree left alone", report.oddities_seen - report.oddities.len() as u64);
+                        log::warn!(
+                            "{} more odd entries in the cache tree left alone",
+                            report.oddities_seen - report.oddities.len() as u64
+                        );
                     }
                     log::debug!(
                         "scan: {} objects in {} directories, {} candidates, {:?}",
-                        report.objects, report.directories, report.candidates.len(), report.duration
+                        report.objects,
+                        report.directories,
+                        report.candidates.len(),
+                        report.duration
                     );
                     if let Some(c) = self.culler.as_mut() {
                         c.scan_finished(report, Instant::now());
@@ -302,7 +370,11 @@ impl<'d> Daemon<'d> {
                         log::debug!("graveyard: removed {} entries", report.removed);
                     }
                     if let Some((path, errno)) = &report.first_error {
-                        log::warn!("graveyard: {} entries not removed, first graveyard{}: {errno}", report.failed, path.escape_debug());
+                        log::warn!(
+                            "graveyard: {} entries not removed, first graveyard{}: {errno}",
+                            report.failed,
+                            path.escape_debug()
+                        );
                     }
                     if std::mem::take(&mut self.reap_again) {
                         self.request_reap();
@@ -313,7 +385,9 @@ impl<'d> Daemon<'d> {
     }
 
     fn cull_batch(&mut self) -> Result<(), DaemonError> {
-        let Some(culler) = self.culler.as_mut() else { return Ok(()) };
+        let Some(culler) = self.culler.as_mut() else {
+            return Ok(());
+        };
         let now = Instant::now();
         if culler.wants_scan(self.status.cull, now) && self.worker.jobs.send(Job::Scan).is_ok() {
             culler.scan_started();
@@ -323,7 +397,10 @@ impl<'d> Daemon<'d> {
         }
         for _ in 0..CULL_BATCH {
             let culler = self.culler.as_mut().expect("checked above");
-            match culler.cull_one(&self.cache_root, self.device).map_err(DaemonError::from_device)? {
+            match culler
+                .cull_one(&self.cache_root, self.device)
+                .map_err(DaemonError::from_device)?
+            {
                 None => break,
                 Some((c, outcome)) => {
                     if log::log_enabled!(log::Level::Debug) {
@@ -340,7 +417,11 @@ impl<'d> Daemon<'d> {
         }
         let culler = self.culler.as_mut().expect("checked above");
         culler.leave_cache_dir();
-        if self.status.cull && culler.ready_len() == 0 && culler.wants_scan(true, Instant::now()) && self.worker.jobs.send(Job::Scan).is_ok() {
+        if self.status.cull
+            && culler.ready_len() == 0
+            && culler.wants_scan(true, Instant::now())
+            && self.worker.jobs.send(Job::Scan).is_ok()
+        {
             culler.scan_started();
         }
         Ok(())
@@ -348,7 +429,8 @@ impl<'d> Daemon<'d> {
 
     fn serve_requests(&mut self) -> Result<(), DaemonError> {
         if let Some(od) = self.ondemand.as_mut() {
-            od.drain_device(self.device).map_err(DaemonError::from_device)?;
+            od.drain_device(self.device)
+                .map_err(DaemonError::from_device)?;
         }
         Ok(())
     }
@@ -374,7 +456,10 @@ impl<'d> Daemon<'d> {
                     s.scans, s.objects_last_scan, s.last_scan_duration.as_secs_f64(), s.culled, s.bytes_freed, s.in_use, s.vanished, s.changed, s.refused, c.ready_len(), c.capacity(), self.reaped
                 )
             }
-            None => format!("uptime {up}s; culling disabled; graveyard entries removed {}", self.reaped),
+            None => format!(
+                "uptime {up}s; culling disabled; graveyard entries removed {}",
+                self.reaped
+            ),
         };
         line + &ondemand
     }
@@ -388,7 +473,11 @@ impl<'d> Daemon<'d> {
         let mut last_tick = Instant::now();
         loop {
             self.cull_batch()?;
-            let timeout = if self.has_work() { Duration::ZERO } else { TICK };
+            let timeout = if self.has_work() {
+                Duration::ZERO
+            } else {
+                TICK
+            };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -407,7 +496,8 @@ impl<'d> Daemon<'d> {
                     WAKER => {
                         self.drain_worker();
                         if let Some(od) = self.ondemand.as_mut() {
-                            od.drain_done(self.device).map_err(DaemonError::from_device)?;
+                            od.drain_done(self.device)
+                                .map_err(DaemonError::from_device)?;
                         }
                     }
                     TERMINATE => {

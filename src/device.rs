@@ -39,7 +39,10 @@ impl DeviceError {
     pub fn cache_is_dead(&self) -> bool {
         matches!(
             self,
-            DeviceError::Command { errno: Errno::EIO, .. } | DeviceError::Read(Errno::EIO)
+            DeviceError::Command {
+                errno: Errno::EIO,
+                ..
+            } | DeviceError::Read(Errno::EIO)
         )
     }
 
@@ -97,7 +100,9 @@ impl CachefilesDevice {
 
     /// Adopts a device fd handed over by a supervisor or systemd's fd store.
     pub fn from_fd(fd: OwnedFd) -> CachefilesDevice {
-        CachefilesDevice { file: File::from(fd) }
+        CachefilesDevice {
+            file: File::from(fd),
+        }
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {
@@ -109,9 +114,10 @@ use std::os::unix::fs::OpenOptionsExt;
 
 impl Device for CachefilesDevice {
     fn send(&mut self, command: &Command) -> Result<(), DeviceError> {
-        let bytes = command
-            .to_bytes()
-            .map_err(|source| DeviceError::Invalid { keyword: command.keyword(), source })?;
+        let bytes = command.to_bytes().map_err(|source| DeviceError::Invalid {
+            keyword: command.keyword(),
+            source,
+        })?;
         loop {
             match self.file.write(&bytes) {
                 Ok(_) => return Ok(()),
@@ -131,7 +137,11 @@ impl Device for CachefilesDevice {
             match self.file.read(buf) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(DeviceError::Read(Errno::from_raw(e.raw_os_error().unwrap_or(0)))),
+                Err(e) => {
+                    return Err(DeviceError::Read(Errno::from_raw(
+                        e.raw_os_error().unwrap_or(0),
+                    )))
+                }
             }
         }
     }
@@ -152,7 +162,11 @@ fn read_complete(anon_fd: BorrowedFd<'_>, msg_id: u32) -> Result<(), Errno> {
     // SAFETY: the ioctl takes its argument by value (no pointer is passed) and the fd is a
     // live borrowed descriptor for the duration of the call.
     let rc = unsafe {
-        libc::ioctl(anon_fd.as_raw_fd(), CACHEFILES_IOC_READ_COMPLETE as _, msg_id as libc::c_ulong)
+        libc::ioctl(
+            anon_fd.as_raw_fd(),
+            CACHEFILES_IOC_READ_COMPLETE as _,
+            msg_id as libc::c_ulong,
+        )
     };
     Errno::result(rc).map(drop)
 }
@@ -163,13 +177,21 @@ mod tests {
 
     #[test]
     fn ioctl_number_matches_iow_0x98_1_int() {
-        assert_eq!(CACHEFILES_IOC_READ_COMPLETE, nix::request_code_write!(0x98, 1, std::mem::size_of::<libc::c_int>()) as libc::c_ulong);
+        assert_eq!(
+            CACHEFILES_IOC_READ_COMPLETE,
+            nix::request_code_write!(0x98, 1, std::mem::size_of::<libc::c_int>()) as libc::c_ulong
+        );
     }
 
     #[test]
     fn open_errors_say_what_to_do() {
-        let e = CachefilesDevice::open(Path::new("/nonexistent/cachefiles")).err().unwrap();
-        assert_eq!(e.to_string(), "/nonexistent/cachefiles: cachefiles module not loaded: modprobe cachefiles");
+        let e = CachefilesDevice::open(Path::new("/nonexistent/cachefiles"))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "/nonexistent/cachefiles: cachefiles module not loaded: modprobe cachefiles"
+        );
     }
 
     #[test]
@@ -182,10 +204,19 @@ mod tests {
             let path = path.clone();
             move || std::fs::read(path).unwrap()
         });
-        let mut dev = CachefilesDevice { file: OpenOptions::new().write(true).open(&path).unwrap() };
-        dev.send(&Command::Limit(crate::proto::Limit::Brun, 10)).unwrap();
+        let mut dev = CachefilesDevice {
+            file: OpenOptions::new().write(true).open(&path).unwrap(),
+        };
+        dev.send(&Command::Limit(crate::proto::Limit::Brun, 10))
+            .unwrap();
         let bad = dev.send(&Command::Cull(b"a/b".to_vec())).unwrap_err();
-        assert!(matches!(bad, DeviceError::Invalid { keyword: "cull", .. }));
+        assert!(matches!(
+            bad,
+            DeviceError::Invalid {
+                keyword: "cull",
+                ..
+            }
+        ));
         drop(dev);
         assert_eq!(reader.join().unwrap(), b"brun 10%");
     }

@@ -48,7 +48,10 @@ impl FakeKernel {
     pub fn new() -> (FakeKernel, FakeDevice) {
         let (poke, readable) = UnixStream::pair().expect("socketpair");
         readable.set_nonblocking(true).expect("nonblocking");
-        let kernel = FakeKernel { state: Arc::new(Mutex::new(FakeState::default())), poke: Arc::new(poke) };
+        let kernel = FakeKernel {
+            state: Arc::new(Mutex::new(FakeState::default())),
+            poke: Arc::new(poke),
+        };
         (kernel.clone(), FakeDevice { kernel, readable })
     }
 
@@ -66,19 +69,30 @@ impl FakeKernel {
 
 impl Device for FakeDevice {
     fn send(&mut self, command: &Command) -> Result<(), DeviceError> {
-        let bytes = command
-            .to_bytes()
-            .map_err(|source| DeviceError::Invalid { keyword: command.keyword(), source })?;
+        let bytes = command.to_bytes().map_err(|source| DeviceError::Invalid {
+            keyword: command.keyword(),
+            source,
+        })?;
         let mut st = self.kernel.state.lock().expect("fake state");
-        let fail = |errno| Err(DeviceError::Command { command: command.to_string(), errno });
+        let fail = |errno| {
+            Err(DeviceError::Command {
+                command: command.to_string(),
+                errno,
+            })
+        };
         if st.dead {
             return fail(Errno::EIO);
         }
-        if let Some(i) = st.fail_next.iter().position(|(k, _)| *k == command.keyword()) {
+        if let Some(i) = st
+            .fail_next
+            .iter()
+            .position(|(k, _)| *k == command.keyword())
+        {
             let (_, errno) = st.fail_next.remove(i);
             return fail(errno);
         }
-        st.commands.push(String::from_utf8_lossy(&bytes).into_owned());
+        st.commands
+            .push(String::from_utf8_lossy(&bytes).into_owned());
         match command {
             Command::Cull(name) | Command::Inuse(name) => {
                 if st.in_use.contains(name) {
@@ -139,7 +153,10 @@ impl Device for FakeDevice {
     fn complete_read(&mut self, _anon_fd: BorrowedFd<'_>, msg_id: u32) -> Result<(), DeviceError> {
         let mut st = self.kernel.state.lock().expect("fake state");
         if st.dead {
-            return Err(DeviceError::ReadComplete { msg_id, errno: Errno::EIO });
+            return Err(DeviceError::ReadComplete {
+                msg_id,
+                errno: Errno::EIO,
+            });
         }
         st.completed.push(msg_id);
         Ok(())

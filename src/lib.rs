@@ -1,11 +1,11 @@
 //! cachefilesd-rs: a drop-in replacement for the Linux cachefilesd daemon.
 
-pub mod proto;
+pub mod cli;
 pub mod config;
-pub mod device;
 pub mod cull;
 pub mod daemon;
+pub mod device;
 pub mod fake;
-pub mod cli;
 pub mod logging;
 pub mod ondemand;
+pub mod proto;

@@ -54,9 +54,15 @@ impl Log for StderrLogger {
 
 /// True when stderr is the stream systemd's journal gave us.
 fn stderr_is_journal() -> bool {
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else { return false };
-    let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) else { return false };
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) else {
+        return false;
+    };
     dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
@@ -79,7 +85,11 @@ pub fn init(stderr: bool, debug: u8) {
             Err(e) => eprintln!("cachefilesd: cannot reach syslog ({e}); logging to stderr"),
         }
     }
-    if log::set_boxed_logger(Box::new(StderrLogger { journal: stderr_is_journal() })).is_ok() {
+    if log::set_boxed_logger(Box::new(StderrLogger {
+        journal: stderr_is_journal(),
+    }))
+    .is_ok()
+    {
         log::set_max_level(level);
     }
 }

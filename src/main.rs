@@ -38,7 +38,10 @@ fn main() -> ExitCode {
     };
     let options = match action {
         Action::Version => {
-            println!("cachefilesd version {} (cachefilesd-rs)", env!("CARGO_PKG_VERSION"));
+            println!(
+                "cachefilesd version {} (cachefilesd-rs)",
+                env!("CARGO_PKG_VERSION")
+            );
             return ExitCode::SUCCESS;
         }
         Action::Help => {
@@ -69,13 +72,25 @@ fn check_dir(config: &Config) -> Result<(), Failure> {
     let dir = &config.dir;
     match std::fs::metadata(&dir.value) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(config_error(config, dir.line, format!("dir {} is not a directory", dir.value.display()))),
-        Err(e) => Err(config_error(config, dir.line, format!("dir {}: {e}", dir.value.display()))),
+        Ok(_) => Err(config_error(
+            config,
+            dir.line,
+            format!("dir {} is not a directory", dir.value.display()),
+        )),
+        Err(e) => Err(config_error(
+            config,
+            dir.line,
+            format!("dir {}: {e}", dir.value.display()),
+        )),
     }
 }
 
 fn config_error(config: &Config, line: usize, message: String) -> Failure {
-    Failure::Config(ConfigError { path: config.path.clone(), line, message })
+    Failure::Config(ConfigError {
+        path: config.path.clone(),
+        line,
+        message,
+    })
 }
 
 fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<(), Failure> {
@@ -83,29 +98,46 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<(), Failure
     check_dir(&config)?;
 
     let source_map = match &config.ondemand {
-        Some(path) => Some(SourceMap::load(&path.value).map_err(|e| config_error(&config, path.line, e.to_string()))?),
+        Some(path) => Some(
+            SourceMap::load(&path.value)
+                .map_err(|e| config_error(&config, path.line, e.to_string()))?,
+        ),
         None => None,
     };
     if options.check_config {
-        println!("cachefilesd: {}: configuration OK", options.config.display());
+        println!(
+            "cachefilesd: {}: configuration OK",
+            options.config.display()
+        );
         return Ok(());
     }
 
-    let mut device = CachefilesDevice::open(Path::new(DEVICE_PATH)).map_err(|e| Failure::Os(e.into()))?;
+    let mut device =
+        CachefilesDevice::open(Path::new(DEVICE_PATH)).map_err(|e| Failure::Os(e.into()))?;
     for command in config.commands() {
-        device.send(&command).map_err(|e| bind_failure(&config, &command, e))?;
+        device
+            .send(&command)
+            .map_err(|e| bind_failure(&config, &command, e))?;
     }
 
-    let pidfile = options.pidfile.clone().or_else(|| (!options.no_daemon).then(|| PathBuf::from(cli::DEFAULT_PIDFILE)));
+    let pidfile = options
+        .pidfile
+        .clone()
+        .or_else(|| (!options.no_daemon).then(|| PathBuf::from(cli::DEFAULT_PIDFILE)));
     if !options.no_daemon {
         // Forking is safe here: no thread exists yet (the worker starts in Daemon::new).
-        nix::unistd::daemon(false, options.stderr).map_err(|e| Failure::Os(anyhow::anyhow!("cannot daemonise: {e}")))?;
+        nix::unistd::daemon(false, options.stderr)
+            .map_err(|e| Failure::Os(anyhow::anyhow!("cannot daemonise: {e}")))?;
     }
     cachefilesd_rs::logging::init(options.stderr, options.debug);
     logging.set(true);
     if let Some(p) = &pidfile {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .map_err(|e| Failure::Os(anyhow::anyhow!("cannot write pid file {}: {e}", p.display())))?;
+        std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| {
+            Failure::Os(anyhow::anyhow!(
+                "cannot write pid file {}: {e}",
+                p.display()
+            ))
+        })?;
     }
     let result = serve(&config, options, &mut device, source_map);
     if let Some(p) = &pidfile {
@@ -114,14 +146,29 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<(), Failure
     result
 }
 
-fn serve(config: &Config, options: &Options, device: &mut CachefilesDevice, source_map: Option<SourceMap>) -> Result<(), Failure> {
-    let signals = signal_pipes().map_err(|e| Failure::Internal(anyhow::anyhow!("cannot install signal handlers: {e}")))?;
-    let mut daemon = Daemon::new(config, device, options.nocull, Some(signals), source_map).map_err(daemon_failure)?;
+fn serve(
+    config: &Config,
+    options: &Options,
+    device: &mut CachefilesDevice,
+    source_map: Option<SourceMap>,
+) -> Result<(), Failure> {
+    let signals = signal_pipes()
+        .map_err(|e| Failure::Internal(anyhow::anyhow!("cannot install signal handlers: {e}")))?;
+    let mut daemon = Daemon::new(config, device, options.nocull, Some(signals), source_map)
+        .map_err(daemon_failure)?;
     log::info!(
         "cache {} bound in {} mode{}",
         config.dir.value.display(),
-        if config.ondemand.is_some() { "on-demand" } else { "classic" },
-        if config.nocull || options.nocull { " (culling disabled)" } else { "" }
+        if config.ondemand.is_some() {
+            "on-demand"
+        } else {
+            "classic"
+        },
+        if config.nocull || options.nocull {
+            " (culling disabled)"
+        } else {
+            ""
+        }
     );
     daemon.run().map_err(daemon_failure)?;
     log::info!("{}", daemon.stats_line());
@@ -169,8 +216,14 @@ fn bind_failure(config: &Config, command: &Command, e: DeviceError) -> Failure {
         Command::Limit(l, _) => config.limits[*l as usize].as_ref().map_or(0, |x| x.line),
         _ => 0,
     };
-    if matches!(errno, Some(Errno::EINVAL | Errno::ERANGE)) && !matches!(command, Command::Bind { .. }) {
-        return config_error(config, line, format!("the kernel refused `{command}`: {}", errno.unwrap()));
+    if matches!(errno, Some(Errno::EINVAL | Errno::ERANGE))
+        && !matches!(command, Command::Bind { .. })
+    {
+        return config_error(
+            config,
+            line,
+            format!("the kernel refused `{command}`: {}", errno.unwrap()),
+        );
     }
     Failure::Os(anyhow::anyhow!("{e}{hint}"))
 }

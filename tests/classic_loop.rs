@@ -18,7 +18,14 @@ fn object(root: &Path, rel: &str, atime: i64) -> PathBuf {
     let p = root.join("cache").join(rel);
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(&p, vec![7u8; 8192]).unwrap();
-    utimensat(None, &p, &TimeSpec::new(atime, 0), &TimeSpec::new(atime, 0), UtimensatFlags::NoFollowSymlink).unwrap();
+    utimensat(
+        None,
+        &p,
+        &TimeSpec::new(atime, 0),
+        &TimeSpec::new(atime, 0),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
     p
 }
 
@@ -48,16 +55,28 @@ fn culls_the_oldest_unused_objects_until_the_kernel_is_satisfied() {
         objects.push((atime, rel.clone(), object(t.path(), &rel, atime)));
     }
     // Hostile entries: links out of the cache, a FIFO, a name the kernel never makes.
-    std::os::unix::fs::symlink(outside.path(), t.path().join("cache/I9p,host0,/@ff/Dlink")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), t.path().join("cache/I9p,host0,/@ff/Dlink"))
+        .unwrap();
     std::os::unix::fs::symlink(outside.path(), t.path().join("cache/Ievil")).unwrap();
-    nix::unistd::mkfifo(&t.path().join("cache/I9p,host0,/@00/Dfifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    nix::unistd::mkfifo(
+        &t.path().join("cache/I9p,host0,/@00/Dfifo"),
+        nix::sys::stat::Mode::S_IRWXU,
+    )
+    .unwrap();
     fs::create_dir_all(t.path().join("graveyard/0000000100000002/@00")).unwrap();
     fs::write(t.path().join("graveyard/0000000100000002/@00/Dold"), b"x").unwrap();
-    std::os::unix::fs::symlink(outside.path(), t.path().join("graveyard/0000000100000002/link")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path(),
+        t.path().join("graveyard/0000000100000002/link"),
+    )
+    .unwrap();
 
     objects.sort();
     // The three oldest are held by the kernel.
-    let in_use: Vec<Vec<u8>> = objects[..3].iter().map(|(_, rel, _)| rel.rsplit('/').next().unwrap().as_bytes().to_vec()).collect();
+    let in_use: Vec<Vec<u8>> = objects[..3]
+        .iter()
+        .map(|(_, rel, _)| rel.rsplit('/').next().unwrap().as_bytes().to_vec())
+        .collect();
     let (kernel, mut device) = FakeKernel::new();
     kernel.with(|s| {
         s.status.cull = true;
@@ -86,21 +105,48 @@ fn culls_the_oldest_unused_objects_until_the_kernel_is_satisfied() {
     assert!(stats.contains("culled 40"), "{stats}");
 
     let culled: Vec<PathBuf> = kernel.with(|s| s.culled.clone());
-    let expected: Vec<PathBuf> = objects[3..43].iter().map(|(_, _, p)| p.canonicalize().unwrap_or(p.clone())).collect();
-    let culled: Vec<PathBuf> = culled.iter().map(|p| {
-        let parent = p.parent().unwrap().canonicalize().unwrap();
-        parent.join(p.file_name().unwrap())
-    }).collect();
-    let canon = |v: &[PathBuf]| -> Vec<PathBuf> { v.iter().map(|p| p.parent().unwrap().canonicalize().unwrap().join(p.file_name().unwrap())).collect() };
-    assert_eq!(culled, canon(&expected), "culled in LRU order, in-use ones skipped");
+    let expected: Vec<PathBuf> = objects[3..43]
+        .iter()
+        .map(|(_, _, p)| p.canonicalize().unwrap_or(p.clone()))
+        .collect();
+    let culled: Vec<PathBuf> = culled
+        .iter()
+        .map(|p| {
+            let parent = p.parent().unwrap().canonicalize().unwrap();
+            parent.join(p.file_name().unwrap())
+        })
+        .collect();
+    let canon = |v: &[PathBuf]| -> Vec<PathBuf> {
+        v.iter()
+            .map(|p| {
+                p.parent()
+                    .unwrap()
+                    .canonicalize()
+                    .unwrap()
+                    .join(p.file_name().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(
+        culled,
+        canon(&expected),
+        "culled in LRU order, in-use ones skipped"
+    );
     for (_, _, p) in &objects[..3] {
         assert!(p.exists(), "in-use object {} was removed", p.display());
     }
     for (_, _, p) in &objects[43..] {
-        assert!(p.exists(), "{} culled although the kernel was satisfied", p.display());
+        assert!(
+            p.exists(),
+            "{} culled although the kernel was satisfied",
+            p.display()
+        );
     }
     assert_eq!(fs::read(outside.path().join("canary")).unwrap(), b"keep");
-    assert!(kernel.with(|s| s.commands.iter().all(|c| c.starts_with("cull "))), "no inuse writes while scanning");
+    assert!(
+        kernel.with(|s| s.commands.iter().all(|c| c.starts_with("cull "))),
+        "no inuse writes while scanning"
+    );
 }
 
 #[test]

@@ -15,13 +15,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server on port {port} did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "server on port {port} did not come up"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -46,7 +53,10 @@ struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM, not SIGKILL: nginx's master then stops its workers too.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let _ = self.child.wait();
     }
 }
@@ -83,7 +93,12 @@ http {{
         .spawn()
         .unwrap();
     wait_port(port);
-    Server { child, port, _dir: dir, root }
+    Server {
+        child,
+        port,
+        _dir: dir,
+        root,
+    }
 }
 
 fn data(len: usize) -> Vec<u8> {
@@ -91,12 +106,21 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 fn settings(timeout_ms: u64, retries: u32) -> FetchSettings {
-    FetchSettings { workers: 1, readahead: 0, timeout: Duration::from_millis(timeout_ms), retries }
+    FetchSettings {
+        workers: 1,
+        readahead: 0,
+        timeout: Duration::from_millis(timeout_ms),
+        retries,
+    }
 }
 
 fn write_target() -> (tempfile::NamedTempFile, OwnedFd) {
     let f = tempfile::NamedTempFile::new().unwrap();
-    let fd: OwnedFd = std::fs::OpenOptions::new().write(true).open(f.path()).unwrap().into();
+    let fd: OwnedFd = std::fs::OpenOptions::new()
+        .write(true)
+        .open(f.path())
+        .unwrap()
+        .into();
     (f, fd)
 }
 
@@ -107,33 +131,63 @@ fn nginx_range_requests_serve_exact_bytes() {
     std::fs::write(server.root.join("blobs/big"), &content).unwrap();
     let s = settings(5000, 1);
     let agent = sources::agent(&s);
-    let blob = HttpBlob::open(format!("http://127.0.0.1:{}/blobs/big", server.port), agent.clone(), &s).unwrap();
+    let blob = HttpBlob::open(
+        format!("http://127.0.0.1:{}/blobs/big", server.port),
+        agent.clone(),
+        &s,
+    )
+    .unwrap();
     assert_eq!(blob.size(), content.len() as u64);
     let (file, fd) = write_target();
     // A read spanning several 1 MiB chunks and the blob's unaligned end.
     let written = serve_read(&blob, &fd, 4096 * 3 + 17, content.len() as u64, 0).unwrap();
-    assert_eq!(written, (content.len() as u64).div_ceil(4096) * 4096 - 4096 * 3);
+    assert_eq!(
+        written,
+        (content.len() as u64).div_ceil(4096) * 4096 - 4096 * 3
+    );
     let mut back = vec![0u8; content.len() - 4096 * 3];
     file.as_file().read_exact_at(&mut back, 4096 * 3).unwrap();
     assert_eq!(back, &content[4096 * 3..]);
 
     // A redirect to the blob is followed.
-    let moved = HttpBlob::open(format!("http://127.0.0.1:{}/moved/x", server.port), agent.clone(), &s).unwrap();
+    let moved = HttpBlob::open(
+        format!("http://127.0.0.1:{}/moved/x", server.port),
+        agent.clone(),
+        &s,
+    )
+    .unwrap();
     assert_eq!(moved.size(), content.len() as u64);
 
     // 404 fails the OPEN with ENOENT.
-    let missing = HttpBlob::open(format!("http://127.0.0.1:{}/blobs/none", server.port), agent.clone(), &s).err().unwrap();
+    let missing = HttpBlob::open(
+        format!("http://127.0.0.1:{}/blobs/none", server.port),
+        agent.clone(),
+        &s,
+    )
+    .err()
+    .unwrap();
     assert_eq!(missing.errno(), nix::errno::Errno::ENOENT, "{missing}");
 
     // A server that ignores Range (200 with the whole body) is an error, not silent garbage.
-    let norange = HttpBlob::open(format!("http://127.0.0.1:{}/norange/big", server.port), agent.clone(), &s).unwrap();
+    let norange = HttpBlob::open(
+        format!("http://127.0.0.1:{}/norange/big", server.port),
+        agent.clone(),
+        &s,
+    )
+    .unwrap();
     let mut buf = vec![0u8; 4096];
     let e = norange.read_exact_at(4096, &mut buf).unwrap_err();
     assert!(e.to_string().contains("expected 206"), "{e}");
 
     // A redirect loop ends in an error, bounded.
     let started = Instant::now();
-    let e = HttpBlob::open(format!("http://127.0.0.1:{}/loop/x", server.port), agent, &s).err().unwrap();
+    let e = HttpBlob::open(
+        format!("http://127.0.0.1:{}/loop/x", server.port),
+        agent,
+        &s,
+    )
+    .err()
+    .unwrap();
     assert!(started.elapsed() < Duration::from_secs(5), "{e}");
 }
 
@@ -146,7 +200,7 @@ fn raw_server(reply: impl Fn(&str, &mut std::net::TcpStream) + Send + 'static) -
             let Ok(mut conn) = conn else { return };
             let mut req = Vec::new();
             let mut byte = [0u8; 1];
-            while !req.ends_with(b"\r\n\r\n") && conn.read(&mut byte).map_or(false, |n| n == 1) {
+            while !req.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
                 req.push(byte[0]);
             }
             reply(&String::from_utf8_lossy(&req), &mut conn);
@@ -173,7 +227,10 @@ fn misbehaving_servers_fail_within_the_timeout() {
     let mut buf = vec![0u8; 4096];
     let e = blob.read_exact_at(0, &mut buf).unwrap_err();
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(5), "stalled read took {took:?}: {e}");
+    assert!(
+        took < Duration::from_secs(5),
+        "stalled read took {took:?}: {e}"
+    );
     assert!(matches!(e, FetchError::Io(_)), "{e:?}");
 
     // A Content-Range for other bytes than asked is rejected.
@@ -197,14 +254,23 @@ fn misbehaving_servers_fail_within_the_timeout() {
         c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _ = c.write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     });
-    let e = HttpBlob::open(format!("http://127.0.0.1:{failing}/b"), agent, &s).err().unwrap();
+    let e = HttpBlob::open(format!("http://127.0.0.1:{failing}/b"), agent, &s)
+        .err()
+        .unwrap();
     assert!(matches!(e, FetchError::Status(500)), "{e:?}");
-    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2, "one try plus one retry");
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one try plus one retry"
+    );
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -222,17 +288,28 @@ fn registry_blobs_by_digest() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _server = Server { child, port, _dir: dir, root: PathBuf::new() };
+    let _server = Server {
+        child,
+        port,
+        _dir: dir,
+        root: PathBuf::new(),
+    };
     wait_port(port);
 
     let content = data(3 * 1024 * 1024 + 5);
     let hex = sha256_hex(&content);
     let base = format!("http://127.0.0.1:{port}");
     // Upload: POST opens a session, PUT to its Location with the digest closes it.
-    let session = ureq::post(&format!("{base}/v2/test/app/blobs/uploads/")).call().unwrap();
+    let session = ureq::post(&format!("{base}/v2/test/app/blobs/uploads/"))
+        .call()
+        .unwrap();
     assert_eq!(session.status(), 202);
     let location = session.header("Location").unwrap().to_string();
-    let location = if location.starts_with('/') { format!("{base}{location}") } else { location };
+    let location = if location.starts_with('/') {
+        format!("{base}{location}")
+    } else {
+        location
+    };
     let sep = if location.contains('?') { '&' } else { '?' };
     let resp = ureq::put(&format!("{location}{sep}digest=sha256:{hex}"))
         .set("Content-Type", "application/octet-stream")
@@ -251,8 +328,12 @@ fn registry_blobs_by_digest() {
     assert_eq!(back, content);
 
     let other = "0".repeat(64);
-    let e = RegistryBlob::open(&base, "test/app", &other, agent.clone(), &s).err().unwrap();
+    let e = RegistryBlob::open(&base, "test/app", &other, agent.clone(), &s)
+        .err()
+        .unwrap();
     assert_eq!(e.errno(), nix::errno::Errno::ENOENT, "{e}");
-    let e = RegistryBlob::open(&base, "test/app", "not-a-digest", agent, &s).err().unwrap();
+    let e = RegistryBlob::open(&base, "test/app", "not-a-digest", agent, &s)
+        .err()
+        .unwrap();
     assert_eq!(e.errno(), nix::errno::Errno::ENOENT, "{e}");
 }

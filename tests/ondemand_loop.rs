@@ -22,7 +22,9 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn blob(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32) as u8).collect()
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32) as u8)
+        .collect()
 }
 
 struct Setup {
@@ -39,30 +41,56 @@ fn start(map: &str) -> Setup {
     fs::create_dir_all(root.join("cache")).unwrap();
     fs::create_dir_all(root.join("graveyard")).unwrap();
     fs::create_dir_all(root.join("blobs")).unwrap();
-    let map = SourceMap::parse("t.toml", &map.replace("ROOT", &root.display().to_string())).unwrap();
-    let cfg = Config::parse(Path::new("t.conf"), format!("dir {}\nondemand /unused.toml\nnocull\n", root.display()).as_bytes()).unwrap();
+    let map =
+        SourceMap::parse("t.toml", &map.replace("ROOT", &root.display().to_string())).unwrap();
+    let cfg = Config::parse(
+        Path::new("t.conf"),
+        format!("dir {}\nondemand /unused.toml\nnocull\n", root.display()).as_bytes(),
+    )
+    .unwrap();
     let (kernel, mut device) = FakeKernel::new();
     kernel.with(|s| s.commands.push("bind ondemand".into()));
     let (tx, rx) = std::sync::mpsc::channel();
     let runner = std::thread::spawn(move || {
         let mut daemon = Daemon::new(&cfg, &mut device, false, None, Some(map)).unwrap();
         tx.send(daemon.stop_handle()).unwrap();
-        daemon.run().map(|_| daemon.stats_line()).map_err(|e| e.to_string())
+        daemon
+            .run()
+            .map(|_| daemon.stats_line())
+            .map_err(|e| e.to_string())
     });
     let stop = rx.recv().unwrap();
-    Setup { _dir: dir, root, kernel, stop, runner }
+    Setup {
+        _dir: dir,
+        root,
+        kernel,
+        stop,
+        runner,
+    }
 }
 
 /// An anon fd stand-in: a file opened for writing whose contents the test can inspect.
 fn anon_file(root: &Path, name: &str) -> (u32, fs::File) {
     let path = root.join(name);
-    let w = fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+    let w = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     let r = fs::File::open(&path).unwrap();
     (w.into_raw_fd() as u32, r)
 }
 
 fn copens(kernel: &FakeKernel) -> Vec<String> {
-    kernel.with(|s| s.commands.iter().filter(|c| c.starts_with("copen")).cloned().collect())
+    kernel.with(|s| {
+        s.commands
+            .iter()
+            .filter(|c| c.starts_with("copen"))
+            .cloned()
+            .collect()
+    })
 }
 
 #[test]
@@ -72,42 +100,70 @@ fn serves_opens_and_reads_with_exactly_one_answer_each() {
     fs::write(s.root.join("blobs/img1"), &data).unwrap();
     let (fd, inspect) = anon_file(&s.root, "anon1");
     s.kernel.with(|k| {
-        k.messages.push_back(encode_open(0, 1, b"erofs,img1", b"img1", fd));
+        k.messages
+            .push_back(encode_open(0, 1, b"erofs,img1", b"img1", fd));
         // Unknown fsid, and a name that tries to escape the blob directory.
         let (fd2, _) = anon_file(&s.root, "anon2");
-        k.messages.push_back(encode_open(1, 2, b"erofs,x", b"missing", fd2));
+        k.messages
+            .push_back(encode_open(1, 2, b"erofs,x", b"missing", fd2));
         let (fd3, _) = anon_file(&s.root, "anon3");
-        k.messages.push_back(encode_open(2, 3, b"erofs,x", b"../../etc/passwd", fd3));
+        k.messages
+            .push_back(encode_open(2, 3, b"erofs,x", b"../../etc/passwd", fd3));
     });
     wait_for("three copens", || copens(&s.kernel).len() == 3);
     let mut c = copens(&s.kernel);
     c.sort();
-    assert_eq!(c, vec![format!("copen 0,{}", data.len()), "copen 1,-2".into(), "copen 2,-2".into()]);
+    assert_eq!(
+        c,
+        vec![
+            format!("copen 0,{}", data.len()),
+            "copen 1,-2".into(),
+            "copen 2,-2".into()
+        ]
+    );
 
     // A READ in the middle of a page: written from the page start, with readahead, and the
     // tail past the blob's end zero-padded to a whole page.
-    s.kernel.with(|k| k.messages.push_back(encode_read(3, 1, 5000, 10)));
-    wait_for("completion of READ 3", || s.kernel.with(|k| k.completed.contains(&3)));
+    s.kernel
+        .with(|k| k.messages.push_back(encode_read(3, 1, 5000, 10)));
+    wait_for("completion of READ 3", || {
+        s.kernel.with(|k| k.completed.contains(&3))
+    });
     let mut got = vec![0u8; 4 * 4096];
     let n = inspect.read_at(&mut got, 0).unwrap();
     assert_eq!(n, 4 * 4096, "written up to the padded end of the blob");
-    assert_eq!(&got[..4096], &[0u8; 4096][..], "page before the range untouched");
+    assert_eq!(
+        &got[..4096],
+        &[0u8; 4096][..],
+        "page before the range untouched"
+    );
     assert_eq!(&got[4096..data.len()], &data[4096..]);
     assert!(got[data.len()..].iter().all(|&b| b == 0));
 
     // The blob is truncated while served: the READ still completes, without data.
-    fs::OpenOptions::new().write(true).open(s.root.join("blobs/img1")).unwrap().set_len(5).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(s.root.join("blobs/img1"))
+        .unwrap()
+        .set_len(5)
+        .unwrap();
     s.kernel.with(|k| {
         k.messages.push_back(encode_read(4, 1, 0, 4096));
         // READ for an object we never opened: logged, nothing to complete it with.
         k.messages.push_back(encode_read(5, 99, 0, 4096));
         k.messages.push_back(encode_close(6, 1));
     });
-    wait_for("completion of READ 4", || s.kernel.with(|k| k.completed.contains(&4)));
+    wait_for("completion of READ 4", || {
+        s.kernel.with(|k| k.completed.contains(&4))
+    });
     std::thread::sleep(Duration::from_millis(100));
     s.stop.stop();
     let stats = s.runner.join().unwrap().unwrap();
-    assert_eq!(s.kernel.with(|k| k.completed.clone()), vec![3, 4], "exactly one completion per READ");
+    assert_eq!(
+        s.kernel.with(|k| k.completed.clone()),
+        vec![3, 4],
+        "exactly one completion per READ"
+    );
     assert_eq!(copens(&s.kernel).len(), 3, "exactly one copen per OPEN");
     assert!(stats.contains("reads 3 (1 failed)"), "{stats}");
     assert!(stats.contains("0 objects open"), "{stats}");
@@ -131,13 +187,17 @@ fn hostile_messages_are_answered_and_survived() {
         short[8] = 40;
         k.messages.push_back(short);
         let (fd2, _) = anon_file(&s.root, "b2");
-        k.messages.push_back(encode_open(13, 2, b"erofs,b", b"b", fd2));
+        k.messages
+            .push_back(encode_open(13, 2, b"erofs,b", b"b", fd2));
     });
     wait_for("two copens", || copens(&s.kernel).len() == 2);
     s.stop.stop();
     let stats = s.runner.join().unwrap().unwrap();
     let mut c = copens(&s.kernel);
     c.sort();
-    assert_eq!(c, vec!["copen 10,-22".to_string(), "copen 13,4096".to_string()]);
+    assert_eq!(
+        c,
+        vec!["copen 10,-22".to_string(), "copen 13,4096".to_string()]
+    );
     assert!(stats.contains("4 bad messages"), "{stats}");
 }

@@ -23,7 +23,12 @@ pub struct ReapReport {
 /// Empties the directory `graveyard` (the directory itself stays).
 pub fn reap(graveyard: &Dir) -> ReapReport {
     let mut report = ReapReport::default();
-    match Dir::openat(Some(graveyard.as_raw_fd()), ".", super::tree::dir_flags(), nix::sys::stat::Mode::empty()) {
+    match Dir::openat(
+        Some(graveyard.as_raw_fd()),
+        ".",
+        super::tree::dir_flags(),
+        nix::sys::stat::Mode::empty(),
+    ) {
         Ok(dir) => empty_dir(dir, 0, &mut String::new(), &mut report),
         Err(e) => fail(&mut report, ".", e),
     }
@@ -60,7 +65,9 @@ fn empty_dir(mut dir: Dir, depth: usize, path: &mut String, report: &mut ReapRep
         let is_dir = match kind {
             Some(Type::Directory) => true,
             Some(_) => false,
-            None => stat_at(&parent, &name).map(|st| file_type(&st) == SFlag::S_IFDIR).unwrap_or(false),
+            None => stat_at(&parent, &name)
+                .map(|st| file_type(&st) == SFlag::S_IFDIR)
+                .unwrap_or(false),
         };
         let shown = format!("{path}/{}", String::from_utf8_lossy(&name));
         if is_dir {
@@ -82,7 +89,11 @@ fn empty_dir(mut dir: Dir, depth: usize, path: &mut String, report: &mut ReapRep
                 }
             }
         }
-        let flag = if is_dir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+        let flag = if is_dir {
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
         match unlinkat(Some(fd), &*name, flag) {
             Ok(()) => report.removed += 1,
             Err(Errno::ENOENT) => {}
@@ -115,7 +126,12 @@ mod tests {
         std::os::unix::fs::symlink(canary.path(), g.join("0000000100000001/link")).unwrap();
         std::os::unix::fs::symlink(canary.path().join("keep"), g.join("filelink")).unwrap();
         nix::unistd::mkfifo(&g.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let dir = Dir::open(&g, super::super::tree::dir_flags(), nix::sys::stat::Mode::empty()).unwrap();
+        let dir = Dir::open(
+            &g,
+            super::super::tree::dir_flags(),
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
         let r = reap(&dir);
         assert_eq!(r.failed, 0, "{r:?}");
         assert_eq!(r.removed, 8);

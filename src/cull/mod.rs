@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CullOutcome {
-    Culled { bytes: u64 },
+    Culled {
+        bytes: u64,
+    },
     /// The kernel holds the object (EBUSY).
     InUse,
     /// Gone before we got to it (ENOENT/ESTALE, or missing at re-check).
@@ -67,7 +69,11 @@ pub struct Culler {
 const IDLE_RESCAN: Duration = Duration::from_secs(5);
 
 impl Culler {
-    pub fn new(culltable_log2: u8, resume_files: Option<u64>, resume_blocks: Option<u64>) -> Culler {
+    pub fn new(
+        culltable_log2: u8,
+        resume_files: Option<u64>,
+        resume_blocks: Option<u64>,
+    ) -> Culler {
         Culler {
             capacity: 1usize << culltable_log2,
             ready: VecDeque::new(),
@@ -112,16 +118,21 @@ impl Culler {
             return true;
         }
         let released_enough = self.resume_files.is_some_and(|n| self.released_files >= n)
-            || self.resume_blocks.is_some_and(|n| self.released_blocks >= n);
+            || self
+                .resume_blocks
+                .is_some_and(|n| self.released_blocks >= n);
         if culling && self.ready.is_empty() {
             // Everything we knew of is gone or in use; rescan at once unless the last scan
             // found nothing and nothing has been released since (that would spin).
-            let idle = self.last_scan_end.is_none_or(|t| now.duration_since(t) >= IDLE_RESCAN);
+            let idle = self
+                .last_scan_end
+                .is_none_or(|t| now.duration_since(t) >= IDLE_RESCAN);
             return !self.last_scan_empty || self.released_files > 0 || idle;
         }
         // Background refresh, throttled to a tenth of the time at most.
         let rested = self.last_scan_end.is_none_or(|t| {
-            now.duration_since(t) >= (self.stats.last_scan_duration * 10).max(Duration::from_secs(1))
+            now.duration_since(t)
+                >= (self.stats.last_scan_duration * 10).max(Duration::from_secs(1))
         });
         rested
             && (released_enough
@@ -148,7 +159,11 @@ impl Culler {
     }
 
     /// Culls the oldest candidate. `Ok(None)`: the table is empty.
-    pub fn cull_one(&mut self, root: &Dir, device: &mut dyn Device) -> Result<Option<(Candidate, CullOutcome)>, DeviceError> {
+    pub fn cull_one(
+        &mut self,
+        root: &Dir,
+        device: &mut dyn Device,
+    ) -> Result<Option<(Candidate, CullOutcome)>, DeviceError> {
         let Some(candidate) = self.ready.pop_front() else {
             return Ok(None);
         };
@@ -166,8 +181,16 @@ impl Culler {
         Ok(Some((candidate, outcome)))
     }
 
-    fn cull_candidate(&mut self, root: &Dir, device: &mut dyn Device, c: &Candidate) -> Result<CullOutcome, DeviceError> {
-        let same_dir = self.cwd.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, &c.dir));
+    fn cull_candidate(
+        &mut self,
+        root: &Dir,
+        device: &mut dyn Device,
+        c: &Candidate,
+    ) -> Result<CullOutcome, DeviceError> {
+        let same_dir = self
+            .cwd
+            .as_ref()
+            .is_some_and(|(p, _)| Arc::ptr_eq(p, &c.dir));
         if !same_dir {
             self.cwd = None;
             let dir = match tree::open_path(root, &c.dir.0) {

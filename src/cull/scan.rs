@@ -21,7 +21,11 @@ pub struct DirPath(pub Vec<Box<[u8]>>);
 
 impl DirPath {
     pub fn display(&self) -> String {
-        self.0.iter().map(|c| String::from_utf8_lossy(c)).collect::<Vec<_>>().join("/")
+        self.0
+            .iter()
+            .map(|c| String::from_utf8_lossy(c))
+            .collect::<Vec<_>>()
+            .join("/")
     }
 }
 
@@ -98,7 +102,12 @@ pub fn scan(root: &Dir, capacity: usize) -> ScanReport {
     let mut report = ScanReport::default();
     let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(capacity.min(1 << 16));
     let mut path = Vec::new();
-    match Dir::openat(Some(root.as_raw_fd()), ".", super::tree::dir_flags(), nix::sys::stat::Mode::empty()) {
+    match Dir::openat(
+        Some(root.as_raw_fd()),
+        ".",
+        super::tree::dir_flags(),
+        nix::sys::stat::Mode::empty(),
+    ) {
         Ok(dir) => walk(dir, &mut path, &mut heap, capacity, &mut report),
         Err(_) => report.vanished += 1,
     }
@@ -110,9 +119,15 @@ pub fn scan(root: &Dir, capacity: usize) -> ScanReport {
 fn note(report: &mut ScanReport, path: &[Box<[u8]>], name: &[u8], what: &'static str) {
     report.oddities_seen += 1;
     if report.oddities.len() < ODDITIES_KEPT {
-        let mut p: Vec<String> = path.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        let mut p: Vec<String> = path
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
         p.push(String::from_utf8_lossy(name).into_owned());
-        report.oddities.push(Oddity { path: p.join("/"), what });
+        report.oddities.push(Oddity {
+            path: p.join("/"),
+            what,
+        });
     }
 }
 
@@ -175,7 +190,12 @@ fn walk(
             }
         }
         if path.is_empty() || !is_object_name(name) {
-            note(report, path, name, "file with a name the kernel does not make");
+            note(
+                report,
+                path,
+                name,
+                "file with a name the kernel does not make",
+            );
             continue;
         }
         report.objects += 1;
@@ -199,7 +219,12 @@ fn walk(
     }
     if path.len() >= MAX_DEPTH {
         for name in subdirs {
-            note(report, path, &name, "directory nested deeper than the kernel makes");
+            note(
+                report,
+                path,
+                &name,
+                "directory nested deeper than the kernel makes",
+            );
         }
         return;
     }
@@ -210,7 +235,9 @@ fn walk(
                 walk(sub, path, heap, capacity, report);
                 path.pop();
             }
-            Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => note(report, path, &name, "symbolic link or non-directory"),
+            Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
+                note(report, path, &name, "symbolic link or non-directory")
+            }
             Err(_) => report.vanished += 1,
         }
     }
@@ -237,7 +264,14 @@ mod tests {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, vec![1u8; 4096]).unwrap();
-        utimensat(None, &p, &TimeSpec::new(atime, 0), &TimeSpec::new(atime, 0), UtimensatFlags::NoFollowSymlink).unwrap();
+        utimensat(
+            None,
+            &p,
+            &TimeSpec::new(atime, 0),
+            &TimeSpec::new(atime, 0),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
     }
 
     fn open(p: &Path) -> Dir {
@@ -250,7 +284,11 @@ mod tests {
         for i in 0..200 {
             // Atimes out of order relative to names and directories.
             let atime = 1_000_000 + ((i * 7919) % 200) as i64;
-            make_object(t.path(), &format!("Ierofs,v{}/@{:02x}/Dobj{i}", i % 3, i % 256), atime);
+            make_object(
+                t.path(),
+                &format!("Ierofs,v{}/@{:02x}/Dobj{i}", i % 3, i % 256),
+                atime,
+            );
         }
         let r = scan(&open(t.path()), 10);
         assert_eq!(r.objects, 200);
@@ -268,25 +306,46 @@ mod tests {
         make_object(outside.path(), "Dsecret", 1);
         make_object(t.path(), "I9p,x/@00/T1,", 100);
         std::os::unix::fs::symlink(outside.path(), t.path().join("I9p,x/@01")).unwrap();
-        std::os::unix::fs::symlink(outside.path().join("Dsecret"), t.path().join("I9p,x/@00/Dlink")).unwrap();
-        nix::unistd::mkfifo(&t.path().join("I9p,x/@00/Dfifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("Dsecret"),
+            t.path().join("I9p,x/@00/Dlink"),
+        )
+        .unwrap();
+        nix::unistd::mkfifo(
+            &t.path().join("I9p,x/@00/Dfifo"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
         fs::write(t.path().join("I9p,x/@00/weird"), b"x").unwrap();
         fs::write(t.path().join("I9p,x/@00/line\nbreak"), b"x").unwrap();
         fs::write(t.path().join("toplevel"), b"x").unwrap();
         let r = scan(&open(t.path()), 100);
         assert_eq!(r.objects, 1);
         assert_eq!(r.candidates[0].path(), "I9p,x/@00/T1,");
-        let mut whats: Vec<(String, &str)> = r.oddities.iter().map(|o| (o.path.clone(), o.what)).collect();
+        let mut whats: Vec<(String, &str)> = r
+            .oddities
+            .iter()
+            .map(|o| (o.path.clone(), o.what))
+            .collect();
         whats.sort();
         assert_eq!(
             whats,
             vec![
                 ("I9p,x/@00/Dfifo".into(), "special file"),
                 ("I9p,x/@00/Dlink".into(), "symbolic link"),
-                ("I9p,x/@00/line\nbreak".into(), "file with a name the kernel does not make"),
-                ("I9p,x/@00/weird".into(), "file with a name the kernel does not make"),
+                (
+                    "I9p,x/@00/line\nbreak".into(),
+                    "file with a name the kernel does not make"
+                ),
+                (
+                    "I9p,x/@00/weird".into(),
+                    "file with a name the kernel does not make"
+                ),
                 ("I9p,x/@01".into(), "symbolic link"),
-                ("toplevel".into(), "file with a name the kernel does not make"),
+                (
+                    "toplevel".into(),
+                    "file with a name the kernel does not make"
+                ),
             ]
         );
     }

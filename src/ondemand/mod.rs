@@ -72,7 +72,12 @@ struct Pool {
 }
 
 impl Pool {
-    fn start(name: &str, workers: usize, done: mpsc::Sender<Done>, wake: Arc<dyn Fn() + Send + Sync>) -> Pool {
+    fn start(
+        name: &str,
+        workers: usize,
+        done: mpsc::Sender<Done>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Pool {
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers {
@@ -161,7 +166,11 @@ impl OnDemand {
 
     fn bad_message(&mut self, e: DecodeError, device: &mut dyn Device) -> Result<(), DeviceError> {
         self.stats.bad_messages += 1;
-        log::warn!("bad message from the kernel (msg_id {:?}, opcode {:?}): {e}", e.msg_id, e.opcode);
+        log::warn!(
+            "bad message from the kernel (msg_id {:?}, opcode {:?}): {e}",
+            e.msg_id,
+            e.opcode
+        );
         if let Some(fd) = e.open_fd {
             // SAFETY: the kernel installed this fd in our table for this OPEN; nothing else
             // owns it, and wrapping it here closes it exactly once.
@@ -174,7 +183,12 @@ impl OnDemand {
         Ok(())
     }
 
-    fn reply_open(&mut self, device: &mut dyn Device, msg_id: u32, size: i64) -> Result<(), DeviceError> {
+    fn reply_open(
+        &mut self,
+        device: &mut dyn Device,
+        msg_id: u32,
+        size: i64,
+    ) -> Result<(), DeviceError> {
         match device.send(&Command::Copen { msg_id, size }) {
             Ok(()) => Ok(()),
             Err(e) if e.cache_is_dead() => Err(e),
@@ -185,9 +199,20 @@ impl OnDemand {
         }
     }
 
-    fn dispatch(&mut self, request: Request<'_>, device: &mut dyn Device) -> Result<(), DeviceError> {
+    fn dispatch(
+        &mut self,
+        request: Request<'_>,
+        device: &mut dyn Device,
+    ) -> Result<(), DeviceError> {
         match request {
-            Request::Open { msg_id, object_id, volume_key, cookie_key, fd, .. } => {
+            Request::Open {
+                msg_id,
+                object_id,
+                volume_key,
+                cookie_key,
+                fd,
+                ..
+            } => {
                 // SAFETY: the kernel installed this fd in our table for this OPEN; nothing
                 // else owns it. Owned from here, it can never leak.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -217,14 +242,26 @@ impl OnDemand {
                     let result = sources::open(location, &fsid_for_job, &agent, &settings)
                         .map(|b| (index, Arc::<dyn Blob>::from(b)))
                         .map_err(|e| (e.errno(), e.to_string()));
-                    Done::Opened { msg_id, object_id, fd, volume, fsid: fsid_for_job, result }
+                    Done::Opened {
+                        msg_id,
+                        object_id,
+                        fd,
+                        volume,
+                        fsid: fsid_for_job,
+                        result,
+                    }
                 });
                 let pool = if remote { &self.remote } else { &self.local };
                 pool.jobs.send(job).expect("fetch pool alive");
                 let _ = fsid;
                 Ok(())
             }
-            Request::Read { msg_id, object_id, off, len } => {
+            Request::Read {
+                msg_id,
+                object_id,
+                off,
+                len,
+            } => {
                 self.stats.reads += 1;
                 let Some(object) = self.objects.get(&object_id) else {
                     // Without an fd of the object there is no way to complete it; the kernel
@@ -244,7 +281,12 @@ impl OnDemand {
                 let job: Job = Box::new(move || {
                     let started = Instant::now();
                     let result = serve_read(&*blob, &fd, off, len, readahead);
-                    Done::Read { msg_id, fd, result, started }
+                    Done::Read {
+                        msg_id,
+                        fd,
+                        result,
+                        started,
+                    }
                 });
                 let pool = if remote { &self.remote } else { &self.local };
                 pool.jobs.send(job).expect("fetch pool alive");
@@ -266,15 +308,35 @@ impl OnDemand {
     pub fn drain_done(&mut self, device: &mut dyn Device) -> Result<(), DeviceError> {
         while let Ok(done) = self.done.try_recv() {
             match done {
-                Done::Opened { msg_id, object_id, fd, volume, fsid, result } => {
+                Done::Opened {
+                    msg_id,
+                    object_id,
+                    fd,
+                    volume,
+                    fsid,
+                    result,
+                } => {
                     self.in_flight.remove(&msg_id);
                     match result {
                         Ok((source, blob)) => {
                             let size = blob.size();
                             match self.reply_open(device, msg_id, size as i64) {
                                 Ok(()) => {
-                                    log::info!("OPEN {volume} {fsid}: {} bytes from {}", size, blob.describe());
-                                    self.objects.insert(object_id, Object { fd: Arc::new(fd), blob, volume, fsid, source });
+                                    log::info!(
+                                        "OPEN {volume} {fsid}: {} bytes from {}",
+                                        size,
+                                        blob.describe()
+                                    );
+                                    self.objects.insert(
+                                        object_id,
+                                        Object {
+                                            fd: Arc::new(fd),
+                                            blob,
+                                            volume,
+                                            fsid,
+                                            source,
+                                        },
+                                    );
                                 }
                                 Err(e) if e.cache_is_dead() => return Err(e),
                                 Err(_) => self.stats.opens_failed += 1,
@@ -293,16 +355,26 @@ impl OnDemand {
                         }
                     }
                 }
-                Done::Read { msg_id, fd, result, started } => {
+                Done::Read {
+                    msg_id,
+                    fd,
+                    result,
+                    started,
+                } => {
                     self.in_flight.remove(&msg_id);
                     match result {
                         Ok(bytes) => {
                             self.stats.bytes_written += bytes;
-                            log::trace!("READ msg_id {msg_id}: {bytes} bytes in {:?}", started.elapsed());
+                            log::trace!(
+                                "READ msg_id {msg_id}: {bytes} bytes in {:?}",
+                                started.elapsed()
+                            );
                         }
                         Err(why) => {
                             self.stats.reads_failed += 1;
-                            log::warn!("READ msg_id {msg_id} failed: {why}; completing without data");
+                            log::warn!(
+                                "READ msg_id {msg_id} failed: {why}; completing without data"
+                            );
                         }
                     }
                     if let Err(e) = device.complete_read(fd.as_fd(), msg_id) {
@@ -321,11 +393,22 @@ impl OnDemand {
 /// Fetches `[off, off+len)` plus readahead and writes it into the anon fd in whole pages from
 /// page-aligned offsets (the kernel refuses unaligned starts with ENOBUFS), zero-padding the
 /// blob's tail. Returns the bytes written.
-pub fn serve_read(blob: &dyn Blob, fd: &OwnedFd, off: u64, len: u64, readahead: u64) -> Result<u64, String> {
+pub fn serve_read(
+    blob: &dyn Blob,
+    fd: &OwnedFd,
+    off: u64,
+    len: u64,
+    readahead: u64,
+) -> Result<u64, String> {
     let size = blob.size();
     let start = off / PAGE * PAGE;
     let padded_size = size.div_ceil(PAGE) * PAGE;
-    let end = off.saturating_add(len).saturating_add(readahead).div_ceil(PAGE).saturating_mul(PAGE).min(padded_size);
+    let end = off
+        .saturating_add(len)
+        .saturating_add(readahead)
+        .div_ceil(PAGE)
+        .saturating_mul(PAGE)
+        .min(padded_size);
     if start >= end {
         return Ok(0);
     }
@@ -336,7 +419,8 @@ pub fn serve_read(blob: &dyn Blob, fd: &OwnedFd, off: u64, len: u64, readahead: 
         let n = (end - pos).min(CHUNK as u64) as usize;
         let buf = &mut pages.as_mut_bytes()[..n];
         let data = (size.saturating_sub(pos) as usize).min(n);
-        blob.read_exact_at(pos, &mut buf[..data]).map_err(|e| e.to_string())?;
+        blob.read_exact_at(pos, &mut buf[..data])
+            .map_err(|e| e.to_string())?;
         buf[data..].fill(0);
         let mut done = 0;
         while done < n {

@@ -33,7 +33,12 @@ pub struct FetchSettings {
 
 impl Default for FetchSettings {
     fn default() -> Self {
-        FetchSettings { workers: 4, readahead: 0, timeout: Duration::from_secs(30), retries: 3 }
+        FetchSettings {
+            workers: 4,
+            readahead: 0,
+            timeout: Duration::from_secs(30),
+            retries: 3,
+        }
     }
 }
 
@@ -94,18 +99,27 @@ pub fn is_safe_name(name: &[u8]) -> bool {
         && name.len() <= MAX_NAME
         && name != b"."
         && !name.windows(2).any(|w| w == b"..")
-        && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~:+,=@".contains(&b))
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~:+,=@".contains(&b))
 }
 
 impl SourceMap {
     pub fn load(path: &Path) -> Result<SourceMap, SourceMapError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SourceMapError { path: path.display().to_string(), message: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| SourceMapError {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
         SourceMap::parse(&path.display().to_string(), &text)
     }
 
     pub fn parse(name: &str, text: &str) -> Result<SourceMap, SourceMapError> {
-        let err = |message: String| SourceMapError { path: name.to_string(), message };
-        let raw: RawMap = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        let err = |message: String| SourceMapError {
+            path: name.to_string(),
+            message,
+        };
+        let raw: RawMap =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
         if raw.source.is_empty() {
             return Err(err("no [[source]] entries".into()));
         }
@@ -113,7 +127,8 @@ impl SourceMap {
         for (i, s) in raw.source.into_iter().enumerate() {
             let n = i + 1;
             let pattern = |what: &str, p: &str| {
-                glob::Pattern::new(p).map_err(|e| err(format!("source {n}: {what} pattern {p:?}: {e}")))
+                glob::Pattern::new(p)
+                    .map_err(|e| err(format!("source {n}: {what} pattern {p:?}: {e}")))
             };
             let location = match (s.path, s.url, s.registry, s.repository) {
                 (Some(p), None, None, None) => {
@@ -125,26 +140,52 @@ impl SourceMap {
                 }
                 (None, Some(u), None, None) => {
                     if !(u.starts_with("http://") || u.starts_with("https://")) {
-                        return Err(err(format!("source {n}: url {u:?} must start with http:// or https://")));
+                        return Err(err(format!(
+                            "source {n}: url {u:?} must start with http:// or https://"
+                        )));
                     }
                     check_template(&u).map_err(|m| err(format!("source {n}: url {u:?}: {m}")))?;
                     Location::Url(u)
                 }
                 (None, None, Some(r), Some(repo)) => {
                     if !(r.starts_with("http://") || r.starts_with("https://")) {
-                        return Err(err(format!("source {n}: registry {r:?} must start with http:// or https://")));
+                        return Err(err(format!(
+                            "source {n}: registry {r:?} must start with http:// or https://"
+                        )));
                     }
                     if repo.is_empty() || repo.split('/').any(|c| !is_safe_name(c.as_bytes())) {
-                        return Err(err(format!("source {n}: repository {repo:?} is not a valid repository name")));
+                        return Err(err(format!(
+                            "source {n}: repository {repo:?} is not a valid repository name"
+                        )));
                     }
-                    Location::Registry { base: r.trim_end_matches('/').to_string(), repository: repo }
+                    Location::Registry {
+                        base: r.trim_end_matches('/').to_string(),
+                        repository: repo,
+                    }
                 }
-                (None, None, Some(_), None) => return Err(err(format!("source {n}: registry needs a repository"))),
-                (None, None, None, Some(_)) => return Err(err(format!("source {n}: repository needs a registry"))),
-                (None, None, None, None) => return Err(err(format!("source {n}: needs one of path, url or registry"))),
-                _ => return Err(err(format!("source {n}: give only one of path, url or registry"))),
+                (None, None, Some(_), None) => {
+                    return Err(err(format!("source {n}: registry needs a repository")))
+                }
+                (None, None, None, Some(_)) => {
+                    return Err(err(format!("source {n}: repository needs a registry")))
+                }
+                (None, None, None, None) => {
+                    return Err(err(format!(
+                        "source {n}: needs one of path, url or registry"
+                    )))
+                }
+                _ => {
+                    return Err(err(format!(
+                        "source {n}: give only one of path, url or registry"
+                    )))
+                }
             };
-            sources.push(Source { index: n, domain: pattern("domain", &s.domain)?, fsid: pattern("fsid", &s.fsid)?, location });
+            sources.push(Source {
+                index: n,
+                domain: pattern("domain", &s.domain)?,
+                fsid: pattern("fsid", &s.fsid)?,
+                location,
+            });
         }
         let mut fetch = FetchSettings::default();
         if let Some(f) = raw.fetch {
@@ -156,13 +197,17 @@ impl SourceMap {
             }
             if let Some(r) = f.readahead {
                 if r % 4096 != 0 || r > 64 << 20 {
-                    return Err(err(format!("fetch.readahead {r} must be a multiple of 4096 up to 64 MiB")));
+                    return Err(err(format!(
+                        "fetch.readahead {r} must be a multiple of 4096 up to 64 MiB"
+                    )));
                 }
                 fetch.readahead = r;
             }
             if let Some(t) = f.timeout {
                 if !(t > 0.0 && t <= 3600.0) {
-                    return Err(err(format!("fetch.timeout {t} must be between 0 and 3600 seconds")));
+                    return Err(err(format!(
+                        "fetch.timeout {t} must be between 0 and 3600 seconds"
+                    )));
                 }
                 fetch.timeout = Duration::from_secs_f64(t);
             }
@@ -184,19 +229,27 @@ impl SourceMap {
         }
         let domain = std::str::from_utf8(domain).ok()?;
         let fsid = std::str::from_utf8(fsid).ok()?;
-        let source = self.sources.iter().find(|s| s.domain.matches(domain) && s.fsid.matches(fsid))?;
+        let source = self
+            .sources
+            .iter()
+            .find(|s| s.domain.matches(domain) && s.fsid.matches(fsid))?;
         let fill = |t: &str| t.replace("{fsid}", fsid).replace("{domain}", domain);
         let location = match &source.location {
             Location::Path(p) => Location::Path(PathBuf::from(fill(&p.to_string_lossy()))),
             Location::Url(u) => Location::Url(fill(u)),
-            Location::Registry { base, repository } => Location::Registry { base: base.clone(), repository: repository.clone() },
+            Location::Registry { base, repository } => Location::Registry {
+                base: base.clone(),
+                repository: repository.clone(),
+            },
         };
         Some((source, location))
     }
 
     /// Whether any source fetches over the network (the unit then needs network access).
     pub fn uses_network(&self) -> bool {
-        self.sources.iter().any(|s| !matches!(s.location, Location::Path(_)))
+        self.sources
+            .iter()
+            .any(|s| !matches!(s.location, Location::Path(_)))
     }
 }
 
@@ -240,42 +293,109 @@ retries = 1
     #[test]
     fn first_match_wins_and_names_are_substituted() {
         let m = SourceMap::parse("t.toml", EXAMPLE).unwrap();
-        assert_eq!(m.fetch, FetchSettings { workers: 8, readahead: 131072, timeout: Duration::from_millis(2500), retries: 1 });
+        assert_eq!(
+            m.fetch,
+            FetchSettings {
+                workers: 8,
+                readahead: 131072,
+                timeout: Duration::from_millis(2500),
+                retries: 1
+            }
+        );
         let (s, loc) = m.resolve(b"images", b"app-1").unwrap();
         assert_eq!(s.index, 1);
         assert_eq!(loc, Location::Path("/srv/erofs/images/app-1.img".into()));
         let (s, loc) = m.resolve(b"images", b"sha256:abcd").unwrap();
         assert_eq!(s.index, 2);
-        assert_eq!(loc, Location::Registry { base: "https://registry.example.org".into(), repository: "library/app".into() });
+        assert_eq!(
+            loc,
+            Location::Registry {
+                base: "https://registry.example.org".into(),
+                repository: "library/app".into()
+            }
+        );
         let (_, loc) = m.resolve(b"other", b"blob1").unwrap();
-        assert_eq!(loc, Location::Url("https://blobs.example.org/other/blob1".into()));
+        assert_eq!(
+            loc,
+            Location::Url("https://blobs.example.org/other/blob1".into())
+        );
         assert!(m.uses_network());
     }
 
     #[test]
     fn hostile_names_never_resolve() {
         let m = SourceMap::parse("t.toml", "[[source]]\npath = \"/srv/{fsid}\"\n").unwrap();
-        for bad in [&b"../etc/passwd"[..], b"..", b".", b"a/b", b"a\0b", b"a\nb", b"", b"a b", b"x?y", b"x#y", &[b'a'; 256][..], b"caf\xc3\xa9"] {
-            assert!(m.resolve(b"d", bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"../etc/passwd"[..],
+            b"..",
+            b".",
+            b"a/b",
+            b"a\0b",
+            b"a\nb",
+            b"",
+            b"a b",
+            b"x?y",
+            b"x#y",
+            &[b'a'; 256][..],
+            b"caf\xc3\xa9",
+        ] {
+            assert!(
+                m.resolve(b"d", bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
             assert!(m.resolve(bad, b"ok").is_none());
         }
-        assert_eq!(m.resolve(b"d", b"ok.img").unwrap().1, Location::Path("/srv/ok.img".into()));
+        assert_eq!(
+            m.resolve(b"d", b"ok.img").unwrap().1,
+            Location::Path("/srv/ok.img".into())
+        );
     }
 
     #[test]
     fn errors_are_clear() {
         let cases = [
             ("", "no [[source]] entries"),
-            ("[[source]]\n", "source 1: needs one of path, url or registry"),
-            ("[[source]]\npath = \"rel/{fsid}\"\n", "source 1: path \"rel/{fsid}\" must be absolute"),
-            ("[[source]]\npath = \"/a\"\nurl = \"http://x\"\n", "source 1: give only one of path, url or registry"),
-            ("[[source]]\nurl = \"ftp://x\"\n", "source 1: url \"ftp://x\" must start with http:// or https://"),
-            ("[[source]]\nregistry = \"http://r\"\n", "source 1: registry needs a repository"),
-            ("[[source]]\npath = \"/a/{key}\"\n", "source 1: path \"/a/{key}\": only {fsid} and {domain} may appear in braces"),
-            ("[[source]]\npath = \"/a\"\nfsid = \"[\"\n", "source 1: fsid pattern \"[\""),
-            ("[[source]]\npath = \"/a\"\n[fetch]\nreadahead = 100\n", "fetch.readahead 100 must be a multiple of 4096"),
-            ("[[source]]\npath = \"/a\"\n[fetch]\nworkers = 0\n", "fetch.workers 0 must be 1..256"),
-            ("[[source]]\npath = \"/a\"\nbogus = 1\n", "unknown field `bogus`"),
+            (
+                "[[source]]\n",
+                "source 1: needs one of path, url or registry",
+            ),
+            (
+                "[[source]]\npath = \"rel/{fsid}\"\n",
+                "source 1: path \"rel/{fsid}\" must be absolute",
+            ),
+            (
+                "[[source]]\npath = \"/a\"\nurl = \"http://x\"\n",
+                "source 1: give only one of path, url or registry",
+            ),
+            (
+                "[[source]]\nurl = \"ftp://x\"\n",
+                "source 1: url \"ftp://x\" must start with http:// or https://",
+            ),
+            (
+                "[[source]]\nregistry = \"http://r\"\n",
+                "source 1: registry needs a repository",
+            ),
+            (
+                "[[source]]\npath = \"/a/{key}\"\n",
+                "source 1: path \"/a/{key}\": only {fsid} and {domain} may appear in braces",
+            ),
+            (
+                "[[source]]\npath = \"/a\"\nfsid = \"[\"\n",
+                "source 1: fsid pattern \"[\"",
+            ),
+            (
+                "[[source]]\npath = \"/a\"\n[fetch]\nreadahead = 100\n",
+                "fetch.readahead 100 must be a multiple of 4096",
+            ),
+            (
+                "[[source]]\npath = \"/a\"\n[fetch]\nworkers = 0\n",
+                "fetch.workers 0 must be 1..256",
+            ),
+            (
+                "[[source]]\npath = \"/a\"\nbogus = 1\n",
+                "unknown field `bogus`",
+            ),
         ];
         for (text, expected) in cases {
             let e = SourceMap::parse("t.toml", text).unwrap_err().to_string();

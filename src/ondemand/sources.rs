@@ -67,9 +67,16 @@ impl LocalBlob {
         })?;
         let meta = file.metadata().map_err(|e| FetchError::Io(e.to_string()))?;
         if !meta.is_file() {
-            return Err(FetchError::Protocol(format!("{} is not a regular file", path.display())));
+            return Err(FetchError::Protocol(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
         }
-        Ok(LocalBlob { path, file, size: meta.len() })
+        Ok(LocalBlob {
+            path,
+            file,
+            size: meta.len(),
+        })
     }
 }
 
@@ -79,10 +86,15 @@ impl Blob for LocalBlob {
     }
 
     fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> Result<(), FetchError> {
-        self.file.read_exact_at(buf, off).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => FetchError::Io(format!("{}: shorter than when it was opened", self.path.display())),
-            _ => FetchError::Io(format!("{}: {e}", self.path.display())),
-        })
+        self.file
+            .read_exact_at(buf, off)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => FetchError::Io(format!(
+                    "{}: shorter than when it was opened",
+                    self.path.display()
+                )),
+                _ => FetchError::Io(format!("{}: {e}", self.path.display())),
+            })
     }
 
     fn describe(&self) -> String {
@@ -103,7 +115,10 @@ pub fn agent(settings: &FetchSettings) -> ureq::Agent {
         .build()
 }
 
-fn with_retries<T>(retries: u32, mut f: impl FnMut() -> Result<T, FetchError>) -> Result<T, FetchError> {
+fn with_retries<T>(
+    retries: u32,
+    mut f: impl FnMut() -> Result<T, FetchError>,
+) -> Result<T, FetchError> {
     let mut attempt = 0;
     loop {
         match f() {
@@ -128,7 +143,11 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (a, b) = range.split_once('-')?;
-    let total = if total == "*" { None } else { Some(total.parse().ok()?) };
+    let total = if total == "*" {
+        None
+    } else {
+        Some(total.parse().ok()?)
+    };
     Some((a.parse().ok()?, b.parse().ok()?, total))
 }
 
@@ -143,9 +162,19 @@ pub struct HttpBlob {
 }
 
 impl HttpBlob {
-    pub fn open(url: String, agent: ureq::Agent, settings: &FetchSettings) -> Result<HttpBlob, FetchError> {
+    pub fn open(
+        url: String,
+        agent: ureq::Agent,
+        settings: &FetchSettings,
+    ) -> Result<HttpBlob, FetchError> {
         let size = with_retries(settings.retries, || head_size(&agent, &url, None))?;
-        Ok(HttpBlob { url, agent, size, retries: settings.retries, token: None })
+        Ok(HttpBlob {
+            url,
+            agent,
+            size,
+            retries: settings.retries,
+            token: None,
+        })
     }
 }
 
@@ -160,7 +189,13 @@ fn head_size(agent: &ureq::Agent, url: &str, token: Option<&str>) -> Result<u64,
         .ok_or_else(|| FetchError::Protocol(format!("{url}: HEAD gave no Content-Length")))
 }
 
-fn range_get(agent: &ureq::Agent, url: &str, token: Option<&str>, off: u64, buf: &mut [u8]) -> Result<(), FetchError> {
+fn range_get(
+    agent: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    off: u64,
+    buf: &mut [u8],
+) -> Result<(), FetchError> {
     let end = off + buf.len() as u64 - 1;
     let mut req = agent.get(url).set("Range", &format!("bytes={off}-{end}"));
     if let Some(t) = token {
@@ -168,7 +203,10 @@ fn range_get(agent: &ureq::Agent, url: &str, token: Option<&str>, off: u64, buf:
     }
     let resp = req.call().map_err(status_error)?;
     if resp.status() != 206 {
-        return Err(FetchError::Protocol(format!("{url}: expected 206 for a Range request, got {}", resp.status())));
+        return Err(FetchError::Protocol(format!(
+            "{url}: expected 206 for a Range request, got {}",
+            resp.status()
+        )));
     }
     let range = resp.header("Content-Range").and_then(parse_content_range);
     if !matches!(range, Some((a, b, _)) if a == off && b == end) {
@@ -178,10 +216,14 @@ fn range_get(agent: &ureq::Agent, url: &str, token: Option<&str>, off: u64, buf:
         )));
     }
     let mut reader = resp.into_reader();
-    reader.read_exact(buf).map_err(|e| FetchError::Io(format!("{url}: body of bytes {off}-{end}: {e}")))?;
+    reader
+        .read_exact(buf)
+        .map_err(|e| FetchError::Io(format!("{url}: body of bytes {off}-{end}: {e}")))?;
     let mut extra = [0u8; 1];
     if matches!(reader.read(&mut extra), Ok(n) if n > 0) {
-        return Err(FetchError::Protocol(format!("{url}: body longer than bytes {off}-{end}")));
+        return Err(FetchError::Protocol(format!(
+            "{url}: body longer than bytes {off}-{end}"
+        )));
     }
     Ok(())
 }
@@ -195,7 +237,9 @@ impl Blob for HttpBlob {
         if buf.is_empty() {
             return Ok(());
         }
-        with_retries(self.retries, || range_get(&self.agent, &self.url, self.token.as_deref(), off, buf))
+        with_retries(self.retries, || {
+            range_get(&self.agent, &self.url, self.token.as_deref(), off, buf)
+        })
     }
 
     fn describe(&self) -> String {
@@ -210,7 +254,11 @@ impl Blob for HttpBlob {
 /// `sha256:<hex>` from an fsid written either way.
 pub fn digest_from_fsid(fsid: &str) -> Option<String> {
     let hex = fsid.strip_prefix("sha256:").unwrap_or(fsid);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())).then(|| format!("sha256:{hex}"))
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| format!("sha256:{hex}"))
 }
 
 /// An OCI registry blob: an `HttpBlob` on `/v2/<repo>/blobs/<digest>` plus the token
@@ -223,7 +271,10 @@ pub struct RegistryBlob {
 
 /// `WWW-Authenticate: Bearer realm="…",service="…",scope="…"` → the token URL's parts.
 fn parse_bearer_challenge(v: &str) -> Option<(String, Vec<(String, String)>)> {
-    let rest = v.trim().strip_prefix("Bearer ").or_else(|| v.trim().strip_prefix("bearer "))?;
+    let rest = v
+        .trim()
+        .strip_prefix("Bearer ")
+        .or_else(|| v.trim().strip_prefix("bearer "))?;
     let mut realm = None;
     let mut params = Vec::new();
     let mut s = rest;
@@ -243,14 +294,19 @@ fn parse_bearer_challenge(v: &str) -> Option<(String, Vec<(String, String)>)> {
 }
 
 fn fetch_token(agent: &ureq::Agent, challenge: &str) -> Result<String, FetchError> {
-    let (realm, params) = parse_bearer_challenge(challenge)
-        .ok_or_else(|| FetchError::Protocol(format!("unsupported WWW-Authenticate challenge {challenge:?}")))?;
+    let (realm, params) = parse_bearer_challenge(challenge).ok_or_else(|| {
+        FetchError::Protocol(format!(
+            "unsupported WWW-Authenticate challenge {challenge:?}"
+        ))
+    })?;
     let mut req = agent.get(&realm);
     for (k, v) in &params {
         req = req.query(k, v);
     }
     let resp = req.call().map_err(|e| match status_error(e) {
-        FetchError::Status(code) => FetchError::Protocol(format!("token service refused: HTTP {code}")),
+        FetchError::Status(code) => {
+            FetchError::Protocol(format!("token service refused: HTTP {code}"))
+        }
         other => other,
     })?;
     let body: serde_json::Value = serde_json::from_reader(resp.into_reader().take(1 << 20))
@@ -263,7 +319,13 @@ fn fetch_token(agent: &ureq::Agent, challenge: &str) -> Result<String, FetchErro
 }
 
 impl RegistryBlob {
-    pub fn open(base: &str, repository: &str, fsid: &str, agent: ureq::Agent, settings: &FetchSettings) -> Result<RegistryBlob, FetchError> {
+    pub fn open(
+        base: &str,
+        repository: &str,
+        fsid: &str,
+        agent: ureq::Agent,
+        settings: &FetchSettings,
+    ) -> Result<RegistryBlob, FetchError> {
         let digest = digest_from_fsid(fsid).ok_or(FetchError::NotFound)?;
         let url = format!("{base}/v2/{repository}/blobs/{digest}");
         let mut token = None;
@@ -281,8 +343,18 @@ impl RegistryBlob {
             }
             Err(e) => Err(status_error(e)),
         })?;
-        let http = HttpBlob { url, agent, size, retries: settings.retries, token };
-        Ok(RegistryBlob { http, digest, verify: Mutex::new((0, Some(Sha256::new()))) })
+        let http = HttpBlob {
+            url,
+            agent,
+            size,
+            retries: settings.retries,
+            token,
+        };
+        Ok(RegistryBlob {
+            http,
+            digest,
+            verify: Mutex::new((0, Some(Sha256::new()))),
+        })
     }
 }
 
@@ -302,9 +374,16 @@ impl Blob for RegistryBlob {
                 v.0 += buf.len() as u64;
                 if v.0 == self.http.size {
                     let hash = v.1.take().expect("present").finalize();
-                    let got = format!("sha256:{}", hash.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                    let got = format!(
+                        "sha256:{}",
+                        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    );
                     if got != self.digest {
-                        log::error!("integrity error: {} has digest {got}, expected {}", self.http.url, self.digest);
+                        log::error!(
+                            "integrity error: {} has digest {got}, expected {}",
+                            self.http.url,
+                            self.digest
+                        );
                     } else {
                         log::debug!("{}: digest verified", self.http.url);
                     }
@@ -324,11 +403,22 @@ impl Blob for RegistryBlob {
 }
 
 /// Opens the blob a resolved location names.
-pub fn open(location: Location, fsid: &str, agent: &ureq::Agent, settings: &FetchSettings) -> Result<Box<dyn Blob>, FetchError> {
+pub fn open(
+    location: Location,
+    fsid: &str,
+    agent: &ureq::Agent,
+    settings: &FetchSettings,
+) -> Result<Box<dyn Blob>, FetchError> {
     Ok(match location {
         Location::Path(p) => Box::new(LocalBlob::open(p)?),
         Location::Url(u) => Box::new(HttpBlob::open(u, agent.clone(), settings)?),
-        Location::Registry { base, repository } => Box::new(RegistryBlob::open(&base, &repository, fsid, agent.clone(), settings)?),
+        Location::Registry { base, repository } => Box::new(RegistryBlob::open(
+            &base,
+            &repository,
+            fsid,
+            agent.clone(),
+            settings,
+        )?),
     })
 }
 
@@ -338,12 +428,21 @@ mod tests {
 
     #[test]
     fn content_range_and_challenges() {
-        assert_eq!(parse_content_range("bytes 0-4095/10000"), Some((0, 4095, Some(10000))));
+        assert_eq!(
+            parse_content_range("bytes 0-4095/10000"),
+            Some((0, 4095, Some(10000)))
+        );
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
         assert_eq!(parse_content_range("bytes */100"), None);
         let (realm, params) = parse_bearer_challenge(r#"Bearer realm="https://auth.example.org/token",service="registry.example.org",scope="repository:library/app:pull""#).unwrap();
         assert_eq!(realm, "https://auth.example.org/token");
-        assert_eq!(params, vec![("service".into(), "registry.example.org".into()), ("scope".into(), "repository:library/app:pull".into())]);
+        assert_eq!(
+            params,
+            vec![
+                ("service".into(), "registry.example.org".into()),
+                ("scope".into(), "repository:library/app:pull".into())
+            ]
+        );
         assert!(parse_bearer_challenge("Basic realm=\"x\"").is_none());
     }
 
@@ -351,7 +450,10 @@ mod tests {
     fn digests() {
         let hex = "a".repeat(64);
         assert_eq!(digest_from_fsid(&hex), Some(format!("sha256:{hex}")));
-        assert_eq!(digest_from_fsid(&format!("sha256:{hex}")), Some(format!("sha256:{hex}")));
+        assert_eq!(
+            digest_from_fsid(&format!("sha256:{hex}")),
+            Some(format!("sha256:{hex}"))
+        );
         assert_eq!(digest_from_fsid("sha256:abc"), None);
         assert_eq!(digest_from_fsid(&"A".repeat(64)), None);
     }
@@ -367,6 +469,9 @@ mod tests {
         assert_eq!(buf, vec![3u8; 100]);
         std::fs::write(t.path(), vec![3u8; 5000]).unwrap();
         assert!(blob.read_exact_at(9900, &mut buf).is_err());
-        assert!(matches!(LocalBlob::open("/nonexistent/blob".into()), Err(FetchError::NotFound)));
+        assert!(matches!(
+            LocalBlob::open("/nonexistent/blob".into()),
+            Err(FetchError::NotFound)
+        ));
     }
 }

@@ -57,12 +57,17 @@ pub enum Command {
     Secctx(String),
     Debug(u32),
     Limit(Limit, u8),
-    Bind { ondemand: bool },
+    Bind {
+        ondemand: bool,
+    },
     /// Resolved by the kernel against the daemon process's current directory.
     Cull(Vec<u8>),
     Inuse(Vec<u8>),
     /// Answer to an on-demand OPEN: a size, or a negative errno that fails the OPEN.
-    Copen { msg_id: u32, size: i64 },
+    Copen {
+        msg_id: u32,
+        size: i64,
+    },
     Restore,
 }
 
@@ -163,11 +168,7 @@ impl fmt::Display for Command {
 /// Orders the limit commands so that each one passes the kernel's check against the values
 /// set at that moment (`current`), whatever they were. Returns `None` when the target itself
 /// violates `stop < cull < run < 100`.
-pub fn limit_order(
-    current: [u8; 3],
-    target: [u8; 3],
-    family: [Limit; 3],
-) -> Option<Vec<Command>> {
+pub fn limit_order(current: [u8; 3], target: [u8; 3], family: [Limit; 3]) -> Option<Vec<Command>> {
     fn valid(v: [u8; 3]) -> bool {
         v[2] < v[1] && v[1] < v[0] && v[0] < 100
     }
@@ -217,9 +218,15 @@ mod tests {
     #[test]
     fn golden_bytes() {
         let rows: &[(Command, &[u8])] = &[
-            (Command::Dir(b"/var/cache/fscache".to_vec()), b"dir /var/cache/fscache"),
+            (
+                Command::Dir(b"/var/cache/fscache".to_vec()),
+                b"dir /var/cache/fscache",
+            ),
             (Command::Tag("mycache".into()), b"tag mycache"),
-            (Command::Secctx("system_u:system_r:cachefiles_kernel_t:s0".into()), b"secctx system_u:system_r:cachefiles_kernel_t:s0"),
+            (
+                Command::Secctx("system_u:system_r:cachefiles_kernel_t:s0".into()),
+                b"secctx system_u:system_r:cachefiles_kernel_t:s0",
+            ),
             (Command::Debug(7), b"debug 7"),
             (Command::Limit(Limit::Brun, 10), b"brun 10%"),
             (Command::Limit(Limit::Fstop, 0), b"fstop 0%"),
@@ -227,8 +234,20 @@ mod tests {
             (Command::Bind { ondemand: true }, b"bind ondemand"),
             (Command::Cull(b"Dtestblob".to_vec()), b"cull Dtestblob"),
             (Command::Inuse(b"T1234,".to_vec()), b"inuse T1234,"),
-            (Command::Copen { msg_id: 0, size: 3145728 }, b"copen 0,3145728"),
-            (Command::Copen { msg_id: 4294967295, size: -2 }, b"copen 4294967295,-2"),
+            (
+                Command::Copen {
+                    msg_id: 0,
+                    size: 3145728,
+                },
+                b"copen 0,3145728",
+            ),
+            (
+                Command::Copen {
+                    msg_id: 4294967295,
+                    size: -2,
+                },
+                b"copen 4294967295,-2",
+            ),
             (Command::Restore, b"restore"),
         ];
         for (cmd, bytes) in rows {
@@ -247,7 +266,10 @@ mod tests {
             Err(CommandError::NotAComponent(..))
         ));
         assert!(Command::Inuse(b"..".to_vec()).to_bytes().is_err());
-        assert_eq!(Command::Inuse(Vec::new()).to_bytes(), Err(CommandError::Empty("inuse")));
+        assert_eq!(
+            Command::Inuse(Vec::new()).to_bytes(),
+            Err(CommandError::Empty("inuse"))
+        );
         assert!(Command::Dir(b"/a\0b".to_vec()).to_bytes().is_err());
         assert!(Command::Limit(Limit::Brun, 100).to_bytes().is_err());
         assert!(Command::Dir(vec![b'a'; 5000]).to_bytes().is_err());
@@ -273,7 +295,14 @@ mod tests {
 
     #[test]
     fn limits_raised_and_lowered_in_an_accepted_order() {
-        for target in [[10, 7, 3], [4, 3, 2], [99, 98, 97], [3, 2, 1], [7, 5, 1], [50, 6, 0]] {
+        for target in [
+            [10, 7, 3],
+            [4, 3, 2],
+            [99, 98, 97],
+            [3, 2, 1],
+            [7, 5, 1],
+            [50, 6, 0],
+        ] {
             let cmds = limit_order([7, 5, 1], target, B).unwrap();
             assert_eq!(simulate([7, 5, 1], &cmds), target);
         }

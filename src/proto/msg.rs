@@ -88,7 +88,11 @@ pub enum DecodeErrorKind {
     #[error("{0} body truncated")]
     ShortBody(&'static str),
     #[error("key sizes {volume}+{cookie} do not fit the {available} bytes after the OPEN body")]
-    KeySizes { volume: u32, cookie: u32, available: usize },
+    KeySizes {
+        volume: u32,
+        cookie: u32,
+        available: usize,
+    },
     #[error("volume key is not NUL-terminated where its size says")]
     VolumeKeyNotTerminated,
     #[error("READ range {off}+{len} overflows")]
@@ -137,7 +141,13 @@ pub fn decode(buf: &[u8]) -> Result<Request<'_>, DecodeError> {
         Err(err)
     };
     if header.len.get() as usize != buf.len() {
-        return fail(err, DecodeErrorKind::LenMismatch { header: header.len.get(), read: buf.len() });
+        return fail(
+            err,
+            DecodeErrorKind::LenMismatch {
+                header: header.len.get(),
+                read: buf.len(),
+            },
+        );
     }
     match opcode {
         OP_OPEN => {
@@ -146,7 +156,11 @@ pub fn decode(buf: &[u8]) -> Result<Request<'_>, DecodeError> {
             };
             let volume = open.volume_key_size.get();
             let cookie = open.cookie_key_size.get();
-            let key_sizes = DecodeErrorKind::KeySizes { volume, cookie, available: data.len() };
+            let key_sizes = DecodeErrorKind::KeySizes {
+                volume,
+                cookie,
+                available: data.len(),
+            };
             let total = (volume as usize).checked_add(cookie as usize);
             if volume == 0 || total.is_none_or(|t| t > data.len()) {
                 return fail(err, key_sizes);
@@ -174,24 +188,45 @@ pub fn decode(buf: &[u8]) -> Result<Request<'_>, DecodeError> {
             if off.checked_add(len).is_none() {
                 return fail(err, DecodeErrorKind::ReadOverflow { off, len });
             }
-            Ok(Request::Read { msg_id, object_id, off, len })
+            Ok(Request::Read {
+                msg_id,
+                object_id,
+                off,
+                len,
+            })
         }
         other => fail(err, DecodeErrorKind::UnknownOpcode(other)),
     }
 }
 
 /// Builds the bytes of a message as the kernel would; for tests and the fake device.
-pub fn encode_open(msg_id: u32, object_id: u32, volume_key: &[u8], cookie_key: &[u8], fd: u32) -> Vec<u8> {
+pub fn encode_open(
+    msg_id: u32,
+    object_id: u32,
+    volume_key: &[u8],
+    cookie_key: &[u8],
+    fd: u32,
+) -> Vec<u8> {
     let vsize = volume_key.len() + 1;
     let len = 16 + 16 + vsize + cookie_key.len();
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(
-        MsgHeader { msg_id: msg_id.into(), opcode: OP_OPEN.into(), len: (len as u32).into(), object_id: object_id.into() }
-            .as_bytes(),
+        MsgHeader {
+            msg_id: msg_id.into(),
+            opcode: OP_OPEN.into(),
+            len: (len as u32).into(),
+            object_id: object_id.into(),
+        }
+        .as_bytes(),
     );
     out.extend_from_slice(
-        OpenBody { volume_key_size: (vsize as u32).into(), cookie_key_size: (cookie_key.len() as u32).into(), fd: fd.into(), flags: 0.into() }
-            .as_bytes(),
+        OpenBody {
+            volume_key_size: (vsize as u32).into(),
+            cookie_key_size: (cookie_key.len() as u32).into(),
+            fd: fd.into(),
+            flags: 0.into(),
+        }
+        .as_bytes(),
     );
     out.extend_from_slice(volume_key);
     out.push(0);
@@ -202,16 +237,33 @@ pub fn encode_open(msg_id: u32, object_id: u32, volume_key: &[u8], cookie_key: &
 pub fn encode_read(msg_id: u32, object_id: u32, off: u64, len: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     out.extend_from_slice(
-        MsgHeader { msg_id: msg_id.into(), opcode: OP_READ.into(), len: 32.into(), object_id: object_id.into() }.as_bytes(),
+        MsgHeader {
+            msg_id: msg_id.into(),
+            opcode: OP_READ.into(),
+            len: 32.into(),
+            object_id: object_id.into(),
+        }
+        .as_bytes(),
     );
-    out.extend_from_slice(ReadBody { off: off.into(), len: len.into() }.as_bytes());
+    out.extend_from_slice(
+        ReadBody {
+            off: off.into(),
+            len: len.into(),
+        }
+        .as_bytes(),
+    );
     out
 }
 
 pub fn encode_close(msg_id: u32, object_id: u32) -> Vec<u8> {
-    MsgHeader { msg_id: msg_id.into(), opcode: OP_CLOSE.into(), len: 16.into(), object_id: object_id.into() }
-        .as_bytes()
-        .to_vec()
+    MsgHeader {
+        msg_id: msg_id.into(),
+        opcode: OP_CLOSE.into(),
+        len: 16.into(),
+        object_id: object_id.into(),
+    }
+    .as_bytes()
+    .to_vec()
 }
 
 #[cfg(test)]
@@ -237,7 +289,14 @@ mod tests {
         assert_eq!(encode_open(0, 1, b"erofs,testblob", b"testblob", 5), bytes);
         assert_eq!(
             decode(bytes).unwrap(),
-            Request::Open { msg_id: 0, object_id: 1, volume_key: b"erofs,testblob", cookie_key: b"testblob", fd: 5, flags: 0 }
+            Request::Open {
+                msg_id: 0,
+                object_id: 1,
+                volume_key: b"erofs,testblob",
+                cookie_key: b"testblob",
+                fd: 5,
+                flags: 0
+            }
         );
     }
 
@@ -249,8 +308,22 @@ mod tests {
             0, 0x10, 0, 0, 0, 0, 0, 0,   // off 4096
             0, 0, 2, 0, 0, 0, 0, 0,      // len 128 KiB
         ];
-        assert_eq!(decode(read).unwrap(), Request::Read { msg_id: 7, object_id: 1, off: 4096, len: 131072 });
-        assert_eq!(decode(&encode_close(9, 3)).unwrap(), Request::Close { msg_id: 9, object_id: 3 });
+        assert_eq!(
+            decode(read).unwrap(),
+            Request::Read {
+                msg_id: 7,
+                object_id: 1,
+                off: 4096,
+                len: 131072
+            }
+        );
+        assert_eq!(
+            decode(&encode_close(9, 3)).unwrap(),
+            Request::Close {
+                msg_id: 9,
+                object_id: 3
+            }
+        );
     }
 
     #[test]
@@ -263,8 +336,14 @@ mod tests {
         assert_eq!((e.msg_id, e.open_fd), (Some(4), Some(9)));
 
         let mut open = encode_open(4, 2, b"erofs,x", b"x", 9);
-        open[16] = 0xff; open[17] = 0xff; open[18] = 0xff; open[19] = 0xff;
-        assert!(matches!(decode(&open).unwrap_err().kind, DecodeErrorKind::KeySizes { .. }));
+        open[16] = 0xff;
+        open[17] = 0xff;
+        open[18] = 0xff;
+        open[19] = 0xff;
+        assert!(matches!(
+            decode(&open).unwrap_err().kind,
+            DecodeErrorKind::KeySizes { .. }
+        ));
 
         let open = encode_open(4, 2, b"erofs,x", b"x", 9);
         let e = decode(&open[..open.len() - 1]).unwrap_err();
@@ -273,17 +352,32 @@ mod tests {
 
         let mut open = encode_open(4, 2, b"erofs,x", b"x", 9);
         open[16 + 16 + 7] = b'!';
-        assert_eq!(decode(&open).unwrap_err().kind, DecodeErrorKind::VolumeKeyNotTerminated);
+        assert_eq!(
+            decode(&open).unwrap_err().kind,
+            DecodeErrorKind::VolumeKeyNotTerminated
+        );
 
-        assert_eq!(decode(&[1, 2, 3]).unwrap_err().kind, DecodeErrorKind::ShortHeader(3));
+        assert_eq!(
+            decode(&[1, 2, 3]).unwrap_err().kind,
+            DecodeErrorKind::ShortHeader(3)
+        );
         let mut bad = encode_close(1, 1);
         bad[4] = 9;
-        assert_eq!(decode(&bad).unwrap_err().kind, DecodeErrorKind::UnknownOpcode(9));
+        assert_eq!(
+            decode(&bad).unwrap_err().kind,
+            DecodeErrorKind::UnknownOpcode(9)
+        );
         let short_read = &encode_read(1, 1, 0, 1)[..24];
         let mut short_read = short_read.to_vec();
         short_read[8] = 24;
-        assert_eq!(decode(&short_read).unwrap_err().kind, DecodeErrorKind::ShortBody("READ"));
-        assert!(matches!(decode(&encode_read(1, 1, u64::MAX, 2)).unwrap_err().kind, DecodeErrorKind::ReadOverflow { .. }));
+        assert_eq!(
+            decode(&short_read).unwrap_err().kind,
+            DecodeErrorKind::ShortBody("READ")
+        );
+        assert!(matches!(
+            decode(&encode_read(1, 1, u64::MAX, 2)).unwrap_err().kind,
+            DecodeErrorKind::ReadOverflow { .. }
+        ));
     }
 
     proptest::proptest! {

@@ -34,7 +34,15 @@ pub enum StatusError {
 }
 
 const FIELDS: [&str; 9] = [
-    "cull", "frun", "fcull", "fstop", "brun", "bcull", "bstop", "freleased", "breleased",
+    "cull",
+    "frun",
+    "fcull",
+    "fstop",
+    "brun",
+    "bcull",
+    "bstop",
+    "freleased",
+    "breleased",
 ];
 
 impl Status {
@@ -123,13 +131,33 @@ mod tests {
     #[test]
     fn malformed_lines_are_errors() {
         assert_eq!(Status::parse(b""), Err(StatusError::Missing("cull")));
-        assert!(matches!(Status::parse(b"cull=2 frun=1 fcull=1 fstop=0 brun=1 bcull=1 bstop=0"), Err(StatusError::BadValue("cull", _))));
-        assert!(matches!(Status::parse(b"cull=1 frun=zz fcull=1 fstop=0 brun=1 bcull=1 bstop=0"), Err(StatusError::BadValue("frun", _))));
-        assert!(matches!(Status::parse(b"cull=1 frun=-1 fcull=1 fstop=0 brun=1 bcull=1 bstop=0"), Err(StatusError::BadValue("frun", _))));
-        assert_eq!(Status::parse(b"cull=1 cull=0 frun=1"), Err(StatusError::Duplicate("cull")));
-        assert!(matches!(Status::parse(b"cull"), Err(StatusError::NoValue(_))));
+        assert!(matches!(
+            Status::parse(b"cull=2 frun=1 fcull=1 fstop=0 brun=1 bcull=1 bstop=0"),
+            Err(StatusError::BadValue("cull", _))
+        ));
+        assert!(matches!(
+            Status::parse(b"cull=1 frun=zz fcull=1 fstop=0 brun=1 bcull=1 bstop=0"),
+            Err(StatusError::BadValue("frun", _))
+        ));
+        assert!(matches!(
+            Status::parse(b"cull=1 frun=-1 fcull=1 fstop=0 brun=1 bcull=1 bstop=0"),
+            Err(StatusError::BadValue("frun", _))
+        ));
+        assert_eq!(
+            Status::parse(b"cull=1 cull=0 frun=1"),
+            Err(StatusError::Duplicate("cull"))
+        );
+        assert!(matches!(
+            Status::parse(b"cull"),
+            Err(StatusError::NoValue(_))
+        ));
         assert_eq!(Status::parse(&[0xff, 0xfe]), Err(StatusError::NotText));
-        assert!(matches!(Status::parse(b"cull=0 frun=11111111111111111111 fcull=1 fstop=0 brun=1 bcull=1 bstop=0"), Err(StatusError::BadValue("frun", _))));
+        assert!(matches!(
+            Status::parse(
+                b"cull=0 frun=11111111111111111111 fcull=1 fstop=0 brun=1 bcull=1 bstop=0"
+            ),
+            Err(StatusError::BadValue("frun", _))
+        ));
     }
 
     proptest::proptest! {

@@ -67,7 +67,7 @@ append="console=ttyS0 panic=-1 quiet loglevel=4 scenario=$scenario vmtimeout=$gu
 
 qemu=(qemu-system-x86_64 -nographic -no-reboot -accel tcg -smp "$smp" -m "$mem"
   -kernel "$kernel" -initrd "$initrd" -append "$append"
-  -monitor none
+  -monitor none -nic none
   -drive "file=$results/cache.img,if=virtio,format=raw,cache=unsafe"
   -virtfs "local,path=$results,mount_tag=results,security_model=none,id=results"
   -virtfs "local,path=$fscached,mount_tag=fscached,security_model=none,id=fscached,readonly=on")

@@ -1,7 +1,6 @@
 #!/bin/sh
 # vm-timeout: 300
-# The daemon in on-demand mode serving EROFS over fscache. Runs only when the initramfs was built
-# with CACHEFILESD_FEATURES containing "ondemand" (/etc/cachefilesd-features); skips otherwise.
+# The daemon in on-demand mode serving EROFS over fscache.
 #   1. build a tree of 500+ files (mixed sizes, empty files, one file of 32 MiB + a bit) in /tmp
 #      with deterministic content, and mkfs.erofs it into /srv/erofs/testblob,
 #   2. cachefilesd with `ondemand /etc/cachefilesd/ondemand.toml` (source map: any domain, any
@@ -11,9 +10,6 @@
 #      mount; EROFS is unmounted before the daemon is stopped (closing the device withdraws the
 #      cache), and SIGTERM must end the daemon with status 0.
 . /scenarios/lib/common.sh
-
-grep -qx ondemand /etc/cachefilesd-features 2>/dev/null ||
-  skip "on-demand mode not enabled for this build (CACHEFILESD_FEATURES lacks 'ondemand')"
 
 cache=/var/cache/fscache
 conf=/etc/cachefilesd.conf
