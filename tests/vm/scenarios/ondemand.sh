@@ -118,8 +118,49 @@ backing=$(find "$cache/cache/Ierofs,testblob" -name Dtestblob -type f 2>/dev/nul
 check "backing file cache/Ierofs,testblob/@xx/Dtestblob exists" test -n "$backing"
 say "backing file: $backing, $(du -k "$backing" | cut -f1) KiB allocated"
 
+# The daemon logs a statistics line on SIGUSR1; "reads N" counts READ requests received.
+reads_so_far() {
+  kill -USR1 "$daemon_pid"
+  sleep 0.5
+  grep -o 'reads [0-9]*' "$daemon_log" | tail -n 1 | cut -d' ' -f2
+}
+reads_before=$(reads_so_far)
+say "READ requests so far: $reads_before"
+check "reads were served on the first pass" test "${reads_before:-0}" -gt 0
 check "mount again" erofs_mount testblob
 check "second read: every file has the source's sha256" verify
+check "umount" umount /mnt
+reads_after=$(reads_so_far)
+check "the second pass was served from the cache: 0 READ requests (before $reads_before, after $reads_after)" test "$reads_after" = "$reads_before"
+
+# Two images in one shared domain: both mounted at once, one volume cache/Ierofs,dom1.
+cp "$blob" /srv/erofs/second
+mkdir -p /mnt2
+check "mount -o domain_id=dom1,fsid=testblob /mnt" timeout -s KILL 120 mount -t erofs none -o domain_id=dom1,fsid=testblob /mnt
+check "mount -o domain_id=dom1,fsid=second /mnt2" timeout -s KILL 120 mount -t erofs none -o domain_id=dom1,fsid=second /mnt2
+check "domain dom1, fsid testblob: every file has the source's sha256" verify
+verify2() { (cd /mnt2 && sha256sum -c /tmp/tree.sha) >/tmp/verify2.out 2>&1 || { grep -v ': OK$' /tmp/verify2.out | head; false; }; }
+check "domain dom1, fsid second: every file has the source's sha256" verify2
+check "umount /mnt" umount /mnt
+check "umount /mnt2" umount /mnt2
+# Objects are linked into the tree when the cookie is committed, i.e. at umount.
+check "both objects live in one volume cache/Ierofs,dom1" sh -c "test \$(find '$cache/cache/Ierofs,dom1' -type f -name 'D*' | wc -l) -eq 2"
+
+# A source that shrinks while served: the reads past its new end fail with EIO, quickly, and
+# the daemon goes on serving.
+cp "$blob" /srv/erofs/vanishing
+check "mount -o fsid=vanishing" erofs_mount vanishing
+small=$(find /mnt -type f -size -8k | head -n 1)
+check "a small file reads before the source shrinks" cat "$small" >/dev/null
+truncate -s 8192 /srv/erofs/vanishing
+big_read_fails() { ! timeout -s KILL 60 cat /mnt/big.bin >/dev/null 2>/tmp/big.err; }
+check "reading big.bin after the source shrank fails (no hang)" big_read_fails
+say "reader saw: $(cat /tmp/big.err)"
+check "the failure is an I/O error (EIO)" grep -q 'Input/output error' /tmp/big.err
+check "umount after the failed read" umount /mnt
+check "cachefilesd is still running after the failed source" alive "$daemon_pid"
+check "mount testblob again: still served" erofs_mount testblob
+check "third read: every file has the source's sha256" verify
 check "umount" umount /mnt
 
 no_such_blob_fails() { ! erofs_mount nosuchblob 2>/dev/null; }
