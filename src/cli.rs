@@ -15,6 +15,8 @@ pub struct Options {
     pub config: PathBuf,
     pub pidfile: Option<PathBuf>,
     pub check_config: bool,
+    /// Keep the device fd in a parent process and restart the worker with it.
+    pub supervise: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -26,6 +28,7 @@ pub enum Action {
 
 pub const USAGE: &str = "\
 Usage: cachefilesd [-d]* [-s] [-n] [-N] [-t] [-f <configfile>] [-p <pidfile>]
+       cachefilesd --supervise [options]
        cachefilesd -v | --version | --help
 
   -d         increase debugging level (repeatable)
@@ -36,6 +39,8 @@ Usage: cachefilesd [-d]* [-s] [-n] [-N] [-t] [-f <configfile>] [-p <pidfile>]
   -f FILE    configuration file (default /etc/cachefilesd.conf)
   -p FILE    pid file (default /var/run/cachefilesd.pid when daemonising)
   -v         print the version and exit
+  --supervise  hold the device in a parent process and restart the daemon
+             with it if it dies, so the cache survives the crash
 ";
 
 pub const DEFAULT_PIDFILE: &str = "/var/run/cachefilesd.pid";
@@ -59,6 +64,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, UsageEr
         config: PathBuf::from(crate::config::DEFAULT_PATH),
         pidfile: None,
         check_config: false,
+        supervise: false,
     };
     let mut args = args.into_iter().skip(1);
     while let Some(arg) = args.next() {
@@ -66,6 +72,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, UsageEr
         match bytes {
             b"--version" => return Ok(Action::Version),
             b"--help" => return Ok(Action::Help),
+            b"--supervise" => {
+                o.supervise = true;
+                continue;
+            }
             b"--" => {
                 if let Some(extra) = args.next() {
                     return Err(UsageError::Extra(extra.to_string_lossy().into_owned()));

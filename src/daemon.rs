@@ -124,6 +124,8 @@ pub struct Daemon<'d> {
     stop: Arc<AtomicBool>,
     signals: Option<SignalPipes>,
     cache_root: Dir,
+    /// For statfs: free space as the kernel sees it.
+    cache_fs: std::fs::File,
     culler: Option<Culler>,
     worker: Worker,
     inotify: Option<Inotify>,
@@ -164,6 +166,7 @@ impl<'d> Daemon<'d> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let cache_root = open_cache_dir(config, "cache")?;
+        let cache_fs = std::fs::File::open(config.dir.value.join("cache"))?;
         let grave = open_cache_dir(config, "graveyard")?;
         let culler = (!nocull && !config.nocull)
             .then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
@@ -235,6 +238,7 @@ impl<'d> Daemon<'d> {
             stop: Arc::new(AtomicBool::new(false)),
             signals,
             cache_root,
+            cache_fs,
             culler,
             worker,
             inotify,
@@ -275,9 +279,7 @@ impl<'d> Daemon<'d> {
         if self.ondemand.is_none() {
             return self.read_status();
         }
-        // SAFETY: the fd belongs to `self.cache_root`, which outlives this borrow.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.cache_root.as_raw_fd()) };
-        let Ok(st) = nix::sys::statfs::fstatfs(fd) else {
+        let Ok(st) = nix::sys::statfs::fstatfs(&self.cache_fs) else {
             return Ok(());
         };
         let [brun, bcull, frun, fcull] = self.limits.map(u64::from);
@@ -439,6 +441,26 @@ impl<'d> Daemon<'d> {
         self.status.cull && self.culler.as_ref().is_some_and(|c| c.ready_len() > 0)
     }
 
+    /// One line for systemd's STATUS=: "culling: 12% free, 1234 culled; on-demand: 3 blobs, 0 in flight".
+    pub fn summary(&self) -> String {
+        let free = nix::sys::statfs::fstatfs(&self.cache_fs)
+            .map(|st| format!("{}% free", st.blocks_available() * 100 / st.blocks().max(1)))
+            .unwrap_or_else(|_| "free space unknown".into());
+        let culling = match &self.culler {
+            Some(c) if self.status.cull => format!("culling: {free}, {} culled", c.stats.culled),
+            Some(c) => format!("idle: {free}, {} culled", c.stats.culled),
+            None => format!("culling disabled: {free}"),
+        };
+        match &self.ondemand {
+            Some(od) => format!(
+                "{culling}; on-demand: {} blobs, {} in flight",
+                od.objects().len(),
+                od.in_flight()
+            ),
+            None => culling,
+        }
+    }
+
     pub fn stats_line(&self) -> String {
         let up = self.started.elapsed().as_secs();
         let ondemand = self.ondemand.as_ref().map_or(String::new(), |od| {
@@ -524,6 +546,8 @@ impl<'d> Daemon<'d> {
             let tick = last_tick.elapsed() >= TICK;
             if tick {
                 last_tick = Instant::now();
+                crate::service::watchdog();
+                crate::service::status(&self.summary());
                 if self.inotify.is_none() {
                     self.request_reap();
                 }

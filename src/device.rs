@@ -108,6 +108,10 @@ impl CachefilesDevice {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
+
+    pub fn into_fd(self) -> OwnedFd {
+        self.file.into()
+    }
 }
 
 use std::os::unix::fs::OpenOptionsExt;

@@ -9,3 +9,5 @@ pub mod fake;
 pub mod logging;
 pub mod ondemand;
 pub mod proto;
+pub mod service;
+pub mod supervise;

@@ -8,6 +8,7 @@ use cachefilesd_rs::daemon::{Daemon, DaemonError, SignalPipes};
 use cachefilesd_rs::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
 use cachefilesd_rs::proto::Command;
+use cachefilesd_rs::{service, supervise};
 use nix::errno::Errno;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
     };
     let logging = std::cell::Cell::new(false);
     match run(&options, &logging) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(failure) => {
             let message = match &failure {
                 Failure::Config(e) => e.to_string(),
@@ -93,10 +94,9 @@ fn config_error(config: &Config, line: usize, message: String) -> Failure {
     })
 }
 
-fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<(), Failure> {
+fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure> {
     let config = Config::load(&options.config).map_err(Failure::Config)?;
     check_dir(&config)?;
-
     let source_map = match &config.ondemand {
         Some(path) => Some(
             SourceMap::load(&path.value)
@@ -109,23 +109,80 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<(), Failure
             "cachefilesd: {}: configuration OK",
             options.config.display()
         );
-        return Ok(());
+        return Ok(0);
     }
 
-    let mut device =
-        CachefilesDevice::open(Path::new(DEVICE_PATH)).map_err(|e| Failure::Os(e.into()))?;
-    for command in config.commands() {
-        device
-            .send(&command)
-            .map_err(|e| bind_failure(&config, &command, e))?;
+    let inherited = service::inherited_device();
+    let from_supervisor = inherited.as_ref().is_some_and(|i| i.from_supervisor);
+    if options.supervise && inherited.is_none() {
+        // The first worker configures and binds the device this parent holds.
+        let device = open_device()?;
+        let pidfile = start_service(options, logging)?;
+        let worker_args: Vec<std::ffi::OsString> = std::env::args_os()
+            .skip(1)
+            .filter(|a| a != "--supervise")
+            .chain(std::iter::once("-n".into()))
+            .collect();
+        let code = supervise::run(device.into_fd(), worker_args)
+            .map_err(|e| Failure::Os(anyhow::anyhow!("supervisor: {e}")));
+        remove_pidfile(&pidfile);
+        return code;
     }
 
+    let (mut device, bound) = match inherited {
+        Some(i) => (CachefilesDevice::from_fd(i.fd), i.bound),
+        None => (open_device()?, false),
+    };
+    if !bound {
+        for command in config.commands() {
+            device
+                .send(&command)
+                .map_err(|e| bind_failure(&config, &command, e))?;
+        }
+    }
+    let pidfile = if from_supervisor {
+        cachefilesd_rs::logging::init(options.stderr, options.debug);
+        logging.set(true);
+        None
+    } else {
+        start_service(options, logging)?
+    };
+    if bound {
+        log::info!("taking over the bound cache {}", config.dir.value.display());
+        if config.ondemand.is_some() {
+            // The kernel re-delivers every outstanding request; READs on objects whose fd
+            // died with the old daemon come back as fresh OPENs.
+            match device.send(&Command::Restore) {
+                Ok(()) => log::info!("restore: outstanding requests re-delivered"),
+                Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {
+                    log::warn!("the kernel does not support `restore` (needs Linux 6.8): requests pending before the restart are lost")
+                }
+                Err(e) => return Err(Failure::Os(e.into())),
+            }
+        }
+    }
+    service::ready(device.as_fd(), "cache bound");
+    let result = serve(&config, options, &mut device, source_map);
+    service::stopping();
+    remove_pidfile(&pidfile);
+    result.map(|()| 0)
+}
+
+fn open_device() -> Result<CachefilesDevice, Failure> {
+    CachefilesDevice::open(Path::new(DEVICE_PATH)).map_err(|e| Failure::Os(e.into()))
+}
+
+/// Daemonises unless -n, starts logging and writes the pid file; returns the pid file's path.
+fn start_service(
+    options: &Options,
+    logging: &std::cell::Cell<bool>,
+) -> Result<Option<PathBuf>, Failure> {
     let pidfile = options
         .pidfile
         .clone()
         .or_else(|| (!options.no_daemon).then(|| PathBuf::from(cli::DEFAULT_PIDFILE)));
     if !options.no_daemon {
-        // Forking is safe here: no thread exists yet (the worker starts in Daemon::new).
+        // Forking is safe here: no thread exists yet (workers start in Daemon::new).
         nix::unistd::daemon(false, options.stderr)
             .map_err(|e| Failure::Os(anyhow::anyhow!("cannot daemonise: {e}")))?;
     }
@@ -139,11 +196,13 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<(), Failure
             ))
         })?;
     }
-    let result = serve(&config, options, &mut device, source_map);
-    if let Some(p) = &pidfile {
+    Ok(pidfile)
+}
+
+fn remove_pidfile(pidfile: &Option<PathBuf>) {
+    if let Some(p) = pidfile {
         let _ = std::fs::remove_file(p);
     }
-    result
 }
 
 fn serve(
