@@ -11,3 +11,4 @@ pub mod ondemand;
 pub mod proto;
 pub mod service;
 pub mod supervise;
+pub mod report;

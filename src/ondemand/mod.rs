@@ -23,6 +23,21 @@ const PAGE: u64 = 4096;
 const CHUNK: usize = 1 << 20;
 
 /// A page-aligned page: the kernel writes the anon fd with O_DIRECT.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn latency_quantiles() {
+        let mut l = super::Latency::default();
+        assert_eq!(l.quantile(0.5), None);
+        for ms in [1u64, 1, 1, 1, 1, 1, 1, 1, 1, 200] {
+            l.record(std::time::Duration::from_millis(ms));
+        }
+        // 1 ms lies in the bucket below 1.024 ms; 200 ms below 262 ms.
+        assert_eq!(l.quantile(0.5), Some(0.001024));
+        assert_eq!(l.quantile(0.99), Some(0.262144));
+    }
+}
+
 #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy)]
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
@@ -48,6 +63,46 @@ pub struct Stats {
     pub unknown_objects: u64,
 }
 
+/// READ latency histogram: bucket i counts latencies below 2^(i+6) microseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    buckets: [u64; 22],
+}
+
+impl Latency {
+    pub fn record(&mut self, d: std::time::Duration) {
+        let us = d.as_micros().max(1) as u64;
+        let i = (64 - us.leading_zeros() as usize).saturating_sub(6).min(self.buckets.len() - 1);
+        self.buckets[i] += 1;
+    }
+
+    /// Upper bound of the bucket holding quantile `q`, in seconds; `None` without samples.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some((1u64 << (i + 6)) as f64 / 1e6);
+            }
+        }
+        None
+    }
+}
+
+/// Per `[[source]]` entry: what was fetched through it.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStats {
+    pub reads: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub latency: Latency,
+}
+
 type Job = Box<dyn FnOnce() -> Done + Send>;
 
 enum Done {
@@ -61,6 +116,7 @@ enum Done {
     },
     Read {
         msg_id: u32,
+        source: usize,
         fd: Arc<OwnedFd>,
         result: Result<u64, String>,
         started: Instant,
@@ -111,6 +167,8 @@ pub struct OnDemand {
     remote: Pool,
     done: mpsc::Receiver<Done>,
     pub stats: Stats,
+    /// Keyed by the source's position in the map (1-based).
+    pub per_source: std::collections::BTreeMap<usize, SourceStats>,
 }
 
 fn errno_of(e: &DeviceError) -> Option<Errno> {
@@ -132,11 +190,16 @@ impl OnDemand {
             in_flight: HashSet::new(),
             done,
             stats: Stats::default(),
+            per_source: Default::default(),
         }
     }
 
     pub fn objects(&self) -> &HashMap<u32, Object> {
         &self.objects
+    }
+
+    pub fn map(&self) -> &SourceMap {
+        &self.map
     }
 
     pub fn in_flight(&self) -> usize {
@@ -276,6 +339,7 @@ impl OnDemand {
                 }
                 let fd = object.fd.clone();
                 let blob = object.blob.clone();
+                let source = object.source;
                 let readahead = self.map.fetch.readahead;
                 let remote = blob.is_remote();
                 let job: Job = Box::new(move || {
@@ -283,6 +347,7 @@ impl OnDemand {
                     let result = serve_read(&*blob, &fd, off, len, readahead);
                     Done::Read {
                         msg_id,
+                        source,
                         fd,
                         result,
                         started,
@@ -357,11 +422,19 @@ impl OnDemand {
                 }
                 Done::Read {
                     msg_id,
+                    source,
                     fd,
                     result,
                     started,
                 } => {
                     self.in_flight.remove(&msg_id);
+                    let per = self.per_source.entry(source).or_default();
+                    per.reads += 1;
+                    per.latency.record(started.elapsed());
+                    match &result {
+                        Ok(bytes) => per.bytes += bytes,
+                        Err(_) => per.errors += 1,
+                    }
                     match result {
                         Ok(bytes) => {
                             self.stats.bytes_written += bytes;

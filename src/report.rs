@@ -1,0 +1,232 @@
+//! What the daemon tells about itself: one `Report`, rendered as text for people, JSON for
+//! tools and the Prometheus text exposition format for scrapers.
+
+use serde::Serialize;
+use std::fmt::Write;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub version: String,
+    pub mode: String,
+    pub dir: String,
+    pub tag: String,
+    pub uptime_seconds: u64,
+    pub space: Space,
+    pub culling: Culling,
+    pub graveyard_entries: u64,
+    pub ondemand: Option<OnDemandReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Space {
+    pub block_size: u64,
+    pub blocks_total: u64,
+    pub blocks_available: u64,
+    pub files_total: u64,
+    pub files_free: u64,
+    /// Percentages configured (run, cull, stop) for blocks and files.
+    pub blocks_limits_percent: [u8; 3],
+    pub files_limits_percent: [u8; 3],
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Culling {
+    pub enabled: bool,
+    pub kernel_wants_culling: bool,
+    pub scanning: bool,
+    pub scans: u64,
+    pub objects_last_scan: u64,
+    pub last_scan_seconds: f64,
+    pub table_entries: u64,
+    pub table_capacity: u64,
+    pub culled: u64,
+    pub bytes_freed: u64,
+    pub skipped_in_use: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct OnDemandReport {
+    pub objects: Vec<ObjectReport>,
+    pub reads_in_flight: u64,
+    pub opens: u64,
+    pub opens_failed: u64,
+    pub reads: u64,
+    pub reads_failed: u64,
+    pub bytes_written: u64,
+    pub bad_messages: u64,
+    pub sources: Vec<SourceReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ObjectReport {
+    pub object_id: u32,
+    pub volume: String,
+    pub fsid: String,
+    pub size: u64,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SourceReport {
+    pub index: usize,
+    pub location: String,
+    pub reads: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub latency_p50_seconds: Option<f64>,
+    pub latency_p90_seconds: Option<f64>,
+    pub latency_p99_seconds: Option<f64>,
+}
+
+fn pct(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / total as f64
+    }
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        let s = &self.space;
+        let c = &self.culling;
+        let _ = writeln!(o, "cachefilesd {} ({} mode), up {}s", self.version, self.mode, self.uptime_seconds);
+        let _ = writeln!(o, "cache: {} (tag {})", self.dir, self.tag);
+        let _ = writeln!(
+            o,
+            "space: {:.1}% blocks free ({} of {} x {} B), {:.1}% files free ({} of {})",
+            pct(s.blocks_available, s.blocks_total), s.blocks_available, s.blocks_total, s.block_size,
+            pct(s.files_free, s.files_total), s.files_free, s.files_total
+        );
+        let [br, bc, bs] = s.blocks_limits_percent;
+        let [fr, fc, fs] = s.files_limits_percent;
+        let _ = writeln!(o, "limits: brun {br}% bcull {bc}% bstop {bs}%, frun {fr}% fcull {fc}% fstop {fs}%");
+        if c.enabled {
+            let _ = writeln!(
+                o,
+                "culling: {}{}; table {}/{}; last scan {} objects in {:.3}s ({} scans); culled {} ({} bytes freed), {} skipped in use",
+                if c.kernel_wants_culling { "active" } else { "idle" },
+                if c.scanning { ", scanning" } else { "" },
+                c.table_entries, c.table_capacity, c.objects_last_scan, c.last_scan_seconds, c.scans,
+                c.culled, c.bytes_freed, c.skipped_in_use
+            );
+        } else {
+            let _ = writeln!(o, "culling: disabled");
+        }
+        let _ = writeln!(o, "graveyard: {} entries", self.graveyard_entries);
+        if let Some(od) = &self.ondemand {
+            let _ = writeln!(
+                o,
+                "on-demand: {} open objects, {} READs in flight; opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages",
+                od.objects.len(), od.reads_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages
+            );
+            for obj in &od.objects {
+                let _ = writeln!(o, "  object {}: {} {} {} bytes from {}", obj.object_id, obj.volume, obj.fsid, obj.size, obj.source);
+            }
+            for src in &od.sources {
+                let q = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}ms", s * 1e3));
+                let _ = writeln!(
+                    o,
+                    "  source {} ({}): {} reads, {} bytes, {} errors, latency p50 {} p90 {} p99 {}",
+                    src.index, src.location, src.reads, src.bytes, src.errors,
+                    q(src.latency_p50_seconds), q(src.latency_p90_seconds), q(src.latency_p99_seconds)
+                );
+            }
+        }
+        o
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serialises") + "\n"
+    }
+
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn metrics(&self) -> String {
+        let mut o = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+            let _ = writeln!(o, "# HELP cachefilesd_{name} {help}");
+            let _ = writeln!(o, "# TYPE cachefilesd_{name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(o, "cachefilesd_{name}{labels} {v}");
+            }
+        };
+        let one = |v: f64| vec![(String::new(), v)];
+        let s = &self.space;
+        let c = &self.culling;
+        metric("info", "gauge", "Daemon version and mode.", &[(format!("{{version=\"{}\",mode=\"{}\"}}", self.version, self.mode), 1.0)]);
+        metric("uptime_seconds", "gauge", "Seconds since the daemon started.", &one(self.uptime_seconds as f64));
+        metric("blocks_available", "gauge", "Free blocks on the cache filesystem (statfs f_bavail).", &one(s.blocks_available as f64));
+        metric("blocks_total", "gauge", "Blocks of the cache filesystem.", &one(s.blocks_total as f64));
+        metric("block_size_bytes", "gauge", "Block size of the cache filesystem.", &one(s.block_size as f64));
+        metric("files_free", "gauge", "Free inodes on the cache filesystem.", &one(s.files_free as f64));
+        metric("files_total", "gauge", "Inodes of the cache filesystem.", &one(s.files_total as f64));
+        metric("culling_active", "gauge", "1 while the kernel asks for culling.", &one(c.kernel_wants_culling as u8 as f64));
+        metric("scans_total", "counter", "Scans of the cache tree.", &one(c.scans as f64));
+        metric("objects_last_scan", "gauge", "Objects found by the last scan.", &one(c.objects_last_scan as f64));
+        metric("last_scan_seconds", "gauge", "Duration of the last scan.", &one(c.last_scan_seconds));
+        metric("cull_table_entries", "gauge", "Candidates waiting in the cull table.", &one(c.table_entries as f64));
+        metric("culled_total", "counter", "Objects culled.", &one(c.culled as f64));
+        metric("culled_bytes_total", "counter", "Bytes freed by culling.", &one(c.bytes_freed as f64));
+        metric("graveyard_entries", "gauge", "Entries waiting in the graveyard.", &one(self.graveyard_entries as f64));
+        if let Some(od) = &self.ondemand {
+            metric("ondemand_objects", "gauge", "Open on-demand objects.", &one(od.objects.len() as f64));
+            metric("ondemand_reads_in_flight", "gauge", "READ requests being served.", &one(od.reads_in_flight as f64));
+            metric("ondemand_opens_total", "counter", "OPEN requests.", &one(od.opens as f64));
+            metric("ondemand_opens_failed_total", "counter", "OPEN requests refused.", &one(od.opens_failed as f64));
+            metric("ondemand_reads_total", "counter", "READ requests.", &one(od.reads as f64));
+            metric("ondemand_reads_failed_total", "counter", "READ requests completed without data.", &one(od.reads_failed as f64));
+            metric("ondemand_bad_messages_total", "counter", "Undecodable kernel messages.", &one(od.bad_messages as f64));
+            let label = |src: &SourceReport| format!("{{source=\"{}\"}}", src.index);
+            let per = |f: &dyn Fn(&SourceReport) -> f64| od.sources.iter().map(|s| (label(s), f(s))).collect::<Vec<_>>();
+            metric("source_bytes_total", "counter", "Bytes fetched per [[source]] entry.", &per(&|s| s.bytes as f64));
+            metric("source_reads_total", "counter", "READs served per [[source]] entry.", &per(&|s| s.reads as f64));
+            metric("source_errors_total", "counter", "Failed fetches per [[source]] entry.", &per(&|s| s.errors as f64));
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        Report {
+            version: "0.1.0".into(),
+            mode: "on-demand".into(),
+            dir: "/var/cache/fscache".into(),
+            tag: "mycache".into(),
+            uptime_seconds: 12,
+            space: Space { block_size: 4096, blocks_total: 1000, blocks_available: 120, files_total: 100, files_free: 50, blocks_limits_percent: [10, 7, 3], files_limits_percent: [10, 7, 3] },
+            culling: Culling { enabled: true, culled: 1234, table_capacity: 4096, ..Default::default() },
+            graveyard_entries: 2,
+            ondemand: Some(OnDemandReport {
+                objects: vec![ObjectReport { object_id: 1, volume: "erofs,img".into(), fsid: "img".into(), size: 4096, source: "/srv/erofs/img".into() }],
+                sources: vec![SourceReport { index: 1, location: "/srv/erofs/{fsid}".into(), reads: 3, bytes: 12288, ..Default::default() }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn text_json_and_metrics_carry_the_same_facts() {
+        let r = sample();
+        let t = r.text();
+        assert!(t.contains("space: 12.0% blocks free"), "{t}");
+        assert!(t.contains("culled 1234"), "{t}");
+        assert!(t.contains("object 1: erofs,img img 4096 bytes from /srv/erofs/img"), "{t}");
+        let j: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        assert_eq!(j["culling"]["culled"], 1234);
+        assert_eq!(j["ondemand"]["objects"][0]["fsid"], "img");
+        let m = r.metrics();
+        assert!(m.contains("cachefilesd_culled_total 1234\n"), "{m}");
+        assert!(m.contains("cachefilesd_source_bytes_total{source=\"1\"} 12288\n"), "{m}");
+        // Every sample line is `name{labels} value` with a HELP and TYPE before it.
+        for line in m.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("cachefilesd_"), "{line}");
+            value.parse::<f64>().unwrap();
+        }
+    }
+}
