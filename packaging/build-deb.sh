@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Debian package (cargo-deb, metadata in Cargo.toml) into target/debian/, then checks
 # it: lintian (errors fail, warnings are listed), and systemd-analyze verify on the unit as
-# packaged, with the packaged man pages on MANPATH so Documentation= is checked too.
-# Needs cargo-deb (cargo install cargo-deb --locked), lintian, and systemd-analyze if present.
+# packaged, alone and with the network drop-in example, with the packaged man pages on MANPATH
+# so Documentation= is checked too.
+# Needs cargo-deb (cargo install cargo-deb --locked), lintian, dpkg-dev; systemd-analyze if present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +30,8 @@ dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
 dpkg-deb --contents "$deb"
 
 echo "--- lintian"
-# Errors fail the build; warnings (and info) are printed. lintian refuses nothing as root but
-# says so; that notice is not a finding.
+# Errors fail the build; warnings (and info) are printed. Run as root, lintian first prints
+# "running with root privileges is not recommended!": a notice, not a finding.
 lintian --fail-on error --display-info --tag-display-limit 0 "$deb"
 
 if command -v systemd-analyze >/dev/null; then
@@ -42,7 +43,13 @@ if command -v systemd-analyze >/dev/null; then
   # The unit as packaged, with ExecStart pointing at the packaged binary (not yet in /usr/sbin).
   sed "s|/usr/sbin/cachefilesd|$tmp/root/usr/sbin/cachefilesd|" \
     "$tmp/root/usr/lib/systemd/system/cachefilesd.service" > "$tmp/units/cachefilesd.service"
-  out=$(MANPATH="$tmp/root/usr/share/man:" systemd-analyze verify "$tmp/units/cachefilesd.service" 2>&1) || true
+  verify() { MANPATH="$tmp/root/usr/share/man:" systemd-analyze verify "$tmp/units/cachefilesd.service" 2>&1 || true; }
+  out=$(verify)
+  # Again with the network drop-in example in place.
+  mkdir -p "$tmp/units/cachefilesd.service.d"
+  cp "$tmp/root/usr/share/doc/cachefilesd-rs/examples/network.conf" "$tmp/units/cachefilesd.service.d/"
+  out+=$'\n'$(verify)
+  out=$(sort -u <<<"$out" | sed '/^$/d')
   if [ "$with_ctl" = no ]; then
     # Documentation= names cachefilesctl(8), which is packaged only together with its binary.
     out=$(grep -v "'man cachefilesctl(8)'" <<<"$out" || true)
