@@ -12,3 +12,4 @@ pub mod proto;
 pub mod service;
 pub mod supervise;
 pub mod report;
+pub mod control;

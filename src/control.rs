@@ -1,0 +1,233 @@
+//! The control socket: a root-only Unix stream socket on which the daemon answers `status`,
+//! `status json` and `metrics`, one request per connection. Served from the event loop without
+//! ever blocking it: every connection is non-blocking, bounded in size and in time, so a
+//! client that connects and never reads cannot stall the daemon.
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_PATH: &str = "/run/cachefilesd/control.sock";
+pub const LISTENER: Token = Token(16);
+const FIRST_CONN: usize = 1024;
+const MAX_CONNS: usize = 16;
+const MAX_REQUEST: usize = 256;
+const CONN_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    StatusJson,
+    Metrics,
+}
+
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["status"] => Ok(Request::Status),
+        ["status", "json"] => Ok(Request::StatusJson),
+        ["metrics"] => Ok(Request::Metrics),
+        _ => Err(format!("error: unknown request {:?} (try: status, status json, metrics)\n", line.trim())),
+    }
+}
+
+struct Conn {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    deadline: Instant,
+    answered: bool,
+}
+
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    conns: HashMap<Token, Conn>,
+    next: usize,
+}
+
+impl ControlServer {
+    /// Binds the socket, replacing a stale one; only root (the owner) may connect.
+    pub fn bind(path: &Path) -> std::io::Result<ControlServer> {
+        if let Some(parent) = path.parent() {
+            if !parent.exists() {
+                std::fs::create_dir_all(parent)?;
+                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+            }
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(std::io::Error::new(ErrorKind::AddrInUse, "another daemon answers on this socket"));
+                }
+                std::fs::remove_file(path)?;
+            }
+            Ok(_) => return Err(std::io::Error::new(ErrorKind::AlreadyExists, "exists and is not a socket")),
+            Err(_) => {}
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlServer { listener, path: path.to_path_buf(), conns: HashMap::new(), next: FIRST_CONN })
+    }
+
+    pub fn register(&mut self, registry: &Registry) -> std::io::Result<()> {
+        registry.register(&mut self.listener, LISTENER, Interest::READABLE)
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        token == LISTENER || self.conns.contains_key(&token)
+    }
+
+    /// Handles an event for the listener or a connection; `answer` renders a request.
+    pub fn on_event(&mut self, registry: &Registry, token: Token, answer: &dyn Fn(Request) -> String) {
+        if token == LISTENER {
+            self.accept(registry);
+            return;
+        }
+        let done = match self.conns.get_mut(&token) {
+            Some(conn) => serve(conn, answer),
+            None => return,
+        };
+        if done {
+            if let Some(mut conn) = self.conns.remove(&token) {
+                let _ = registry.deregister(&mut conn.stream);
+            }
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry) {
+        loop {
+            let (mut stream, _) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control socket: accept: {e}");
+                    return;
+                }
+            };
+            if !peer_is_privileged(&stream) || self.conns.len() >= MAX_CONNS {
+                let _ = stream.write(b"error: refused\n");
+                continue;
+            }
+            let token = Token(self.next);
+            self.next = if self.next == usize::MAX { FIRST_CONN } else { self.next + 1 };
+            if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_err() {
+                continue;
+            }
+            self.conns.insert(token, Conn {
+                stream,
+                input: Vec::new(),
+                output: Vec::new(),
+                written: 0,
+                deadline: Instant::now() + CONN_DEADLINE,
+                answered: false,
+            });
+        }
+    }
+
+    /// Drops connections past their deadline (clients that never send or never read).
+    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+        let late: Vec<Token> = self.conns.iter().filter(|(_, c)| now >= c.deadline).map(|(t, _)| *t).collect();
+        for t in late {
+            if let Some(mut c) = self.conns.remove(&t) {
+                let _ = registry.deregister(&mut c.stream);
+            }
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn peer_is_privileged(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    match getsockopt(stream, PeerCredentials) {
+        Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
+        Err(_) => false,
+    }
+}
+
+/// Advances one connection; true when it is finished.
+fn serve(conn: &mut Conn, answer: &dyn Fn(Request) -> String) -> bool {
+    if !conn.answered {
+        let mut buf = [0u8; 128];
+        loop {
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    if conn.input.is_empty() {
+                        return true;
+                    }
+                    break;
+                }
+                Ok(n) => {
+                    conn.input.extend_from_slice(&buf[..n]);
+                    if conn.input.contains(&b'\n') || conn.input.len() > MAX_REQUEST {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+        let reply = if conn.input.len() > MAX_REQUEST {
+            "error: request too long\n".to_string()
+        } else {
+            let line = String::from_utf8_lossy(&conn.input);
+            let line = line.split('\n').next().unwrap_or("");
+            match parse_request(line) {
+                Ok(r) => answer(r),
+                Err(e) => e,
+            }
+        };
+        conn.output = reply.into_bytes();
+        conn.answered = true;
+    }
+    while conn.written < conn.output.len() {
+        match conn.stream.write(&conn.output[conn.written..]) {
+            Ok(0) => return true,
+            Ok(n) => conn.written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return true,
+        }
+    }
+    true
+}
+
+/// The client side, for `cachefilesctl status`/`metrics`.
+pub fn query(path: &Path, request: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(format!("{request}\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        assert_eq!(parse_request("status"), Ok(Request::Status));
+        assert_eq!(parse_request(" status   json "), Ok(Request::StatusJson));
+        assert_eq!(parse_request("metrics\r"), Ok(Request::Metrics));
+        assert!(parse_request("rm -rf /").unwrap_err().starts_with("error: unknown request"));
+        assert!(parse_request("").is_err());
+    }
+}
