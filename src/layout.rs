@@ -184,12 +184,8 @@ pub fn encode_key(key: &[u8]) -> Result<Vec<u8>, NameError> {
     let mut padded = key.to_vec();
     pad4(&mut padded);
     let words = || padded.chunks_exact(4).map(|w| [w[0], w[1], w[2], w[3]]);
-    let nbe: usize = words()
-        .map(|w| 1 + hex_digits(u32::from_be_bytes(w)))
-        .sum();
-    let nle: usize = words()
-        .map(|w| 1 + hex_digits(u32::from_le_bytes(w)))
-        .sum();
+    let nbe: usize = words().map(|w| 1 + hex_digits(u32::from_be_bytes(w))).sum();
+    let nle: usize = words().map(|w| 1 + hex_digits(u32::from_le_bytes(w))).sum();
     let groups = key.len().div_ceil(3);
     let pad = groups * 3 - key.len();
     let b64len = 2 + groups * 4;
@@ -268,7 +264,11 @@ pub fn decode_name(name: &[u8]) -> Result<DecodedName, NameError> {
                 let x = word
                     .iter()
                     .fold(0u32, |acc, &b| (acc << 4) | u32::from(hex_val(b)));
-                key.extend_from_slice(&if big { x.to_be_bytes() } else { x.to_le_bytes() });
+                key.extend_from_slice(&if big {
+                    x.to_be_bytes()
+                } else {
+                    x.to_le_bytes()
+                });
             }
             DecodedName {
                 encoding: if big {
@@ -281,15 +281,15 @@ pub fn decode_name(name: &[u8]) -> Result<DecodedName, NameError> {
         }
         b'E' => {
             let (&pad, body) = rest.split_first().ok_or(NameError::BadBase64)?;
-            if !(b'0'..=b'2').contains(&pad) || body.is_empty() || body.len() % 4 != 0 {
+            if !(b'0'..=b'2').contains(&pad) || body.is_empty() || !body.len().is_multiple_of(4) {
                 return Err(NameError::BadBase64);
             }
             let mut key = Vec::with_capacity(body.len() / 4 * 3);
             for group in body.chunks_exact(4) {
                 let mut acc = 0u32;
                 for (i, &c) in group.iter().enumerate() {
-                    acc |= charmap_index(c).ok_or(NameError::BadChar(KeyEncoding::Base64))?
-                        << (6 * i);
+                    acc |=
+                        charmap_index(c).ok_or(NameError::BadChar(KeyEncoding::Base64))? << (6 * i);
                 }
                 key.extend_from_slice(&acc.to_le_bytes()[..3]);
             }
@@ -472,8 +472,8 @@ mod tests {
     #[test]
     fn hash_of_one_word_by_hand() {
         // a = 1: x = 1, y = 1, x = rol(1,7) + 1 = 129, y = rol(1,20) * 9 = 0x900000.
-        let expect = (0x0090_0000u32 ^ 129u32.wrapping_mul(GOLDEN_RATIO_32))
-            .wrapping_mul(GOLDEN_RATIO_32);
+        let expect =
+            (0x0090_0000u32 ^ 129u32.wrapping_mul(GOLDEN_RATIO_32)).wrapping_mul(GOLDEN_RATIO_32);
         assert_eq!(fscache_hash(0, &[1, 0, 0, 0]), expect);
     }
 
@@ -541,14 +541,26 @@ mod tests {
         assert_eq!(decode_name(b""), Err(NameError::Empty));
         assert_eq!(decode_name(b"Xabc"), Err(NameError::UnknownPrefix));
         assert!(matches!(decode_name(b"Da b"), Err(NameError::BadChar(_))));
-        assert!(matches!(decode_name(b"Dline\nbreak"), Err(NameError::BadChar(_))));
-        assert!(matches!(decode_name(b"S0001"), Err(NameError::NotCanonical(_))));
+        assert!(matches!(
+            decode_name(b"Dline\nbreak"),
+            Err(NameError::BadChar(_))
+        ));
+        assert!(matches!(
+            decode_name(b"S0001"),
+            Err(NameError::NotCanonical(_))
+        ));
         assert!(matches!(decode_name(b"SABC"), Err(NameError::BadWord)));
-        assert!(matches!(decode_name(b"S123456789"), Err(NameError::BadWord)));
-        assert!(matches!(decode_name(b"T1"), Ok(_)));
+        assert!(matches!(
+            decode_name(b"S123456789"),
+            Err(NameError::BadWord)
+        ));
+        assert!(decode_name(b"T1").is_ok());
         // "S1" decodes to 00 00 00 01 whose LE reading is longer: fine. But "T" for a key the
         // kernel would write as S is not canonical.
-        assert!(matches!(decode_name(b"T1000000"), Err(NameError::NotCanonical(_))));
+        assert!(matches!(
+            decode_name(b"T1000000"),
+            Err(NameError::NotCanonical(_))
+        ));
         // Base64 of a printable key: the kernel would have used D.
         assert_eq!(
             decode_name(b"E0x9So"),
@@ -556,7 +568,10 @@ mod tests {
         );
         assert!(matches!(decode_name(b"E3abcd"), Err(NameError::BadBase64)));
         assert!(matches!(decode_name(b"E0abc"), Err(NameError::BadBase64)));
-        assert_eq!(encode_key(&[0xff; 190]), Err(NameError::NameTooLong(2 + 64 * 4)));
+        assert_eq!(
+            encode_key(&[0xff; 190]),
+            Err(NameError::NameTooLong(2 + 64 * 4))
+        );
         assert_eq!(encode_key(&[0xff; 189]).unwrap().len(), 254);
         let long = [b'D'; 254];
         assert_eq!(decode_name(&long), Err(NameError::KeyTooLong(253)));
@@ -597,7 +612,10 @@ mod tests {
             coherency: vec![],
         };
         assert_eq!(v.encode(), [0, 0, 0, 0]);
-        assert_eq!(VolumeXattr::decode(&[0, 0, 0, 0, 7]).unwrap().coherency, [7]);
+        assert_eq!(
+            VolumeXattr::decode(&[0, 0, 0, 0, 7]).unwrap().coherency,
+            [7]
+        );
         assert!(VolumeXattr::decode(&[0, 0]).is_err());
         assert_eq!(round_up_dio(0), 0);
         assert_eq!(round_up_dio(1), 4096);

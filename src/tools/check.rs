@@ -38,7 +38,10 @@ pub fn repair(root: &CacheRoot, s: &Survey) -> Result<RepairReport, ToolError> {
 
 fn bury_one(root: &CacheRoot, f: &Finding, graveyard: &nix::dir::Dir) -> Result<bool, ToolError> {
     let (name, parent) = f.path.split_last().expect("findings name an entry");
-    let comps: Vec<Box<[u8]>> = parent.iter().map(|c| c.clone().into_boxed_slice()).collect();
+    let comps: Vec<Box<[u8]>> = parent
+        .iter()
+        .map(|c| c.clone().into_boxed_slice())
+        .collect();
     // A parent buried earlier in this pass (a volume with a bad xattr) takes its children along.
     let dir = match open_path(&root.dir, &comps) {
         Ok(d) => d,

@@ -32,12 +32,28 @@ exit status: 0 ok, 1 problems found or failure, 2 usage
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Ls { volume: Option<Vec<u8>>, json: bool },
-    Du { json: bool },
-    Check { repair: bool },
-    Prefill { volume: Vec<u8>, key: Vec<u8>, from: PathBuf },
-    Invalidate { volume: Vec<u8>, key: Vec<u8> },
-    Purge { volume: Vec<u8> },
+    Ls {
+        volume: Option<Vec<u8>>,
+        json: bool,
+    },
+    Du {
+        json: bool,
+    },
+    Check {
+        repair: bool,
+    },
+    Prefill {
+        volume: Vec<u8>,
+        key: Vec<u8>,
+        from: PathBuf,
+    },
+    Invalidate {
+        volume: Vec<u8>,
+        key: Vec<u8>,
+    },
+    Purge {
+        volume: Vec<u8>,
+    },
     Help,
 }
 
@@ -63,7 +79,7 @@ fn usage_err(s: impl Into<String>) -> UsageError {
 
 fn parse_hex(s: &[u8]) -> Result<Vec<u8>, UsageError> {
     let s = s.strip_prefix(b"0x").unwrap_or(s);
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         return Err(usage_err("--key-hex needs an even number of hex digits"));
     }
     s.chunks(2)
@@ -84,7 +100,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
     let mut words: Vec<Vec<u8>> = Vec::new();
     let mut opts: Vec<(String, Option<Vec<u8>>)> = Vec::new();
     while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| usage_err(format!("{name} needs a value")));
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| usage_err(format!("{name} needs a value")))
+        };
         match a.as_slice() {
             b"--dir" => dir = Some(PathBuf::from(OsString::from_vec(value("--dir")?))),
             b"-f" | b"--config" => conf = Some(PathBuf::from(OsString::from_vec(value("-f")?))),
@@ -96,7 +115,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
             }
             b"--json" | b"--repair" => opts.push((String::from_utf8_lossy(&a).into_owned(), None)),
             _ if a.starts_with(b"-") => {
-                return Err(usage_err(format!("unknown option {}", String::from_utf8_lossy(&a))))
+                return Err(usage_err(format!(
+                    "unknown option {}",
+                    String::from_utf8_lossy(&a)
+                )))
             }
             _ => words.push(a),
         }
@@ -212,11 +234,19 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
         Command::Ls { volume, json } => {
             let s = survey(&root, volume.as_deref())?;
             if *json {
-                serde_json::to_writer_pretty(&mut *out, &s.volumes).map_err(std::io::Error::from)?;
+                serde_json::to_writer_pretty(&mut *out, &s.volumes)
+                    .map_err(std::io::Error::from)?;
                 writeln!(out)?;
             } else {
                 for v in &s.volumes {
-                    writeln!(out, "volume {}  {}  ({} fanouts, {} objects)", v.volume, v.path, v.fanouts, v.objects.len())?;
+                    writeln!(
+                        out,
+                        "volume {}  {}  ({} fanouts, {} objects)",
+                        v.volume,
+                        v.path,
+                        v.fanouts,
+                        v.objects.len()
+                    )?;
                     for o in &v.objects {
                         writeln!(
                             out,
@@ -241,9 +271,17 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
                 serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)?;
                 writeln!(out)?;
             } else {
-                writeln!(out, "{:>10} {:>14} {:>14}  volume", "objects", "object-bytes", "allocated")?;
+                writeln!(
+                    out,
+                    "{:>10} {:>14} {:>14}  volume",
+                    "objects", "object-bytes", "allocated"
+                )?;
                 for u in per.iter().chain([&total]) {
-                    writeln!(out, "{:>10} {:>14} {:>14}  {}", u.objects, u.object_bytes, u.allocated_bytes, u.volume)?;
+                    writeln!(
+                        out,
+                        "{:>10} {:>14} {:>14}  {}",
+                        u.objects, u.object_bytes, u.allocated_bytes, u.volume
+                    )?;
                 }
             }
             Ok(true)
@@ -264,7 +302,11 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
                 for p in &report.skipped {
                     writeln!(out, "skipped: {p}: gone or replaced since the check")?;
                 }
-                writeln!(out, "repaired: graveyard: {} entries deleted", report.reaped)?;
+                writeln!(
+                    out,
+                    "repaired: graveyard: {} entries deleted",
+                    report.reaped
+                )?;
                 for f in after.findings.iter().filter(|f| f.is_problem()) {
                     writeln!(out, "remaining {}: {}", f.show(), f.problem)?;
                 }
@@ -277,7 +319,11 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
                 root.path.display(),
                 r.found.volumes.len(),
                 if r.repaired.is_some() {
-                    if r.clean() { ", all repaired" } else { ", some remain" }
+                    if r.clean() {
+                        ", all repaired"
+                    } else {
+                        ", some remain"
+                    }
                 } else if problems == 0 {
                     ": clean"
                 } else {
@@ -287,21 +333,18 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
             Ok(r.clean())
         }
         Command::Prefill { volume, key, from } => {
-            let o = prefill(
-                &root,
-                &Prefill {
-                    volume,
-                    key,
-                    from,
-                },
-            )?;
+            let o = prefill(&root, &Prefill { volume, key, from })?;
             writeln!(
                 out,
                 "prefilled {}: {} bytes{}{}",
                 o.path,
                 o.object_size,
                 if o.volume_created { ", new volume" } else { "" },
-                if o.replaced { ", replaced the old object" } else { "" }
+                if o.replaced {
+                    ", replaced the old object"
+                } else {
+                    ""
+                }
             )?;
             Ok(true)
         }
@@ -364,9 +407,17 @@ mod tests {
             DirSource::Config(DEFAULT_PATH.into())
         );
         assert_eq!(
-            p(&["-f", "/x.conf", "invalidate", "--volume", "9p,a,", "--key-hex", "0x3940510000000000"])
-                .unwrap()
-                .command,
+            p(&[
+                "-f",
+                "/x.conf",
+                "invalidate",
+                "--volume",
+                "9p,a,",
+                "--key-hex",
+                "0x3940510000000000"
+            ])
+            .unwrap()
+            .command,
             Command::Invalidate {
                 volume: b"9p,a,".to_vec(),
                 key: vec![0x39, 0x40, 0x51, 0, 0, 0, 0, 0]

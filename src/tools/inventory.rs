@@ -4,7 +4,9 @@
 use super::sys::{get_xattr, openat_file};
 use super::{show_bytes, CacheRoot, ToolError};
 use crate::cull::tree::{file_type, open_dir_at, stat_at};
-use crate::layout::{self, Content, DecodedName, ObjectXattr, VolumeXattr, CACHE_DIR, GRAVEYARD_DIR};
+use crate::layout::{
+    self, Content, DecodedName, ObjectXattr, VolumeXattr, CACHE_DIR, GRAVEYARD_DIR,
+};
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -40,7 +42,7 @@ pub struct VolumeInfo {
 /// What `check` reports; the Display text is the message shown to the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
-    #[error("{0} is a symbolic link")]
+    #[error("symbolic link where the kernel keeps {0}")]
     Symlink(&'static str),
     #[error("{0} where the kernel keeps {1}")]
     WrongType(&'static str, &'static str),
@@ -147,7 +149,14 @@ fn path_of(parent: &[&[u8]], name: &[u8]) -> Vec<Vec<u8>> {
 }
 
 impl Walker<'_> {
-    fn find(&mut self, parent: &[&[u8]], name: &[u8], problem: Problem, repair: Repair, ino: Option<u64>) {
+    fn find(
+        &mut self,
+        parent: &[&[u8]],
+        name: &[u8],
+        problem: Problem,
+        repair: Repair,
+        ino: Option<u64>,
+    ) {
         self.survey.findings.push(Finding {
             path: path_of(parent, name),
             problem,
@@ -170,17 +179,26 @@ impl Walker<'_> {
         let root = self.root;
         let cache = CACHE_DIR.as_bytes();
         match stat_at(&root.dir, cache) {
-            Err(Errno::ENOENT) => {
-                self.find(&[], cache, Problem::Missing("no cache/ (the kernel makes it at bind)"), Repair::None, None)
-            }
+            Err(Errno::ENOENT) => self.find(
+                &[],
+                cache,
+                Problem::Missing("no cache/ (the kernel makes it at bind)"),
+                Repair::None,
+                None,
+            ),
             Err(e) => return Err(ToolError::os("cannot stat", root.show(&[cache]), e)),
-            Ok(st) if file_type(&st) != SFlag::S_IFDIR => self.not_a_dir(&[], cache, &st, "the cache directory"),
+            Ok(st) if file_type(&st) != SFlag::S_IFDIR => {
+                self.not_a_dir(&[], cache, &st, "the cache directory")
+            }
             Ok(_) => {
                 let mut dir = open_dir_at(&root.dir, cache)
                     .map_err(|e| ToolError::os("cannot open", root.show(&[cache]), e))?;
-                let entries = names(&mut dir).map_err(|e| ToolError::os("cannot read", root.show(&[cache]), e))?;
+                let entries = names(&mut dir)
+                    .map_err(|e| ToolError::os("cannot read", root.show(&[cache]), e))?;
                 for name in entries {
-                    if volume_filter.is_some_and(|v| layout::parse_volume_dir_name(&name) != Some(v)) {
+                    if volume_filter
+                        .is_some_and(|v| layout::parse_volume_dir_name(&name) != Some(v))
+                    {
                         continue;
                     }
                     self.volume(&dir, &name);
@@ -196,11 +214,25 @@ impl Walker<'_> {
     fn graveyard(&mut self) {
         let g = GRAVEYARD_DIR.as_bytes();
         match stat_at(&self.root.dir, g) {
-            Err(_) => self.find(&[], g, Problem::Missing("no graveyard/ (the kernel makes it at bind)"), Repair::None, None),
-            Ok(st) if file_type(&st) != SFlag::S_IFDIR => self.not_a_dir(&[], g, &st, "the graveyard directory"),
+            Err(_) => self.find(
+                &[],
+                g,
+                Problem::Missing("no graveyard/ (the kernel makes it at bind)"),
+                Repair::None,
+                None,
+            ),
+            Ok(st) if file_type(&st) != SFlag::S_IFDIR => {
+                self.not_a_dir(&[], g, &st, "the graveyard directory")
+            }
             Ok(st) => match open_dir_at(&self.root.dir, g).and_then(|mut d| names(&mut d)) {
                 Ok(n) if n.is_empty() => {}
-                Ok(n) => self.find(&[], g, Problem::GraveyardNotEmpty(n.len() as u64), Repair::ReapGraveyard, Some(st.st_ino)),
+                Ok(n) => self.find(
+                    &[],
+                    g,
+                    Problem::GraveyardNotEmpty(n.len() as u64),
+                    Repair::ReapGraveyard,
+                    Some(st.st_ino),
+                ),
                 Err(e) => self.find(&[], g, Problem::Unreadable(e), Repair::None, None),
             },
         }
@@ -213,7 +245,13 @@ impl Walker<'_> {
             Err(_) => return, // vanished while listing
         };
         let Some(key) = layout::parse_volume_dir_name(name) else {
-            self.find(parent, name, Problem::StrayName, Repair::Bury, Some(st.st_ino));
+            self.find(
+                parent,
+                name,
+                Problem::StrayName,
+                Repair::Bury,
+                Some(st.st_ino),
+            );
             return;
         };
         if file_type(&st) != SFlag::S_IFDIR {
@@ -228,9 +266,21 @@ impl Walker<'_> {
             }
         };
         match get_xattr(&dir, layout::XATTR_NAME) {
-            Ok(None) => self.find(parent, name, Problem::VolumeXattrMissing, Repair::Bury, Some(st.st_ino)),
+            Ok(None) => self.find(
+                parent,
+                name,
+                Problem::VolumeXattrMissing,
+                Repair::Bury,
+                Some(st.st_ino),
+            ),
             Ok(Some(bytes)) => match VolumeXattr::decode(&bytes) {
-                Err(e) => self.find(parent, name, Problem::VolumeXattrBad(e.to_string()), Repair::Bury, Some(st.st_ino)),
+                Err(e) => self.find(
+                    parent,
+                    name,
+                    Problem::VolumeXattrBad(e.to_string()),
+                    Repair::Bury,
+                    Some(st.st_ino),
+                ),
                 Ok(x) if x.reserved != 0 => self.find(
                     parent,
                     name,
@@ -242,7 +292,10 @@ impl Walker<'_> {
                 Ok(x) if key.starts_with(b"erofs,") && !x.coherency.is_empty() => self.find(
                     parent,
                     name,
-                    Problem::VolumeXattrBad(format!("{} bytes of coherency data on an EROFS volume", x.coherency.len())),
+                    Problem::VolumeXattrBad(format!(
+                        "{} bytes of coherency data on an EROFS volume",
+                        x.coherency.len()
+                    )),
                     Repair::Bury,
                     Some(st.st_ino),
                 ),
@@ -265,9 +318,17 @@ impl Walker<'_> {
             }
         };
         for entry in entries {
-            let Ok(est) = stat_at(&dir, &entry) else { continue };
+            let Ok(est) = stat_at(&dir, &entry) else {
+                continue;
+            };
             let Some(index) = layout::parse_fanout_name(&entry) else {
-                self.find(here, &entry, Problem::StrayName, Repair::Bury, Some(est.st_ino));
+                self.find(
+                    here,
+                    &entry,
+                    Problem::StrayName,
+                    Repair::Bury,
+                    Some(est.st_ino),
+                );
                 continue;
             };
             if file_type(&est) != SFlag::S_IFDIR {
@@ -284,7 +345,9 @@ impl Walker<'_> {
             self.find(
                 parent,
                 name,
-                Problem::Missing("fewer than 256 fanout directories (the kernel makes the missing ones)"),
+                Problem::Missing(
+                    "fewer than 256 fanout directories (the kernel makes the missing ones)",
+                ),
                 Repair::None,
                 None,
             );
@@ -292,20 +355,36 @@ impl Walker<'_> {
         self.survey.volumes.push(info);
     }
 
-    fn fanout(&mut self, mut fan: Dir, key: &[u8], index: u8, vol_path: &[&[u8]], fan_name: &[u8], info: &mut VolumeInfo) {
+    fn fanout(
+        &mut self,
+        mut fan: Dir,
+        key: &[u8],
+        index: u8,
+        vol_path: &[&[u8]],
+        fan_name: &[u8],
+        info: &mut VolumeInfo,
+    ) {
         let here: Vec<&[u8]> = vol_path.iter().copied().chain([fan_name]).collect();
         let entries = match names(&mut fan) {
             Ok(n) => n,
             Err(e) => {
-                self.find(vol_path, fan_name, Problem::Unreadable(e), Repair::None, None);
+                self.find(
+                    vol_path,
+                    fan_name,
+                    Problem::Unreadable(e),
+                    Repair::None,
+                    None,
+                );
                 return;
             }
         };
         for name in entries {
-            let Ok(st) = stat_at(&fan, &name) else { continue };
+            let Ok(st) = stat_at(&fan, &name) else {
+                continue;
+            };
             if file_type(&st) != SFlag::S_IFREG {
                 let problem = if file_type(&st) == SFlag::S_IFLNK {
-                    Problem::Symlink("data object")
+                    Problem::Symlink("data files")
                 } else {
                     Problem::WrongType(kind_name(&st), "data files")
                 };
@@ -348,15 +427,18 @@ impl Walker<'_> {
                         obj.object_size = Some(x.object_size);
                         obj.content = Some(x.content);
                         if x.kind != layout::TYPE_DATA {
-                            problems.push(Problem::ObjectXattrBad(format!("type {} is not data (1)", x.kind)));
+                            problems.push(Problem::ObjectXattrBad(format!(
+                                "type {} is not data (1)",
+                                x.kind
+                            )));
                         }
                         match x.content {
                             Content::Dirty => problems.push(Problem::ObjectXattrBad(
                                 "content is dirty (the kernel discards such an object)".into(),
                             )),
-                            Content::Unknown(n) => {
-                                problems.push(Problem::ObjectXattrBad(format!("unknown content state {n}")))
-                            }
+                            Content::Unknown(n) => problems.push(Problem::ObjectXattrBad(format!(
+                                "unknown content state {n}"
+                            ))),
                             _ => {}
                         }
                         if obj.file_size > layout::round_up_dio(x.object_size) {

@@ -69,7 +69,9 @@ impl CacheRoot {
     pub fn open(path: &Path) -> Result<CacheRoot, ToolError> {
         let dir = Dir::open(
             path,
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| ToolError::os("cannot open cache directory", path.display().to_string(), e))?;
@@ -95,7 +97,12 @@ impl CacheRoot {
     }
 
     /// `<root>/<name>` as a 0700 directory, made if missing (as the kernel does at bind).
-    pub fn ensure_dir(&self, parent: &Dir, rel_parent: &[&[u8]], name: &[u8]) -> Result<Dir, ToolError> {
+    pub fn ensure_dir(
+        &self,
+        parent: &Dir,
+        rel_parent: &[&[u8]],
+        name: &[u8],
+    ) -> Result<Dir, ToolError> {
         match nix::sys::stat::mkdirat(Some(parent.as_raw_fd()), name, Mode::S_IRWXU) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => {
@@ -164,7 +171,10 @@ pub(crate) fn grave_name() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as u32)
         .unwrap_or(0);
-    format!("{secs:08x}{:08x}", (std::process::id() << 12).wrapping_add(n))
+    format!(
+        "{secs:08x}{:08x}",
+        (std::process::id() << 12).wrapping_add(n)
+    )
 }
 
 /// Bytes for people: printable UTF-8 as is, anything else as hex.

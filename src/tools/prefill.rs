@@ -75,7 +75,9 @@ fn validate(req: &Prefill) -> Result<Vec<u8>, ToolError> {
         ));
     }
     if req.key.is_empty() || req.key.contains(&0) {
-        return Err(ToolError::Invalid("the key (EROFS fsid) must be non-empty text".into()));
+        return Err(ToolError::Invalid(
+            "the key (EROFS fsid) must be non-empty text".into(),
+        ));
     }
     layout::encode_key(req.key).map_err(|e| ToolError::Invalid(e.to_string()))
 }
@@ -88,15 +90,23 @@ pub fn prefill(root: &CacheRoot, req: &Prefill) -> Result<PrefillOutcome, ToolEr
     };
     let mut src = File::open(req.from).map_err(source_err)?;
     if !src.metadata().map_err(source_err)?.is_file() {
-        return Err(ToolError::Invalid(format!("{} is not a regular file", req.from.display())));
+        return Err(ToolError::Invalid(format!(
+            "{} is not a regular file",
+            req.from.display()
+        )));
     }
 
     let cache = root.cache_dir(true)?;
     let graveyard = root.graveyard()?;
     let vol_name = layout::volume_dir_name(req.volume);
     let volume_created = ensure_volume(root, &cache, &graveyard, &vol_name)?;
-    let vol = open_dir_at(&cache, &vol_name)
-        .map_err(|e| ToolError::os("cannot open", root.show(&[CACHE_DIR.as_bytes(), &vol_name]), e))?;
+    let vol = open_dir_at(&cache, &vol_name).map_err(|e| {
+        ToolError::os(
+            "cannot open",
+            root.show(&[CACHE_DIR.as_bytes(), &vol_name]),
+            e,
+        )
+    })?;
     let fan_name = layout::fanout_name(layout::fanout(req.volume, req.key));
     let rel: [&[u8]; 4] = [CACHE_DIR.as_bytes(), &vol_name, fan_name.as_bytes(), &name];
     let fan = open_dir_at(&vol, fan_name.as_bytes())
@@ -114,8 +124,13 @@ pub fn prefill(root: &CacheRoot, req: &Prefill) -> Result<PrefillOutcome, ToolEr
         Err(e) => return Err(ToolError::os("cannot stat", root.show(&rel), e)),
     };
 
-    let mut tmp = openat_file(&fan, b".", OFlag::O_TMPFILE | OFlag::O_RDWR, Mode::S_IRUSR | Mode::S_IWUSR)
-        .map_err(|e| ToolError::os("cannot make an O_TMPFILE in", root.show(&rel[..3]), e))?;
+    let mut tmp = openat_file(
+        &fan,
+        b".",
+        OFlag::O_TMPFILE | OFlag::O_RDWR,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .map_err(|e| ToolError::os("cannot make an O_TMPFILE in", root.show(&rel[..3]), e))?;
     let tmp_err = |e: std::io::Error| {
         ToolError::os(
             "cannot write the new object for",
@@ -146,20 +161,40 @@ pub fn prefill(root: &CacheRoot, req: &Prefill) -> Result<PrefillOutcome, ToolEr
         content: layout::Content::NoData,
         aux: Vec::new(),
     };
-    set_xattr(&tmp, layout::XATTR_NAME, &xattr.encode())
-        .map_err(|e| ToolError::os("cannot set the xattr on the new object for", root.show(&rel), e))?;
+    set_xattr(&tmp, layout::XATTR_NAME, &xattr.encode()).map_err(|e| {
+        ToolError::os(
+            "cannot set the xattr on the new object for",
+            root.show(&rel),
+            e,
+        )
+    })?;
     tmp.sync_all().map_err(tmp_err)?;
 
     let temp = grave_name();
-    link_tmpfile(&tmp, &graveyard, temp.as_bytes())
-        .map_err(|e| ToolError::os("cannot link the new object into", root.show(&[GRAVEYARD_DIR.as_bytes()]), e))?;
-    nix::fcntl::renameat(Some(graveyard.as_raw_fd()), temp.as_bytes(), Some(fan.as_raw_fd()), &name[..])
-        .map_err(|e| ToolError::os("cannot rename the new object to", root.show(&rel), e))?;
+    link_tmpfile(&tmp, &graveyard, temp.as_bytes()).map_err(|e| {
+        ToolError::os(
+            "cannot link the new object into",
+            root.show(&[GRAVEYARD_DIR.as_bytes()]),
+            e,
+        )
+    })?;
+    nix::fcntl::renameat(
+        Some(graveyard.as_raw_fd()),
+        temp.as_bytes(),
+        Some(fan.as_raw_fd()),
+        &name[..],
+    )
+    .map_err(|e| ToolError::os("cannot rename the new object to", root.show(&rel), e))?;
     for d in [&fan, &graveyard] {
-        nix::unistd::fsync(d.as_raw_fd()).map_err(|e| ToolError::os("cannot fsync", root.show(&rel[..3]), e))?;
+        nix::unistd::fsync(d.as_raw_fd())
+            .map_err(|e| ToolError::os("cannot fsync", root.show(&rel[..3]), e))?;
     }
     Ok(PrefillOutcome {
-        path: rel.iter().map(|c| String::from_utf8_lossy(c)).collect::<Vec<_>>().join("/"),
+        path: rel
+            .iter()
+            .map(|c| String::from_utf8_lossy(c))
+            .collect::<Vec<_>>()
+            .join("/"),
         object_size: size,
         volume_created,
         replaced,
@@ -171,10 +206,20 @@ fn link_tmpfile(tmp: &File, dir: &Dir, name: &[u8]) -> Result<(), Errno> {
     use std::os::unix::ffi::OsStrExt;
     let proc_path = format!("/proc/self/fd/{}", tmp.as_raw_fd());
     let name = OsStr::from_bytes(name);
-    match nix::unistd::linkat(None, OsStr::new(&proc_path), Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_FOLLOW) {
-        Err(Errno::ENOENT) if !Path::new("/proc/self/fd").exists() => {
-            nix::unistd::linkat(Some(tmp.as_raw_fd()), OsStr::new(""), Some(dir.as_raw_fd()), name, AtFlags::AT_EMPTY_PATH)
-        }
+    match nix::unistd::linkat(
+        None,
+        OsStr::new(&proc_path),
+        Some(dir.as_raw_fd()),
+        name,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    ) {
+        Err(Errno::ENOENT) if !Path::new("/proc/self/fd").exists() => nix::unistd::linkat(
+            Some(tmp.as_raw_fd()),
+            OsStr::new(""),
+            Some(dir.as_raw_fd()),
+            name,
+            AtFlags::AT_EMPTY_PATH,
+        ),
         r => r,
     }
 }
@@ -182,23 +227,35 @@ fn link_tmpfile(tmp: &File, dir: &Dir, name: &[u8]) -> Result<(), Errno> {
 /// Makes `cache/<vol_name>` as the kernel would (0700, volume xattr, 256 fanouts) unless it is
 /// there; an existing one must carry the xattr the kernel expects, or the kernel would bury it
 /// and the prefilled object with it. Returns whether it was created.
-fn ensure_volume(root: &CacheRoot, cache: &Dir, graveyard: &Dir, vol_name: &[u8]) -> Result<bool, ToolError> {
+fn ensure_volume(
+    root: &CacheRoot,
+    cache: &Dir,
+    graveyard: &Dir,
+    vol_name: &[u8],
+) -> Result<bool, ToolError> {
     let rel: [&[u8]; 2] = [CACHE_DIR.as_bytes(), vol_name];
     let want = erofs_volume_xattr();
     match stat_at(cache, vol_name) {
         Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
-            let vol = open_dir_at(cache, vol_name).map_err(|e| ToolError::os("cannot open", root.show(&rel), e))?;
+            let vol = open_dir_at(cache, vol_name)
+                .map_err(|e| ToolError::os("cannot open", root.show(&rel), e))?;
             match get_xattr(&vol, layout::XATTR_NAME) {
                 Ok(Some(x)) if x == want => {}
                 Ok(_) => {
                     return Err(ToolError::Invalid(format!(
-                        "{} lacks the volume xattr the kernel expects (it would discard the volume); \
+                    "{} lacks the volume xattr the kernel expects (it would discard the volume); \
                          remove it with `cachefilesctl purge --volume {}` first",
-                        root.show(&rel),
-                        String::from_utf8_lossy(&vol_name[1..])
-                    )))
+                    root.show(&rel),
+                    String::from_utf8_lossy(&vol_name[1..])
+                )))
                 }
-                Err(e) => return Err(ToolError::os("cannot read the xattr of", root.show(&rel), e)),
+                Err(e) => {
+                    return Err(ToolError::os(
+                        "cannot read the xattr of",
+                        root.show(&rel),
+                        e,
+                    ))
+                }
             }
             make_fanouts(root, &vol, &rel)?;
             Ok(false)
@@ -214,7 +271,8 @@ fn ensure_volume(root: &CacheRoot, cache: &Dir, graveyard: &Dir, vol_name: &[u8]
             set_xattr(&vol, layout::XATTR_NAME, &want)
                 .map_err(|e| ToolError::os("cannot set the volume xattr on", root.show(&g), e))?;
             make_fanouts(root, &vol, &g)?;
-            nix::unistd::fsync(vol.as_raw_fd()).map_err(|e| ToolError::os("cannot fsync", root.show(&g), e))?;
+            nix::unistd::fsync(vol.as_raw_fd())
+                .map_err(|e| ToolError::os("cannot fsync", root.show(&g), e))?;
             match nix::fcntl::renameat2(
                 Some(graveyard.as_raw_fd()),
                 temp.as_bytes(),
@@ -223,9 +281,16 @@ fn ensure_volume(root: &CacheRoot, cache: &Dir, graveyard: &Dir, vol_name: &[u8]
                 RenameFlags::RENAME_NOREPLACE,
             ) {
                 Ok(()) => {}
-                Err(e) => return Err(ToolError::os("cannot rename the new volume to", root.show(&rel), e)),
+                Err(e) => {
+                    return Err(ToolError::os(
+                        "cannot rename the new volume to",
+                        root.show(&rel),
+                        e,
+                    ))
+                }
             }
-            nix::unistd::fsync(cache.as_raw_fd()).map_err(|e| ToolError::os("cannot fsync", root.show(&rel[..1]), e))?;
+            nix::unistd::fsync(cache.as_raw_fd())
+                .map_err(|e| ToolError::os("cannot fsync", root.show(&rel[..1]), e))?;
             Ok(true)
         }
         Err(e) => Err(ToolError::os("cannot stat", root.show(&rel), e)),

@@ -9,7 +9,12 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 
 /// `openat(dir, name, flags, mode)` as an owned `File` (closed on drop, whatever happens next).
-pub fn openat_file(dir: &impl AsRawFd, name: &[u8], flags: OFlag, mode: Mode) -> Result<File, Errno> {
+pub fn openat_file(
+    dir: &impl AsRawFd,
+    name: &[u8],
+    flags: OFlag,
+    mode: Mode,
+) -> Result<File, Errno> {
     let fd = nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags | OFlag::O_CLOEXEC, mode)?;
     // SAFETY: openat just returned this fd and nothing else owns it.
     Ok(unsafe { File::from_raw_fd(fd) })
