@@ -450,6 +450,15 @@ mod tests {
         assert_eq!(volume_dir_name(b"erofs,testblob"), b"Ierofs,testblob");
     }
 
+    /// Measured in the prefill VM scenario (6.12): the kernel itself made
+    /// `cache/Ierofs,fresh/@eb/Dfresh`, and accepted a prefilled `cache/Ierofs,pre/@3b/Dpre`
+    /// (zero READs, same inode afterwards).
+    #[test]
+    fn more_erofs_vectors_from_a_real_kernel() {
+        assert_eq!(fanout(b"erofs,fresh", b"fresh"), 0xeb);
+        assert_eq!(fanout(b"erofs,pre", b"pre"), 0x3b);
+    }
+
     /// Measured in a VM (6.12): a 9p inode with qid.path 0x514039 (key = le64 qid.path) in
     /// volume `9p,fscached,` was `cache/I9p,fscached,/@95/T514039,`.
     #[test]
