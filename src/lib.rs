@@ -2,14 +2,17 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod cull;
 pub mod daemon;
 pub mod device;
 pub mod fake;
+pub mod layout;
+pub mod lock;
 pub mod logging;
 pub mod ondemand;
 pub mod proto;
+pub mod report;
 pub mod service;
 pub mod supervise;
-pub mod report;
-pub mod control;
+pub mod tools;

@@ -1,0 +1,453 @@
+//! cachefilesctl's command line: parsing into [`Invocation`] and running it. Exit status:
+//! 0 done / clean, 1 problems found or a failure, 2 usage.
+
+use super::check::check;
+use super::inventory::{survey, usage, Finding};
+use super::prefill::{prefill, Prefill};
+use super::remove::{invalidate, purge};
+use super::{show_bytes, CacheRoot, ToolError};
+use crate::config::{Config, ConfigError, DEFAULT_PATH};
+use crate::lock::lock_cache_dir;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+usage: cachefilesctl [--dir DIR | -f CONF] COMMAND [ARGS]
+  --dir DIR     the cache directory (default: `dir` of CONF)
+  -f CONF       cachefilesd configuration (default /etc/cachefilesd.conf)
+commands:
+  ls [--volume V] [--json]      volumes and objects with their keys, sizes, content, atime
+  du [--json]                   totals per volume
+  check [--repair]              validate the tree; --repair buries broken entries
+  prefill --volume erofs,DOMAIN --key FSID --from FILE
+                                store FILE as the cached EROFS blob FSID
+  invalidate --volume V (--key K | --key-hex HEX)
+                                remove one object
+  purge --volume V              remove a whole volume
+Writing commands refuse to run while a cachefilesd holds the cache.
+exit status: 0 ok, 1 problems found or failure, 2 usage
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ls {
+        volume: Option<Vec<u8>>,
+        json: bool,
+    },
+    Du {
+        json: bool,
+    },
+    Check {
+        repair: bool,
+    },
+    Prefill {
+        volume: Vec<u8>,
+        key: Vec<u8>,
+        from: PathBuf,
+    },
+    Invalidate {
+        volume: Vec<u8>,
+        key: Vec<u8>,
+    },
+    Purge {
+        volume: Vec<u8>,
+    },
+    Help,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirSource {
+    Dir(PathBuf),
+    Config(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub dir: DirSource,
+    pub command: Command,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage_err(s: impl Into<String>) -> UsageError {
+    UsageError(s.into())
+}
+
+fn parse_hex(s: &[u8]) -> Result<Vec<u8>, UsageError> {
+    let s = s.strip_prefix(b"0x").unwrap_or(s);
+    if s.is_empty() || !s.len().is_multiple_of(2) {
+        return Err(usage_err("--key-hex needs an even number of hex digits"));
+    }
+    s.chunks(2)
+        .map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|t| u8::from_str_radix(t, 16).ok())
+                .ok_or_else(|| usage_err("--key-hex: not hex"))
+        })
+        .collect()
+}
+
+/// Parses the arguments after the program name. Global options may come anywhere.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, UsageError> {
+    let mut args = args.into_iter().map(OsString::into_vec);
+    let mut dir = None;
+    let mut conf = None;
+    let mut words: Vec<Vec<u8>> = Vec::new();
+    let mut opts: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| usage_err(format!("{name} needs a value")))
+        };
+        match a.as_slice() {
+            b"--dir" => dir = Some(PathBuf::from(OsString::from_vec(value("--dir")?))),
+            b"-f" | b"--config" => conf = Some(PathBuf::from(OsString::from_vec(value("-f")?))),
+            b"-h" | b"--help" => words.insert(0, b"help".to_vec()),
+            b"--volume" | b"--key" | b"--key-hex" | b"--from" => {
+                let name = String::from_utf8_lossy(&a).into_owned();
+                let v = value(&name)?;
+                opts.push((name, Some(v)));
+            }
+            b"--json" | b"--repair" => opts.push((String::from_utf8_lossy(&a).into_owned(), None)),
+            _ if a.starts_with(b"-") => {
+                return Err(usage_err(format!(
+                    "unknown option {}",
+                    String::from_utf8_lossy(&a)
+                )))
+            }
+            _ => words.push(a),
+        }
+    }
+    if dir.is_some() && conf.is_some() {
+        return Err(usage_err("give --dir or -f, not both"));
+    }
+    let dir = match dir {
+        Some(d) => DirSource::Dir(d),
+        None => DirSource::Config(conf.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))),
+    };
+    let Some(word) = words.first() else {
+        return Err(usage_err("no command given"));
+    };
+    if words.len() > 1 && word != b"help" {
+        return Err(usage_err(format!(
+            "unexpected argument {}",
+            String::from_utf8_lossy(&words[1])
+        )));
+    }
+    let mut take = |name: &str| -> Option<Option<Vec<u8>>> {
+        let i = opts.iter().position(|(n, _)| n == name)?;
+        Some(opts.remove(i).1)
+    };
+    let need = |v: Option<Option<Vec<u8>>>, name: &str| -> Result<Vec<u8>, UsageError> {
+        v.flatten()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| usage_err(format!("{name} is required")))
+    };
+    let command = match word.as_slice() {
+        b"help" => Command::Help,
+        b"ls" => Command::Ls {
+            volume: take("--volume").flatten(),
+            json: take("--json").is_some(),
+        },
+        b"du" => Command::Du {
+            json: take("--json").is_some(),
+        },
+        b"check" => Command::Check {
+            repair: take("--repair").is_some(),
+        },
+        b"prefill" => Command::Prefill {
+            volume: need(take("--volume"), "--volume")?,
+            key: need(take("--key"), "--key")?,
+            from: PathBuf::from(OsString::from_vec(need(take("--from"), "--from")?)),
+        },
+        b"invalidate" => {
+            let volume = need(take("--volume"), "--volume")?;
+            let key = match (take("--key").flatten(), take("--key-hex").flatten()) {
+                (Some(k), None) if !k.is_empty() => k,
+                (None, Some(h)) => parse_hex(&h)?,
+                _ => return Err(usage_err("invalidate needs one of --key or --key-hex")),
+            };
+            Command::Invalidate { volume, key }
+        }
+        b"purge" => Command::Purge {
+            volume: need(take("--volume"), "--volume")?,
+        },
+        other => {
+            return Err(usage_err(format!(
+                "unknown command {}",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    if let Some((name, _)) = opts.first() {
+        return Err(usage_err(format!(
+            "{name} does not apply to {}",
+            String::from_utf8_lossy(word)
+        )));
+    }
+    Ok(Invocation { dir, command })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+fn cache_dir(source: &DirSource) -> Result<PathBuf, ConfigError> {
+    match source {
+        DirSource::Dir(d) => Ok(d.clone()),
+        DirSource::Config(path) => Ok(Config::load(path)?.dir.value),
+    }
+}
+
+/// Runs a parsed invocation; `Ok(false)` means problems were found (exit 1).
+pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
+    if inv.command == Command::Help {
+        out.write_all(USAGE.as_bytes())?;
+        return Ok(true);
+    }
+    let path = cache_dir(&inv.dir)?;
+    let writes = match &inv.command {
+        Command::Check { repair } => *repair,
+        Command::Prefill { .. } | Command::Invalidate { .. } | Command::Purge { .. } => true,
+        _ => false,
+    };
+    // Held until the command is done; the daemon takes the same lock for its whole life.
+    let _lock = if writes {
+        Some(lock_cache_dir(&path).map_err(ToolError::from)?)
+    } else {
+        None
+    };
+    let root = CacheRoot::open(&path)?;
+    match &inv.command {
+        Command::Help => unreachable!("handled above"),
+        Command::Ls { volume, json } => {
+            let s = survey(&root, volume.as_deref())?;
+            if *json {
+                serde_json::to_writer_pretty(&mut *out, &s.volumes)
+                    .map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                for v in &s.volumes {
+                    writeln!(
+                        out,
+                        "volume {}  {}  ({} fanouts, {} objects)",
+                        v.volume,
+                        v.path,
+                        v.fanouts,
+                        v.objects.len()
+                    )?;
+                    for o in &v.objects {
+                        writeln!(
+                            out,
+                            "  {}  key={}  size={}  allocated={}  content={}  atime={}",
+                            o.path,
+                            o.key.as_deref().unwrap_or("?"),
+                            o.object_size.map_or("?".into(), |n| n.to_string()),
+                            o.allocated,
+                            o.content.map_or("?".into(), |c| c.to_string()),
+                            utc(o.atime)
+                        )?;
+                    }
+                }
+            }
+            Ok(true)
+        }
+        Command::Du { json } => {
+            let s = survey(&root, None)?;
+            let (per, total) = usage(&s);
+            if *json {
+                let v = serde_json::json!({ "volumes": per, "total": total });
+                serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:>10} {:>14} {:>14}  volume",
+                    "objects", "object-bytes", "allocated"
+                )?;
+                for u in per.iter().chain([&total]) {
+                    writeln!(
+                        out,
+                        "{:>10} {:>14} {:>14}  {}",
+                        u.objects, u.object_bytes, u.allocated_bytes, u.volume
+                    )?;
+                }
+            }
+            Ok(true)
+        }
+        Command::Check { repair } => {
+            let r = check(&root, *repair)?;
+            let show = |out: &mut dyn Write, f: &Finding| -> std::io::Result<()> {
+                let tag = if f.is_problem() { "problem" } else { "note" };
+                writeln!(out, "{tag}: {}: {}", f.show(), f.problem)
+            };
+            for f in &r.found.findings {
+                show(out, f)?;
+            }
+            if let Some((report, after)) = &r.repaired {
+                for p in &report.buried {
+                    writeln!(out, "repaired: {p}: moved into the graveyard")?;
+                }
+                for p in &report.skipped {
+                    writeln!(out, "skipped: {p}: gone or replaced since the check")?;
+                }
+                writeln!(
+                    out,
+                    "repaired: graveyard: {} entries deleted",
+                    report.reaped
+                )?;
+                for f in after.findings.iter().filter(|f| f.is_problem()) {
+                    writeln!(out, "remaining {}: {}", f.show(), f.problem)?;
+                }
+            }
+            let objects: usize = r.found.volumes.iter().map(|v| v.objects.len()).sum();
+            let problems = r.found.findings.iter().filter(|f| f.is_problem()).count();
+            writeln!(
+                out,
+                "{}: {} volumes, {objects} objects, {problems} problems{}",
+                root.path.display(),
+                r.found.volumes.len(),
+                if r.repaired.is_some() {
+                    if r.clean() {
+                        ", all repaired"
+                    } else {
+                        ", some remain"
+                    }
+                } else if problems == 0 {
+                    ": clean"
+                } else {
+                    ""
+                }
+            )?;
+            Ok(r.clean())
+        }
+        Command::Prefill { volume, key, from } => {
+            let o = prefill(&root, &Prefill { volume, key, from })?;
+            writeln!(
+                out,
+                "prefilled {}: {} bytes{}{}",
+                o.path,
+                o.object_size,
+                if o.volume_created { ", new volume" } else { "" },
+                if o.replaced {
+                    ", replaced the old object"
+                } else {
+                    ""
+                }
+            )?;
+            Ok(true)
+        }
+        Command::Invalidate { volume, key } => {
+            let p = invalidate(&root, volume, key)?;
+            writeln!(out, "removed {p} (key {})", show_bytes(key))?;
+            Ok(true)
+        }
+        Command::Purge { volume } => {
+            let p = purge(&root, volume)?;
+            writeln!(out, "removed {p}")?;
+            Ok(true)
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (days-to-civil from Howard Hinnant's date algorithms).
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Invocation, UsageError> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn parses_commands_and_global_options_anywhere() {
+        assert_eq!(
+            p(&["ls", "--dir", "/c", "--volume", "erofs,x", "--json"]).unwrap(),
+            Invocation {
+                dir: DirSource::Dir("/c".into()),
+                command: Command::Ls {
+                    volume: Some(b"erofs,x".to_vec()),
+                    json: true
+                }
+            }
+        );
+        assert_eq!(
+            p(&["check"]).unwrap().dir,
+            DirSource::Config(DEFAULT_PATH.into())
+        );
+        assert_eq!(
+            p(&[
+                "-f",
+                "/x.conf",
+                "invalidate",
+                "--volume",
+                "9p,a,",
+                "--key-hex",
+                "0x3940510000000000"
+            ])
+            .unwrap()
+            .command,
+            Command::Invalidate {
+                volume: b"9p,a,".to_vec(),
+                key: vec![0x39, 0x40, 0x51, 0, 0, 0, 0, 0]
+            }
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            &["--dir"][..],
+            &[],
+            &["frobnicate"],
+            &["ls", "extra"],
+            &["check", "--json"],
+            &["prefill", "--volume", "erofs,x", "--key", "k"],
+            &["invalidate", "--volume", "v"],
+            &["invalidate", "--volume", "v", "--key-hex", "abc"],
+            &["--dir", "/a", "-f", "/b", "ls"],
+            &["ls", "--bogus"],
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(p(&["--help"]).unwrap().command, Command::Help);
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}

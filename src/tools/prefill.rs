@@ -1,0 +1,313 @@
+//! `prefill`: puts a blob into the cache as the object an EROFS-over-fscache mount will look up,
+//! so that the mount finds it valid and fully present and sends no READ to the daemon.
+//!
+//! What the kernel checks (fs/cachefiles/namei.c cachefiles_open_file → xattr.c
+//! cachefiles_check_auxdata, after the daemon's `copen` set the cookie's object size):
+//! * the xattr is exactly header + aux long (EROFS cookies have no aux data: 18 bytes),
+//!   type 1, object_size equal to what `copen` answers (the daemon answers the blob size),
+//!   content anything but DIRTY. The kernel itself always writes content 0 (NO_DATA:
+//!   `content_info` is never changed in 6.12); presence of data is decided by SEEK_DATA /
+//!   SEEK_HOLE, not by this byte. We write 0 too, so a prefilled object is byte-for-byte what
+//!   the kernel would have committed.
+//! * no hole in any range EROFS reads: the data is written in full (zeros included, never
+//!   skipped) and the tail is zero-filled up to round_up(size, 4096), the size the kernel
+//!   truncates its tmpfiles to, so the last page is data too even on a 1 KiB-block filesystem.
+//! * the volume directory `cache/I<volume>` carries the volume xattr (be32 0, no coherency for
+//!   EROFS) or the kernel buries the whole volume; all 256 fanouts exist.
+//!
+//! Crash safety: the data goes into an O_TMPFILE in the fanout directory, is fsynced with its
+//! xattr, then linked under a temporary name in `graveyard/` and renamed over the object name.
+//! rename(2) replaces atomically, so the name always refers to the old object or the complete
+//! new one; a crash between link and rename leaves only a graveyard entry, which the daemon
+//! deletes. A new volume directory is likewise built in the graveyard and renamed into place.
+//!
+//! Linking the tmpfile: `linkat(fd, "", ..., AT_EMPTY_PATH)` needs CAP_DAC_READ_SEARCH on 6.12,
+//! so we link `/proc/self/fd/N` with AT_SYMLINK_FOLLOW (the method open(2) documents for
+//! O_TMPFILE), and fall back to AT_EMPTY_PATH only when /proc is not mounted.
+
+use super::sys::{get_xattr, openat_file, set_xattr};
+use super::{grave_name, CacheRoot, ToolError};
+use crate::cull::tree::{file_type, open_dir_at, stat_at};
+use crate::layout::{self, ObjectXattr, VolumeXattr, CACHE_DIR, GRAVEYARD_DIR};
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, RenameFlags};
+use nix::sys::stat::{Mode, SFlag};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+pub struct Prefill<'a> {
+    pub volume: &'a [u8],
+    pub key: &'a [u8],
+    pub from: &'a Path,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PrefillOutcome {
+    /// Below the cache root: `cache/I<volume>/@xx/<name>`.
+    pub path: String,
+    pub object_size: u64,
+    pub volume_created: bool,
+    pub replaced: bool,
+}
+
+/// The volume xattr EROFS volumes get: reserved 0, no coherency data.
+fn erofs_volume_xattr() -> Vec<u8> {
+    VolumeXattr {
+        reserved: 0,
+        coherency: Vec::new(),
+    }
+    .encode()
+}
+
+fn validate(req: &Prefill) -> Result<Vec<u8>, ToolError> {
+    let v = req.volume;
+    if !v.starts_with(b"erofs,") || v.len() == 6 {
+        return Err(ToolError::Invalid(
+            "prefill makes EROFS objects only: --volume must be erofs,<domain_id or fsid>".into(),
+        ));
+    }
+    if v.len() > layout::MAX_VOLUME_KEY || v.contains(&b'/') || v.contains(&0) {
+        return Err(ToolError::Invalid(
+            "the volume key must be at most 254 bytes without / or NUL".into(),
+        ));
+    }
+    if req.key.is_empty() || req.key.contains(&0) {
+        return Err(ToolError::Invalid(
+            "the key (EROFS fsid) must be non-empty text".into(),
+        ));
+    }
+    layout::encode_key(req.key).map_err(|e| ToolError::Invalid(e.to_string()))
+}
+
+pub fn prefill(root: &CacheRoot, req: &Prefill) -> Result<PrefillOutcome, ToolError> {
+    let name = validate(req)?;
+    let source_err = |source| ToolError::Source {
+        path: req.from.to_path_buf(),
+        source,
+    };
+    let mut src = File::open(req.from).map_err(source_err)?;
+    if !src.metadata().map_err(source_err)?.is_file() {
+        return Err(ToolError::Invalid(format!(
+            "{} is not a regular file",
+            req.from.display()
+        )));
+    }
+
+    let cache = root.cache_dir(true)?;
+    let graveyard = root.graveyard()?;
+    let vol_name = layout::volume_dir_name(req.volume);
+    let volume_created = ensure_volume(root, &cache, &graveyard, &vol_name)?;
+    let vol = open_dir_at(&cache, &vol_name).map_err(|e| {
+        ToolError::os(
+            "cannot open",
+            root.show(&[CACHE_DIR.as_bytes(), &vol_name]),
+            e,
+        )
+    })?;
+    let fan_name = layout::fanout_name(layout::fanout(req.volume, req.key));
+    let rel: [&[u8]; 4] = [CACHE_DIR.as_bytes(), &vol_name, fan_name.as_bytes(), &name];
+    let fan = open_dir_at(&vol, fan_name.as_bytes())
+        .map_err(|e| ToolError::os("cannot open", root.show(&rel[..3]), e))?;
+
+    let replaced = match stat_at(&fan, &name) {
+        Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
+            return Err(ToolError::Invalid(format!(
+                "{} is a directory; run `cachefilesctl check --repair` first",
+                root.show(&rel)
+            )))
+        }
+        Ok(_) => true,
+        Err(Errno::ENOENT) => false,
+        Err(e) => return Err(ToolError::os("cannot stat", root.show(&rel), e)),
+    };
+
+    let mut tmp = openat_file(
+        &fan,
+        b".",
+        OFlag::O_TMPFILE | OFlag::O_RDWR,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .map_err(|e| ToolError::os("cannot make an O_TMPFILE in", root.show(&rel[..3]), e))?;
+    let tmp_err = |e: std::io::Error| {
+        ToolError::os(
+            "cannot write the new object for",
+            root.show(&rel),
+            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    };
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(source_err(e)),
+        };
+        tmp.write_all(&buf[..n]).map_err(tmp_err)?;
+        size += n as u64;
+    }
+    let padded = layout::round_up_dio(size);
+    let tail = (padded - size) as usize;
+    tmp.write_all(&vec![0u8; tail]).map_err(tmp_err)?;
+    tmp.set_len(padded).map_err(tmp_err)?;
+    let xattr = ObjectXattr {
+        object_size: size,
+        zero_point: 0,
+        kind: layout::TYPE_DATA,
+        content: layout::Content::NoData,
+        aux: Vec::new(),
+    };
+    set_xattr(&tmp, layout::XATTR_NAME, &xattr.encode()).map_err(|e| {
+        ToolError::os(
+            "cannot set the xattr on the new object for",
+            root.show(&rel),
+            e,
+        )
+    })?;
+    tmp.sync_all().map_err(tmp_err)?;
+
+    let temp = grave_name();
+    link_tmpfile(&tmp, &graveyard, temp.as_bytes()).map_err(|e| {
+        ToolError::os(
+            "cannot link the new object into",
+            root.show(&[GRAVEYARD_DIR.as_bytes()]),
+            e,
+        )
+    })?;
+    nix::fcntl::renameat(
+        Some(graveyard.as_raw_fd()),
+        temp.as_bytes(),
+        Some(fan.as_raw_fd()),
+        &name[..],
+    )
+    .map_err(|e| ToolError::os("cannot rename the new object to", root.show(&rel), e))?;
+    for d in [&fan, &graveyard] {
+        nix::unistd::fsync(d.as_raw_fd())
+            .map_err(|e| ToolError::os("cannot fsync", root.show(&rel[..3]), e))?;
+    }
+    Ok(PrefillOutcome {
+        path: rel
+            .iter()
+            .map(|c| String::from_utf8_lossy(c))
+            .collect::<Vec<_>>()
+            .join("/"),
+        object_size: size,
+        volume_created,
+        replaced,
+    })
+}
+
+fn link_tmpfile(tmp: &File, dir: &Dir, name: &[u8]) -> Result<(), Errno> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let proc_path = format!("/proc/self/fd/{}", tmp.as_raw_fd());
+    let name = OsStr::from_bytes(name);
+    match nix::unistd::linkat(
+        None,
+        OsStr::new(&proc_path),
+        Some(dir.as_raw_fd()),
+        name,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    ) {
+        Err(Errno::ENOENT) if !Path::new("/proc/self/fd").exists() => nix::unistd::linkat(
+            Some(tmp.as_raw_fd()),
+            OsStr::new(""),
+            Some(dir.as_raw_fd()),
+            name,
+            AtFlags::AT_EMPTY_PATH,
+        ),
+        r => r,
+    }
+}
+
+/// Makes `cache/<vol_name>` as the kernel would (0700, volume xattr, 256 fanouts) unless it is
+/// there; an existing one must carry the xattr the kernel expects, or the kernel would bury it
+/// and the prefilled object with it. Returns whether it was created.
+fn ensure_volume(
+    root: &CacheRoot,
+    cache: &Dir,
+    graveyard: &Dir,
+    vol_name: &[u8],
+) -> Result<bool, ToolError> {
+    let rel: [&[u8]; 2] = [CACHE_DIR.as_bytes(), vol_name];
+    let want = erofs_volume_xattr();
+    match stat_at(cache, vol_name) {
+        Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
+            let vol = open_dir_at(cache, vol_name)
+                .map_err(|e| ToolError::os("cannot open", root.show(&rel), e))?;
+            match get_xattr(&vol, layout::XATTR_NAME) {
+                Ok(Some(x)) if x == want => {}
+                Ok(_) => {
+                    return Err(ToolError::Invalid(format!(
+                    "{} lacks the volume xattr the kernel expects (it would discard the volume); \
+                         remove it with `cachefilesctl purge --volume {}` first",
+                    root.show(&rel),
+                    String::from_utf8_lossy(&vol_name[1..])
+                )))
+                }
+                Err(e) => {
+                    return Err(ToolError::os(
+                        "cannot read the xattr of",
+                        root.show(&rel),
+                        e,
+                    ))
+                }
+            }
+            make_fanouts(root, &vol, &rel)?;
+            Ok(false)
+        }
+        Ok(_) => Err(ToolError::Invalid(format!(
+            "{} is not a directory; run `cachefilesctl check --repair` first",
+            root.show(&rel)
+        ))),
+        Err(Errno::ENOENT) => {
+            let temp = grave_name();
+            let g: [&[u8]; 2] = [GRAVEYARD_DIR.as_bytes(), temp.as_bytes()];
+            let vol = root.ensure_dir(graveyard, &g[..1], temp.as_bytes())?;
+            set_xattr(&vol, layout::XATTR_NAME, &want)
+                .map_err(|e| ToolError::os("cannot set the volume xattr on", root.show(&g), e))?;
+            make_fanouts(root, &vol, &g)?;
+            nix::unistd::fsync(vol.as_raw_fd())
+                .map_err(|e| ToolError::os("cannot fsync", root.show(&g), e))?;
+            match nix::fcntl::renameat2(
+                Some(graveyard.as_raw_fd()),
+                temp.as_bytes(),
+                Some(cache.as_raw_fd()),
+                vol_name,
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => {}
+                Err(e) => {
+                    return Err(ToolError::os(
+                        "cannot rename the new volume to",
+                        root.show(&rel),
+                        e,
+                    ))
+                }
+            }
+            nix::unistd::fsync(cache.as_raw_fd())
+                .map_err(|e| ToolError::os("cannot fsync", root.show(&rel[..1]), e))?;
+            Ok(true)
+        }
+        Err(e) => Err(ToolError::os("cannot stat", root.show(&rel), e)),
+    }
+}
+
+fn make_fanouts(root: &CacheRoot, vol: &Dir, rel: &[&[u8]]) -> Result<(), ToolError> {
+    for i in 0..=255u8 {
+        let name = layout::fanout_name(i);
+        match nix::sys::stat::mkdirat(Some(vol.as_raw_fd()), name.as_str(), Mode::S_IRWXU) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => {
+                let mut p = rel.to_vec();
+                p.push(name.as_bytes());
+                return Err(ToolError::os("cannot make directory", root.show(&p), e));
+            }
+        }
+    }
+    Ok(())
+}
