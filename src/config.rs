@@ -37,6 +37,8 @@ pub struct Config {
     pub resume_files: Option<u64>,
     /// Daemon-only: on-demand mode, with the TOML source map at this path.
     pub ondemand: Option<Located<PathBuf>>,
+    /// Daemon-only: the control socket (`control PATH`, or `control none`).
+    pub control: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,6 +84,7 @@ impl Config {
         let mut nocull = false;
         let mut resume: Option<(Option<u64>, Option<u64>)> = None;
         let mut ondemand = None;
+        let mut control: Option<Option<PathBuf>> = None;
 
         let mut lines = bytes.split(|&b| b == b'\n').enumerate().peekable();
         while let Some((index, raw)) = lines.next() {
@@ -210,6 +213,20 @@ impl Config {
                         line: line_no,
                     });
                 }
+                "control" => {
+                    once(control.is_some())?;
+                    let p = need_arg("a socket path or none")?;
+                    if p == "none" {
+                        control = Some(None);
+                    } else if p.starts_with('/') {
+                        control = Some(Some(PathBuf::from(p)));
+                    } else {
+                        return Err(err(
+                            line_no,
+                            format!("control {p:?} must be an absolute path or none"),
+                        ));
+                    }
+                }
                 "bind" => {
                     return Err(err(
                         line_no,
@@ -259,6 +276,7 @@ impl Config {
             resume_blocks: resume.and_then(|r| r.0),
             resume_files: resume.map_or(Some(DEFAULT_RESUME_FILES), |r| r.1),
             ondemand,
+            control: control.unwrap_or_else(|| Some(PathBuf::from(crate::control::DEFAULT_PATH))),
         };
         config.check_limits()?;
         Ok(config)
@@ -428,6 +446,15 @@ mod tests {
             ]
         );
         assert_eq!(parse("dir /c\ndebug 010").unwrap().debug, Some(8));
+        assert_eq!(parse("dir /c\ncontrol none\n").unwrap().control, None);
+        assert_eq!(
+            parse("dir /c\ncontrol /run/x.sock\n").unwrap().control,
+            Some(PathBuf::from("/run/x.sock"))
+        );
+        assert_eq!(
+            parse("dir /c\n").unwrap().control,
+            Some(PathBuf::from("/run/cachefilesd/control.sock"))
+        );
         // No trailing newline on the last line is accepted.
         assert_eq!(parse("dir /c").unwrap().dir.value, PathBuf::from("/c"));
     }
@@ -457,6 +484,7 @@ mod tests {
             ("dir /c\ntag\n", "/etc/cachefilesd.conf:2: tag needs a name"),
             ("dir /c\nsecctx\n", "/etc/cachefilesd.conf:2: secctx needs a security context"),
             ("dir /c\nondemand\n", "/etc/cachefilesd.conf:2: ondemand needs the path of a TOML source map"),
+            ("dir /c\ncontrol sock\n", "/etc/cachefilesd.conf:2: control \"sock\" must be an absolute path or none"),
             ("dir /c\ntag a\0b\n", "/etc/cachefilesd.conf:2: line contains a NUL byte"),
         ];
         for (text, expected) in cases {

@@ -30,7 +30,10 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         ["status"] => Ok(Request::Status),
         ["status", "json"] => Ok(Request::StatusJson),
         ["metrics"] => Ok(Request::Metrics),
-        _ => Err(format!("error: unknown request {:?} (try: status, status json, metrics)\n", line.trim())),
+        _ => Err(format!(
+            "error: unknown request {:?} (try: status, status json, metrics)\n",
+            line.trim()
+        )),
     }
 }
 
@@ -62,16 +65,29 @@ impl ControlServer {
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(std::io::Error::new(ErrorKind::AddrInUse, "another daemon answers on this socket"));
+                    return Err(std::io::Error::new(
+                        ErrorKind::AddrInUse,
+                        "another daemon answers on this socket",
+                    ));
                 }
                 std::fs::remove_file(path)?;
             }
-            Ok(_) => return Err(std::io::Error::new(ErrorKind::AlreadyExists, "exists and is not a socket")),
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    ErrorKind::AlreadyExists,
+                    "exists and is not a socket",
+                ))
+            }
             Err(_) => {}
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(ControlServer { listener, path: path.to_path_buf(), conns: HashMap::new(), next: FIRST_CONN })
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            conns: HashMap::new(),
+            next: FIRST_CONN,
+        })
     }
 
     pub fn register(&mut self, registry: &Registry) -> std::io::Result<()> {
@@ -83,7 +99,12 @@ impl ControlServer {
     }
 
     /// Handles an event for the listener or a connection; `answer` renders a request.
-    pub fn on_event(&mut self, registry: &Registry, token: Token, answer: &dyn Fn(Request) -> String) {
+    pub fn on_event(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        answer: &dyn Fn(Request) -> String,
+    ) {
         if token == LISTENER {
             self.accept(registry);
             return;
@@ -115,24 +136,39 @@ impl ControlServer {
                 continue;
             }
             let token = Token(self.next);
-            self.next = if self.next == usize::MAX { FIRST_CONN } else { self.next + 1 };
-            if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_err() {
+            self.next = if self.next == usize::MAX {
+                FIRST_CONN
+            } else {
+                self.next + 1
+            };
+            if registry
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
                 continue;
             }
-            self.conns.insert(token, Conn {
-                stream,
-                input: Vec::new(),
-                output: Vec::new(),
-                written: 0,
-                deadline: Instant::now() + CONN_DEADLINE,
-                answered: false,
-            });
+            self.conns.insert(
+                token,
+                Conn {
+                    stream,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    written: 0,
+                    deadline: Instant::now() + CONN_DEADLINE,
+                    answered: false,
+                },
+            );
         }
     }
 
     /// Drops connections past their deadline (clients that never send or never read).
     pub fn expire(&mut self, registry: &Registry, now: Instant) {
-        let late: Vec<Token> = self.conns.iter().filter(|(_, c)| now >= c.deadline).map(|(t, _)| *t).collect();
+        let late: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now >= c.deadline)
+            .map(|(t, _)| *t)
+            .collect();
         for t in late {
             if let Some(mut c) = self.conns.remove(&t) {
                 let _ = registry.deregister(&mut c.stream);
@@ -227,7 +263,9 @@ mod tests {
         assert_eq!(parse_request("status"), Ok(Request::Status));
         assert_eq!(parse_request(" status   json "), Ok(Request::StatusJson));
         assert_eq!(parse_request("metrics\r"), Ok(Request::Metrics));
-        assert!(parse_request("rm -rf /").unwrap_err().starts_with("error: unknown request"));
+        assert!(parse_request("rm -rf /")
+            .unwrap_err()
+            .starts_with("error: unknown request"));
         assert!(parse_request("").is_err());
     }
 }

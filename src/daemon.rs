@@ -137,6 +137,10 @@ pub struct Daemon<'d> {
     limits: [u8; 4],
     started: Instant,
     pub reaped: u64,
+    control: Option<crate::control::ControlServer>,
+    dir: std::path::PathBuf,
+    tag: String,
+    all_limits: [u8; 6],
 }
 
 fn open_cache_dir(config: &Config, name: &str) -> Result<Dir, DaemonError> {
@@ -167,6 +171,21 @@ impl<'d> Daemon<'d> {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let cache_root = open_cache_dir(config, "cache")?;
         let cache_fs = std::fs::File::open(config.dir.value.join("cache"))?;
+        let control = config.control.as_ref().and_then(|path| {
+            match crate::control::ControlServer::bind(path) {
+                Ok(mut server) => match server.register(poll.registry()) {
+                    Ok(()) => Some(server),
+                    Err(e) => {
+                        log::warn!("control socket {}: {e}", path.display());
+                        None
+                    }
+                },
+                Err(e) => {
+                    log::warn!("control socket {} not available: {e}", path.display());
+                    None
+                }
+            }
+        });
         let grave = open_cache_dir(config, "graveyard")?;
         let culler = (!nocull && !config.nocull)
             .then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
@@ -254,6 +273,10 @@ impl<'d> Daemon<'d> {
             ],
             started: Instant::now(),
             reaped: 0,
+            control,
+            dir: config.dir.value.clone(),
+            tag: config.tag.clone().unwrap_or_else(|| "CacheFiles".into()),
+            all_limits: Limit::ALL.map(|l| config.limit(l)),
         })
     }
 
@@ -441,6 +464,121 @@ impl<'d> Daemon<'d> {
         self.status.cull && self.culler.as_ref().is_some_and(|c| c.ready_len() > 0)
     }
 
+    fn answer(&self, request: crate::control::Request) -> String {
+        let report = self.report();
+        match request {
+            crate::control::Request::Status => report.text(),
+            crate::control::Request::StatusJson => report.json(),
+            crate::control::Request::Metrics => report.metrics(),
+        }
+    }
+
+    /// Everything the daemon can tell about itself, for the control socket.
+    pub fn report(&self) -> crate::report::Report {
+        use crate::report::*;
+        let mut space = Space {
+            blocks_limits_percent: [self.all_limits[0], self.all_limits[1], self.all_limits[2]],
+            files_limits_percent: [self.all_limits[3], self.all_limits[4], self.all_limits[5]],
+            ..Default::default()
+        };
+        if let Ok(st) = nix::sys::statfs::fstatfs(&self.cache_fs) {
+            space.block_size = st.block_size() as u64;
+            space.blocks_total = st.blocks();
+            space.blocks_available = st.blocks_available();
+            space.files_total = st.files();
+            space.files_free = st.files_free();
+        }
+        let culling = match &self.culler {
+            Some(c) => Culling {
+                enabled: true,
+                kernel_wants_culling: self.status.cull,
+                scanning: c.is_scanning(),
+                scans: c.stats.scans,
+                objects_last_scan: c.stats.objects_last_scan,
+                last_scan_seconds: c.stats.last_scan_duration.as_secs_f64(),
+                table_entries: c.ready_len() as u64,
+                table_capacity: c.capacity() as u64,
+                culled: c.stats.culled,
+                bytes_freed: c.stats.bytes_freed,
+                skipped_in_use: c.stats.in_use,
+            },
+            None => Culling {
+                kernel_wants_culling: self.status.cull,
+                ..Default::default()
+            },
+        };
+        let graveyard_entries =
+            std::fs::read_dir(self.dir.join("graveyard")).map_or(0, |d| d.count() as u64);
+        let ondemand = self.ondemand.as_ref().map(|od| {
+            let mut objects: Vec<ObjectReport> = od
+                .objects()
+                .iter()
+                .map(|(id, o)| ObjectReport {
+                    object_id: *id,
+                    volume: o.volume.clone(),
+                    fsid: o.fsid.clone(),
+                    size: o.blob.size(),
+                    source: o.blob.describe(),
+                })
+                .collect();
+            objects.sort_by_key(|o| o.object_id);
+            let sources = od
+                .map()
+                .sources
+                .iter()
+                .map(|src| {
+                    let per = od.per_source.get(&src.index).cloned().unwrap_or_default();
+                    SourceReport {
+                        index: src.index,
+                        location: match &src.location {
+                            crate::ondemand::sourcemap::Location::Path(p) => {
+                                p.display().to_string()
+                            }
+                            crate::ondemand::sourcemap::Location::Url(u) => u.clone(),
+                            crate::ondemand::sourcemap::Location::Registry { base, repository } => {
+                                format!("{base} {repository}")
+                            }
+                        },
+                        reads: per.reads,
+                        bytes: per.bytes,
+                        errors: per.errors,
+                        latency_p50_seconds: per.latency.quantile(0.5),
+                        latency_p90_seconds: per.latency.quantile(0.9),
+                        latency_p99_seconds: per.latency.quantile(0.99),
+                    }
+                })
+                .collect();
+            let s = &od.stats;
+            OnDemandReport {
+                objects,
+                reads_in_flight: od.in_flight() as u64,
+                opens: s.opens,
+                opens_failed: s.opens_failed,
+                reads: s.reads,
+                reads_failed: s.reads_failed,
+                bytes_written: s.bytes_written,
+                bad_messages: s.bad_messages,
+                sources,
+            }
+        });
+        Report {
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: if self.ondemand.is_some() {
+                "on-demand"
+            } else {
+                "classic"
+            }
+            .into(),
+            dir: self.dir.display().to_string(),
+            tag: self.tag.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            space,
+            culling,
+            graveyard_entries,
+            ondemand,
+        }
+    }
+
     /// One line for systemd's STATUS=: "culling: 12% free, 1234 culled; on-demand: 3 blobs, 0 in flight".
     pub fn summary(&self) -> String {
         let free = nix::sys::statfs::fstatfs(&self.cache_fs)
@@ -537,7 +675,14 @@ impl<'d> Daemon<'d> {
                         }
                         self.request_reap();
                     }
-                    _ => {}
+                    token => {
+                        if let Some(mut control) = self.control.take() {
+                            if control.owns(token) {
+                                control.on_event(self.poll.registry(), token, &|r| self.answer(r));
+                            }
+                            self.control = Some(control);
+                        }
+                    }
                 }
             }
             if self.stop.load(Ordering::SeqCst) {
@@ -547,6 +692,9 @@ impl<'d> Daemon<'d> {
             if tick {
                 last_tick = Instant::now();
                 crate::service::watchdog();
+                if let Some(control) = self.control.as_mut() {
+                    control.expire(self.poll.registry(), Instant::now());
+                }
                 crate::service::status(&self.summary());
                 if self.inotify.is_none() {
                     self.request_reap();

@@ -6,6 +6,7 @@ use cachefilesd_rs::cli::{self, Action, Options};
 use cachefilesd_rs::config::{Config, ConfigError};
 use cachefilesd_rs::daemon::{Daemon, DaemonError, SignalPipes};
 use cachefilesd_rs::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
+use cachefilesd_rs::lock::lock_cache_dir;
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
 use cachefilesd_rs::proto::Command;
 use cachefilesd_rs::{service, supervise};
@@ -114,6 +115,13 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
 
     let inherited = service::inherited_device();
     let from_supervisor = inherited.as_ref().is_some_and(|i| i.from_supervisor);
+    // Held for the daemon's life so that cachefilesctl refuses to write under it; a
+    // supervisor holds it for its workers.
+    let _lock = if from_supervisor {
+        None
+    } else {
+        Some(lock_cache_dir(&config.dir.value).map_err(|e| Failure::Os(e.into()))?)
+    };
     if options.supervise && inherited.is_none() {
         // The first worker configures and binds the device this parent holds.
         let device = open_device()?;

@@ -91,17 +91,29 @@ impl Report {
         let mut o = String::new();
         let s = &self.space;
         let c = &self.culling;
-        let _ = writeln!(o, "cachefilesd {} ({} mode), up {}s", self.version, self.mode, self.uptime_seconds);
+        let _ = writeln!(
+            o,
+            "cachefilesd {} ({} mode), up {}s",
+            self.version, self.mode, self.uptime_seconds
+        );
         let _ = writeln!(o, "cache: {} (tag {})", self.dir, self.tag);
         let _ = writeln!(
             o,
             "space: {:.1}% blocks free ({} of {} x {} B), {:.1}% files free ({} of {})",
-            pct(s.blocks_available, s.blocks_total), s.blocks_available, s.blocks_total, s.block_size,
-            pct(s.files_free, s.files_total), s.files_free, s.files_total
+            pct(s.blocks_available, s.blocks_total),
+            s.blocks_available,
+            s.blocks_total,
+            s.block_size,
+            pct(s.files_free, s.files_total),
+            s.files_free,
+            s.files_total
         );
         let [br, bc, bs] = s.blocks_limits_percent;
         let [fr, fc, fs] = s.files_limits_percent;
-        let _ = writeln!(o, "limits: brun {br}% bcull {bc}% bstop {bs}%, frun {fr}% fcull {fc}% fstop {fs}%");
+        let _ = writeln!(
+            o,
+            "limits: brun {br}% bcull {bc}% bstop {bs}%, frun {fr}% fcull {fc}% fstop {fs}%"
+        );
         if c.enabled {
             let _ = writeln!(
                 o,
@@ -122,15 +134,25 @@ impl Report {
                 od.objects.len(), od.reads_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages
             );
             for obj in &od.objects {
-                let _ = writeln!(o, "  object {}: {} {} {} bytes from {}", obj.object_id, obj.volume, obj.fsid, obj.size, obj.source);
+                let _ = writeln!(
+                    o,
+                    "  object {}: {} {} {} bytes from {}",
+                    obj.object_id, obj.volume, obj.fsid, obj.size, obj.source
+                );
             }
             for src in &od.sources {
                 let q = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}ms", s * 1e3));
                 let _ = writeln!(
                     o,
                     "  source {} ({}): {} reads, {} bytes, {} errors, latency p50 {} p90 {} p99 {}",
-                    src.index, src.location, src.reads, src.bytes, src.errors,
-                    q(src.latency_p50_seconds), q(src.latency_p90_seconds), q(src.latency_p99_seconds)
+                    src.index,
+                    src.location,
+                    src.reads,
+                    src.bytes,
+                    src.errors,
+                    q(src.latency_p50_seconds),
+                    q(src.latency_p90_seconds),
+                    q(src.latency_p99_seconds)
                 );
             }
         }
@@ -154,34 +176,167 @@ impl Report {
         let one = |v: f64| vec![(String::new(), v)];
         let s = &self.space;
         let c = &self.culling;
-        metric("info", "gauge", "Daemon version and mode.", &[(format!("{{version=\"{}\",mode=\"{}\"}}", self.version, self.mode), 1.0)]);
-        metric("uptime_seconds", "gauge", "Seconds since the daemon started.", &one(self.uptime_seconds as f64));
-        metric("blocks_available", "gauge", "Free blocks on the cache filesystem (statfs f_bavail).", &one(s.blocks_available as f64));
-        metric("blocks_total", "gauge", "Blocks of the cache filesystem.", &one(s.blocks_total as f64));
-        metric("block_size_bytes", "gauge", "Block size of the cache filesystem.", &one(s.block_size as f64));
-        metric("files_free", "gauge", "Free inodes on the cache filesystem.", &one(s.files_free as f64));
-        metric("files_total", "gauge", "Inodes of the cache filesystem.", &one(s.files_total as f64));
-        metric("culling_active", "gauge", "1 while the kernel asks for culling.", &one(c.kernel_wants_culling as u8 as f64));
-        metric("scans_total", "counter", "Scans of the cache tree.", &one(c.scans as f64));
-        metric("objects_last_scan", "gauge", "Objects found by the last scan.", &one(c.objects_last_scan as f64));
-        metric("last_scan_seconds", "gauge", "Duration of the last scan.", &one(c.last_scan_seconds));
-        metric("cull_table_entries", "gauge", "Candidates waiting in the cull table.", &one(c.table_entries as f64));
-        metric("culled_total", "counter", "Objects culled.", &one(c.culled as f64));
-        metric("culled_bytes_total", "counter", "Bytes freed by culling.", &one(c.bytes_freed as f64));
-        metric("graveyard_entries", "gauge", "Entries waiting in the graveyard.", &one(self.graveyard_entries as f64));
+        metric(
+            "info",
+            "gauge",
+            "Daemon version and mode.",
+            &[(
+                format!("{{version=\"{}\",mode=\"{}\"}}", self.version, self.mode),
+                1.0,
+            )],
+        );
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since the daemon started.",
+            &one(self.uptime_seconds as f64),
+        );
+        metric(
+            "blocks_available",
+            "gauge",
+            "Free blocks on the cache filesystem (statfs f_bavail).",
+            &one(s.blocks_available as f64),
+        );
+        metric(
+            "blocks_total",
+            "gauge",
+            "Blocks of the cache filesystem.",
+            &one(s.blocks_total as f64),
+        );
+        metric(
+            "block_size_bytes",
+            "gauge",
+            "Block size of the cache filesystem.",
+            &one(s.block_size as f64),
+        );
+        metric(
+            "files_free",
+            "gauge",
+            "Free inodes on the cache filesystem.",
+            &one(s.files_free as f64),
+        );
+        metric(
+            "files_total",
+            "gauge",
+            "Inodes of the cache filesystem.",
+            &one(s.files_total as f64),
+        );
+        metric(
+            "culling_active",
+            "gauge",
+            "1 while the kernel asks for culling.",
+            &one(c.kernel_wants_culling as u8 as f64),
+        );
+        metric(
+            "scans_total",
+            "counter",
+            "Scans of the cache tree.",
+            &one(c.scans as f64),
+        );
+        metric(
+            "objects_last_scan",
+            "gauge",
+            "Objects found by the last scan.",
+            &one(c.objects_last_scan as f64),
+        );
+        metric(
+            "last_scan_seconds",
+            "gauge",
+            "Duration of the last scan.",
+            &one(c.last_scan_seconds),
+        );
+        metric(
+            "cull_table_entries",
+            "gauge",
+            "Candidates waiting in the cull table.",
+            &one(c.table_entries as f64),
+        );
+        metric(
+            "culled_total",
+            "counter",
+            "Objects culled.",
+            &one(c.culled as f64),
+        );
+        metric(
+            "culled_bytes_total",
+            "counter",
+            "Bytes freed by culling.",
+            &one(c.bytes_freed as f64),
+        );
+        metric(
+            "graveyard_entries",
+            "gauge",
+            "Entries waiting in the graveyard.",
+            &one(self.graveyard_entries as f64),
+        );
         if let Some(od) = &self.ondemand {
-            metric("ondemand_objects", "gauge", "Open on-demand objects.", &one(od.objects.len() as f64));
-            metric("ondemand_reads_in_flight", "gauge", "READ requests being served.", &one(od.reads_in_flight as f64));
-            metric("ondemand_opens_total", "counter", "OPEN requests.", &one(od.opens as f64));
-            metric("ondemand_opens_failed_total", "counter", "OPEN requests refused.", &one(od.opens_failed as f64));
-            metric("ondemand_reads_total", "counter", "READ requests.", &one(od.reads as f64));
-            metric("ondemand_reads_failed_total", "counter", "READ requests completed without data.", &one(od.reads_failed as f64));
-            metric("ondemand_bad_messages_total", "counter", "Undecodable kernel messages.", &one(od.bad_messages as f64));
+            metric(
+                "ondemand_objects",
+                "gauge",
+                "Open on-demand objects.",
+                &one(od.objects.len() as f64),
+            );
+            metric(
+                "ondemand_reads_in_flight",
+                "gauge",
+                "READ requests being served.",
+                &one(od.reads_in_flight as f64),
+            );
+            metric(
+                "ondemand_opens_total",
+                "counter",
+                "OPEN requests.",
+                &one(od.opens as f64),
+            );
+            metric(
+                "ondemand_opens_failed_total",
+                "counter",
+                "OPEN requests refused.",
+                &one(od.opens_failed as f64),
+            );
+            metric(
+                "ondemand_reads_total",
+                "counter",
+                "READ requests.",
+                &one(od.reads as f64),
+            );
+            metric(
+                "ondemand_reads_failed_total",
+                "counter",
+                "READ requests completed without data.",
+                &one(od.reads_failed as f64),
+            );
+            metric(
+                "ondemand_bad_messages_total",
+                "counter",
+                "Undecodable kernel messages.",
+                &one(od.bad_messages as f64),
+            );
             let label = |src: &SourceReport| format!("{{source=\"{}\"}}", src.index);
-            let per = |f: &dyn Fn(&SourceReport) -> f64| od.sources.iter().map(|s| (label(s), f(s))).collect::<Vec<_>>();
-            metric("source_bytes_total", "counter", "Bytes fetched per [[source]] entry.", &per(&|s| s.bytes as f64));
-            metric("source_reads_total", "counter", "READs served per [[source]] entry.", &per(&|s| s.reads as f64));
-            metric("source_errors_total", "counter", "Failed fetches per [[source]] entry.", &per(&|s| s.errors as f64));
+            let per = |f: &dyn Fn(&SourceReport) -> f64| {
+                od.sources
+                    .iter()
+                    .map(|s| (label(s), f(s)))
+                    .collect::<Vec<_>>()
+            };
+            metric(
+                "source_bytes_total",
+                "counter",
+                "Bytes fetched per [[source]] entry.",
+                &per(&|s| s.bytes as f64),
+            );
+            metric(
+                "source_reads_total",
+                "counter",
+                "READs served per [[source]] entry.",
+                &per(&|s| s.reads as f64),
+            );
+            metric(
+                "source_errors_total",
+                "counter",
+                "Failed fetches per [[source]] entry.",
+                &per(&|s| s.errors as f64),
+            );
         }
         o
     }
@@ -198,12 +353,37 @@ mod tests {
             dir: "/var/cache/fscache".into(),
             tag: "mycache".into(),
             uptime_seconds: 12,
-            space: Space { block_size: 4096, blocks_total: 1000, blocks_available: 120, files_total: 100, files_free: 50, blocks_limits_percent: [10, 7, 3], files_limits_percent: [10, 7, 3] },
-            culling: Culling { enabled: true, culled: 1234, table_capacity: 4096, ..Default::default() },
+            space: Space {
+                block_size: 4096,
+                blocks_total: 1000,
+                blocks_available: 120,
+                files_total: 100,
+                files_free: 50,
+                blocks_limits_percent: [10, 7, 3],
+                files_limits_percent: [10, 7, 3],
+            },
+            culling: Culling {
+                enabled: true,
+                culled: 1234,
+                table_capacity: 4096,
+                ..Default::default()
+            },
             graveyard_entries: 2,
             ondemand: Some(OnDemandReport {
-                objects: vec![ObjectReport { object_id: 1, volume: "erofs,img".into(), fsid: "img".into(), size: 4096, source: "/srv/erofs/img".into() }],
-                sources: vec![SourceReport { index: 1, location: "/srv/erofs/{fsid}".into(), reads: 3, bytes: 12288, ..Default::default() }],
+                objects: vec![ObjectReport {
+                    object_id: 1,
+                    volume: "erofs,img".into(),
+                    fsid: "img".into(),
+                    size: 4096,
+                    source: "/srv/erofs/img".into(),
+                }],
+                sources: vec![SourceReport {
+                    index: 1,
+                    location: "/srv/erofs/{fsid}".into(),
+                    reads: 3,
+                    bytes: 12288,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
         }
@@ -215,13 +395,19 @@ mod tests {
         let t = r.text();
         assert!(t.contains("space: 12.0% blocks free"), "{t}");
         assert!(t.contains("culled 1234"), "{t}");
-        assert!(t.contains("object 1: erofs,img img 4096 bytes from /srv/erofs/img"), "{t}");
+        assert!(
+            t.contains("object 1: erofs,img img 4096 bytes from /srv/erofs/img"),
+            "{t}"
+        );
         let j: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
         assert_eq!(j["culling"]["culled"], 1234);
         assert_eq!(j["ondemand"]["objects"][0]["fsid"], "img");
         let m = r.metrics();
         assert!(m.contains("cachefilesd_culled_total 1234\n"), "{m}");
-        assert!(m.contains("cachefilesd_source_bytes_total{source=\"1\"} 12288\n"), "{m}");
+        assert!(
+            m.contains("cachefilesd_source_bytes_total{source=\"1\"} 12288\n"),
+            "{m}"
+        );
         // Every sample line is `name{labels} value` with a HELP and TYPE before it.
         for line in m.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();

@@ -30,7 +30,7 @@ fn object(root: &Path, rel: &str, atime: i64) -> PathBuf {
 }
 
 fn config(dir: &Path, extra: &str) -> Config {
-    let text = format!("dir {}\ntag test\n{extra}", dir.display());
+    let text = format!("dir {}\ntag test\ncontrol none\n{extra}", dir.display());
     Config::parse(Path::new("test.conf"), text.as_bytes()).unwrap()
 }
 

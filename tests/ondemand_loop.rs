@@ -45,7 +45,11 @@ fn start(map: &str) -> Setup {
         SourceMap::parse("t.toml", &map.replace("ROOT", &root.display().to_string())).unwrap();
     let cfg = Config::parse(
         Path::new("t.conf"),
-        format!("dir {}\nondemand /unused.toml\nnocull\n", root.display()).as_bytes(),
+        format!(
+            "dir {}\nondemand /unused.toml\nnocull\ncontrol none\n",
+            root.display()
+        )
+        .as_bytes(),
     )
     .unwrap();
     let (kernel, mut device) = FakeKernel::new();

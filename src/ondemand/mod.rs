@@ -72,7 +72,9 @@ pub struct Latency {
 impl Latency {
     pub fn record(&mut self, d: std::time::Duration) {
         let us = d.as_micros().max(1) as u64;
-        let i = (64 - us.leading_zeros() as usize).saturating_sub(6).min(self.buckets.len() - 1);
+        let i = (64 - us.leading_zeros() as usize)
+            .saturating_sub(6)
+            .min(self.buckets.len() - 1);
         self.buckets[i] += 1;
     }
 

@@ -26,6 +26,8 @@ commands:
   invalidate --volume V (--key K | --key-hex HEX)
                                 remove one object
   purge --volume V              remove a whole volume
+  status [--json] [--socket S]  ask the running daemon how it is doing
+  metrics [--socket S]          the daemon's counters in Prometheus text format
 Writing commands refuse to run while a cachefilesd holds the cache.
 exit status: 0 ok, 1 problems found or failure, 2 usage
 ";
@@ -53,6 +55,14 @@ pub enum Command {
     },
     Purge {
         volume: Vec<u8>,
+    },
+    /// Asks the running daemon over its control socket.
+    Status {
+        json: bool,
+        socket: Option<PathBuf>,
+    },
+    Metrics {
+        socket: Option<PathBuf>,
     },
     Help,
 }
@@ -108,7 +118,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
             b"--dir" => dir = Some(PathBuf::from(OsString::from_vec(value("--dir")?))),
             b"-f" | b"--config" => conf = Some(PathBuf::from(OsString::from_vec(value("-f")?))),
             b"-h" | b"--help" => words.insert(0, b"help".to_vec()),
-            b"--volume" | b"--key" | b"--key-hex" | b"--from" => {
+            b"--volume" | b"--key" | b"--key-hex" | b"--from" | b"--socket" => {
                 let name = String::from_utf8_lossy(&a).into_owned();
                 let v = value(&name)?;
                 opts.push((name, Some(v)));
@@ -177,6 +187,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
         b"purge" => Command::Purge {
             volume: need(take("--volume"), "--volume")?,
         },
+        b"status" => Command::Status {
+            json: take("--json").is_some(),
+            socket: take("--socket")
+                .flatten()
+                .map(|v| PathBuf::from(OsString::from_vec(v))),
+        },
+        b"metrics" => Command::Metrics {
+            socket: take("--socket")
+                .flatten()
+                .map(|v| PathBuf::from(OsString::from_vec(v))),
+        },
         other => {
             return Err(usage_err(format!(
                 "unknown command {}",
@@ -201,6 +222,44 @@ pub enum RunError {
     Tool(#[from] ToolError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("cannot reach the daemon at {path}: {error} (is cachefilesd running?)")]
+    Daemon { path: String, error: std::io::Error },
+    #[error("control socket is disabled in {0} (control none)")]
+    NoControl(String),
+}
+
+/// The control socket: --socket, else the config's `control`, else the default.
+fn control_socket(dir: &DirSource, socket: &Option<PathBuf>) -> Result<PathBuf, RunError> {
+    if let Some(s) = socket {
+        return Ok(s.clone());
+    }
+    match dir {
+        DirSource::Config(path) if path.exists() => Config::load(path)?
+            .control
+            .ok_or_else(|| RunError::NoControl(path.display().to_string())),
+        _ => Ok(PathBuf::from(crate::control::DEFAULT_PATH)),
+    }
+}
+
+fn ask_daemon(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
+    let (request, socket) = match &inv.command {
+        Command::Status {
+            json: false,
+            socket,
+        } => ("status", socket),
+        Command::Status { json: true, socket } => ("status json", socket),
+        Command::Metrics { socket } => ("metrics", socket),
+        _ => unreachable!("only called for daemon queries"),
+    };
+    let path = control_socket(&inv.dir, socket)?;
+    let reply = crate::control::query(&path, request, std::time::Duration::from_secs(10)).map_err(
+        |error| RunError::Daemon {
+            path: path.display().to_string(),
+            error,
+        },
+    )?;
+    out.write_all(reply.as_bytes())?;
+    Ok(!reply.starts_with("error:"))
 }
 
 fn cache_dir(source: &DirSource) -> Result<PathBuf, ConfigError> {
@@ -216,6 +275,12 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
         out.write_all(USAGE.as_bytes())?;
         return Ok(true);
     }
+    if matches!(
+        inv.command,
+        Command::Status { .. } | Command::Metrics { .. }
+    ) {
+        return ask_daemon(inv, out);
+    }
     let path = cache_dir(&inv.dir)?;
     let writes = match &inv.command {
         Command::Check { repair } => *repair,
@@ -230,7 +295,9 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
     };
     let root = CacheRoot::open(&path)?;
     match &inv.command {
-        Command::Help => unreachable!("handled above"),
+        Command::Help | Command::Status { .. } | Command::Metrics { .. } => {
+            unreachable!("handled above")
+        }
         Command::Ls { volume, json } => {
             let s = survey(&root, volume.as_deref())?;
             if *json {
