@@ -168,6 +168,15 @@ check "mounting an unknown fsid (nosuchblob) fails" no_such_blob_fails
 grep -q ' /mnt ' /proc/mounts && umount /mnt
 check "cachefilesd is still running" alive "$daemon_pid"
 
+# The operator's view: the daemon's own status over its control socket.
+ctl=/usr/sbin/cachefilesctl
+if [ -x "$ctl" ]; then
+  "$ctl" -f "$conf" status >/tmp/status.txt 2>&1
+  say "cachefilesctl status:"; sed 's/^/    /' /tmp/status.txt
+  check "cachefilesctl status answers (on-demand:)" grep -q '^on-demand: ' /tmp/status.txt
+  "$ctl" -f "$conf" metrics >/tmp/metrics.txt 2>&1
+  check "cachefilesctl metrics answers in Prometheus format" grep -q '^cachefilesd_uptime_seconds ' /tmp/metrics.txt
+fi
 stop_daemon "$daemon_pid"
 check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 check "umount the cache disk" umount "$cache"
