@@ -72,6 +72,10 @@ pub trait Device {
     /// The fd to poll: readable on a state change or pending request, writable while the
     /// kernel wants culling.
     fn poll_fd(&self) -> RawFd;
+    /// Whether `fd`, named in an OPEN message, really is an anonymous fd the kernel just
+    /// installed for us. Anything else (not open, or one of our own fds) must be neither
+    /// used nor closed.
+    fn is_anon_fd(&self, fd: RawFd) -> bool;
 }
 
 pub struct CachefilesDevice {
@@ -156,6 +160,21 @@ impl Device for CachefilesDevice {
 
     fn poll_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    fn is_anon_fd(&self, fd: RawFd) -> bool {
+        if fd <= 2 || fd == self.file.as_raw_fd() {
+            return false;
+        }
+        match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+            Ok(target) => target.as_os_str() == "anon_inode:[cachefiles]",
+            // Without /proc, settle for an open fd on an anonymous inode (no file type).
+            Err(_) if !Path::new("/proc/self/fd").exists() => {
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
+                    && nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == 0)
+            }
+            Err(_) => false,
+        }
     }
 }
 

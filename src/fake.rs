@@ -31,6 +31,8 @@ pub struct FakeState {
     pub dead: bool,
     /// Errors to return for the next commands with this keyword.
     pub fail_next: Vec<(&'static str, Errno)>,
+    /// Fds handed out as anonymous object fds (see `FakeKernel::anon_fd`).
+    pub anon_fds: std::collections::HashSet<RawFd>,
 }
 
 #[derive(Clone)]
@@ -58,6 +60,14 @@ impl FakeKernel {
     /// Makes the device readable, as a kernel state change or a new request does.
     pub fn wake(&self) {
         let _ = (&*self.poke).write(&[1]);
+    }
+
+    /// Registers a file as an anonymous object fd and returns its number for an OPEN.
+    pub fn anon_fd(&self, file: std::fs::File) -> u32 {
+        use std::os::fd::IntoRawFd;
+        let fd = file.into_raw_fd();
+        self.state.lock().expect("fake state").anon_fds.insert(fd);
+        fd as u32
     }
 
     pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
@@ -164,6 +174,11 @@ impl Device for FakeDevice {
 
     fn poll_fd(&self) -> RawFd {
         self.readable.as_raw_fd()
+    }
+
+    fn is_anon_fd(&self, fd: RawFd) -> bool {
+        let st = self.kernel.state.lock().expect("fake state");
+        st.anon_fds.contains(&fd) && nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
     }
 }
 

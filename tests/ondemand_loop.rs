@@ -8,7 +8,6 @@ use cachefilesd_rs::fake::FakeKernel;
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
 use cachefilesd_rs::proto::msg::{encode_close, encode_open, encode_read};
 use std::fs;
-use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -74,7 +73,7 @@ fn start(map: &str) -> Setup {
 }
 
 /// An anon fd stand-in: a file opened for writing whose contents the test can inspect.
-fn anon_file(root: &Path, name: &str) -> (u32, fs::File) {
+fn anon_file(kernel: &FakeKernel, root: &Path, name: &str) -> (u32, fs::File) {
     let path = root.join(name);
     let w = fs::OpenOptions::new()
         .create(true)
@@ -84,7 +83,7 @@ fn anon_file(root: &Path, name: &str) -> (u32, fs::File) {
         .open(&path)
         .unwrap();
     let r = fs::File::open(&path).unwrap();
-    (w.into_raw_fd() as u32, r)
+    (kernel.anon_fd(w), r)
 }
 
 fn copens(kernel: &FakeKernel) -> Vec<String> {
@@ -102,15 +101,15 @@ fn serves_opens_and_reads_with_exactly_one_answer_each() {
     let s = start("[[source]]\nfsid = \"*\"\npath = \"ROOT/blobs/{fsid}\"\n[fetch]\nworkers = 2\nreadahead = 8192\n");
     let data = blob(3 * 4096 + 100, 3);
     fs::write(s.root.join("blobs/img1"), &data).unwrap();
-    let (fd, inspect) = anon_file(&s.root, "anon1");
+    let (fd, inspect) = anon_file(&s.kernel, &s.root, "anon1");
+    let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
+    let (fd3, _) = anon_file(&s.kernel, &s.root, "anon3");
     s.kernel.with(|k| {
         k.messages
             .push_back(encode_open(0, 1, b"erofs,img1", b"img1", fd));
         // Unknown fsid, and a name that tries to escape the blob directory.
-        let (fd2, _) = anon_file(&s.root, "anon2");
         k.messages
             .push_back(encode_open(1, 2, b"erofs,x", b"missing", fd2));
-        let (fd3, _) = anon_file(&s.root, "anon3");
         k.messages
             .push_back(encode_open(2, 3, b"erofs,x", b"../../etc/passwd", fd3));
     });
@@ -176,8 +175,9 @@ fn serves_opens_and_reads_with_exactly_one_answer_each() {
 #[test]
 fn hostile_messages_are_answered_and_survived() {
     let s = start("[[source]]\npath = \"ROOT/blobs/{fsid}\"\n");
-    fs::write(s.root.join("blobs/b"), blob(4096, 1)).unwrap();
-    let (fd, _) = anon_file(&s.root, "a");
+    fs::write(s.root.join("blobs/b"), blob(8192, 1)).unwrap();
+    let (fd, _) = anon_file(&s.kernel, &s.root, "a");
+    let (fd2, _) = anon_file(&s.kernel, &s.root, "b2");
     s.kernel.with(|k| {
         // An OPEN whose key sizes overflow: the fd is closed, the OPEN refused.
         let mut bad = encode_open(10, 1, b"erofs,b", b"b", fd);
@@ -190,18 +190,41 @@ fn hostile_messages_are_answered_and_survived() {
         let mut short = encode_read(12, 1, 0, 1);
         short[8] = 40;
         k.messages.push_back(short);
-        let (fd2, _) = anon_file(&s.root, "b2");
         k.messages
             .push_back(encode_open(13, 2, b"erofs,b", b"b", fd2));
+        // OPENs naming fds that are not anonymous object fds: never used, never closed.
+        k.messages
+            .push_back(encode_open(14, 3, b"erofs,b", b"b", 9999));
+        k.messages
+            .push_back(encode_open(15, 4, b"erofs,b", b"b", 1));
     });
-    wait_for("two copens", || copens(&s.kernel).len() == 2);
+    wait_for("four copens", || copens(&s.kernel).len() == 4);
+    // The same READ twice (as after `restore`): one completion.
+    s.kernel.with(|k| {
+        k.messages.push_back(encode_read(20, 2, 0, 4096));
+        k.messages.push_back(encode_read(20, 2, 0, 4096));
+        k.messages.push_back(encode_read(21, 2, 4096, 4096));
+    });
+    wait_for("completions", || s.kernel.with(|k| k.completed.len() >= 2));
+    std::thread::sleep(Duration::from_millis(200));
     s.stop.stop();
     let stats = s.runner.join().unwrap().unwrap();
     let mut c = copens(&s.kernel);
     c.sort();
     assert_eq!(
         c,
-        vec!["copen 10,-22".to_string(), "copen 13,4096".to_string()]
+        vec![
+            "copen 10,-22",
+            "copen 13,8192",
+            "copen 14,-9",
+            "copen 15,-9"
+        ]
     );
-    assert!(stats.contains("4 bad messages"), "{stats}");
+    let mut done = s.kernel.with(|k| k.completed.clone());
+    done.sort();
+    assert_eq!(done, vec![20, 21]);
+    assert!(stats.contains("6 bad messages"), "{stats}");
+    assert!(stats.contains("1 duplicates"), "{stats}");
+    // stdout (fd 1) must still be open.
+    assert!(nix::fcntl::fcntl(1, nix::fcntl::FcntlArg::F_GETFD).is_ok());
 }

@@ -236,30 +236,32 @@ impl OnDemand {
             e.msg_id,
             e.opcode
         );
-        if let Some(fd) = e.open_fd {
-            // SAFETY: the kernel installed this fd in our table for this OPEN; nothing else
-            // owns it, and wrapping it here closes it exactly once.
+        if let Some(fd) = e.open_fd.filter(|&fd| device.is_anon_fd(fd as i32)) {
+            // SAFETY: the device confirmed this is the anonymous fd the kernel installed in
+            // our table for this OPEN; nothing else owns it, so it is closed exactly once.
             let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            if let Some(msg_id) = e.msg_id {
-                self.reply_open(device, msg_id, -(Errno::EINVAL as i64))?;
-            }
             drop(fd);
+        }
+        if let (Some(msg_id), Some(msg::OP_OPEN)) = (e.msg_id, e.opcode) {
+            self.reply_open(device, msg_id, -(Errno::EINVAL as i64))?;
         }
         Ok(())
     }
 
+    /// Sends `copen`; `Ok(false)` when the kernel refused it (logged: the OPEN is gone, e.g.
+    /// its waiter was killed). Only a dead cache is an error.
     fn reply_open(
         &mut self,
         device: &mut dyn Device,
         msg_id: u32,
         size: i64,
-    ) -> Result<(), DeviceError> {
+    ) -> Result<bool, DeviceError> {
         match device.send(&Command::Copen { msg_id, size }) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(e) if e.cache_is_dead() => Err(e),
             Err(e) => {
                 log::warn!("{e}");
-                Err(e)
+                Ok(false)
             }
         }
     }
@@ -278,10 +280,18 @@ impl OnDemand {
                 fd,
                 ..
             } => {
-                // SAFETY: the kernel installed this fd in our table for this OPEN; nothing
-                // else owns it. Owned from here, it can never leak.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
                 self.stats.opens += 1;
+                if !device.is_anon_fd(fd as i32) {
+                    // Not ours to use or close: answer so the kernel's waiter is released.
+                    self.stats.bad_messages += 1;
+                    log::warn!("OPEN msg_id {msg_id} names fd {fd}, which is not an anonymous cachefiles fd; refusing");
+                    return self
+                        .reply_open(device, msg_id, -(Errno::EBADF as i64))
+                        .map(drop);
+                }
+                // SAFETY: the device confirmed the kernel installed this fd in our table for
+                // this OPEN; nothing else owns it. Owned from here, it can never leak.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
                 if !self.in_flight.insert(msg_id) {
                     // Re-delivered after `restore` while we are still answering it.
                     self.stats.duplicates += 1;
@@ -294,9 +304,10 @@ impl OnDemand {
                     log::warn!("OPEN {volume:?} {fsid:?}: no source matches; refusing with ENOENT");
                     self.in_flight.remove(&msg_id);
                     self.stats.opens_failed += 1;
-                    let r = self.reply_open(device, msg_id, -(Errno::ENOENT as i64));
+                    // Answer first: closing the fd before its copen fails the OPEN with EBADFD.
+                    self.reply_open(device, msg_id, -(Errno::ENOENT as i64))?;
                     drop(fd);
-                    return r.or_else(|e| if e.cache_is_dead() { Err(e) } else { Ok(()) });
+                    return Ok(());
                 };
                 let index = source.index;
                 let remote = !matches!(location, Location::Path(_));
@@ -387,38 +398,31 @@ impl OnDemand {
                     match result {
                         Ok((source, blob)) => {
                             let size = blob.size();
-                            match self.reply_open(device, msg_id, size as i64) {
-                                Ok(()) => {
-                                    log::info!(
-                                        "OPEN {volume} {fsid}: {} bytes from {}",
-                                        size,
-                                        blob.describe()
-                                    );
-                                    self.objects.insert(
-                                        object_id,
-                                        Object {
-                                            fd: Arc::new(fd),
-                                            blob,
-                                            volume,
-                                            fsid,
-                                            source,
-                                        },
-                                    );
-                                }
-                                Err(e) if e.cache_is_dead() => return Err(e),
-                                Err(_) => self.stats.opens_failed += 1,
+                            if self.reply_open(device, msg_id, size as i64)? {
+                                log::info!(
+                                    "OPEN {volume} {fsid}: {size} bytes from {}",
+                                    blob.describe()
+                                );
+                                let fd = Arc::new(fd);
+                                self.objects.insert(
+                                    object_id,
+                                    Object {
+                                        fd,
+                                        blob,
+                                        volume,
+                                        fsid,
+                                        source,
+                                    },
+                                );
+                            } else {
+                                self.stats.opens_failed += 1;
                             }
                         }
                         Err((errno, why)) => {
                             self.stats.opens_failed += 1;
                             log::warn!("OPEN {volume} {fsid}: {why}; refusing with {errno}");
-                            let r = self.reply_open(device, msg_id, -(errno as i64));
+                            self.reply_open(device, msg_id, -(errno as i64))?;
                             drop(fd);
-                            if let Err(e) = r {
-                                if e.cache_is_dead() {
-                                    return Err(e);
-                                }
-                            }
                         }
                     }
                 }
