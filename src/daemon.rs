@@ -706,6 +706,20 @@ impl<'d> Daemon<'d> {
             if tick || (device_ready && self.ondemand.is_none()) {
                 self.refresh_cull()?;
             }
+            if tick {
+                self.check_alive()?;
+            }
+        }
+    }
+
+    /// Neither the status read nor poll() reveals a cache the kernel has marked dead (after
+    /// a backing-filesystem I/O error); only writes fail, with EIO, and the kernel checks
+    /// that before anything else. `tag` is refused with EEXIST on a bound, live cache and
+    /// changes nothing, so it serves as the probe.
+    fn check_alive(&mut self) -> Result<(), DaemonError> {
+        match self.device.send(&crate::proto::Command::Tag("liveness-probe".into())) {
+            Err(e) if e.cache_is_dead() => Err(DaemonError::CacheDead(e)),
+            _ => Ok(()),
         }
     }
 }

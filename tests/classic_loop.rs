@@ -144,7 +144,7 @@ fn culls_the_oldest_unused_objects_until_the_kernel_is_satisfied() {
     }
     assert_eq!(fs::read(outside.path().join("canary")).unwrap(), b"keep");
     assert!(
-        kernel.with(|s| s.commands.iter().all(|c| c.starts_with("cull "))),
+        kernel.with(|s| s.commands.iter().all(|c| !c.starts_with("inuse "))),
         "no inuse writes while scanning"
     );
 }
@@ -184,5 +184,5 @@ fn nocull_never_culls() {
     daemon.run().unwrap();
     stopper.join().unwrap();
     assert!(p.exists());
-    assert!(kernel.with(|s| s.commands.is_empty()));
+    assert!(kernel.with(|s| s.commands.iter().all(|c| !c.starts_with("cull "))));
 }
