@@ -27,6 +27,8 @@ const GRAVEYARD: Token = Token(4);
 
 /// Culls per loop turn before events are looked at again.
 const CULL_BATCH: usize = 64;
+/// After a cull fails with an I/O error on a live cache, wait this long before the next.
+const CULL_PAUSE: Duration = Duration::from_secs(1);
 /// Idle tick: re-reads the kernel's state and re-evaluates throttled rescans.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -138,6 +140,7 @@ pub struct Daemon<'d> {
     started: Instant,
     pub reaped: u64,
     control: Option<crate::control::ControlServer>,
+    cull_paused_until: Option<Instant>,
     dir: std::path::PathBuf,
     tag: String,
     all_limits: [u8; 6],
@@ -274,6 +277,7 @@ impl<'d> Daemon<'d> {
             started: Instant::now(),
             reaped: 0,
             control,
+            cull_paused_until: None,
             dir: config.dir.value.clone(),
             tag: config.tag.clone().unwrap_or_else(|| "CacheFiles".into()),
             all_limits: Limit::ALL.map(|l| config.limit(l)),
@@ -417,15 +421,24 @@ impl<'d> Daemon<'d> {
         if culler.wants_scan(self.status.cull, now) && self.worker.jobs.send(Job::Scan).is_ok() {
             culler.scan_started();
         }
-        if !self.status.cull {
+        if !self.status.cull || self.cull_paused_until.is_some_and(|t| now < t) {
             return Ok(());
         }
         for _ in 0..CULL_BATCH {
             let culler = self.culler.as_mut().expect("checked above");
-            match culler
-                .cull_one(&self.cache_root, self.device)
-                .map_err(DaemonError::from_device)?
-            {
+            let outcome = match culler.cull_one(&self.cache_root, self.device) {
+                Ok(outcome) => outcome,
+                Err(e) if e.cache_is_dead() => {
+                    // The kernel answers EIO both for a dead cache and for an internal error
+                    // on one object (e.g. a failed unlink); only the probe tells them apart.
+                    self.check_alive()?;
+                    log::warn!("{e}; the cache is alive, culling paused for {CULL_PAUSE:?}");
+                    self.cull_paused_until = Some(Instant::now() + CULL_PAUSE);
+                    break;
+                }
+                Err(e) => return Err(DaemonError::from_device(e)),
+            };
+            match outcome {
                 None => break,
                 Some((c, outcome)) => {
                     if log::log_enabled!(log::Level::Debug) {
@@ -461,7 +474,9 @@ impl<'d> Daemon<'d> {
     }
 
     fn has_work(&self) -> bool {
-        self.status.cull && self.culler.as_ref().is_some_and(|c| c.ready_len() > 0)
+        self.status.cull
+            && self.culler.as_ref().is_some_and(|c| c.ready_len() > 0)
+            && self.cull_paused_until.is_none_or(|t| Instant::now() >= t)
     }
 
     fn answer(&self, request: crate::control::Request) -> String {
@@ -717,7 +732,10 @@ impl<'d> Daemon<'d> {
     /// that before anything else. `tag` is refused with EEXIST on a bound, live cache and
     /// changes nothing, so it serves as the probe.
     fn check_alive(&mut self) -> Result<(), DaemonError> {
-        match self.device.send(&crate::proto::Command::Tag("liveness-probe".into())) {
+        match self
+            .device
+            .send(&crate::proto::Command::Tag("liveness-probe".into()))
+        {
             Err(e) if e.cache_is_dead() => Err(DaemonError::CacheDead(e)),
             _ => Ok(()),
         }

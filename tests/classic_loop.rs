@@ -186,3 +186,40 @@ fn nocull_never_culls() {
     assert!(p.exists());
     assert!(kernel.with(|s| s.commands.iter().all(|c| !c.starts_with("cull "))));
 }
+
+#[test]
+fn a_cull_failing_with_eio_on_a_live_cache_pauses_and_resumes() {
+    let _cwd = CWD.lock().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        object(t.path(), &format!("Ierofs,x/@00/Dx{i}"), 100 + i);
+    }
+    fs::create_dir_all(t.path().join("graveyard")).unwrap();
+    let (kernel, mut device) = FakeKernel::new();
+    kernel.with(|s| {
+        s.status.cull = true;
+        s.cull_until = 3;
+        s.fail_next = vec![("cull", nix::errno::Errno::EIO)];
+    });
+    let cfg = config(t.path(), "");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        let mut daemon = Daemon::new(&cfg, &mut device, false, None, None).unwrap();
+        tx.send(daemon.stop_handle()).unwrap();
+        daemon.run().map_err(|e| e.to_string())
+    });
+    let stop = rx.recv().unwrap();
+    let started = Instant::now();
+    wait_for("3 culls after the failure", || {
+        kernel.with(|s| s.culled.len() == 3)
+    });
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "culling paused after the EIO"
+    );
+    stop.stop();
+    runner.join().unwrap().unwrap();
+    // The oldest object was retried after the pause, not skipped.
+    let first = kernel.with(|s| s.culled[0].file_name().unwrap().to_owned());
+    assert_eq!(first, "Dx0");
+}

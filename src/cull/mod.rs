@@ -167,7 +167,14 @@ impl Culler {
         let Some(candidate) = self.ready.pop_front() else {
             return Ok(None);
         };
-        let outcome = self.cull_candidate(root, device, &candidate)?;
+        let outcome = match self.cull_candidate(root, device, &candidate) {
+            Ok(o) => o,
+            Err(e) => {
+                // Kept for the next attempt: the error may pass.
+                self.ready.push_front(candidate);
+                return Err(e);
+            }
+        };
         match outcome {
             CullOutcome::Culled { bytes } => {
                 self.stats.culled += 1;
