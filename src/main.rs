@@ -126,6 +126,7 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
         // The first worker configures and binds the device this parent holds.
         let device = open_device()?;
         let pidfile = start_service(options, logging)?;
+        drop_privileges()?;
         let worker_args: Vec<std::ffi::OsString> = std::env::args_os()
             .skip(1)
             .filter(|a| a != "--supervise")
@@ -169,11 +170,27 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
             }
         }
     }
+    drop_privileges()?;
     service::ready(device.as_fd(), "cache bound");
     let result = serve(&config, options, &mut device, source_map);
     service::stopping();
     remove_pidfile(&pidfile);
     result.map(|()| 0)
+}
+
+fn drop_privileges() -> Result<(), Failure> {
+    let kept = cachefilesd_rs::privilege::drop_privileges().map_err(|e| Failure::Os(e.into()))?;
+    let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
+    names.sort();
+    log::debug!(
+        "capabilities kept: {}",
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(" ")
+        }
+    );
+    Ok(())
 }
 
 fn open_device() -> Result<CachefilesDevice, Failure> {

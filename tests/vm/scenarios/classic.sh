@@ -83,6 +83,12 @@ daemon_pid=$!
 say "started cachefilesd, pid $daemon_pid (log: results/cachefilesd.log)"
 wait_for 30 "the daemon bound the cache (dmesg: File cache on mycache registered)" bound_or_dead
 check "cachefilesd is running" daemon_alive
+# Least privilege: after bind only DAC_OVERRIDE, DAC_READ_SEARCH and FOWNER (bits 1-3) remain,
+# in every set including the bounding set.
+caps_of() { grep "^$1:" "/proc/$daemon_pid/status" | cut -f2; }
+say "daemon capabilities: CapEff $(caps_of CapEff) CapPrm $(caps_of CapPrm) CapBnd $(caps_of CapBnd)"
+check "the daemon dropped all capabilities but DAC_OVERRIDE DAC_READ_SEARCH FOWNER" \
+  test "$(caps_of CapEff)/$(caps_of CapPrm)/$(caps_of CapBnd)/$(caps_of CapInh)" = 000000000000000e/000000000000000e/000000000000000e/0000000000000000
 check "bind created cache/ and graveyard/" test -d "$cache/cache" -a -d "$cache/graveyard"
 
 # Phase 1: populate. The last 6 manifest entries are kept unread for phase 3.
