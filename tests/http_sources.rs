@@ -337,3 +337,37 @@ fn registry_blobs_by_digest() {
         .unwrap();
     assert_eq!(e.errno(), nix::errno::Errno::ENOENT, "{e}");
 }
+
+#[test]
+fn tls_failures_and_token_refusals_fail_the_open_cleanly() {
+    let s = settings(2000, 1);
+    let agent = sources::agent(&s);
+    // https:// to a server that speaks plain HTTP: the TLS handshake fails.
+    let plain = raw_server(|_, c| {
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    });
+    let started = Instant::now();
+    let e = HttpBlob::open(format!("https://127.0.0.1:{plain}/b"), agent.clone(), &s)
+        .err()
+        .unwrap();
+    assert!(matches!(e, FetchError::Io(_)), "{e:?}");
+    assert_eq!(e.errno(), nix::errno::Errno::EIO);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A registry that demands a bearer token from a token service that refuses it.
+    let token = raw_server(|_, c| {
+        let _ = c.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    });
+    let registry = raw_server(move |_, c| {
+        let reply = format!(
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{token}/token\",service=\"r\",scope=\"repository:app:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let _ = c.write_all(reply.as_bytes());
+    });
+    let digest = "a".repeat(64);
+    let e = RegistryBlob::open(&format!("http://127.0.0.1:{registry}"), "app", &digest, agent, &s)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("token service refused: HTTP 403"), "{e}");
+    assert_eq!(e.errno(), nix::errno::Errno::EIO);
+}
