@@ -123,8 +123,10 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
         Some(lock_cache_dir(&config.dir.value).map_err(|e| Failure::Os(e.into()))?)
     };
     if options.supervise && inherited.is_none() {
-        // The first worker configures and binds the device this parent holds.
-        let device = open_device()?;
+        // The supervisor binds the cache itself, before dropping privileges: the kernel takes
+        // the cache's credentials from the process that binds. Every worker takes it over.
+        let mut device = open_device()?;
+        configure(&config, &mut device)?;
         let pidfile = start_service(options, logging)?;
         drop_privileges()?;
         let worker_args: Vec<std::ffi::OsString> = std::env::args_os()
@@ -176,6 +178,15 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
     service::stopping();
     remove_pidfile(&pidfile);
     result.map(|()| 0)
+}
+
+fn configure(config: &Config, device: &mut CachefilesDevice) -> Result<(), Failure> {
+    for command in config.commands() {
+        device
+            .send(&command)
+            .map_err(|e| bind_failure(config, &command, e))?;
+    }
+    Ok(())
 }
 
 fn drop_privileges() -> Result<(), Failure> {
@@ -260,6 +271,10 @@ fn serve(
 }
 
 fn daemon_failure(e: DaemonError) -> Failure {
+    if matches!(e, DaemonError::CacheDead(_)) {
+        // The stored fd is useless now; a restarted daemon must open a new one.
+        service::forget_stored_device();
+    }
     match e {
         DaemonError::Status(_) => Failure::Internal(e.into()),
         e => Failure::Os(e.into()),

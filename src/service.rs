@@ -5,7 +5,7 @@
 //! Keeping the device fd open across a daemon restart is what stops the kernel from
 //! withdrawing the cache (and, on demand, from failing every pending read with EIO).
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The fd name used in systemd's fd store.
 pub const FD_NAME: &str = "cachefiles";
@@ -13,8 +13,6 @@ pub const FD_NAME: &str = "cachefiles";
 pub const ENV_DEVICE_FD: &str = "CACHEFILESD_DEVICE_FD";
 /// Set by the supervisor: "1" when the device is already bound (a restart).
 pub const ENV_TAKEOVER: &str = "CACHEFILESD_TAKEOVER";
-/// Set by the supervisor: a pipe fd the worker writes one byte to once the cache is bound.
-pub const ENV_READY_FD: &str = "CACHEFILESD_READY_FD";
 
 /// A device fd passed in by whoever kept it open for us.
 pub struct Inherited {
@@ -67,15 +65,8 @@ pub fn inherited_device() -> Option<Inherited> {
     })
 }
 
-/// Tells whoever waits that the cache is bound: the supervisor's pipe, and systemd
-/// (READY=1, plus the device fd into its fd store).
+/// Tells systemd that the cache is bound (READY=1) and keeps the device fd in its fd store.
 pub fn ready(device: BorrowedFd<'_>, status: &str) {
-    if let Some(fd) = env_fd(ENV_READY_FD) {
-        std::env::remove_var(ENV_READY_FD);
-        // SAFETY: the supervisor passed this pipe's write end for exactly this message.
-        let pipe = unsafe { OwnedFd::from_raw_fd(fd) };
-        let _ = nix::unistd::write(pipe.as_fd(), b"R");
-    }
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(status),
@@ -105,4 +96,12 @@ pub fn watchdog() {
 
 pub fn stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// Removes the device fd from systemd's fd store (after the cache died).
+pub fn forget_stored_device() {
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::FdStoreRemove,
+        sd_notify::NotifyState::FdName(FD_NAME),
+    ]);
 }

@@ -3,12 +3,11 @@
 //! The kernel keeps the cache bound while any process holds the fd; on demand, the restarted
 //! worker writes `restore` and the kernel re-delivers every outstanding request.
 
-use crate::service::{ENV_DEVICE_FD, ENV_READY_FD, ENV_TAKEOVER};
+use crate::service::{ENV_DEVICE_FD, ENV_TAKEOVER};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
@@ -55,40 +54,22 @@ pub fn run(device: OwnedFd, worker_args: Vec<OsString>) -> std::io::Result<u8> {
             })?;
     }
     let exe = std::env::current_exe()?;
-    let mut bound = false;
     let mut crashes: Vec<Instant> = Vec::new();
     loop {
-        let (ready_read, ready_write) = nix::unistd::pipe()?;
+        // The supervisor bound the cache before the first worker: every worker takes it over.
         inheritable(&device, true)?;
-        inheritable(&ready_write, true)?;
         let spawned = Command::new(&exe)
             .args(&worker_args)
             .env(ENV_DEVICE_FD, device.as_raw_fd().to_string())
-            .env(ENV_TAKEOVER, if bound { "1" } else { "0" })
-            .env(ENV_READY_FD, ready_write.as_raw_fd().to_string())
+            .env(ENV_TAKEOVER, "1")
             .spawn();
         inheritable(&device, false)?;
-        drop(ready_write);
         let mut child = spawned?;
         child_pid.store(child.id() as i32, Ordering::SeqCst);
         if terminating.load(Ordering::SeqCst) {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         }
-        log::info!(
-            "worker {} started{}",
-            child.id(),
-            if bound {
-                " (taking over the bound cache)"
-            } else {
-                ""
-            }
-        );
-        // EOF when the worker exits; one byte once it has bound the cache.
-        let mut ready = Vec::new();
-        let _ = std::fs::File::from(ready_read).read_to_end(&mut ready);
-        if !ready.is_empty() {
-            bound = true;
-        }
+        log::info!("worker {} started", child.id());
         let status = child.wait()?;
         child_pid.store(0, Ordering::SeqCst);
         match (status.code(), status.signal()) {
@@ -101,10 +82,6 @@ pub fn run(device: OwnedFd, worker_args: Vec<OsString>) -> std::io::Result<u8> {
             }
             _ if terminating.load(Ordering::SeqCst) => return Ok(0),
             (code, signal) => {
-                if !bound {
-                    log::error!("worker failed before binding the cache (status {code:?}, signal {signal:?})");
-                    return Ok(3);
-                }
                 let now = Instant::now();
                 crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
                 crashes.push(now);

@@ -356,7 +356,8 @@ fn tls_failures_and_token_refusals_fail_the_open_cleanly() {
 
     // A registry that demands a bearer token from a token service that refuses it.
     let token = raw_server(|_, c| {
-        let _ = c.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = c
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     });
     let registry = raw_server(move |_, c| {
         let reply = format!(
@@ -365,9 +366,18 @@ fn tls_failures_and_token_refusals_fail_the_open_cleanly() {
         let _ = c.write_all(reply.as_bytes());
     });
     let digest = "a".repeat(64);
-    let e = RegistryBlob::open(&format!("http://127.0.0.1:{registry}"), "app", &digest, agent, &s)
-        .err()
-        .unwrap();
-    assert!(e.to_string().contains("token service refused: HTTP 403"), "{e}");
+    let e = RegistryBlob::open(
+        &format!("http://127.0.0.1:{registry}"),
+        "app",
+        &digest,
+        agent,
+        &s,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string().contains("token service refused: HTTP 403"),
+        "{e}"
+    );
     assert_eq!(e.errno(), nix::errno::Errno::EIO);
 }
