@@ -1,0 +1,313 @@
+//! The cull scanner against `find` on the same tree, and its peak RSS at several tree sizes.
+//!
+//! Trees are made in the kernel's layout (cache/I<volume>/@00..@ff/D<key>, empty files, every
+//! atime distinct) under `$BENCH_DIR` (default `target/bench-tree`) and reused between runs.
+//!
+//! cargo bench --bench scan                      # 50k, 200k and 1M objects
+//! SCAN_SIZES=50000,200000 cargo bench --bench scan
+//!
+//! Hidden modes (the bench re-executes itself to measure a scan's peak RSS in a fresh process):
+//! `scan --scan-child <cache dir> <capacity>` and `scan --noop-child`.
+
+use cachefilesd_rs::cull::scan::scan;
+use cachefilesd_rs::cull::tree::dir_flags;
+use nix::dir::Dir;
+use nix::sys::stat::Mode;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CULLTABLE: usize = 4096;
+const RUNS: usize = 3;
+/// The oldest object's atime; object i gets BASE + (i * STRIDE) mod n, so the atimes are
+/// exactly BASE..BASE+n, all distinct and unrelated to directory order.
+const BASE: i64 = 1_600_000_000;
+/// Prime and coprime with every size made of 2s and 5s (50k, 200k, 1M).
+const STRIDE: u64 = 7919;
+const VOLUMES: [&str; 4] = [
+    "I9p,virtio0,hostshare",
+    "Ierofs,domain-a",
+    "Ierofs,5f2b6c1e9a0d4e8fb2c3a7d1e6f90b4c",
+    "Infs,4,0.0.0.0,2049,fsc,1,1",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--scan-child") => return scan_child(&args[2], args[3].parse().expect("capacity")),
+        Some("--noop-child") => return,
+        Some("--rss-runner") => return rss_runner(&args[2..]),
+        _ => {}
+    }
+    let base = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-tree"));
+    let sizes: Vec<u64> = std::env::var("SCAN_SIZES")
+        .unwrap_or_else(|_| "50000,200000,1000000".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("SCAN_SIZES: comma-separated counts")
+        })
+        .collect();
+    println!("# scan bench: culltable {CULLTABLE}, {RUNS} alternating runs each after one warm-up run, medians");
+    println!("# trees under {}", base.display());
+    let noop = child_rss(&[exe(), "--noop-child".into()], None);
+    println!(
+        "# baseline RSS of this binary doing nothing: {} KiB",
+        noop.max_rss_kib
+    );
+    println!();
+    println!("| objects | make tree | ours (median) | find (median) | ours/find | ours objects/s | scan child max RSS | find max RSS |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for n in sizes {
+        let tree = base.join(format!("tree-{n}"));
+        let made = ensure_tree(&tree, n);
+        let cache = tree.join("cache");
+
+        // Warm-up (dentries and inodes in memory), then alternate.
+        ours(&cache, n);
+        find(&tree);
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for _ in 0..RUNS {
+            a.push(ours(&cache, n));
+            b.push(find(&tree));
+        }
+        let (ma, mb) = (median(&mut a), median(&mut b));
+
+        let rss = child_rss(
+            &[
+                exe(),
+                "--scan-child".into(),
+                cache.display().to_string(),
+                CULLTABLE.to_string(),
+            ],
+            None,
+        );
+        assert_eq!(
+            rss.stdout.trim(),
+            n.to_string(),
+            "scan child saw every object"
+        );
+        let find_rss = child_rss(
+            &[
+                "find".into(),
+                "cache".into(),
+                "-printf".into(),
+                "%A@ %p\\n".into(),
+            ],
+            Some(&tree),
+        );
+        println!(
+            "| {n} | {} | {} | {} | {:.2}x | {:.0} | {} KiB | {} KiB |",
+            made.map_or("reused".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            ms(ma),
+            ms(mb),
+            ma.as_secs_f64() / mb.as_secs_f64(),
+            n as f64 / ma.as_secs_f64(),
+            rss.max_rss_kib,
+            find_rss.max_rss_kib,
+        );
+        eprintln!(
+            "  n={n}: ours {:?} find {:?}",
+            a.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            b.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn open_dir(p: &Path) -> Dir {
+    Dir::open(p, dir_flags(), Mode::empty()).expect("opening the cache dir")
+}
+
+/// One scan; checks it found every object and kept exactly the oldest CULLTABLE.
+fn ours(cache: &Path, n: u64) -> Duration {
+    let root = open_dir(cache);
+    let t = Instant::now();
+    let r = scan(&root, CULLTABLE);
+    let d = t.elapsed();
+    assert_eq!(r.objects, n, "objects seen");
+    assert_eq!(r.oddities_seen, 0);
+    let keep = CULLTABLE.min(n as usize);
+    assert_eq!(r.candidates.len(), keep);
+    assert_eq!(r.candidates[0].atime.0, BASE);
+    assert_eq!(r.candidates[keep - 1].atime.0, BASE + keep as i64 - 1);
+    d
+}
+
+fn find(tree: &Path) -> Duration {
+    let t = Instant::now();
+    let status = Command::new("find")
+        .arg("cache")
+        .arg("-printf")
+        .arg("%A@ %p\\n")
+        .current_dir(tree)
+        .stdout(Stdio::null())
+        .status()
+        .expect("running find");
+    let d = t.elapsed();
+    assert!(status.success());
+    d
+}
+
+fn scan_child(cache: &str, capacity: usize) {
+    let r = scan(&open_dir(Path::new(cache)), capacity);
+    println!("{}", r.objects);
+}
+
+fn exe() -> String {
+    std::env::current_exe().unwrap().display().to_string()
+}
+
+struct ChildRun {
+    max_rss_kib: i64,
+    stdout: String,
+}
+
+/// Peak RSS of `argv` run to completion, as wait4 reports it. The measuring is done by a
+/// fresh, small copy of this binary (`--rss-runner`): a process's max RSS starts at the
+/// high-water mark of the image it exec'd from (Rust spawns with vfork semantics), so a child
+/// spawned from this bench process would inherit our own high-water mark.
+fn child_rss(argv: &[String], cwd: Option<&Path>) -> ChildRun {
+    let mut cmd = Command::new(exe());
+    cmd.arg("--rss-runner").args(argv).stdin(Stdio::null());
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let out = cmd.output().expect("running the RSS runner");
+    assert!(out.status.success(), "{argv:?} failed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rss, stdout) = text.split_once('\n').expect("runner output");
+    ChildRun {
+        max_rss_kib: rss.trim().parse().expect("max RSS"),
+        stdout: stdout.to_string(),
+    }
+}
+
+/// Runs argv, prints its max RSS (KiB) on the first line, then the start of its output.
+// The child is reaped by wait4 (for its rusage), not by Child::wait.
+#[allow(clippy::zombie_processes)]
+fn rss_runner(argv: &[String]) {
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawning the child");
+    let mut stdout = String::new();
+    let mut pipe = child.stdout.take().unwrap();
+    let mut buf = [0u8; 65536];
+    // find's output is large: keep only the start, drain the rest.
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                if stdout.len() < 4096 {
+                    stdout.push_str(&String::from_utf8_lossy(&buf[..k]));
+                }
+            }
+            Err(e) => panic!("reading the child's output: {e}"),
+        }
+    }
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `child.id()` is our unwaited child; both pointers are to live locals.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed: {status:#x}"
+    );
+    print!(
+        "{}\n{}",
+        usage.ru_maxrss,
+        if argv[0] == "find" { "" } else { &stdout }
+    );
+}
+
+/// Makes the tree unless a complete one of this size is there; returns how long making took.
+fn ensure_tree(tree: &Path, n: u64) -> Option<Duration> {
+    let marker = tree.join(".complete");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(&n.to_string()) {
+        return None;
+    }
+    if tree.exists() {
+        std::fs::remove_dir_all(tree).expect("removing an incomplete tree");
+    }
+    let t = Instant::now();
+    let cache = tree.join("cache");
+    for v in VOLUMES {
+        for x in 0..256 {
+            std::fs::create_dir_all(cache.join(v).join(format!("@{x:02x}"))).unwrap();
+        }
+    }
+    // One thread per volume: object i lives in volume i % 4, fanout (i / 4) % 256.
+    std::thread::scope(|s| {
+        for (vi, v) in VOLUMES.iter().enumerate() {
+            let vdir = cache.join(v);
+            s.spawn(move || {
+                let fanouts: Vec<Dir> = (0..256)
+                    .map(|x| open_dir(&vdir.join(format!("@{x:02x}"))))
+                    .collect();
+                let mut i = vi as u64;
+                while i < n {
+                    let dir = &fanouts[((i / VOLUMES.len() as u64) % 256) as usize];
+                    let atime = BASE + ((i * STRIDE) % n) as i64;
+                    make_object(dir, i, atime);
+                    i += VOLUMES.len() as u64;
+                }
+            });
+        }
+    });
+    std::fs::write(&marker, n.to_string()).unwrap();
+    Some(t.elapsed())
+}
+
+/// An empty `D<key>` file with the given atime (and an mtime a little later).
+fn make_object(dir: &Dir, i: u64, atime: i64) {
+    let name = CString::new(format!("D{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))).unwrap();
+    // SAFETY: a valid dirfd and NUL-terminated name; the returned fd is closed below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "creating an object: {}",
+        std::io::Error::last_os_error()
+    );
+    let times = [
+        libc::timespec {
+            tv_sec: atime,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: atime + 60,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: the name is NUL-terminated and `times` holds the two timespecs utimensat reads.
+    let rc = unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(rc, 0, "utimensat: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is ours and closed exactly once.
+    unsafe { libc::close(fd) };
+}
