@@ -491,7 +491,26 @@ pub fn serve_read(
     if start >= end {
         return Ok(0);
     }
-    let mut pages = vec![Page([0; 4096]); (CHUNK as u64).min(end - start).div_ceil(PAGE) as usize];
+    thread_local! {
+        /// One chunk per worker thread, reused: no page-aligned allocation (which glibc always
+        /// serves with mmap + munmap) and no zero-filling per READ.
+        static PAGES: std::cell::RefCell<Vec<Page>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    PAGES.with_borrow_mut(|pages| serve_chunks(blob, fd, start, end, pages))
+}
+
+fn serve_chunks(
+    blob: &dyn Blob,
+    fd: &OwnedFd,
+    start: u64,
+    end: u64,
+    pages: &mut Vec<Page>,
+) -> Result<u64, String> {
+    let size = blob.size();
+    let want = (CHUNK as u64).min(end - start).div_ceil(PAGE) as usize;
+    if pages.len() < want {
+        pages.resize(want, Page([0; 4096]));
+    }
     let mut pos = start;
     let mut written = 0;
     while pos < end {
