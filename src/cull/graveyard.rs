@@ -2,7 +2,7 @@
 //! deletion to the daemon. Removal uses dirfds and unlinkat only: a symlink inside is removed
 //! as a link, never followed.
 
-use super::tree::{file_type, open_dir_at, stat_at};
+use super::tree::{file_type, open_dir_at, stat_at, RawDir};
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::sys::stat::SFlag;
@@ -60,7 +60,7 @@ fn empty_dir(mut dir: Dir, depth: usize, path: &mut String, report: &mut ReapRep
             }
         }
     }
-    let parent = Fd(fd);
+    let parent = RawDir(fd);
     for (name, kind) in entries {
         let is_dir = match kind {
             Some(Type::Directory) => true,
@@ -99,13 +99,6 @@ fn empty_dir(mut dir: Dir, depth: usize, path: &mut String, report: &mut ReapRep
             Err(Errno::ENOENT) => {}
             Err(e) => fail(report, &shown, e),
         }
-    }
-}
-
-struct Fd(std::os::fd::RawFd);
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
     }
 }
 

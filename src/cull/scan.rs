@@ -3,7 +3,7 @@
 //! culltable size whatever the size of the cache. No `inuse` writes: the kernel refuses to
 //! cull an object in use (EBUSY) and that answer is taken at cull time.
 
-use super::tree::{file_type, open_dir_at, stat_at};
+use super::tree::{file_type, open_dir_at, stat_at, RawDir};
 use nix::dir::{Dir, Type};
 use nix::sys::stat::SFlag;
 use std::cmp::Ordering;
@@ -240,14 +240,6 @@ fn walk(
             }
             Err(_) => report.vanished += 1,
         }
-    }
-}
-
-/// Borrowed view of a raw dirfd while its `Dir` is being iterated.
-struct RawDir(std::os::fd::RawFd);
-impl AsRawFd for RawDir {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
     }
 }
 

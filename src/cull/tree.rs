@@ -40,3 +40,13 @@ pub fn open_path(root: &impl AsRawFd, components: &[Box<[u8]>]) -> Result<Dir, E
     }
     Ok(dir)
 }
+
+/// A raw dirfd borrowed while its `Dir` is being iterated (iteration borrows the `Dir`
+/// mutably, yet entries must be looked up relative to it).
+pub struct RawDir(pub std::os::fd::RawFd);
+
+impl AsRawFd for RawDir {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}

@@ -66,7 +66,9 @@ while [ $r -le "$runs" ]; do
     if [ "$rc" = 137 ]; then hangs=$((hangs + 1)); elif [ "$rc" != 0 ]; then wrong=$((wrong + 1)); grep -v ': OK$' /tmp/v$n.out | head -n 3; fi
     n=$((n + 1))
   done
-  umount /mnt
+  # busybox timeout leaves a watcher process (cwd /mnt) for up to a second after its command.
+  unmounted() { umount /mnt 2>/dev/null; }
+  wait_for 10 "run $r: umount" unmounted
   end_run "$r"
   # A cold cache for the next run.
   "$ctl" --dir "$cache" invalidate --volume erofs,soak --key soak >/dev/null 2>&1
