@@ -6,6 +6,8 @@
 #   * busybox (Debian's busybox-static) plus a symlink per applet,
 #   * mkfs.erofs (erofs-utils) and mke2fs/mkfs.ext4 (e2fsprogs; busybox's mke2fs cannot make ext4),
 #   * every BIN given (e.g. target/release/cachefilesd) in /usr/sbin,
+#   * every SRC:NAME word of $VM_EXTRA_BINS as /usr/sbin/NAME (e.g. Debian's C daemon as
+#     cachefilesd-c, next to ours),
 #   * the shared libraries ldd reports for all of the dynamic executables above, at the paths
 #     ldd reports (so the loader stays at /lib64/ld-linux-x86-64.so.2),
 #   * tests/vm/scenarios/ as /scenarios (plus $VM_EXTRA_SCENARIOS/, if set),
@@ -68,6 +70,15 @@ for bin in "$@"; do
   [ -f "$bin" ] || { log "no such binary: $bin"; exit 1; }
   add_exe "$bin" "usr/sbin/$(basename "$bin")"
   log "added $(basename "$bin")"
+done
+for spec in ${VM_EXTRA_BINS:-}; do
+  src=${spec%%:*}
+  name=${spec#*:}
+  [ "$src" != "$spec" ] && [ -n "$name" ] && [ "${name#*/}" = "$name" ] ||
+    { log "VM_EXTRA_BINS wants SRC:NAME words, got '$spec'"; exit 2; }
+  [ -f "$src" ] || { log "no such binary: $src"; exit 1; }
+  add_exe "$src" "usr/sbin/$name"
+  log "added $src as /usr/sbin/$name"
 done
 
 # Shared libraries: copy each path ldd resolves (dereferenced) to the same path in the image.

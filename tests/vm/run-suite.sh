@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the VM test scenarios:
-#   run-suite.sh [SCENARIO...]        (default: every tests/vm/scenarios/*.sh)
+#   run-suite.sh [SCENARIO...]        (default: every tests/vm/scenarios/*.sh except those whose
+#                                      header says "# vm-default: no": benchmarks, run by name)
 #
 # Steps: build (or reuse) the kernel with build-kernel.sh; `cargo build --release --locked`;
 # one initramfs with the release binaries (cachefilesd, and cachefilesctl if it exists); then one
@@ -25,6 +26,16 @@
 #   VM_DATA=DIR               share DIR read-only as 9p tag `data` (mounted at /data)
 #   VM_APPEND="A=b ..."       extra kernel command line; unknown NAME=value words reach the
 #                             scenarios as environment variables
+#   VM_DISK=prefilled-N       cache disk for every scenario run (default: the scenario's
+#                             "# vm-disk: prefilled-N" header, else a fresh empty ext4): a cache
+#                             of N 4 KiB objects with known atimes, made on the host by
+#                             make-prefilled-cache.py (cached in target/vm/prefilled-N)
+#   VM_DISK_COPIES=K          identical copies of that disk (/dev/vda, /dev/vdb, ...; default:
+#                             the "# vm-disk-copies: K" header, else 1)
+#   VM_EXTRA_BINS="SRC:NAME ..." more binaries for /usr/sbin under the given names; scenarios
+#                             with the header "# vm-needs: c-cachefilesd" get Debian's C daemon
+#                             as /usr/sbin/cachefilesd-c (fetch-c-cachefilesd.sh, apt-get download)
+#                             plus the LD_PRELOAD shim c-cachefilesd-nodnotify.c (needs cc)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -32,11 +43,17 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 vmdir=$target/vm
 log() { echo "run-suite: $*" >&2; }
 
+# header FILE KEY: the value of the first "# vm-KEY: value" line of a scenario script.
+header() { sed -n "s/^# vm-$2: *\([^ ]*\).*/\1/p" "$1" | head -n 1; }
 if [ $# -gt 0 ]; then
   scenarios=("$@")
 else
   scenarios=()
   for f in "$here"/scenarios/*.sh; do
+    if [ "$(header "$f" default)" = no ]; then
+      log "not in the default run: $(basename "$f" .sh) (run it by name)"
+      continue
+    fi
     scenarios+=("$(basename "$f" .sh)")
   done
 fi
@@ -87,10 +104,27 @@ if [ "$cargo_ok" = 1 ] && [ -z "${VM_BINS:-}" ]; then
   done
 fi
 
-# 3. One initramfs for all scenarios.
+# 3. One initramfs for all scenarios, with the extra binaries they ask for.
 mkdir -p "$vmdir"
+extra_bins=${VM_EXTRA_BINS:-}
+for s in "${scenarios[@]}"; do
+  if [ "$(header "$(script_of "$s")" needs)" = c-cachefilesd ] && [[ " $extra_bins" != *:cachefilesd-c* ]]; then
+    if c_daemon=$("$here/fetch-c-cachefilesd.sh" | tail -n 1) && [ -x "$c_daemon" ]; then
+      extra_bins="$extra_bins $c_daemon:cachefilesd-c"
+      # The test kernel has no dnotify, which the C daemon needs (see the shim's comment).
+      shim=$vmdir/cachefilesd-c-nodnotify.so
+      if cc -shared -fPIC -O2 -o "$shim" "$here/c-cachefilesd-nodnotify.c" -ldl; then
+        extra_bins="$extra_bins $shim:cachefilesd-c-nodnotify.so"
+      else
+        log "WARNING: cannot build the nodnotify shim (no cc?); the C daemon will exit at its first reap"
+      fi
+    else
+      log "WARNING: could not fetch Debian's cachefilesd; $s will fail or skip"
+    fi
+  fi
+done
 initrd=$vmdir/initramfs.cpio.gz
-"$here/build-initramfs.sh" "$initrd" ${bins[@]+"${bins[@]}"}
+VM_EXTRA_BINS=$extra_bins "$here/build-initramfs.sh" "$initrd" ${bins[@]+"${bins[@]}"}
 
 # 4. The scenarios.
 "$here/make-fscached-data.sh" "$vmdir/fscached"
@@ -103,16 +137,33 @@ for s in "${scenarios[@]}"; do
   results=$vmdir/$s
   rm -rf "$results"
   mkdir -p "$results"
-  timeout=${VM_TIMEOUT:-$(sed -n 's/^# vm-timeout: *\([0-9][0-9]*\).*/\1/p' "$(script_of "$s")" | head -n 1)}
+  timeout=${VM_TIMEOUT:-$(header "$(script_of "$s")" timeout)}
   timeout=${timeout:-300}
   # "# vm-smp: N" in a scenario pins its CPU count (VM_SMP overrides every scenario).
-  smp=${VM_SMP:-$(sed -n 's/^# vm-smp: *\([0-9][0-9]*\).*/\1/p' "$(script_of "$s")" | head -n 1)}
+  smp=${VM_SMP:-$(header "$(script_of "$s")" smp)}
   smp=${smp:-2}
+  # "# vm-disk: prefilled-N": a cache disk pre-filled on the host (make-prefilled-cache.py).
+  disk=${VM_DISK:-$(header "$(script_of "$s")" disk)}
+  copies=${VM_DISK_COPIES:-$(header "$(script_of "$s")" disk-copies)}
+  disk_args=(--disk-copies "${copies:-1}")
+  case "$disk" in
+    '') ;;
+    prefilled-[0-9]*)
+      n=${disk#prefilled-}
+      "$here/make-prefilled-cache.py" "$n" "$vmdir/$disk"
+      disk_args+=(--disk-from "$vmdir/$disk/tree" --disk-size "$(cat "$vmdir/$disk/disk-size")"
+        --disk-inodes "$(cat "$vmdir/$disk/inodes")")
+      # The scenario learns N from the kernel command line (unknown words become env vars).
+      disk_append="prefilled_objects=$n"
+      ;;
+    *) log "unknown disk '$disk' for $s (want prefilled-N)"; exit 2 ;;
+  esac
   start=$(date +%s)
   set +e
   "$here/run-vm.sh" --kernel "$kernel" --initrd "$initrd" --scenario "$s" --results "$results" \
     --fscached "$vmdir/fscached" --timeout "$timeout" --smp "$smp" --mem "${VM_MEM:-1024M}" \
-    ${VM_DATA:+--data "$VM_DATA"} ${VM_APPEND:+--append "$VM_APPEND"}
+    "${disk_args[@]}" ${VM_DATA:+--data "$VM_DATA"} \
+    --append "${VM_APPEND:-}${disk:+ $disk_append}"
   rc=$?
   set -e
   seconds[$s]=$(( $(date +%s) - start ))

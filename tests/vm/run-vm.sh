@@ -2,11 +2,17 @@
 # Boots the test kernel + initramfs under qemu (TCG) and runs one scenario:
 #   run-vm.sh --kernel K --initrd I --scenario NAME --results DIR
 #             [--data DIR] [--fscached DIR] [--timeout SEC] [--smp N] [--mem M] [--disk-size S]
+#             [--disk-from TREE [--disk-inodes N] [--disk-copies K]]
 #             [--append "KERNEL ARGS"]   (NAME=value words the kernel does not know end up in the
 #                                         environment of /init and so of the scenario)
 #
 # Guest hardware:
-#   /dev/vda   fresh sparse ext4 image (DIR/cache.img, --disk-size, default 256M) for the cache,
+#   /dev/vda   fresh sparse ext4 image (DIR/cache.img, --disk-size, default 256M) for the cache;
+#              with --disk-from TREE it is populated from the host directory TREE (mke2fs -d:
+#              contents, modes, owners and atimes/mtimes to the second), with --disk-inodes
+#              inodes (mke2fs -N) if given (make-prefilled-cache.py makes such trees),
+#   /dev/vdb.. --disk-copies K (default 1): K-1 more identical copies of that image
+#              (DIR/cache-2.img ...), e.g. to run two daemons on the same starting state,
 #   9p `results`  DIR, read-write: the guest writes status, output.log, dmesg.txt there,
 #   9p `fscached` a host directory of test files for cache=fscache mounts (read-only; default
 #                 target/vm/fscached, created by make-fscached-data.sh). Always present, and on
@@ -23,6 +29,7 @@ log() { echo "run-vm: $*" >&2; }
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 kernel= initrd= scenario= results= data= fscached= timeout=300 smp=2 mem=1024M disk_size=256M extra_append=
+disk_from= disk_inodes= disk_copies=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --kernel) kernel=$2; shift 2 ;;
@@ -36,6 +43,9 @@ while [ $# -gt 0 ]; do
     --mem) mem=$2; shift 2 ;;
     --disk-size) disk_size=$2; shift 2 ;;
     --append) extra_append=$2; shift 2 ;;
+    --disk-from) disk_from=$2; shift 2 ;;
+    --disk-inodes) disk_inodes=$2; shift 2 ;;
+    --disk-copies) disk_copies=$2; shift 2 ;;
     -h|--help) usage ;;
     *) log "unknown argument: $1"; usage ;;
   esac
@@ -45,11 +55,13 @@ done
 [ -f "$initrd" ] || { log "no initramfs at $initrd"; exit 1; }
 [ -z "$data" ] || [ -d "$data" ] || { log "--data $data is not a directory"; exit 1; }
 case "$timeout" in ''|*[!0-9]*) log "--timeout wants seconds"; exit 2 ;; esac
+[ -z "$disk_from" ] || [ -d "$disk_from" ] || { log "--disk-from $disk_from is not a directory"; exit 1; }
+case "$disk_copies" in [1-9]) ;; *) log "--disk-copies wants 1..9"; exit 2 ;; esac
 
 mkdir -p "$results"
 results=$(cd "$results" && pwd)
 # Results of an earlier run must not be mistaken for this one's.
-rm -f "$results"/{status,output.log,dmesg.txt,console.log,cache.img,cachefilesd.log}
+rm -f "$results"/{status,output.log,dmesg.txt,console.log,cache.img,cachefilesd.log} "$results"/cache-[0-9].img
 
 fscached=${fscached:-$repo/target/vm/fscached}
 "$here/make-fscached-data.sh" "$fscached"
@@ -58,7 +70,23 @@ fscached=${fscached:-$repo/target/vm/fscached}
 # compares with its thresholds) is simply the free space; 4 KiB blocks regardless of size.
 PATH=$PATH:/usr/sbin:/sbin
 truncate -s "$disk_size" "$results/cache.img"
-mke2fs -q -F -t ext4 -m 0 -b 4096 -L fscache "$results/cache.img"
+if [ -n "$disk_from" ]; then
+  # Needs e2fsprogs >= 1.43 (-d). Zero blocks in the source files become holes.
+  disk_start=$(date +%s.%N)
+  mke2fs -q -F -t ext4 -m 0 -b 4096 -L fscache ${disk_inodes:+-N "$disk_inodes"} \
+    -d "$disk_from" "$results/cache.img"
+  for i in $(seq 2 "$disk_copies"); do
+    cp --sparse=always "$results/cache.img" "$results/cache-$i.img"
+  done
+  log "cache disk from $disk_from ($disk_size, $disk_copies cop$([ "$disk_copies" = 1 ] && echo y || echo ies)):" \
+    "$(awk -v a="$disk_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s"
+else
+  mke2fs -q -F -t ext4 -m 0 -b 4096 -L fscache "$results/cache.img"
+  for i in $(seq 2 "$disk_copies"); do
+    truncate -s "$disk_size" "$results/cache-$i.img"
+    mke2fs -q -F -t ext4 -m 0 -b 4096 -L fscache "$results/cache-$i.img"
+  done
+fi
 
 # The guest watchdog in /init fires 20 s before the host kills qemu, so a hang still leaves
 # dmesg and a process list in DIR.
@@ -71,6 +99,9 @@ qemu=(qemu-system-x86_64 -nographic -no-reboot -accel tcg -smp "$smp" -m "$mem"
   -drive "file=$results/cache.img,if=virtio,format=raw,cache=unsafe"
   -virtfs "local,path=$results,mount_tag=results,security_model=none,id=results"
   -virtfs "local,path=$fscached,mount_tag=fscached,security_model=none,id=fscached,readonly=on")
+for i in $(seq 2 "$disk_copies"); do
+  qemu+=(-drive "file=$results/cache-$i.img,if=virtio,format=raw,cache=unsafe")
+done
 if [ -n "$data" ]; then
   qemu+=(-virtfs "local,path=$data,mount_tag=data,security_model=none,id=data,readonly=on")
 fi

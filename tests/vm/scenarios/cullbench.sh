@@ -1,0 +1,130 @@
+#!/bin/sh
+# vm-timeout: 420
+# vm-smp: 2
+# vm-disk: prefilled-20000
+# vm-disk-copies: 2
+# vm-default: no
+# vm-needs: c-cachefilesd
+# Benchmark, not in the default suite (run-suite.sh runs it only by name; it downloads Debian's
+# cachefilesd package):
+#   tests/vm/run-suite.sh cullbench                              # N = 20,000
+#   VM_DISK=prefilled-100000 tests/vm/run-suite.sh cullbench     # N = 100,000
+# Time from daemon start until the kernel's free-block count reaches brun, on the same
+# pre-filled cache (two identical disks made from one make-prefilled-cache.py tree: /dev/vda for
+# Debian's C cachefilesd 0.10.10 as /usr/sbin/cachefilesd-c, /dev/vdb for ours), with the limits
+# of the measurement in cachefilesd-compat.md (brun 20 %, bcull 10 %, bstop 3 %, 6.5 % free at
+# the start). Each disk is mounted, surveyed and topped up with a filler, then the page cache is
+# dropped (if the kernel has /proc/sys/vm/drop_caches), then the daemon starts; the shell polls
+# statfs every 0.05 s. The C daemon is run up to 3 times if it exits before brun without culling
+# anything (the cache is then unchanged); what happened is reported. Our daemon must reach brun
+# and keep LRU order (checks); the C daemon's results are reported, not checked.
+# Result lines start with "BENCH" (and "RATIO"); results/cachefilesd-c*.log and
+# results/cachefilesd.log hold the daemons' stderr.
+. /scenarios/lib/common.sh
+
+cache=/var/cache/fscache
+conf=/etc/cachefilesd.conf
+ours=/usr/sbin/cachefilesd
+c_daemon=/usr/sbin/cachefilesd-c
+. /scenarios/lib/prefilled.sh
+
+[ -x "$ours" ] || fail "no $ours in the initramfs"
+[ -x "$c_daemon" ] || fail "no $c_daemon in the initramfs (run-suite.sh fetches it for '# vm-needs: c-cachefilesd'; apt-get download cachefilesd failed?)"
+limit=$(( 30 + ${N:-0} / 1000 ))
+shim=/usr/sbin/cachefilesd-c-nodnotify.so
+c_preload=
+
+on_fail() {
+  echo "--- logs (tail)"; tail -n 20 /results/cachefilesd*.log 2>/dev/null
+  echo "--- df"; df "$cache" 2>/dev/null
+  echo "--- dmesg (tail)"; dmesg | tail -n 30
+}
+drop_caches() {
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then
+    echo 3 >/proc/sys/vm/drop_caches && cold="page cache dropped before start"
+  else
+    cold="no drop_caches: inodes warm from the survey"
+  fi
+}
+unmount_cache() {
+  _n=0
+  while ! umount "$cache" 2>/dev/null; do
+    _n=$((_n + 1))
+    [ $_n -lt 50 ] || fail "cannot umount $cache"
+    sleep 0.2
+  done
+}
+stop_run() { # PID: SIGTERM if still running; sets daemon_rc
+  if alive "$1"; then stop_daemon "$1"; else daemon_rc=$run_rc; fi
+}
+# report DAEMON ATTEMPT: one BENCH line from the run_to_brun variables and a survey.
+report() {
+  survey
+  _note=
+  [ "$1" = c ] && [ -n "$c_preload" ] && _note=" (nodnotify shim)"
+  say "BENCH n=$N daemon=$1 attempt=$2$_note result=$run_result seconds=$(secs "$run_cs") cpu=$(secs "$run_cpu_cs") user+sys=$run_cpu_split" \
+    "culled=$culled oldest_left=${min_left:-none} lru=$( [ "$left" -eq 0 ] || [ "$min_left" -eq "$culled" ] && echo yes || echo NO)" \
+    "free_blocks=$(fs_bavail "$cache") brun_blocks=$brun_blocks (${cold})"
+}
+
+say "N=$N objects; limit ${limit}s per run; $(grep -c ^processor /proc/cpuinfo) CPU(s); $($c_daemon -v 2>&1 | head -n 1)"
+
+# 1. The C daemon on /dev/vda.
+prefilled_mount /dev/vda
+c_result=none c_cs=0 c_attempts=0
+while [ $c_attempts -lt 3 ]; do
+  c_attempts=$((c_attempts + 1))
+  drop_caches
+  log=cachefilesd-c-$c_attempts
+  run_to_brun "$log" "$limit" env ${c_preload:+LD_PRELOAD=$c_preload} "$c_daemon" -n -s -f "$conf"
+  c_pid=$run_pid
+  report c "$c_attempts"
+  c_result=$run_result c_cs=$run_cs
+  [ "$run_result" = brun ] && { stop_run "$c_pid"; break; }
+  if [ "$run_result" = exited ]; then
+    say "the C daemon exited with status $run_rc after $(secs "$run_cs") s, before brun; its log:"
+    sed 's/^/    /' "/results/$log.log" | tail -n 15
+    dmesg | grep -iE 'cachefiles|fscache' | tail -n 4 | sed 's/^/    dmesg: /'
+  else
+    stop_run "$c_pid"
+    say "the C daemon did not reach brun within ${limit}s (stopped, status $daemon_rc)"
+  fi
+  if grep -q 'unable to set notification on graveyard: errno 22' "/results/$log.log" && [ -z "$c_preload" ]; then
+    if [ -f "$shim" ]; then
+      c_preload=$shim
+      say "the C daemon needs dnotify (fcntl F_NOTIFY), which this kernel lacks (CONFIG_DNOTIFY):" \
+        "the next attempts run it with LD_PRELOAD=$shim (F_NOTIFY EINVAL -> 0)"
+    else
+      say "the C daemon needs dnotify, which this kernel lacks, and there is no $shim"
+    fi
+  fi
+  if [ "$culled" -ne 0 ]; then
+    say "it culled $culled objects first: the starting state is gone, no retry"
+    break
+  fi
+  # The kernel withdraws the cache when the device is closed; wait for the device to be free.
+  sleep 1
+done
+unmount_cache
+
+# 2. Ours on /dev/vdb, same starting state.
+prefilled_mount /dev/vdb
+drop_caches
+run_to_brun cachefilesd "$limit" "$ours" -n -s -f "$conf"
+ours_pid=$run_pid
+report ours 1
+ours_cs=$run_cs
+check "our daemon reached brun within ${limit}s (got: $run_result after $(secs "$run_cs") s)" test "$run_result" = brun
+check "our daemon culled oldest first" lru_in_order
+stop_daemon "$ours_pid"
+check "our daemon exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
+unmount_cache
+
+if [ "$c_result" = brun ]; then
+  say "RATIO n=$N ours/C = $(awk -v a="$ours_cs" -v b="$c_cs" 'BEGIN { printf "%.3f", a / b }')" \
+    "($(secs "$ours_cs") s / $(secs "$c_cs") s; C needed $c_attempts attempt(s))"
+else
+  say "RATIO n=$N not available: the C daemon ended with '$c_result' after $c_attempts attempt(s)"
+fi
+pass
