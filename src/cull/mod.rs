@@ -14,7 +14,7 @@ use crate::proto::{Command, Status};
 use nix::dir::Dir;
 use nix::errno::Errno;
 use scan::{Candidate, ScanReport};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,10 +60,16 @@ pub struct Culler {
     released_blocks: u64,
     resume_files: Option<u64>,
     resume_blocks: Option<u64>,
-    /// The directory the process is in, to skip repeated fchdirs.
-    cwd: Option<(Arc<scan::DirPath>, Dir)>,
+    /// Directories of the current table opened so far, keyed by their `DirPath`'s address
+    /// (the entry keeps the `Arc`, so the address cannot be reused while cached).
+    dirs: HashMap<usize, (Arc<scan::DirPath>, Dir)>,
+    /// The key of the directory the process is in, to skip repeated fchdirs.
+    cwd: Option<usize>,
     pub stats: CullStats,
 }
+
+/// Directory fds kept open between culls (a cache has 256 fanouts per volume).
+const MAX_OPEN_DIRS: usize = 1024;
 
 /// A scan that found nothing to cull is not repeated sooner than this without releases.
 const IDLE_RESCAN: Duration = Duration::from_secs(5);
@@ -86,6 +92,7 @@ impl Culler {
             released_blocks: 0,
             resume_files,
             resume_blocks,
+            dirs: HashMap::new(),
             cwd: None,
             stats: CullStats::default(),
         }
@@ -129,6 +136,11 @@ impl Culler {
                 .is_none_or(|t| now.duration_since(t) >= IDLE_RESCAN);
             return !self.last_scan_empty || self.released_files > 0 || idle;
         }
+        // While culling, refill the table before it runs dry (culls of objects that the new
+        // table lists again are cheap: they are found gone).
+        if culling && self.last_scan_overflowed && self.ready.len() <= self.capacity / 2 {
+            return true;
+        }
         // Background refresh, throttled to a tenth of the time at most.
         let rested = self.last_scan_end.is_none_or(|t| {
             now.duration_since(t)
@@ -156,6 +168,8 @@ impl Culler {
         self.stats.last_scan_duration = report.duration;
         self.stats.oddities_last_scan = report.oddities_seen;
         self.ready = report.candidates.into();
+        // The new table has new directory identities.
+        self.dirs.clear();
     }
 
     /// Culls the oldest candidate. `Ok(None)`: the table is empty.
@@ -194,23 +208,26 @@ impl Culler {
         device: &mut dyn Device,
         c: &Candidate,
     ) -> Result<CullOutcome, DeviceError> {
-        let same_dir = self
-            .cwd
-            .as_ref()
-            .is_some_and(|(p, _)| Arc::ptr_eq(p, &c.dir));
-        if !same_dir {
-            self.cwd = None;
+        let key = Arc::as_ptr(&c.dir) as usize;
+        if !self.dirs.contains_key(&key) {
+            if self.dirs.len() >= MAX_OPEN_DIRS {
+                self.dirs.clear();
+            }
             let dir = match tree::open_path(root, &c.dir.0) {
                 Ok(d) => d,
                 Err(Errno::ENOENT) => return Ok(CullOutcome::Vanished),
                 Err(_) => return Ok(CullOutcome::Changed),
             };
+            self.dirs.insert(key, (c.dir.clone(), dir));
+        }
+        let (_, dir) = &self.dirs[&key];
+        if self.cwd != Some(key) {
+            self.cwd = None;
             if nix::unistd::fchdir(dir.as_raw_fd()).is_err() {
                 return Ok(CullOutcome::Vanished);
             }
-            self.cwd = Some((c.dir.clone(), dir));
+            self.cwd = Some(key);
         }
-        let (_, dir) = self.cwd.as_ref().expect("set above");
         // Re-check: a used object has a newer atime; a replaced one a new inode.
         match tree::stat_at(dir, &c.name) {
             Ok(st) => {
