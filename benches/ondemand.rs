@@ -14,7 +14,6 @@ use cachefilesd_rs::fake::FakeKernel;
 use cachefilesd_rs::ondemand::sourcemap::{FetchSettings, SourceMap};
 use cachefilesd_rs::proto::msg::{encode_open, encode_read};
 use std::fs;
-use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -59,7 +58,7 @@ fn main() {
 
     let workers = FetchSettings::default().workers;
     let s = start(root, workers);
-    let (fd, target) = anon_file(root, "anon");
+    let (fd, target) = anon_file(&s.kernel, root, "anon");
     s.kernel.with(|k| {
         k.messages
             .push_back(encode_open(0, 1, b"erofs,img", b"img", fd))
@@ -210,7 +209,7 @@ fn start(root: &Path, workers: usize) -> Setup {
 }
 
 /// An anon fd stand-in: a file the engine writes, and a handle to read it back.
-fn anon_file(root: &Path, name: &str) -> (u32, fs::File) {
+fn anon_file(kernel: &FakeKernel, root: &Path, name: &str) -> (u32, fs::File) {
     let path = root.join(name);
     let w = fs::OpenOptions::new()
         .create(true)
@@ -219,5 +218,5 @@ fn anon_file(root: &Path, name: &str) -> (u32, fs::File) {
         .open(&path)
         .unwrap();
     let r = fs::File::open(&path).unwrap();
-    (w.into_raw_fd() as u32, r)
+    (kernel.anon_fd(w), r)
 }
