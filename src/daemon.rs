@@ -728,14 +728,9 @@ impl<'d> Daemon<'d> {
     }
 
     /// Neither the status read nor poll() reveals a cache the kernel has marked dead (after
-    /// a backing-filesystem I/O error); only writes fail, with EIO, and the kernel checks
-    /// that before anything else. `tag` is refused with EEXIST on a bound, live cache and
-    /// changes nothing, so it serves as the probe.
+    /// a backing-filesystem I/O error); see `Command::liveness_probe`.
     fn check_alive(&mut self) -> Result<(), DaemonError> {
-        match self
-            .device
-            .send(&crate::proto::Command::Tag("liveness-probe".into()))
-        {
+        match self.device.send(&crate::proto::Command::liveness_probe()) {
             Err(e) if e.cache_is_dead() => Err(DaemonError::CacheDead(e)),
             _ => Ok(()),
         }

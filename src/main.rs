@@ -140,16 +140,25 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
         return code;
     }
 
-    let (mut device, bound) = match inherited {
+    let (mut device, mut bound) = match inherited {
         Some(i) => (CachefilesDevice::from_fd(i.fd), i.bound),
         None => (open_device()?, false),
     };
+    if bound
+        && device
+            .send(&Command::liveness_probe())
+            .is_err_and(|e| e.cache_is_dead())
+    {
+        // A dead cache handed back (by the fd store after the previous daemon saw it die):
+        // let it go and start afresh, or every restart would end the same way.
+        eprintln!("cachefilesd: the inherited cache device is dead; opening a new one");
+        service::forget_stored_device();
+        drop(device);
+        device = open_device()?;
+        bound = false;
+    }
     if !bound {
-        for command in config.commands() {
-            device
-                .send(&command)
-                .map_err(|e| bind_failure(&config, &command, e))?;
-        }
+        configure(&config, &mut device)?;
     }
     let pidfile = if from_supervisor {
         cachefilesd_rs::logging::init(options.stderr, options.debug);

@@ -91,6 +91,13 @@ pub enum CommandError {
 const MAX_COMMAND_LEN: usize = 4095;
 
 impl Command {
+    /// A command that tells a live cache from a dead one and changes nothing: the kernel
+    /// answers every write with EIO once the cache is dead, checking that first; a bound, live
+    /// cache already has a tag, so `tag` is refused with EEXIST.
+    pub fn liveness_probe() -> Command {
+        Command::Tag("liveness-probe".into())
+    }
+
     pub fn keyword(&self) -> &'static str {
         match self {
             Command::Dir(_) => "dir",
