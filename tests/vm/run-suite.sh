@@ -146,8 +146,11 @@ for s in "${scenarios[@]}"; do
   disk=${VM_DISK:-$(header "$(script_of "$s")" disk)}
   copies=${VM_DISK_COPIES:-$(header "$(script_of "$s")" disk-copies)}
   disk_args=(--disk-copies "${copies:-1}")
+  # "# vm-mem: 2048M" and "# vm-disk-size: 1G" for scenarios that need more than the defaults.
+  mem=${VM_MEM:-$(header "$(script_of "$s")" mem)}
+  disk_size=$(header "$(script_of "$s")" disk-size)
   case "$disk" in
-    '') ;;
+    '') [ -z "$disk_size" ] || disk_args+=(--disk-size "$disk_size") ;;
     prefilled-[0-9]*)
       n=${disk#prefilled-}
       "$here/make-prefilled-cache.py" "$n" "$vmdir/$disk"
@@ -161,7 +164,7 @@ for s in "${scenarios[@]}"; do
   start=$(date +%s)
   set +e
   "$here/run-vm.sh" --kernel "$kernel" --initrd "$initrd" --scenario "$s" --results "$results" \
-    --fscached "$vmdir/fscached" --timeout "$timeout" --smp "$smp" --mem "${VM_MEM:-1024M}" \
+    --fscached "$vmdir/fscached" --timeout "$timeout" --smp "$smp" --mem "${mem:-1024M}" \
     "${disk_args[@]}" ${VM_DATA:+--data "$VM_DATA"} \
     --append "${VM_APPEND:-}${disk:+ $disk_append}"
   rc=$?

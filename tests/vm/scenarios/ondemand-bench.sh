@@ -1,0 +1,67 @@
+#!/bin/sh
+# vm-timeout: 900
+# vm-smp: 2
+# vm-default: no
+# vm-mem: 2048M
+# vm-disk-size: 1G
+# Benchmark: a cold read of every file of a 256 MiB EROFS image through the daemon's on-demand
+# mode (local source) against the same image loop-mounted directly, in one boot, alternating
+# (loop, daemon) x 3 with the page cache dropped and a fresh cache object before each run.
+# Prints the medians and the ratio loop/daemon (target: daemon >= 0.8x loop throughput).
+. /scenarios/lib/common.sh
+
+cache=/var/cache/fscache
+conf=/etc/cachefilesd.conf
+map=/etc/cachefilesd/ondemand.toml
+daemon=/usr/sbin/cachefilesd
+ctl=/usr/sbin/cachefilesctl
+daemon_log=/results/cachefilesd.log
+mb=${BENCH_MB:-256}
+
+check "mount the ext4 cache disk" mount -t ext4 /dev/vda "$cache"
+mkdir -p /srv/erofs /etc/cachefilesd /tmp/tree
+# Source tree on tmpfs: 64 files of mb/64 MiB each of random data.
+n=0; while [ $n -lt 64 ]; do
+  dd if=/dev/urandom of=/tmp/tree/f$n bs=1M count=$((mb / 64)) 2>/dev/null; n=$((n + 1))
+done
+check "mkfs.erofs a $mb MiB image" sh -c "mkfs.erofs --quiet /srv/erofs/big /tmp/tree >/dev/null 2>&1"
+rm -rf /tmp/tree
+say "image: $(stat -c %s /srv/erofs/big) bytes"
+printf '[[source]]\npath = "/srv/erofs/{fsid}"\n[fetch]\nworkers = 4\n' >"$map"
+printf 'dir %s\ntag mycache\nondemand %s\ncontrol none\n' "$cache" "$map" >"$conf"
+
+now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
+read_all() { find /mnt -type f | xargs cat >/dev/null; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+loop_ms= daemon_ms=
+r=1
+while [ $r -le 3 ]; do
+  drop_caches
+  t0=$(now_ms)
+  mount -t erofs -o loop,ro /srv/erofs/big /mnt || fail "loop mount"
+  read_all; umount /mnt
+  t1=$(now_ms); loop_ms="$loop_ms $((t1 - t0))"
+
+  "$ctl" --dir "$cache" invalidate --volume erofs,big --key big >/dev/null 2>&1
+  "$daemon" -n -s -f "$conf" >>"$daemon_log" 2>&1 &
+  pid=$!
+  daemon_pid=$pid
+  wait_for 30 "run $r: daemon bound" bound_or_dead
+  drop_caches
+  t0=$(now_ms)
+  timeout -s KILL 300 mount -t erofs none -o fsid=big /mnt || fail "on-demand mount"
+  read_all; umount /mnt
+  t1=$(now_ms); daemon_ms="$daemon_ms $((t1 - t0))"
+  stop_daemon "$pid"
+  dmesg -c >/dev/null
+  say "run $r: loop $(echo $loop_ms | awk '{print $NF}') ms, daemon $(echo $daemon_ms | awk '{print $NF}') ms"
+  r=$((r + 1))
+done
+median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | sed -n 2p; }
+lm=$(median $loop_ms); dm=$(median $daemon_ms)
+ratio=$(awk -v l="$lm" -v d="$dm" 'BEGIN { printf "%.2f", l / d }')
+say "RESULT: $mb MiB cold read: loop mount median $lm ms ($(awk -v m=$mb -v t=$lm 'BEGIN{printf "%.0f", m*1000/t}') MiB/s), daemon median $dm ms ($(awk -v m=$mb -v t=$dm 'BEGIN{printf "%.0f", m*1000/t}') MiB/s), daemon/loop throughput $ratio"
+check "measured both ($loop_ms / $daemon_ms)" test -n "$lm" -a -n "$dm"
+check "umount the cache disk" umount "$cache"
+pass
