@@ -35,7 +35,10 @@ impl Default for FetchSettings {
     fn default() -> Self {
         FetchSettings {
             workers: 4,
-            readahead: 0,
+            // Measured in the VM (ondemand-bench): a cold read of a 256 MiB image reached
+            // 0.36x a loop mount's throughput with 0, 0.76x with 1 MiB, 1.10x with 2 MiB;
+            // each kernel READ asks for 128 KiB and every round trip costs.
+            readahead: 2 << 20,
             timeout: Duration::from_secs(30),
             retries: 3,
         }

@@ -27,7 +27,7 @@ done
 check "mkfs.erofs a $mb MiB image" sh -c "mkfs.erofs --quiet /srv/erofs/big /tmp/tree >/dev/null 2>&1"
 rm -rf /tmp/tree
 say "image: $(stat -c %s /srv/erofs/big) bytes"
-printf '[[source]]\npath = "/srv/erofs/{fsid}"\n[fetch]\nworkers = 4\n' >"$map"
+printf "[[source]]\npath = \"/srv/erofs/{fsid}\"\n[fetch]\nworkers = 4\nreadahead = ${READAHEAD:-2097152}\n" >"$map"
 printf 'dir %s\ntag mycache\nondemand %s\ncontrol none\n' "$cache" "$map" >"$conf"
 
 now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
