@@ -153,7 +153,10 @@ fn main() {
     // RSS bounds what that many concurrent READs cost (the 64 MiB blob is read from the page
     // cache, not held in memory; the bench's own buffers are included).
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
-    println!("\npeak RSS of the whole bench process: {} KiB", usage.max_rss());
+    println!(
+        "\npeak RSS of the whole bench process: {} KiB",
+        usage.max_rss()
+    );
 }
 
 fn median(v: &mut [Duration]) -> Duration {

@@ -381,3 +381,75 @@ fn tls_failures_and_token_refusals_fail_the_open_cleanly() {
     );
     assert_eq!(e.errno(), nix::errno::Errno::EIO);
 }
+
+#[test]
+fn registry_bearer_token_handshake() {
+    // The token service hands out a token; the registry serves the blob only with it.
+    let content = data(3 * 4096 + 10);
+    let hex = sha256_hex(&content);
+    let token = raw_server(|req, c| {
+        let ok = req.starts_with("GET /token?") && req.contains("scope=repository%3Aapp%3Apull");
+        let reply = if ok {
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 22\r\nConnection: close\r\n\r\n{\"token\":\"s3cr3t-tok\"}"
+        } else {
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        };
+        let _ = c.write_all(reply.as_bytes());
+    });
+    let body = content.clone();
+    let registry = raw_server(move |req, c| {
+        if !req.contains("Authorization: Bearer s3cr3t-tok")
+            && !req.contains("authorization: Bearer s3cr3t-tok")
+        {
+            let reply = format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{token}/token\",service=\"reg\",scope=\"repository:app:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = c.write_all(reply.as_bytes());
+            return;
+        }
+        if req.starts_with("HEAD") {
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            return;
+        }
+        let range = req
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("range: bytes=")
+                    .map(str::to_string)
+            })
+            .unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b): (usize, usize) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
+        let mut reply = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len(),
+            b - a + 1
+        )
+        .into_bytes();
+        reply.extend_from_slice(&body[a..=b]);
+        let _ = c.write_all(&reply);
+    });
+    let s = settings(5000, 0);
+    let agent = sources::agent(&s);
+    let blob = RegistryBlob::open(
+        &format!("http://127.0.0.1:{registry}"),
+        "app",
+        &format!("sha256:{hex}"),
+        agent,
+        &s,
+    )
+    .unwrap();
+    assert_eq!(blob.size(), content.len() as u64);
+    let (file, fd) = write_target();
+    serve_read(&blob, &fd, 0, content.len() as u64, 0).unwrap();
+    let mut back = vec![0u8; content.len()];
+    file.as_file().read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, content);
+}
