@@ -6,6 +6,7 @@ use nix::errno::Errno;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const DEVICE_PATH: &str = "/dev/cachefiles";
@@ -117,8 +118,6 @@ impl CachefilesDevice {
         self.file.into()
     }
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 impl Device for CachefilesDevice {
     fn send(&mut self, command: &Command) -> Result<(), DeviceError> {

@@ -9,6 +9,7 @@ use nix::errno::Errno;
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
@@ -181,5 +182,3 @@ impl Device for FakeDevice {
         st.anon_fds.contains(&fd) && nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
     }
 }
-
-use std::os::unix::ffi::OsStrExt;

@@ -105,33 +105,17 @@ fn culls_the_oldest_unused_objects_until_the_kernel_is_satisfied() {
     assert!(stats.contains("culled 40"), "{stats}");
 
     let culled: Vec<PathBuf> = kernel.with(|s| s.culled.clone());
-    let expected: Vec<PathBuf> = objects[3..43]
-        .iter()
-        .map(|(_, _, p)| p.canonicalize().unwrap_or(p.clone()))
-        .collect();
-    let culled: Vec<PathBuf> = culled
-        .iter()
-        .map(|p| {
-            let parent = p.parent().unwrap().canonicalize().unwrap();
-            parent.join(p.file_name().unwrap())
-        })
-        .collect();
-    let canon = |v: &[PathBuf]| -> Vec<PathBuf> {
-        v.iter()
-            .map(|p| {
-                p.parent()
-                    .unwrap()
-                    .canonicalize()
-                    .unwrap()
-                    .join(p.file_name().unwrap())
-            })
-            .collect()
+    // The fake records `cwd/NAME`, with cwd as the kernel would see it (symlinks resolved).
+    let resolved = |p: &PathBuf| {
+        p.parent()
+            .unwrap()
+            .canonicalize()
+            .unwrap()
+            .join(p.file_name().unwrap())
     };
-    assert_eq!(
-        culled,
-        canon(&expected),
-        "culled in LRU order, in-use ones skipped"
-    );
+    let culled: Vec<PathBuf> = culled.iter().map(resolved).collect();
+    let expected: Vec<PathBuf> = objects[3..43].iter().map(|(_, _, p)| resolved(p)).collect();
+    assert_eq!(culled, expected, "culled in LRU order, in-use ones skipped");
     for (_, _, p) in &objects[..3] {
         assert!(p.exists(), "in-use object {} was removed", p.display());
     }
