@@ -566,7 +566,7 @@ impl<'d> Daemon<'d> {
             let s = &od.stats;
             OnDemandReport {
                 objects,
-                reads_in_flight: od.in_flight() as u64,
+                requests_in_flight: od.in_flight() as u64,
                 opens: s.opens,
                 opens_failed: s.opens_failed,
                 reads: s.reads,

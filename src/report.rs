@@ -47,7 +47,7 @@ pub struct Culling {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct OnDemandReport {
     pub objects: Vec<ObjectReport>,
-    pub reads_in_flight: u64,
+    pub requests_in_flight: u64,
     pub opens: u64,
     pub opens_failed: u64,
     pub reads: u64,
@@ -130,8 +130,8 @@ impl Report {
         if let Some(od) = &self.ondemand {
             let _ = writeln!(
                 o,
-                "on-demand: {} open objects, {} READs in flight; opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages",
-                od.objects.len(), od.reads_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages
+                "on-demand: {} open objects, {} requests in flight; opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages",
+                od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages
             );
             for obj in &od.objects {
                 let _ = writeln!(
@@ -277,10 +277,10 @@ impl Report {
                 &one(od.objects.len() as f64),
             );
             metric(
-                "ondemand_reads_in_flight",
+                "ondemand_requests_in_flight",
                 "gauge",
-                "READ requests being served.",
-                &one(od.reads_in_flight as f64),
+                "OPEN and READ requests being served.",
+                &one(od.requests_in_flight as f64),
             );
             metric(
                 "ondemand_opens_total",
