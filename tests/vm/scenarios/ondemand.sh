@@ -120,8 +120,13 @@ say "backing file: $backing, $(du -k "$backing" | cut -f1) KiB allocated"
 
 # The daemon logs a statistics line on SIGUSR1; "reads N" counts READ requests received.
 reads_so_far() {
+  _before=$(grep -c 'reads [0-9]' "$daemon_log")
   kill -USR1 "$daemon_pid"
-  sleep 0.5
+  _n=0
+  while [ "$(grep -c 'reads [0-9]' "$daemon_log")" -le "$_before" ] && [ $_n -lt 100 ]; do
+    sleep 0.1
+    _n=$((_n + 1))
+  done
   grep -o 'reads [0-9]*' "$daemon_log" | tail -n 1 | cut -d' ' -f2
 }
 reads_before=$(reads_so_far)
