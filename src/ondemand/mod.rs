@@ -26,6 +26,37 @@ const CHUNK: usize = 1 << 20;
 #[cfg(test)]
 mod tests {
     #[test]
+    fn readahead_skips_chunks_already_cached() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("blob");
+        std::fs::write(&src, vec![7u8; 4 << 20]).unwrap();
+        let blob = super::sources::LocalBlob::open(src).unwrap();
+        let cache = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(dir.path().join("cache"))
+            .unwrap();
+        cache.set_len(4 << 20).unwrap();
+        // The third MiB is already cached (marked 9s); the rest is a hole.
+        cache.write_all_at(&vec![9u8; 1 << 20], 2 << 20).unwrap();
+        let fd: std::os::fd::OwnedFd = cache.try_clone().unwrap().into();
+        // Ask for 4 KiB at 0 with 3 MiB of readahead: chunks 0, 1 and 3 are written, 2 skipped.
+        let written = super::serve_read(&blob, &fd, 0, 4096, 3 << 20).unwrap();
+        assert_eq!(written, (2 << 20) + 4096);
+        let mut back = vec![0u8; 4 << 20];
+        cache.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..2 << 20].iter().all(|&b| b == 7));
+        assert!(
+            back[2 << 20..3 << 20].iter().all(|&b| b == 9),
+            "cached chunk rewritten"
+        );
+        assert!(back[3 << 20..(3 << 20) + 4096].iter().all(|&b| b == 7));
+    }
+
+    #[test]
     fn latency_quantiles() {
         let mut l = super::Latency::default();
         assert_eq!(l.quantile(0.5), None);
@@ -489,7 +520,19 @@ pub fn serve_read(
         /// serves with mmap + munmap) and no zero-filling per READ.
         static PAGES: std::cell::RefCell<Vec<Page>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    PAGES.with_borrow_mut(|pages| serve_chunks(blob, fd, start, end, pages))
+    // Chunks wholly past the asked range are readahead: skipped when already cached.
+    let asked_end = off.saturating_add(len);
+    PAGES.with_borrow_mut(|pages| serve_chunks(blob, fd, start, end, asked_end, pages))
+}
+
+/// Whether `[pos, pos+n)` of the cache file holds data throughout. The anon fd passes
+/// SEEK_HOLE through to the backing file; any error just means "write it".
+fn already_cached(fd: &OwnedFd, pos: u64, n: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    matches!(
+        nix::unistd::lseek(fd.as_raw_fd(), pos as i64, nix::unistd::Whence::SeekHole),
+        Ok(hole) if hole as u64 >= pos + n
+    )
 }
 
 fn serve_chunks(
@@ -497,6 +540,7 @@ fn serve_chunks(
     fd: &OwnedFd,
     start: u64,
     end: u64,
+    asked_end: u64,
     pages: &mut Vec<Page>,
 ) -> Result<u64, String> {
     let size = blob.size();
@@ -508,6 +552,10 @@ fn serve_chunks(
     let mut written = 0;
     while pos < end {
         let n = (end - pos).min(CHUNK as u64) as usize;
+        if pos >= asked_end && already_cached(fd, pos, n as u64) {
+            pos += n as u64;
+            continue;
+        }
         let buf = &mut pages.as_mut_bytes()[..n];
         let data = (size.saturating_sub(pos) as usize).min(n);
         blob.read_exact_at(pos, &mut buf[..data])
