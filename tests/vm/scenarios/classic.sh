@@ -162,14 +162,7 @@ say "final: $(count_objects) objects, $(bavail) blocks available"
 
 # Stop: SIGTERM must end the daemon with status 0 (stop_daemon SIGKILLs it after 30 s).
 # The operator's view: the daemon's own status over its control socket.
-ctl=/usr/sbin/cachefilesctl
-if [ -x "$ctl" ]; then
-  "$ctl" -f "$conf" status >/tmp/status.txt 2>&1
-  say "cachefilesctl status:"; sed 's/^/    /' /tmp/status.txt
-  check "cachefilesctl status answers (culling:)" grep -q '^culling: ' /tmp/status.txt
-  "$ctl" -f "$conf" metrics >/tmp/metrics.txt 2>&1
-  check "cachefilesctl metrics answers in Prometheus format" grep -q '^cachefilesd_uptime_seconds ' /tmp/metrics.txt
-fi
+show_status "$conf" "culling: "
 stop_daemon "$daemon_pid"
 check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 daemon_pid=

@@ -119,23 +119,13 @@ check "backing file cache/Ierofs,testblob/@xx/Dtestblob exists" test -n "$backin
 say "backing file: $backing, $(du -k "$backing" | cut -f1) KiB allocated"
 
 # The daemon logs a statistics line on SIGUSR1; "reads N" counts READ requests received.
-reads_so_far() {
-  _before=$(grep -c 'reads [0-9]' "$daemon_log")
-  kill -USR1 "$daemon_pid"
-  _n=0
-  while [ "$(grep -c 'reads [0-9]' "$daemon_log")" -le "$_before" ] && [ $_n -lt 100 ]; do
-    sleep 0.1
-    _n=$((_n + 1))
-  done
-  grep -o 'reads [0-9]*' "$daemon_log" | tail -n 1 | cut -d' ' -f2
-}
-reads_before=$(reads_so_far)
+reads_before=$(daemon_reads)
 say "READ requests so far: $reads_before"
 check "reads were served on the first pass" test "${reads_before:-0}" -gt 0
 check "mount again" erofs_mount testblob
 check "second read: every file has the source's sha256" verify
 check "umount" umount /mnt
-reads_after=$(reads_so_far)
+reads_after=$(daemon_reads)
 check "the second pass was served from the cache: 0 READ requests (before $reads_before, after $reads_after)" test "$reads_after" = "$reads_before"
 
 # Two images in one shared domain: both mounted at once, one volume cache/Ierofs,dom1.
@@ -174,14 +164,7 @@ grep -q ' /mnt ' /proc/mounts && umount /mnt
 check "cachefilesd is still running" alive "$daemon_pid"
 
 # The operator's view: the daemon's own status over its control socket.
-ctl=/usr/sbin/cachefilesctl
-if [ -x "$ctl" ]; then
-  "$ctl" -f "$conf" status >/tmp/status.txt 2>&1
-  say "cachefilesctl status:"; sed 's/^/    /' /tmp/status.txt
-  check "cachefilesctl status answers (on-demand:)" grep -q '^on-demand: ' /tmp/status.txt
-  "$ctl" -f "$conf" metrics >/tmp/metrics.txt 2>&1
-  check "cachefilesctl metrics answers in Prometheus format" grep -q '^cachefilesd_uptime_seconds ' /tmp/metrics.txt
-fi
+show_status "$conf" "on-demand: "
 stop_daemon "$daemon_pid"
 check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 check "umount the cache disk" umount "$cache"

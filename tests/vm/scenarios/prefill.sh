@@ -105,18 +105,7 @@ verify() {
 check "mount -t erofs none -o fsid=pre /mnt" erofs_mount pre
 check "every file of pre has its sha256" verify /tmp/pre.sha
 
-# reads_now: N of the last "reads N" stats line, after asking the daemon for a fresh one.
-reads_now() {
-  _before=$(grep -c 'reads [0-9]' "$daemon_log")
-  kill -USR1 "$daemon_pid"
-  _n=0
-  while [ "$(grep -c 'reads [0-9]' "$daemon_log")" -le "$_before" ] && [ $_n -lt 50 ]; do
-    sleep 0.1
-    _n=$((_n + 1))
-  done
-  grep -o 'reads [0-9]*' "$daemon_log" | tail -n 1 | cut -d' ' -f2
-}
-reads=$(reads_now)
+reads=$(daemon_reads)
 say "daemon stats: $(grep 'reads [0-9]' "$daemon_log" | tail -n 1 | sed 's/.*on-demand: //')"
 check "the daemon received 0 READ requests for the prefilled blob (reads $reads)" test "$reads" = 0
 check "umount" umount /mnt
@@ -124,7 +113,7 @@ check "the kernel kept the prefilled file (inode $ino_before)" test "$(stat -c %
 
 check "mount -t erofs none -o fsid=fresh /mnt (not prefilled)" erofs_mount fresh
 check "every file of fresh has its sha256" verify /tmp/fresh.sha
-reads=$(reads_now)
+reads=$(daemon_reads)
 check "the fresh blob was read through the daemon (reads $reads > 0)" test "$reads" -gt 0
 check "umount" umount /mnt
 

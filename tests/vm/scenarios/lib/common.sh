@@ -132,3 +132,27 @@ bound_or_dead() {
   fi
   return 1
 }
+
+# daemon_reads: N of the daemon's "reads N" statistic (READ requests received so far), after
+# asking it ($daemon_pid, logging to $daemon_log) for a fresh stats line with SIGUSR1.
+daemon_reads() {
+  _before=$(grep -c 'reads [0-9]' "$daemon_log")
+  kill -USR1 "$daemon_pid"
+  _n=0
+  while [ "$(grep -c 'reads [0-9]' "$daemon_log")" -le "$_before" ] && [ $_n -lt 100 ]; do
+    sleep 0.1
+    _n=$((_n + 1))
+  done
+  grep -o 'reads [0-9]*' "$daemon_log" | tail -n 1 | cut -d' ' -f2
+}
+
+# show_status CONF EXPECT: prints `cachefilesctl status` and checks it has a line starting
+# with EXPECT, and that `metrics` answers in the Prometheus format (if cachefilesctl exists).
+show_status() {
+  [ -x /usr/sbin/cachefilesctl ] || return 0
+  /usr/sbin/cachefilesctl -f "$1" status >/tmp/status.txt 2>&1
+  say "cachefilesctl status:"; sed 's/^/    /' /tmp/status.txt
+  check "cachefilesctl status answers ($2)" grep -q "^$2" /tmp/status.txt
+  /usr/sbin/cachefilesctl -f "$1" metrics >/tmp/metrics.txt 2>&1
+  check "cachefilesctl metrics answers in Prometheus format" grep -q '^cachefilesd_uptime_seconds ' /tmp/metrics.txt
+}
