@@ -135,15 +135,14 @@ pub struct Daemon<'d> {
     reap_again: bool,
     status: Status,
     ondemand: Option<OnDemand>,
-    /// Percentages for the statfs-derived cull state in on-demand mode (brun, bcull, frun, fcull).
-    limits: [u8; 4],
     started: Instant,
     pub reaped: u64,
     control: Option<crate::control::ControlServer>,
     cull_paused_until: Option<Instant>,
     dir: std::path::PathBuf,
     tag: String,
-    all_limits: [u8; 6],
+    /// The effective limit percentages, indexed by `Limit`.
+    limits: [u8; 6],
 }
 
 fn open_cache_dir(config: &Config, name: &str) -> Result<Dir, DaemonError> {
@@ -268,19 +267,13 @@ impl<'d> Daemon<'d> {
             reap_again: false,
             status: Status::default(),
             ondemand,
-            limits: [
-                config.limit(Limit::Brun),
-                config.limit(Limit::Bcull),
-                config.limit(Limit::Frun),
-                config.limit(Limit::Fcull),
-            ],
             started: Instant::now(),
             reaped: 0,
             control,
             cull_paused_until: None,
             dir: config.dir.value.clone(),
             tag: config.tag.clone().unwrap_or_else(|| "CacheFiles".into()),
-            all_limits: Limit::ALL.map(|l| config.limit(l)),
+            limits: Limit::ALL.map(|l| config.limit(l)),
         })
     }
 
@@ -309,7 +302,13 @@ impl<'d> Daemon<'d> {
         let Ok(st) = nix::sys::statfs::fstatfs(&self.cache_fs) else {
             return Ok(());
         };
-        let [brun, bcull, frun, fcull] = self.limits.map(u64::from);
+        let pct = |l: Limit| u64::from(self.limits[l as usize]);
+        let (brun, bcull, frun, fcull) = (
+            pct(Limit::Brun),
+            pct(Limit::Bcull),
+            pct(Limit::Frun),
+            pct(Limit::Fcull),
+        );
         let blocks = st.blocks() / 100;
         let files = st.files() / 100;
         let (bavail, ffree) = (st.blocks_available(), st.files_free());
@@ -492,8 +491,8 @@ impl<'d> Daemon<'d> {
     pub fn report(&self) -> crate::report::Report {
         use crate::report::*;
         let mut space = Space {
-            blocks_limits_percent: [self.all_limits[0], self.all_limits[1], self.all_limits[2]],
-            files_limits_percent: [self.all_limits[3], self.all_limits[4], self.all_limits[5]],
+            blocks_limits_percent: [self.limits[0], self.limits[1], self.limits[2]],
+            files_limits_percent: [self.limits[3], self.limits[4], self.limits[5]],
             ..Default::default()
         };
         if let Ok(st) = nix::sys::statfs::fstatfs(&self.cache_fs) {

@@ -141,7 +141,7 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
     }
 
     let (mut device, mut bound) = match inherited {
-        Some(i) => (CachefilesDevice::from_fd(i.fd), i.bound),
+        Some(i) => (CachefilesDevice::from_fd(i.fd), true),
         None => (open_device()?, false),
     };
     if bound

@@ -11,14 +11,11 @@ use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 pub const FD_NAME: &str = "cachefiles";
 /// Set by the supervisor for its worker: the inherited device fd number.
 pub const ENV_DEVICE_FD: &str = "CACHEFILESD_DEVICE_FD";
-/// Set by the supervisor: "1" when the device is already bound (a restart).
-pub const ENV_TAKEOVER: &str = "CACHEFILESD_TAKEOVER";
-
-/// A device fd passed in by whoever kept it open for us.
+/// A device fd passed in by whoever kept it open for us. It is always bound already: the
+/// supervisor binds before starting workers, and systemd only stores the fd after bind (see
+/// `ready`).
 pub struct Inherited {
     pub fd: OwnedFd,
-    /// The cache is already bound: do not configure it again.
-    pub bound: bool,
     /// Passed by our `--supervise` parent (which daemonised and owns the pid file).
     pub from_supervisor: bool,
 }
@@ -34,15 +31,12 @@ fn env_fd(name: &str) -> Option<RawFd> {
 /// Takes the inherited device fd, if any: first the supervisor's, then systemd's fd store.
 pub fn inherited_device() -> Option<Inherited> {
     if let Some(fd) = env_fd(ENV_DEVICE_FD) {
-        let bound = std::env::var(ENV_TAKEOVER).is_ok_and(|v| v == "1");
         std::env::remove_var(ENV_DEVICE_FD);
-        std::env::remove_var(ENV_TAKEOVER);
         // SAFETY: the supervisor opened this fd for us and passed its number; nothing else in
         // this process refers to it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         return Some(Inherited {
             fd,
-            bound,
             from_supervisor: true,
         });
     }
@@ -57,10 +51,8 @@ pub fn inherited_device() -> Option<Inherited> {
     std::env::remove_var("LISTEN_FDS");
     std::env::remove_var("LISTEN_PID");
     std::env::remove_var("LISTEN_FDNAMES");
-    // systemd stores the fd only after bind (see `ready`), so a stored fd is a bound cache.
     found.map(|fd| Inherited {
         fd,
-        bound: true,
         from_supervisor: false,
     })
 }

@@ -3,7 +3,7 @@
 //! The kernel keeps the cache bound while any process holds the fd; on demand, the restarted
 //! worker writes `restore` and the kernel re-delivers every outstanding request.
 
-use crate::service::{ENV_DEVICE_FD, ENV_TAKEOVER};
+use crate::service::ENV_DEVICE_FD;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -61,7 +61,6 @@ pub fn run(device: OwnedFd, worker_args: Vec<OsString>) -> std::io::Result<u8> {
         let spawned = Command::new(&exe)
             .args(&worker_args)
             .env(ENV_DEVICE_FD, device.as_raw_fd().to_string())
-            .env(ENV_TAKEOVER, "1")
             .spawn();
         inheritable(&device, false)?;
         let mut child = spawned?;

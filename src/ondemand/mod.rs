@@ -353,8 +353,7 @@ impl OnDemand {
                         result,
                     }
                 });
-                let pool = if remote { &self.remote } else { &self.local };
-                pool.jobs.send(job).expect("fetch pool alive");
+                self.submit(remote, job);
                 Ok(())
             }
             Request::Read {
@@ -391,8 +390,7 @@ impl OnDemand {
                         started,
                     }
                 });
-                let pool = if remote { &self.remote } else { &self.local };
-                pool.jobs.send(job).expect("fetch pool alive");
+                self.submit(remote, job);
                 Ok(())
             }
             Request::Close { object_id, .. } => {
@@ -405,6 +403,12 @@ impl OnDemand {
                 Ok(())
             }
         }
+    }
+
+    /// Remote fetches have their own pool so that a slow server never delays local blobs.
+    fn submit(&self, remote: bool, job: Job) {
+        let pool = if remote { &self.remote } else { &self.local };
+        pool.jobs.send(job).expect("fetch pool alive");
     }
 
     /// Answers everything the workers have finished.
