@@ -3,7 +3,7 @@
 //! dead cache (EIO) or a broken loop ends it.
 
 use crate::config::Config;
-use crate::cull::{graveyard, scan, CullOutcome, Culler};
+use crate::cull::{graveyard, scan, CullOutcome, Culler, Deficit};
 use crate::device::{Device, DeviceError};
 use crate::ondemand::sourcemap::SourceMap;
 use crate::ondemand::OnDemand;
@@ -81,7 +81,8 @@ pub struct SignalPipes {
 }
 
 enum Job {
-    Scan,
+    /// Scan keeping this many candidates.
+    Scan(usize),
     Reap,
 }
 
@@ -97,7 +98,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(cache: Dir, grave: Dir, capacity: usize, waker: Arc<Waker>) -> Worker {
+    fn start(cache: Dir, grave: Dir, waker: Arc<Waker>) -> Worker {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (done_tx, done) = mpsc::channel();
         std::thread::Builder::new()
@@ -105,7 +106,7 @@ impl Worker {
             .spawn(move || {
                 for job in job_rx {
                     let result = match job {
-                        Job::Scan => JobDone::Scan(scan::scan(&cache, capacity)),
+                        Job::Scan(capacity) => JobDone::Scan(scan::scan(&cache, capacity)),
                         Job::Reap => JobDone::Reap(graveyard::reap(&grave)),
                     };
                     if done_tx.send(result).is_err() {
@@ -191,10 +192,9 @@ impl<'d> Daemon<'d> {
         let grave = open_cache_dir(config, "graveyard")?;
         let culler = (!nocull && !config.nocull)
             .then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
-        let capacity = culler.as_ref().map_or(1, Culler::capacity);
         let worker_cache = open_cache_dir(config, "cache")?;
         let worker_grave = open_cache_dir(config, "graveyard")?;
-        let worker = Worker::start(worker_cache, worker_grave, capacity, waker.clone());
+        let worker = Worker::start(worker_cache, worker_grave, waker.clone());
         drop(grave);
         let mut signals = signals;
         if let Some(s) = signals.as_mut() {
@@ -302,20 +302,12 @@ impl<'d> Daemon<'d> {
         let Ok(st) = nix::sys::statfs::fstatfs(&self.cache_fs) else {
             return Ok(());
         };
-        let pct = |l: Limit| u64::from(self.limits[l as usize]);
-        let (brun, bcull, frun, fcull) = (
-            pct(Limit::Brun),
-            pct(Limit::Bcull),
-            pct(Limit::Frun),
-            pct(Limit::Fcull),
-        );
-        let blocks = st.blocks() / 100;
-        let files = st.files() / 100;
+        let limit = |l: Limit| self.limit_count(&st, l);
         let (bavail, ffree) = (st.blocks_available(), st.files_free());
         let was = self.status.cull;
-        if bavail < blocks * bcull || ffree < files * fcull {
+        if bavail < limit(Limit::Bcull) || ffree < limit(Limit::Fcull) {
             self.status.cull = true;
-        } else if bavail >= blocks * brun && ffree >= files * frun {
+        } else if bavail >= limit(Limit::Brun) && ffree >= limit(Limit::Frun) {
             self.status.cull = false;
         }
         if was != self.status.cull {
@@ -329,6 +321,62 @@ impl<'d> Daemon<'d> {
             );
         }
         Ok(())
+    }
+
+    /// A limit as the kernel computes it from the percentage: blocks (of f_bsize) or files.
+    fn limit_count(&self, st: &nix::sys::statfs::Statfs, limit: Limit) -> u64 {
+        let total = match limit {
+            Limit::Brun | Limit::Bcull | Limit::Bstop => st.blocks(),
+            Limit::Frun | Limit::Fcull | Limit::Fstop => st.files(),
+        };
+        total / 100 * u64::from(self.limits[limit as usize])
+    }
+
+    /// What culling must free to get above both run limits (zero when not short).
+    fn deficit(&self) -> Deficit {
+        let Ok(st) = nix::sys::statfs::fstatfs(&self.cache_fs) else {
+            return Deficit::default();
+        };
+        let bsize = st.block_size() as u64;
+        let used_files = st.files().saturating_sub(st.files_free()).max(1);
+        let used_bytes = st.blocks().saturating_sub(st.blocks_free()) * bsize;
+        Deficit {
+            bytes: self
+                .limit_count(&st, Limit::Brun)
+                .saturating_sub(st.blocks_available())
+                * bsize,
+            files: self
+                .limit_count(&st, Limit::Frun)
+                .saturating_sub(st.files_free()),
+            fs_average_object: used_bytes / used_files,
+        }
+    }
+
+    /// Hands a scan to the worker if the culler wants one; its table covers the deficit.
+    fn start_scan_if_wanted(&mut self, now: Instant) {
+        let deficit = if self.status.cull {
+            self.deficit()
+        } else {
+            Deficit::default()
+        };
+        let Some(culler) = self.culler.as_mut() else {
+            return;
+        };
+        if !culler.wants_scan(self.status.cull, now) {
+            return;
+        }
+        let capacity = culler.scan_capacity(deficit);
+        if capacity > culler.capacity() {
+            log::info!(
+                "scanning for {capacity} candidates (culltable {}): about {} MiB and {} files to free",
+                culler.capacity(),
+                deficit.bytes >> 20,
+                deficit.files
+            );
+        }
+        if self.worker.jobs.send(Job::Scan(capacity)).is_ok() {
+            culler.scan_started(capacity);
+        }
     }
 
     fn read_status(&mut self) -> Result<(), DaemonError> {
@@ -413,13 +461,11 @@ impl<'d> Daemon<'d> {
     }
 
     fn cull_batch(&mut self) -> Result<(), DaemonError> {
-        let Some(culler) = self.culler.as_mut() else {
+        if self.culler.is_none() {
             return Ok(());
-        };
-        let now = Instant::now();
-        if culler.wants_scan(self.status.cull, now) && self.worker.jobs.send(Job::Scan).is_ok() {
-            culler.scan_started();
         }
+        let now = Instant::now();
+        self.start_scan_if_wanted(now);
         if !self.status.cull || self.cull_paused_until.is_some_and(|t| now < t) {
             return Ok(());
         }
@@ -454,12 +500,8 @@ impl<'d> Daemon<'d> {
         }
         let culler = self.culler.as_mut().expect("checked above");
         culler.leave_cache_dir();
-        if self.status.cull
-            && culler.ready_len() == 0
-            && culler.wants_scan(true, Instant::now())
-            && self.worker.jobs.send(Job::Scan).is_ok()
-        {
-            culler.scan_started();
+        if self.status.cull && culler.ready_len() == 0 {
+            self.start_scan_if_wanted(Instant::now());
         }
         Ok(())
     }
@@ -511,7 +553,7 @@ impl<'d> Daemon<'d> {
                 objects_last_scan: c.stats.objects_last_scan,
                 last_scan_seconds: c.stats.last_scan_duration.as_secs_f64(),
                 table_entries: c.ready_len() as u64,
-                table_capacity: c.capacity() as u64,
+                table_capacity: c.table_capacity() as u64,
                 culled: c.stats.culled,
                 bytes_freed: c.stats.bytes_freed,
                 skipped_in_use: c.stats.in_use,
@@ -627,7 +669,7 @@ impl<'d> Daemon<'d> {
                 let s = &c.stats;
                 format!(
                     "uptime {up}s; scans {}, objects in last scan {}, last scan {:.3}s; culled {}, freed {} bytes, in use {}, vanished {}, changed {}, refused {}; table {}/{}; graveyard entries removed {}",
-                    s.scans, s.objects_last_scan, s.last_scan_duration.as_secs_f64(), s.culled, s.bytes_freed, s.in_use, s.vanished, s.changed, s.refused, c.ready_len(), c.capacity(), self.reaped
+                    s.scans, s.objects_last_scan, s.last_scan_duration.as_secs_f64(), s.culled, s.bytes_freed, s.in_use, s.vanished, s.changed, s.refused, c.ready_len(), c.table_capacity(), self.reaped
                 )
             }
             None => format!(

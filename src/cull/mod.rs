@@ -48,8 +48,27 @@ pub struct CullStats {
     pub oddities_last_scan: u64,
 }
 
+/// What culling must still free before the kernel is above both run limits.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Deficit {
+    pub bytes: u64,
+    pub files: u64,
+    /// Bytes per object on the cache's filesystem (used space / used inodes): the estimate of
+    /// an object's size until a scan has measured one.
+    pub fs_average_object: u64,
+}
+
+/// The largest table a scan builds: culltable's own maximum.
+pub const MAX_TABLE: usize = 1 << 20;
+
 pub struct Culler {
+    /// The configured table size (culltable): the least a scan keeps.
     capacity: usize,
+    /// The size of the table the last scan built (larger than `capacity` when the deficit
+    /// needed more candidates).
+    table_capacity: usize,
+    /// Allocated bytes per object, measured by the last scan.
+    average_object: Option<u64>,
     ready: VecDeque<Candidate>,
     scanning: bool,
     scanned_once: bool,
@@ -82,6 +101,8 @@ impl Culler {
     ) -> Culler {
         Culler {
             capacity: 1usize << culltable_log2,
+            table_capacity: 1usize << culltable_log2,
+            average_object: None,
             ready: VecDeque::new(),
             scanning: false,
             scanned_once: false,
@@ -100,6 +121,28 @@ impl Culler {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// How many candidates the next scan keeps: the configured table, or enough to cover the
+    /// deficit if that is larger (a quarter more, as objects in use or used meanwhile are
+    /// skipped), so that one scan serves a large cull instead of one rescan per table.
+    /// The LRU order needs the size fixed before the scan: a table that grew midway would
+    /// have dropped older objects that it would then want.
+    pub fn scan_capacity(&self, deficit: Deficit) -> usize {
+        let average = self
+            .average_object
+            .unwrap_or(deficit.fs_average_object)
+            .max(1);
+        let needed = deficit.bytes.div_ceil(average).max(deficit.files);
+        let wanted = needed.saturating_add(needed / 4);
+        usize::try_from(wanted)
+            .unwrap_or(MAX_TABLE)
+            .clamp(self.capacity, MAX_TABLE)
+    }
+
+    /// The size of the table the last scan built.
+    pub fn table_capacity(&self) -> usize {
+        self.table_capacity
     }
 
     pub fn ready_len(&self) -> usize {
@@ -138,7 +181,7 @@ impl Culler {
         }
         // While culling, refill the table before it runs dry (culls of objects that the new
         // table lists again are cheap: they are found gone).
-        if culling && self.last_scan_overflowed && self.ready.len() <= self.capacity / 2 {
+        if culling && self.last_scan_overflowed && self.ready.len() <= self.table_capacity / 2 {
             return true;
         }
         // Background refresh, throttled to a tenth of the time at most.
@@ -148,11 +191,12 @@ impl Culler {
         });
         rested
             && (released_enough
-                || (self.last_scan_overflowed && self.ready.len() <= self.capacity / 2))
+                || (self.last_scan_overflowed && self.ready.len() <= self.table_capacity / 2))
     }
 
-    pub fn scan_started(&mut self) {
+    pub fn scan_started(&mut self, table_capacity: usize) {
         self.scanning = true;
+        self.table_capacity = table_capacity;
         self.released_files = 0;
         self.released_blocks = 0;
     }
@@ -167,6 +211,9 @@ impl Culler {
         self.stats.objects_last_scan = report.objects;
         self.stats.last_scan_duration = report.duration;
         self.stats.oddities_last_scan = report.oddities_seen;
+        if report.objects > 0 {
+            self.average_object = Some(report.allocated / report.objects);
+        }
         self.ready = report.candidates.into();
         // The new table has new directory identities.
         self.dirs.clear();
@@ -260,5 +307,56 @@ impl Culler {
         if self.cwd.take().is_some() {
             let _ = nix::unistd::chdir("/");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deficit(bytes: u64, files: u64, fs_average_object: u64) -> Deficit {
+        Deficit {
+            bytes,
+            files,
+            fs_average_object,
+        }
+    }
+
+    #[test]
+    fn the_table_never_shrinks_below_culltable() {
+        let c = Culler::new(12, None, None);
+        assert_eq!(c.scan_capacity(Deficit::default()), 4096);
+        assert_eq!(c.scan_capacity(deficit(100 * 4096, 10, 4096)), 4096);
+    }
+
+    #[test]
+    fn a_large_deficit_gets_a_table_that_covers_it_with_a_margin() {
+        let c = Culler::new(12, None, None);
+        // 16,510 objects of 4 KiB, as in the 100k-object benchmark.
+        assert_eq!(c.scan_capacity(deficit(16_510 * 4096, 0, 4096)), 20_637);
+        // Files can be the larger need.
+        assert_eq!(c.scan_capacity(deficit(4096, 10_000, 4096)), 12_500);
+    }
+
+    #[test]
+    fn a_measured_average_replaces_the_filesystem_estimate() {
+        let mut c = Culler::new(12, None, None);
+        c.scan_started(4096);
+        c.scan_finished(
+            ScanReport {
+                objects: 100,
+                allocated: 100 * 8192,
+                ..ScanReport::default()
+            },
+            Instant::now(),
+        );
+        // The filesystem says 4 KiB per object, the scan measured 8 KiB.
+        assert_eq!(c.scan_capacity(deficit(16_000 * 8192, 0, 4096)), 20_000);
+    }
+
+    #[test]
+    fn the_table_is_capped_at_culltables_maximum() {
+        let c = Culler::new(12, None, None);
+        assert_eq!(c.scan_capacity(deficit(u64::MAX, u64::MAX, 0)), MAX_TABLE);
     }
 }

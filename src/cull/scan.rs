@@ -79,6 +79,8 @@ pub struct ScanReport {
     /// Oldest first.
     pub candidates: Vec<Candidate>,
     pub objects: u64,
+    /// Bytes allocated by all the objects seen.
+    pub allocated: u64,
     pub directories: u64,
     /// More objects were seen than the table holds.
     pub table_overflowed: bool,
@@ -199,6 +201,8 @@ fn walk(
             continue;
         }
         report.objects += 1;
+        let allocated = (st.st_blocks as u64).saturating_mul(512);
+        report.allocated = report.allocated.saturating_add(allocated);
         let atime = (st.st_atime, st.st_atime_nsec);
         if heap.len() >= capacity {
             report.table_overflowed = true;
@@ -212,7 +216,7 @@ fn walk(
         heap.push(Candidate {
             atime,
             ino: st.st_ino,
-            allocated: (st.st_blocks as u64).saturating_mul(512),
+            allocated,
             dir: here.clone(),
             name: name.into(),
         });

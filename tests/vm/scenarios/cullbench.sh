@@ -2,7 +2,7 @@
 # vm-timeout: 420
 # vm-smp: 2
 # vm-disk: prefilled-20000
-# vm-disk-copies: 2
+# vm-disk-copies: 3
 # vm-default: no
 # vm-needs: c-cachefilesd
 # Benchmark, not in the default suite (run-suite.sh runs it only by name; it downloads Debian's
@@ -15,7 +15,11 @@
 # of the measurement in cachefilesd-compat.md (brun 20 %, bcull 10 %, bstop 3 %, 6.5 % free at
 # the start). Each disk is mounted, surveyed and topped up with a filler, then the page cache is
 # dropped (if the kernel has /proc/sys/vm/drop_caches), then the daemon starts; the shell polls
-# statfs every 0.05 s. The C daemon is run up to 3 times if it exits before brun without culling
+# statfs every 0.05 s. A third disk, /dev/vdc, measures a floor that no daemon can beat: with
+# no daemon, plain unlink(2) (rm) of exactly the objects our daemon culled, oldest first, listed
+# before the clock starts, with their dentries and inodes already in memory (the listing walked
+# them). Any daemon must also find out every object's atime, and the kernel's cull does the same
+# unlink after a lookup, so culling cannot take less than that. The C daemon is run up to 3 times if it exits before brun without culling
 # anything (the cache is then unchanged); what happened is reported. Our daemon must reach brun
 # and keep LRU order (checks); the C daemon's results are reported, not checked.
 # Result lines start with "BENCH" (and "RATIO"); results/cachefilesd-c*.log and
@@ -115,15 +119,35 @@ run_to_brun cachefilesd "$limit" "$ours" -n -s -f "$conf"
 ours_pid=$run_pid
 report ours 1
 ours_cs=$run_cs
+culled_by_ours=$culled
 check "our daemon reached brun within ${limit}s (got: $run_result after $(secs "$run_cs") s)" test "$run_result" = brun
 check "our daemon culled oldest first" lru_in_order
 stop_daemon "$ours_pid"
 check "our daemon exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 unmount_cache
 
+# 3. The floor on /dev/vdc: unlink(2) of the same victims with no daemon and nothing to find out.
+prefilled_mount /dev/vdc
+floor_n=$culled_by_ours
+find "$cache/cache" -type f | sed -n 's|^\(.*/[DT]\)\([0-9][0-9]*\),$|\2 \1\2,|p' | sort -n |
+  head -n "$floor_n" | cut -d' ' -f2 >/tmp/victims
+check "the floor's victim list holds the $floor_n oldest objects" test "$(wc -l </tmp/victims)" -eq "$floor_n"
+# Warm, unlike the daemons' runs: only the unlinks are timed.
+xargs stat -c %i </tmp/victims >/dev/null
+cold="dentries and inodes of the victims warm"
+# A background job's stdin is /dev/null: the list is redirected inside the command.
+run_to_brun floor "$limit" sh -c 'xargs rm -f </tmp/victims'
+floor_cs=$run_cs
+report floor 1
+check "unlinking the oldest $floor_n objects reaches brun (got: $run_result)" test "$run_result" = brun
+unmount_cache
+say "FLOOR n=$N unlink of the $floor_n victims alone (warm): $(secs "$floor_cs") s; ours $(secs "$ours_cs") s" \
+  "= $(awk -v a="$ours_cs" -v b="$floor_cs" 'BEGIN { printf "%.2f", a / b }')x the floor"
+
 if [ "$c_result" = brun ]; then
   say "RATIO n=$N ours/C = $(awk -v a="$ours_cs" -v b="$c_cs" 'BEGIN { printf "%.3f", a / b }')" \
-    "($(secs "$ours_cs") s / $(secs "$c_cs") s; C needed $c_attempts attempt(s))"
+    "($(secs "$ours_cs") s / $(secs "$c_cs") s; C needed $c_attempts attempt(s));" \
+    "floor/C = $(awk -v a="$floor_cs" -v b="$c_cs" 'BEGIN { printf "%.3f", a / b }')"
 else
   say "RATIO n=$N not available: the C daemon ended with '$c_result' after $c_attempts attempt(s)"
 fi
