@@ -211,8 +211,8 @@ impl Culler {
         self.stats.objects_last_scan = report.objects;
         self.stats.last_scan_duration = report.duration;
         self.stats.oddities_last_scan = report.oddities_seen;
-        if report.objects > 0 {
-            self.average_object = Some(report.allocated / report.objects);
+        if let Some(average) = report.allocated.checked_div(report.objects) {
+            self.average_object = Some(average);
         }
         self.ready = report.candidates.into();
         // The new table has new directory identities.
