@@ -332,39 +332,43 @@ impl<'d> Daemon<'d> {
         total / 100 * u64::from(self.limits[limit as usize])
     }
 
-    /// What culling must free to get above both run limits (zero when not short).
+    /// What culling must free to get above both run limits (zero when not short). In classic
+    /// mode against the run limits of the kernel's status line: those decide when it stops
+    /// asking.
     fn deficit(&self) -> Deficit {
         let Ok(st) = nix::sys::statfs::fstatfs(&self.cache_fs) else {
             return Deficit::default();
+        };
+        let (brun, frun) = if self.ondemand.is_some() {
+            (
+                self.limit_count(&st, Limit::Brun),
+                self.limit_count(&st, Limit::Frun),
+            )
+        } else {
+            (self.status.brun, self.status.frun)
         };
         let bsize = st.block_size() as u64;
         let used_files = st.files().saturating_sub(st.files_free()).max(1);
         let used_bytes = st.blocks().saturating_sub(st.blocks_free()) * bsize;
         Deficit {
-            bytes: self
-                .limit_count(&st, Limit::Brun)
+            bytes: brun
                 .saturating_sub(st.blocks_available())
-                * bsize,
-            files: self
-                .limit_count(&st, Limit::Frun)
-                .saturating_sub(st.files_free()),
+                .saturating_mul(bsize),
+            files: frun.saturating_sub(st.files_free()),
             fs_average_object: used_bytes / used_files,
         }
     }
 
     /// Hands a scan to the worker if the culler wants one; its table covers the deficit.
     fn start_scan_if_wanted(&mut self, now: Instant) {
-        let deficit = if self.status.cull {
-            self.deficit()
-        } else {
-            Deficit::default()
-        };
+        let culling = self.status.cull.then(|| self.deficit());
         let Some(culler) = self.culler.as_mut() else {
             return;
         };
-        if !culler.wants_scan(self.status.cull, now) {
+        if !culler.wants_scan(culling, now) {
             return;
         }
+        let deficit = culling.unwrap_or_default();
         let capacity = culler.scan_capacity(deficit);
         if capacity > culler.capacity() {
             log::info!(
@@ -469,6 +473,9 @@ impl<'d> Daemon<'d> {
         if !self.status.cull || self.cull_paused_until.is_some_and(|t| now < t) {
             return Ok(());
         }
+        // The cull flag is read again once the culls made up the deficit, not after each one:
+        // a status read costs a statfs in the kernel, and the candidates' sizes are exact.
+        let mut owed = self.deficit();
         for _ in 0..CULL_BATCH {
             let culler = self.culler.as_mut().expect("checked above");
             let outcome = match culler.cull_one(&self.cache_root, self.device) {
@@ -489,10 +496,15 @@ impl<'d> Daemon<'d> {
                     if log::log_enabled!(log::Level::Debug) {
                         log::debug!("cull {}: {outcome:?}", c.path().escape_debug());
                     }
-                    if matches!(outcome, CullOutcome::Culled { .. }) {
-                        self.refresh_cull()?;
-                        if !self.status.cull {
-                            break;
+                    if let CullOutcome::Culled { bytes } = outcome {
+                        owed.bytes = owed.bytes.saturating_sub(bytes);
+                        owed.files = owed.files.saturating_sub(1);
+                        if owed.bytes == 0 && owed.files == 0 {
+                            self.refresh_cull()?;
+                            if !self.status.cull {
+                                break;
+                            }
+                            owed = self.deficit();
                         }
                     }
                 }

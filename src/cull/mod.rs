@@ -70,6 +70,8 @@ pub struct Culler {
     /// Allocated bytes per object, measured by the last scan.
     average_object: Option<u64>,
     ready: VecDeque<Candidate>,
+    /// What culling all of `ready` would free.
+    ready_bytes: u64,
     scanning: bool,
     scanned_once: bool,
     last_scan_overflowed: bool,
@@ -104,6 +106,7 @@ impl Culler {
             table_capacity: 1usize << culltable_log2,
             average_object: None,
             ready: VecDeque::new(),
+            ready_bytes: 0,
             scanning: false,
             scanned_once: false,
             last_scan_overflowed: false,
@@ -159,8 +162,14 @@ impl Culler {
         self.released_blocks = self.released_blocks.saturating_add(status.breleased);
     }
 
-    /// Whether a scan should start now; `culling` is the kernel's cull flag.
-    pub fn wants_scan(&self, culling: bool, now: Instant) -> bool {
+    /// Whether culling the whole ready table would make up the deficit.
+    fn covers(&self, deficit: Deficit) -> bool {
+        self.ready_bytes >= deficit.bytes && self.ready.len() as u64 >= deficit.files
+    }
+
+    /// Whether a scan should start now; `culling` is what remains to free while the kernel
+    /// asks for culling, `None` when it does not.
+    pub fn wants_scan(&self, culling: Option<Deficit>, now: Instant) -> bool {
         if self.scanning {
             return false;
         }
@@ -171,7 +180,7 @@ impl Culler {
             || self
                 .resume_blocks
                 .is_some_and(|n| self.released_blocks >= n);
-        if culling && self.ready.is_empty() {
+        if culling.is_some() && self.ready.is_empty() {
             // Everything we knew of is gone or in use; rescan at once unless the last scan
             // found nothing and nothing has been released since (that would spin).
             let idle = self
@@ -179,10 +188,15 @@ impl Culler {
                 .is_none_or(|t| now.duration_since(t) >= IDLE_RESCAN);
             return !self.last_scan_empty || self.released_files > 0 || idle;
         }
-        // While culling, refill the table before it runs dry (culls of objects that the new
-        // table lists again are cheap: they are found gone).
-        if culling && self.last_scan_overflowed && self.ready.len() <= self.table_capacity / 2 {
-            return true;
+        // While culling, refill a table that cannot cover the deficit before it runs dry
+        // (culls of objects that the new table lists again are cheap: they are found gone).
+        if let Some(deficit) = culling {
+            if self.last_scan_overflowed
+                && !self.covers(deficit)
+                && self.ready.len() <= self.table_capacity / 2
+            {
+                return true;
+            }
         }
         // Background refresh, throttled to a tenth of the time at most.
         let rested = self.last_scan_end.is_none_or(|t| {
@@ -214,6 +228,7 @@ impl Culler {
         if let Some(average) = report.allocated.checked_div(report.objects) {
             self.average_object = Some(average);
         }
+        self.ready_bytes = report.candidates.iter().map(|c| c.allocated).sum();
         self.ready = report.candidates.into();
         // The new table has new directory identities.
         self.dirs.clear();
@@ -236,6 +251,7 @@ impl Culler {
                 return Err(e);
             }
         };
+        self.ready_bytes = self.ready_bytes.saturating_sub(candidate.allocated);
         match outcome {
             CullOutcome::Culled { bytes } => {
                 self.stats.culled += 1;
@@ -352,6 +368,38 @@ mod tests {
         );
         // The filesystem says 4 KiB per object, the scan measured 8 KiB.
         assert_eq!(c.scan_capacity(deficit(16_000 * 8192, 0, 4096)), 20_000);
+    }
+
+    fn candidate(rank: i64) -> Candidate {
+        Candidate {
+            atime: (rank, 0),
+            ino: rank as u64,
+            allocated: 4096,
+            dir: Arc::new(scan::DirPath(vec![])),
+            name: format!("D{rank}").into_bytes().into(),
+        }
+    }
+
+    #[test]
+    fn no_refill_while_the_table_covers_the_deficit() {
+        let mut c = Culler::new(12, None, None);
+        c.scan_started(4096);
+        c.scan_finished(
+            ScanReport {
+                candidates: (0..1000).map(candidate).collect(),
+                objects: 50_000,
+                allocated: 50_000 * 4096,
+                table_overflowed: true,
+                ..ScanReport::default()
+            },
+            Instant::now(),
+        );
+        let now = Instant::now();
+        // 1000 candidates of 4 KiB, under half of the table: a refill only if they fall short.
+        assert!(!c.wants_scan(Some(deficit(1000 * 4096, 0, 4096)), now));
+        assert!(!c.wants_scan(Some(deficit(4096, 1000, 4096)), now));
+        assert!(c.wants_scan(Some(deficit(1001 * 4096, 0, 4096)), now));
+        assert!(c.wants_scan(Some(deficit(4096, 1001, 4096)), now));
     }
 
     #[test]
