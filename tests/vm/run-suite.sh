@@ -35,7 +35,8 @@
 #   VM_EXTRA_BINS="SRC:NAME ..." more binaries for /usr/sbin under the given names; scenarios
 #                             with the header "# vm-needs: c-cachefilesd" get Debian's C daemon
 #                             as /usr/sbin/cachefilesd-c (fetch-c-cachefilesd.sh, apt-get download)
-#                             plus the LD_PRELOAD shim c-cachefilesd-nodnotify.c (needs cc)
+#                             plus the LD_PRELOAD shim c-cachefilesd-nodnotify.c and
+#                             cullbench's unlink-list.c (need cc)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -117,6 +118,9 @@ for s in "${scenarios[@]}"; do
         extra_bins="$extra_bins $shim:cachefilesd-c-nodnotify.so"
       else
         log "WARNING: cannot build the nodnotify shim (no cc?); the C daemon will exit at its first reap"
+      fi
+      if cc -O2 -o "$vmdir/unlink-list" "$here/unlink-list.c"; then
+        extra_bins="$extra_bins $vmdir/unlink-list:unlink-list"
       fi
     else
       log "WARNING: could not fetch Debian's cachefilesd; $s will fail or skip"

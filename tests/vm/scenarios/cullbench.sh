@@ -2,7 +2,7 @@
 # vm-timeout: 420
 # vm-smp: 2
 # vm-disk: prefilled-20000
-# vm-disk-copies: 3
+# vm-disk-copies: 4
 # vm-default: no
 # vm-needs: c-cachefilesd
 # Benchmark, not in the default suite (run-suite.sh runs it only by name; it downloads Debian's
@@ -10,18 +10,19 @@
 #   tests/vm/run-suite.sh cullbench                              # N = 20,000
 #   VM_DISK=prefilled-100000 tests/vm/run-suite.sh cullbench     # N = 100,000
 # Time from daemon start until the kernel's free-block count reaches brun, on the same
-# pre-filled cache (two identical disks made from one make-prefilled-cache.py tree: /dev/vda for
+# pre-filled cache (identical disks made from one make-prefilled-cache.py tree: /dev/vda for
 # Debian's C cachefilesd 0.10.10 as /usr/sbin/cachefilesd-c, /dev/vdb for ours), with the limits
 # of the measurement in cachefilesd-compat.md (brun 20 %, bcull 10 %, bstop 3 %, 6.5 % free at
 # the start). Each disk is mounted, surveyed and topped up with a filler, then the page cache is
 # dropped (if the kernel has /proc/sys/vm/drop_caches), then the daemon starts; the shell polls
-# statfs every 0.05 s. A third disk, /dev/vdc, measures a floor that no daemon can beat: with
-# no daemon, plain unlink(2) (rm) of exactly the objects our daemon culled, oldest first, listed
-# before the clock starts, with their dentries and inodes already in memory (the listing walked
-# them). Any daemon must also find out every object's atime, and the kernel's cull does the same
-# unlink after a lookup, so culling cannot take less than that. The C daemon is run up to 3 times if it exits before brun without culling
-# anything (the cache is then unchanged); what happened is reported. Our daemon must reach brun
-# and keep LRU order (checks); the C daemon's results are reported, not checked.
+# statfs every 0.05 s. Two more disks, /dev/vdc and /dev/vdd, measure a floor that no daemon can
+# beat: with no daemon, plain unlink(2) (tests/vm/unlink-list.c; one process, then one per vCPU)
+# of exactly the objects our daemon culled, oldest first, listed before the clock starts, with
+# their dentries and inodes already in memory (the listing walked them). Any daemon must also
+# find out every object's atime, and the kernel's cull does the same unlink after a lookup, so
+# culling cannot take less than that. The C daemon is run up to 3 times if it exits before brun
+# without culling anything (the cache is then unchanged); what happened is reported. Our daemon
+# must reach brun and keep LRU order (checks); the C daemon's results are reported, not checked.
 # Result lines start with "BENCH" (and "RATIO"); results/cachefilesd-c*.log and
 # results/cachefilesd.log hold the daemons' stderr.
 . /scenarios/lib/common.sh
@@ -33,6 +34,7 @@ c_daemon=/usr/sbin/cachefilesd-c
 . /scenarios/lib/prefilled.sh
 
 [ -x "$ours" ] || fail "no $ours in the initramfs"
+command -v unlink-list >/dev/null || fail "no unlink-list in the initramfs (run-suite.sh builds it with cc)"
 [ -x "$c_daemon" ] || fail "no $c_daemon in the initramfs (run-suite.sh fetches it for '# vm-needs: c-cachefilesd'; apt-get download cachefilesd failed?)"
 limit=$(( 30 + ${N:-0} / 1000 ))
 shim=/usr/sbin/cachefilesd-c-nodnotify.so
@@ -126,23 +128,33 @@ stop_daemon "$ours_pid"
 check "our daemon exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 unmount_cache
 
-# 3. The floor on /dev/vdc: unlink(2) of the same victims with no daemon and nothing to find out.
-prefilled_mount /dev/vdc
-floor_n=$culled_by_ours
-find "$cache/cache" -type f | sed -n 's|^\(.*/[DT]\)\([0-9][0-9]*\),$|\2 \1\2,|p' | sort -n |
-  head -n "$floor_n" | cut -d' ' -f2 >/tmp/victims
-check "the floor's victim list holds the $floor_n oldest objects" test "$(wc -l </tmp/victims)" -eq "$floor_n"
-# Warm, unlike the daemons' runs: only the unlinks are timed.
-xargs stat -c %i </tmp/victims >/dev/null
-cold="dentries and inodes of the victims warm"
-# A background job's stdin is /dev/null: the list is redirected inside the command.
-run_to_brun floor "$limit" sh -c 'xargs rm -f </tmp/victims'
-floor_cs=$run_cs
-report floor 1
-check "unlinking the oldest $floor_n objects reaches brun (got: $run_result)" test "$run_result" = brun
-unmount_cache
-say "FLOOR n=$N unlink of the $floor_n victims alone (warm): $(secs "$floor_cs") s; ours $(secs "$ours_cs") s" \
-  "= $(awk -v a="$ours_cs" -v b="$floor_cs" 'BEGIN { printf "%.2f", a / b }')x the floor"
+# 3. The floor: unlink(2) of the same victims with no daemon and nothing to find out, by one
+# unlink-list on /dev/vdc and by one per vCPU on /dev/vdd (each on every other victim, still
+# oldest first). floor_run DEV WAYS sets floor_cs.
+floor_run() {
+  prefilled_mount "$1"
+  find "$cache/cache" -type f | sed -n 's|^\(.*/[DT]\)\([0-9][0-9]*\),$|\2 \1\2,|p' | sort -n |
+    head -n "$culled_by_ours" | cut -d' ' -f2 >/tmp/victims
+  check "the floor's victim list holds the $culled_by_ours oldest objects" \
+    test "$(wc -l </tmp/victims)" -eq "$culled_by_ours"
+  # Warm, unlike the daemons' runs (the find above stat'ed every object): only unlinks are timed.
+  cold="dentries and inodes warm, $2 unlink-list process(es)"
+  rm -f /tmp/victims.*
+  awk -v ways="$2" '{ print > ("/tmp/victims." (NR % ways)) }' /tmp/victims
+  # A background job's stdin is /dev/null: the lists are redirected inside the command.
+  run_to_brun "floor-$2" "$limit" sh -c 'for l in /tmp/victims.*; do unlink-list <"$l" & done; wait'
+  floor_cs=$run_cs
+  report "floor-$2" 1
+  check "unlinking the oldest $culled_by_ours objects reaches brun (got: $run_result)" test "$run_result" = brun
+  unmount_cache
+}
+floor_run /dev/vdc 1
+floor1_cs=$floor_cs
+floor_run /dev/vdd 2
+floor_cs=$(( floor_cs < floor1_cs ? floor_cs : floor1_cs ))
+say "FLOOR n=$N unlink of the $culled_by_ours victims alone (warm): $(secs "$floor1_cs") s (1 process)," \
+  "$(secs "$run_cs") s (2 in parallel); ours $(secs "$ours_cs") s" \
+  "= $(awk -v a="$ours_cs" -v b="$floor_cs" 'BEGIN { printf "%.2f", a / b }')x the faster floor"
 
 if [ "$c_result" = brun ]; then
   say "RATIO n=$N ours/C = $(awk -v a="$ours_cs" -v b="$c_cs" 'BEGIN { printf "%.3f", a / b }')" \
