@@ -96,7 +96,8 @@ run_to_brun() {
       break
     fi
     if ! alive "$run_pid"; then
-      run_result=exited
+      # Its last unlink may have landed after the statfs above.
+      if [ "$(stat -f -c %a "$cache")" -ge "$brun_blocks" ]; then run_result=brun; else run_result=exited; fi
       break
     fi
     if [ $(( cs - _start )) -ge $(( _limit * 100 )) ]; then
