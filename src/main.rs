@@ -95,6 +95,19 @@ fn config_error(config: &Config, line: usize, message: String) -> Failure {
     })
 }
 
+/// One fd per open on-demand object and up to 1024 cached cull directories outgrow the usual
+/// soft limit of 1024; the hard limit is what the administrator allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::debug!("cannot raise the open file limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+}
+
 fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure> {
     let config = Config::load(&options.config).map_err(Failure::Config)?;
     check_dir(&config)?;
@@ -113,6 +126,7 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
         return Ok(0);
     }
 
+    raise_fd_limit();
     let inherited = service::inherited_device();
     let from_supervisor = inherited.as_ref().is_some_and(|i| i.from_supervisor);
     // Held for the daemon's life so that cachefilesctl refuses to write under it; a

@@ -3,13 +3,13 @@
 //! culltable size whatever the size of the cache. No `inuse` writes: the kernel refuses to
 //! cull an object in use (EBUSY) and that answer is taken at cull time.
 
-use super::tree::{file_type, open_dir_at, stat_at, RawDir};
+use super::tree::{file_type, open_dir_at, open_path, stat_at, RawDir};
 use nix::dir::{Dir, Type};
 use nix::sys::stat::SFlag;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Deeper than any layout the kernel makes (cache/I<volume>/@xx/<object>).
@@ -99,23 +99,121 @@ pub fn is_object_name(name: &[u8]) -> bool {
     matches!(name.first(), Some(b'D' | b'S' | b'T' | b'E')) && name.len() > 1
 }
 
+/// Depth (components below the cache root) whose directories are shared out among the scan
+/// threads: cache/<volume>/<fanout>, 256 of them per volume.
+const SPLIT_DEPTH: usize = 2;
+
+/// Scan threads: more only add lock and I/O contention.
+const MAX_SCAN_THREADS: usize = 4;
+
+/// Scans with one thread per CPU (up to `MAX_SCAN_THREADS`).
 pub fn scan(root: &Dir, capacity: usize) -> ScanReport {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_SCAN_THREADS);
+    scan_with_threads(root, capacity, threads)
+}
+
+/// The calling thread walks the top of the tree; the directories at `SPLIT_DEPTH` are then
+/// walked by `threads` threads, each with its own bounded table, and the tables are merged.
+/// The N oldest of the union of per-thread N-oldest sets are the N oldest of the tree, so the
+/// result is the same as a single walk's; memory is `threads` tables at most.
+pub fn scan_with_threads(root: &Dir, capacity: usize, threads: usize) -> ScanReport {
     let start = Instant::now();
-    let mut report = ScanReport::default();
-    let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(capacity.min(1 << 16));
-    let mut path = Vec::new();
+    let root_fd = RawDir(root.as_raw_fd());
+    let mut top = Walker::new(capacity);
+    let mut units = Vec::new();
     match Dir::openat(
-        Some(root.as_raw_fd()),
+        Some(root_fd.0),
         ".",
         super::tree::dir_flags(),
         nix::sys::stat::Mode::empty(),
     ) {
-        Ok(dir) => walk(dir, &mut path, &mut heap, capacity, &mut report),
-        Err(_) => report.vanished += 1,
+        Ok(dir) => top.walk(dir, &mut Vec::new(), Some(&mut units)),
+        Err(_) => top.report.vanished += 1,
     }
-    report.candidates = heap.into_sorted_vec();
+    let queue = Mutex::new(units);
+    let walk_units = |w: &mut Walker| loop {
+        let Some(mut path) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+            break;
+        };
+        // Opened again one component at a time: whatever replaced it meanwhile is not followed.
+        match open_path(&root_fd, &path) {
+            Ok(dir) => w.walk(dir, &mut path, None),
+            Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
+                let name = path.pop().unwrap_or_default();
+                note(
+                    &mut w.report,
+                    &path,
+                    &name,
+                    "symbolic link or non-directory",
+                );
+            }
+            Err(_) => w.report.vanished += 1,
+        }
+    };
+    let mut walkers = std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads)
+            .map_while(|i| {
+                std::thread::Builder::new()
+                    .name(format!("cachefilesd-scan{i}"))
+                    .spawn_scoped(s, || {
+                        let mut w = Walker::new(capacity);
+                        walk_units(&mut w);
+                        w
+                    })
+                    .ok()
+            })
+            .collect();
+        walk_units(&mut top);
+        let mut walkers = vec![top];
+        for h in helpers {
+            match h.join() {
+                Ok(w) => walkers.push(w),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        walkers
+    });
+    let mut report = ScanReport::default();
+    let mut candidates = Vec::new();
+    for w in walkers.iter_mut() {
+        let r = std::mem::take(&mut w.report);
+        report.objects += r.objects;
+        report.allocated = report.allocated.saturating_add(r.allocated);
+        report.directories += r.directories;
+        report.table_overflowed |= r.table_overflowed;
+        report.oddities_seen += r.oddities_seen;
+        report.vanished += r.vanished;
+        let room = ODDITIES_KEPT.saturating_sub(report.oddities.len());
+        report.oddities.extend(r.oddities.into_iter().take(room));
+        candidates.append(&mut std::mem::take(&mut w.heap).into_vec());
+    }
+    candidates.sort_unstable();
+    if candidates.len() > capacity {
+        report.table_overflowed = true;
+        candidates.truncate(capacity);
+    }
+    report.candidates = candidates;
     report.duration = start.elapsed();
     report
+}
+
+/// One scan thread's bounded table and counts.
+struct Walker {
+    heap: BinaryHeap<Candidate>,
+    capacity: usize,
+    report: ScanReport,
+}
+
+impl Walker {
+    fn new(capacity: usize) -> Walker {
+        Walker {
+            heap: BinaryHeap::with_capacity(capacity.min(1 << 16)),
+            capacity,
+            report: ScanReport::default(),
+        }
+    }
 }
 
 fn note(report: &mut ScanReport, path: &[Box<[u8]>], name: &[u8], what: &'static str) {
@@ -133,116 +231,133 @@ fn note(report: &mut ScanReport, path: &[Box<[u8]>], name: &[u8], what: &'static
     }
 }
 
-fn walk(
-    mut dir: Dir,
-    path: &mut Vec<Box<[u8]>>,
-    heap: &mut BinaryHeap<Candidate>,
-    capacity: usize,
-    report: &mut ScanReport,
-) {
-    report.directories += 1;
-    let here = Arc::new(DirPath(path.clone()));
-    let mut subdirs: Vec<Box<[u8]>> = Vec::new();
-    let fd = dir.as_raw_fd();
-    for entry in dir.iter() {
-        let Ok(entry) = entry else {
-            report.vanished += 1;
-            break;
-        };
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        let kind = match entry.file_type() {
-            Some(Type::Directory) => Some(SFlag::S_IFDIR),
-            Some(Type::File) => Some(SFlag::S_IFREG),
-            Some(Type::Symlink) => Some(SFlag::S_IFLNK),
-            Some(_) => Some(SFlag::S_IFIFO),
-            None => None,
-        };
-        if kind == Some(SFlag::S_IFDIR) {
-            subdirs.push(name.into());
-            continue;
-        }
-        if matches!(kind, Some(SFlag::S_IFLNK)) {
-            note(report, path, name, "symbolic link");
-            continue;
-        }
-        if matches!(kind, Some(SFlag::S_IFIFO)) {
-            note(report, path, name, "special file");
-            continue;
-        }
-        let Ok(st) = stat_at(&RawDir(fd), name) else {
-            report.vanished += 1;
-            continue;
-        };
-        match file_type(&st) {
-            SFlag::S_IFREG => {}
-            SFlag::S_IFDIR => {
+impl Walker {
+    /// Walks `dir` (at `path`) depth first. With `split`, the directories at `SPLIT_DEPTH`
+    /// are not walked but listed there for the scan threads.
+    fn walk(
+        &mut self,
+        mut dir: Dir,
+        path: &mut Vec<Box<[u8]>>,
+        mut split: Option<&mut Vec<Vec<Box<[u8]>>>>,
+    ) {
+        let report = &mut self.report;
+        let heap = &mut self.heap;
+        let capacity = self.capacity;
+        report.directories += 1;
+        let here = Arc::new(DirPath(path.clone()));
+        let mut subdirs: Vec<Box<[u8]>> = Vec::new();
+        let fd = dir.as_raw_fd();
+        for entry in dir.iter() {
+            let Ok(entry) = entry else {
+                report.vanished += 1;
+                break;
+            };
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                Some(Type::Directory) => Some(SFlag::S_IFDIR),
+                Some(Type::File) => Some(SFlag::S_IFREG),
+                Some(Type::Symlink) => Some(SFlag::S_IFLNK),
+                Some(_) => Some(SFlag::S_IFIFO),
+                None => None,
+            };
+            if kind == Some(SFlag::S_IFDIR) {
                 subdirs.push(name.into());
                 continue;
             }
-            SFlag::S_IFLNK => {
+            if matches!(kind, Some(SFlag::S_IFLNK)) {
                 note(report, path, name, "symbolic link");
                 continue;
             }
-            _ => {
+            if matches!(kind, Some(SFlag::S_IFIFO)) {
                 note(report, path, name, "special file");
                 continue;
             }
-        }
-        if path.is_empty() || !is_object_name(name) {
-            note(
-                report,
-                path,
-                name,
-                "file with a name the kernel does not make",
-            );
-            continue;
-        }
-        report.objects += 1;
-        let allocated = (st.st_blocks as u64).saturating_mul(512);
-        report.allocated = report.allocated.saturating_add(allocated);
-        let atime = (st.st_atime, st.st_atime_nsec);
-        if heap.len() >= capacity {
-            report.table_overflowed = true;
-            match heap.peek() {
-                Some(youngest) if atime < youngest.atime => {
-                    heap.pop();
+            let Ok(st) = stat_at(&RawDir(fd), name) else {
+                report.vanished += 1;
+                continue;
+            };
+            match file_type(&st) {
+                SFlag::S_IFREG => {}
+                SFlag::S_IFDIR => {
+                    subdirs.push(name.into());
+                    continue;
                 }
-                _ => continue,
+                SFlag::S_IFLNK => {
+                    note(report, path, name, "symbolic link");
+                    continue;
+                }
+                _ => {
+                    note(report, path, name, "special file");
+                    continue;
+                }
             }
+            if path.is_empty() || !is_object_name(name) {
+                note(
+                    report,
+                    path,
+                    name,
+                    "file with a name the kernel does not make",
+                );
+                continue;
+            }
+            report.objects += 1;
+            let allocated = (st.st_blocks as u64).saturating_mul(512);
+            report.allocated = report.allocated.saturating_add(allocated);
+            let atime = (st.st_atime, st.st_atime_nsec);
+            if heap.len() >= capacity {
+                report.table_overflowed = true;
+                match heap.peek() {
+                    Some(youngest) if atime < youngest.atime => {
+                        heap.pop();
+                    }
+                    _ => continue,
+                }
+            }
+            heap.push(Candidate {
+                atime,
+                ino: st.st_ino,
+                allocated,
+                dir: here.clone(),
+                name: name.into(),
+            });
         }
-        heap.push(Candidate {
-            atime,
-            ino: st.st_ino,
-            allocated,
-            dir: here.clone(),
-            name: name.into(),
-        });
-    }
-    if path.len() >= MAX_DEPTH {
+        if path.len() >= MAX_DEPTH {
+            for name in subdirs {
+                note(
+                    report,
+                    path,
+                    &name,
+                    "directory nested deeper than the kernel makes",
+                );
+            }
+            return;
+        }
         for name in subdirs {
-            note(
-                report,
-                path,
-                &name,
-                "directory nested deeper than the kernel makes",
-            );
-        }
-        return;
-    }
-    for name in subdirs {
-        match open_dir_at(&RawDir(fd), &name) {
-            Ok(sub) => {
-                path.push(name);
-                walk(sub, path, heap, capacity, report);
-                path.pop();
+            if let Some(units) = split.as_deref_mut() {
+                if path.len() + 1 == SPLIT_DEPTH {
+                    let mut unit = path.clone();
+                    unit.push(name);
+                    units.push(unit);
+                    continue;
+                }
             }
-            Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
-                note(report, path, &name, "symbolic link or non-directory")
+            match open_dir_at(&RawDir(fd), &name) {
+                Ok(sub) => {
+                    path.push(name);
+                    self.walk(sub, path, split.as_deref_mut());
+                    path.pop();
+                }
+                Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => note(
+                    &mut self.report,
+                    path,
+                    &name,
+                    "symbolic link or non-directory",
+                ),
+                Err(_) => self.report.vanished += 1,
             }
-            Err(_) => report.vanished += 1,
         }
     }
 }
@@ -293,6 +408,36 @@ mod tests {
         assert_eq!(atimes, (1_000_000..1_000_010).collect::<Vec<_>>());
         assert!(r.candidates[0].path().starts_with("Ierofs,v"));
         assert_eq!(r.oddities_seen, 0);
+    }
+
+    #[test]
+    fn threads_share_the_walk_and_find_the_same_oldest_objects() {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..600 {
+            let atime = 2_000_000 + ((i * 7919) % 600) as i64;
+            make_object(
+                t.path(),
+                &format!("I9p,v{}/@{:02x}/T{i},", i % 4, (i * 31) % 256),
+                atime,
+            );
+        }
+        // Objects above the split depth are the calling thread's.
+        make_object(t.path(), "I9p,v0/Tshallow,", 1_000);
+        std::os::unix::fs::symlink("/", t.path().join("I9p,v1/@zz")).unwrap();
+        let one = scan_with_threads(&open(t.path()), 50, 1);
+        let paths = |r: &ScanReport| r.candidates.iter().map(Candidate::path).collect::<Vec<_>>();
+        assert_eq!(one.objects, 601);
+        assert_eq!(one.candidates[0].path(), "I9p,v0/Tshallow,");
+        assert_eq!(one.candidates[1].atime.0, 2_000_000);
+        for threads in [2, 4] {
+            let many = scan_with_threads(&open(t.path()), 50, threads);
+            assert_eq!(paths(&many), paths(&one), "{threads} threads");
+            assert_eq!(many.objects, one.objects);
+            assert_eq!(many.allocated, one.allocated);
+            assert_eq!(many.directories, one.directories);
+            assert!(many.table_overflowed);
+            assert_eq!(many.oddities, one.oddities);
+        }
     }
 
     #[test]
