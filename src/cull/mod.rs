@@ -3,7 +3,8 @@
 //!
 //! `cull NAME` is resolved against the process's current directory, so only the event-loop
 //! thread may call `cull_one` (it `fchdir`s into the object's directory). Scans and graveyard
-//! reaping use dirfds only and run on a worker thread.
+//! reaping use dirfds only and run on a worker thread (a scan shares its directories among
+//! scan threads of its own).
 
 pub mod graveyard;
 pub mod scan;
