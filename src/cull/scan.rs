@@ -106,11 +106,17 @@ const SPLIT_DEPTH: usize = 2;
 /// Scan threads: more only add lock and I/O contention.
 const MAX_SCAN_THREADS: usize = 4;
 
-/// Scans with one thread per CPU (up to `MAX_SCAN_THREADS`).
+/// Candidates all scan threads may hold together; a table this large is scanned by one thread.
+const MAX_ENTRIES_ALL_THREADS: usize = 1 << 20;
+
+/// Scans with one thread per CPU (up to `MAX_SCAN_THREADS`), as many as keep the threads' tables
+/// together within `MAX_ENTRIES_ALL_THREADS` (each may need the whole `capacity`).
 pub fn scan(root: &Dir, capacity: usize) -> ScanReport {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(MAX_SCAN_THREADS);
+        .min(MAX_SCAN_THREADS)
+        .min(MAX_ENTRIES_ALL_THREADS / capacity.max(1))
+        .max(1);
     scan_with_threads(root, capacity, threads)
 }
 
@@ -385,6 +391,14 @@ mod tests {
         .unwrap();
     }
 
+    /// `n` objects named by `name`, with the atimes `base..base + n` in an order unrelated to
+    /// their names and directories.
+    fn plant_shuffled(root: &Path, n: usize, base: i64, name: impl Fn(usize) -> String) {
+        for i in 0..n {
+            make_object(root, &name(i), base + ((i * 7919) % n) as i64);
+        }
+    }
+
     fn open(p: &Path) -> Dir {
         Dir::open(p, dir_flags(), nix::sys::stat::Mode::empty()).unwrap()
     }
@@ -392,15 +406,9 @@ mod tests {
     #[test]
     fn keeps_the_oldest_objects_in_bounded_memory() {
         let t = tempfile::tempdir().unwrap();
-        for i in 0..200 {
-            // Atimes out of order relative to names and directories.
-            let atime = 1_000_000 + ((i * 7919) % 200) as i64;
-            make_object(
-                t.path(),
-                &format!("Ierofs,v{}/@{:02x}/Dobj{i}", i % 3, i % 256),
-                atime,
-            );
-        }
+        plant_shuffled(t.path(), 200, 1_000_000, |i| {
+            format!("Ierofs,v{}/@{:02x}/Dobj{i}", i % 3, i % 256)
+        });
         let r = scan(&open(t.path()), 10);
         assert_eq!(r.objects, 200);
         assert!(r.table_overflowed);
@@ -413,14 +421,9 @@ mod tests {
     #[test]
     fn threads_share_the_walk_and_find_the_same_oldest_objects() {
         let t = tempfile::tempdir().unwrap();
-        for i in 0..600 {
-            let atime = 2_000_000 + ((i * 7919) % 600) as i64;
-            make_object(
-                t.path(),
-                &format!("I9p,v{}/@{:02x}/T{i},", i % 4, (i * 31) % 256),
-                atime,
-            );
-        }
+        plant_shuffled(t.path(), 600, 2_000_000, |i| {
+            format!("I9p,v{}/@{:02x}/T{i},", i % 4, (i * 31) % 256)
+        });
         // Objects above the split depth are the calling thread's.
         make_object(t.path(), "I9p,v0/Tshallow,", 1_000);
         std::os::unix::fs::symlink("/", t.path().join("I9p,v1/@zz")).unwrap();
