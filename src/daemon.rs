@@ -349,7 +349,10 @@ impl<'d> Daemon<'d> {
         };
         let bsize = st.block_size() as u64;
         let used_files = st.files().saturating_sub(st.files_free()).max(1);
-        let used_bytes = st.blocks().saturating_sub(st.blocks_free()) * bsize;
+        let used_bytes = st
+            .blocks()
+            .saturating_sub(st.blocks_free())
+            .saturating_mul(bsize);
         Deficit {
             bytes: brun
                 .saturating_sub(st.blocks_available())
@@ -372,7 +375,7 @@ impl<'d> Daemon<'d> {
         let capacity = culler.scan_capacity(deficit);
         if capacity > culler.capacity() {
             log::info!(
-                "scanning for {capacity} candidates (culltable {}): about {} MiB and {} files to free",
+                "scanning for {capacity} candidates (culltable: {}): about {} MiB and {} files to free",
                 culler.capacity(),
                 deficit.bytes >> 20,
                 deficit.files
