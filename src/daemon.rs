@@ -363,8 +363,8 @@ impl<'d> Daemon<'d> {
     }
 
     /// Hands a scan to the worker if the culler wants one; its table covers the deficit.
-    fn start_scan_if_wanted(&mut self, now: Instant) {
-        let culling = self.status.cull.then(|| self.deficit());
+    /// `culling`: what remains to free while the kernel asks for culling.
+    fn start_scan_if_wanted(&mut self, now: Instant, culling: Option<Deficit>) {
         let Some(culler) = self.culler.as_mut() else {
             return;
         };
@@ -472,13 +472,16 @@ impl<'d> Daemon<'d> {
             return Ok(());
         }
         let now = Instant::now();
-        self.start_scan_if_wanted(now);
-        if !self.status.cull || self.cull_paused_until.is_some_and(|t| now < t) {
+        let culling = self.status.cull.then(|| self.deficit());
+        self.start_scan_if_wanted(now, culling);
+        let Some(mut owed) = culling else {
+            return Ok(());
+        };
+        if self.cull_paused_until.is_some_and(|t| now < t) {
             return Ok(());
         }
         // The cull flag is read again once the culls made up the deficit, not after each one:
         // a status read costs a statfs in the kernel, and the candidates' sizes are exact.
-        let mut owed = self.deficit();
         for _ in 0..CULL_BATCH {
             let culler = self.culler.as_mut().expect("checked above");
             let outcome = match culler.cull_one(&self.cache_root, self.device) {
@@ -516,7 +519,8 @@ impl<'d> Daemon<'d> {
         let culler = self.culler.as_mut().expect("checked above");
         culler.leave_cache_dir();
         if self.status.cull && culler.ready_len() == 0 {
-            self.start_scan_if_wanted(Instant::now());
+            let deficit = self.deficit();
+            self.start_scan_if_wanted(Instant::now(), Some(deficit));
         }
         Ok(())
     }
