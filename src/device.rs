@@ -119,12 +119,17 @@ impl CachefilesDevice {
     }
 }
 
+/// A command's bytes as written to the device; what cannot be sent is an `Invalid` error.
+pub fn encode(command: &Command) -> Result<Vec<u8>, DeviceError> {
+    command.to_bytes().map_err(|source| DeviceError::Invalid {
+        keyword: command.keyword(),
+        source,
+    })
+}
+
 impl Device for CachefilesDevice {
     fn send(&mut self, command: &Command) -> Result<(), DeviceError> {
-        let bytes = command.to_bytes().map_err(|source| DeviceError::Invalid {
-            keyword: command.keyword(),
-            source,
-        })?;
+        let bytes = encode(command)?;
         loop {
             match self.file.write(&bytes) {
                 Ok(_) => return Ok(()),

@@ -80,10 +80,7 @@ impl FakeKernel {
 
 impl Device for FakeDevice {
     fn send(&mut self, command: &Command) -> Result<(), DeviceError> {
-        let bytes = command.to_bytes().map_err(|source| DeviceError::Invalid {
-            keyword: command.keyword(),
-            source,
-        })?;
+        let bytes = crate::device::encode(command)?;
         let mut st = self.kernel.state.lock().expect("fake state");
         let fail = |errno| {
             Err(DeviceError::Command {
