@@ -4,14 +4,16 @@
 //!
 //! cargo bench --bench http          # needs nginx and curl (Debian packages nginx, curl)
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use cachefilesd_rs::ondemand::serve_read;
 use cachefilesd_rs::ondemand::sourcemap::FetchSettings;
 use cachefilesd_rs::ondemand::sources::{self, Blob, HttpBlob};
-use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BLOB: u64 = 256 << 20;
@@ -23,14 +25,14 @@ fn main() {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-tree"));
     std::fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(&base).unwrap();
-    let server = nginx(dir.path());
+    let server = common::servers::start_nginx(dir.path(), "");
     let blob_path = dir.path().join("www/blob");
     let data: Vec<u8> = (0..BLOB as usize)
         .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3])
         .collect();
     std::fs::write(&blob_path, &data).unwrap();
     drop(data);
-    let url = format!("http://127.0.0.1:{}/blob", server.port);
+    let url = server.url("/blob");
     let out = dir.path().join("out");
 
     let settings = FetchSettings::default();
@@ -98,57 +100,4 @@ fn main() {
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: nginx's master then stops its workers too.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-/// nginx serving `dir/www` on a free port, configured as tests/http_sources.rs does.
-fn nginx(dir: &Path) -> Server {
-    let root = dir.join("www");
-    std::fs::create_dir_all(&root).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let d = dir.display();
-    let conf = format!(
-        "user root; worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  server {{ listen 127.0.0.1:{port}; root {root}; }}
-}}
-",
-        root = root.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("/usr/sbin/nginx")
-        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting nginx (apt-get install nginx)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server { child, port }
 }

@@ -8,11 +8,13 @@
 //! hands them to its workers), then the bench waits until every one is completed: throughput
 //! with a deep queue, as under readahead. The anon fd is a regular file on the same disk.
 
-use cachefilesd_rs::config::Config;
-use cachefilesd_rs::daemon::{Daemon, StopHandle};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use cachefilesd_rs::fake::FakeKernel;
 use cachefilesd_rs::ondemand::sourcemap::{FetchSettings, SourceMap};
 use cachefilesd_rs::proto::msg::{encode_open, encode_read};
+use common::fake_daemon::{anon_file, make_ondemand_tree, start_ondemand};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -47,9 +49,7 @@ fn main() {
     fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(&base).unwrap();
     let root = dir.path();
-    for d in ["cache", "graveyard", "blobs"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
+    make_ondemand_tree(root);
     // Written in 1 MiB pieces so that the peak RSS reported at the end is the engine's.
     let mut out = fs::File::create(root.join("blobs/img")).unwrap();
     for piece in 0..BLOB as usize >> 20 {
@@ -61,14 +61,24 @@ fn main() {
     drop(out);
 
     let workers = FetchSettings::default().workers;
-    let s = start(root, workers);
-    let (fd, target) = anon_file(&s.kernel, root, "anon");
-    s.kernel.with(|k| {
+    // Readahead off: this measures one READ's path; readahead (2 MiB by default) would turn each
+    // 4 KiB READ into a 2 MiB fetch. Its effect is measured in the VM (BENCHMARKS-vm.md).
+    let map = SourceMap::parse(
+        "bench.toml",
+        &format!(
+            "[[source]]\nfsid = \"*\"\npath = \"{}/blobs/{{fsid}}\"\n[fetch]\nworkers = {workers}\nreadahead = 0\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let (kernel, daemon) = start_ondemand(root, map);
+    let (fd, target) = anon_file(&kernel, root, "anon");
+    kernel.with(|k| {
         k.messages
             .push_back(encode_open(0, 1, b"erofs,img", b"img", fd))
     });
     wait_until(|| {
-        s.kernel
+        kernel
             .state
             .lock()
             .unwrap()
@@ -93,9 +103,9 @@ fn main() {
     let mut msg_id = 1u32;
     for case in &CASES {
         let engine = |msg_id: &mut u32| {
-            let before = completed(&s.kernel);
+            let before = completed(&kernel);
             let t = Instant::now();
-            s.kernel.with(|k| {
+            kernel.with(|k| {
                 for i in 0..case.count {
                     let off = (i * case.size) % BLOB;
                     k.messages
@@ -104,7 +114,7 @@ fn main() {
                 }
             });
             let want = before + case.count as usize;
-            wait_until(|| completed(&s.kernel) >= want);
+            wait_until(|| completed(&kernel) >= want);
             t.elapsed()
         };
         let plain = || {
@@ -145,8 +155,7 @@ fn main() {
     target.read_exact_at(&mut got, BLOB - 4096).unwrap();
     blob.read_exact_at(&mut want, BLOB - 4096).unwrap();
     assert_eq!(got, want);
-    s.stop.stop();
-    let stats = s.runner.join().unwrap().unwrap();
+    let stats = daemon.stop_expecting_ok();
     eprintln!("  daemon: {stats}");
     assert_eq!(stats.matches("(0 failed)").count(), 2, "{stats}");
     // Every run queued all its READs at once (40 000 x 4 KiB, 512 x 1 MiB): the process's peak
@@ -175,60 +184,4 @@ fn wait_until(mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out");
         std::thread::sleep(Duration::from_micros(200));
     }
-}
-
-struct Setup {
-    kernel: FakeKernel,
-    stop: StopHandle,
-    runner: std::thread::JoinHandle<Result<String, String>>,
-}
-
-fn start(root: &Path, workers: usize) -> Setup {
-    let map = SourceMap::parse(
-        "bench.toml",
-        &format!(
-            "[[source]]\nfsid = \"*\"\npath = \"{}/blobs/{{fsid}}\"\n[fetch]\nworkers = {workers}\n",
-            root.display()
-        ),
-    )
-    .unwrap();
-    let cfg = Config::parse(
-        Path::new("bench.conf"),
-        format!(
-            "dir {}\nondemand /unused.toml\nnocull\ncontrol none\n",
-            root.display()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let (kernel, mut device) = FakeKernel::new();
-    kernel.with(|s| s.commands.push("bind ondemand".into()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let runner = std::thread::spawn(move || {
-        let mut daemon = Daemon::new(&cfg, &mut device, false, None, Some(map)).unwrap();
-        tx.send(daemon.stop_handle()).unwrap();
-        daemon
-            .run()
-            .map(|_| daemon.stats_line())
-            .map_err(|e| e.to_string())
-    });
-    let stop = rx.recv().unwrap();
-    Setup {
-        kernel,
-        stop,
-        runner,
-    }
-}
-
-/// An anon fd stand-in: a file the engine writes, and a handle to read it back.
-fn anon_file(kernel: &FakeKernel, root: &Path, name: &str) -> (u32, fs::File) {
-    let path = root.join(name);
-    let w = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let r = fs::File::open(&path).unwrap();
-    (kernel.anon_fd(w), r)
 }

@@ -1,9 +1,12 @@
 //! The whole classic-mode event loop against the fake device over a cache tree laid out as
 //! the kernel lays it out.
 
+mod common;
+
 use cachefilesd_rs::config::Config;
 use cachefilesd_rs::daemon::{Daemon, DaemonError};
 use cachefilesd_rs::fake::FakeKernel;
+use common::fake_daemon::{wait_for, DaemonThread};
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use std::fs;
@@ -32,14 +35,6 @@ fn object(root: &Path, rel: &str, atime: i64) -> PathBuf {
 fn config(dir: &Path, extra: &str) -> Config {
     let text = format!("dir {}\ntag test\ncontrol none\n{extra}", dir.display());
     Config::parse(Path::new("test.conf"), text.as_bytes()).unwrap()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -77,7 +72,7 @@ fn culls_the_oldest_unused_objects_until_the_kernel_is_satisfied() {
         .iter()
         .map(|(_, rel, _)| rel.rsplit('/').next().unwrap().as_bytes().to_vec())
         .collect();
-    let (kernel, mut device) = FakeKernel::new();
+    let (kernel, device) = FakeKernel::new();
     kernel.with(|s| {
         s.status.cull = true;
         s.cull_until = 40;
@@ -85,23 +80,14 @@ fn culls_the_oldest_unused_objects_until_the_kernel_is_satisfied() {
     });
 
     let cfg = config(t.path(), "culltable 12\n");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let runner = std::thread::spawn(move || {
-        let mut daemon = Daemon::new(&cfg, &mut device, false, None, None).unwrap();
-        tx.send(daemon.stop_handle()).unwrap();
-        let result = daemon.run();
-        (result.map_err(|e| e.to_string()), daemon.stats_line())
-    });
-    let stop = rx.recv().unwrap();
+    let daemon = DaemonThread::start(cfg, device, None);
     wait_for("40 culls and an empty graveyard", || {
         kernel.with(|s| s.culled.len() == 40 && !s.status.cull)
             && fs::read_dir(t.path().join("graveyard")).unwrap().count() == 0
     });
     // Give the loop time to (wrongly) go on culling.
     std::thread::sleep(Duration::from_millis(300));
-    stop.stop();
-    let (result, stats) = runner.join().unwrap();
-    result.unwrap();
+    let stats = daemon.stop_expecting_ok();
     assert!(stats.contains("culled 40"), "{stats}");
 
     let culled: Vec<PathBuf> = kernel.with(|s| s.culled.clone());
@@ -179,20 +165,14 @@ fn a_cull_failing_with_eio_on_a_live_cache_pauses_and_resumes() {
         object(t.path(), &format!("Ierofs,x/@00/Dx{i}"), 100 + i);
     }
     fs::create_dir_all(t.path().join("graveyard")).unwrap();
-    let (kernel, mut device) = FakeKernel::new();
+    let (kernel, device) = FakeKernel::new();
     kernel.with(|s| {
         s.status.cull = true;
         s.cull_until = 3;
         s.fail_next = vec![("cull", nix::errno::Errno::EIO)];
     });
     let cfg = config(t.path(), "");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let runner = std::thread::spawn(move || {
-        let mut daemon = Daemon::new(&cfg, &mut device, false, None, None).unwrap();
-        tx.send(daemon.stop_handle()).unwrap();
-        daemon.run().map_err(|e| e.to_string())
-    });
-    let stop = rx.recv().unwrap();
+    let daemon = DaemonThread::start(cfg, device, None);
     let started = Instant::now();
     wait_for("3 culls after the failure", || {
         kernel.with(|s| s.culled.len() == 3)
@@ -201,8 +181,7 @@ fn a_cull_failing_with_eio_on_a_live_cache_pauses_and_resumes() {
         started.elapsed() >= Duration::from_millis(900),
         "culling paused after the EIO"
     );
-    stop.stop();
-    runner.join().unwrap().unwrap();
+    daemon.stop_expecting_ok();
     // The oldest object was retried after the pause, not skipped.
     let first = kernel.with(|s| s.culled[0].file_name().unwrap().to_owned());
     assert_eq!(first, "Dx0");

@@ -1,10 +1,12 @@
 //! The control socket of a running daemon (fake device): status while culling is in progress,
 //! metrics, bad requests, and clients that never send or never read.
 
+mod common;
+
 use cachefilesd_rs::config::Config;
 use cachefilesd_rs::control::query;
-use cachefilesd_rs::daemon::Daemon;
 use cachefilesd_rs::fake::FakeKernel;
+use common::fake_daemon::{wait_for, DaemonThread};
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -27,25 +29,15 @@ fn answers_while_culling_and_survives_bad_clients() {
         sock.display()
     );
     let cfg = Config::parse(Path::new("t.conf"), text.as_bytes()).unwrap();
-    let (kernel, mut device) = FakeKernel::new();
+    let (kernel, device) = FakeKernel::new();
     // The kernel wants more culled than there is, and holds every object: culling stays active.
     kernel.with(|s| {
         s.status.cull = true;
         s.cull_until = 1000;
         s.in_use = (0..50).map(|i| format!("Dobj{i}").into_bytes()).collect();
     });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let runner = std::thread::spawn(move || {
-        let mut daemon = Daemon::new(&cfg, &mut device, false, None, None).unwrap();
-        tx.send(daemon.stop_handle()).unwrap();
-        daemon.run().map_err(|e| e.to_string())
-    });
-    let stop = rx.recv().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let daemon = DaemonThread::start(cfg, device, None);
+    wait_for("the control socket", || sock.exists());
 
     // A client that connects and never sends, and one that sends and never reads.
     let _silent = std::os::unix::net::UnixStream::connect(&sock).unwrap();
@@ -89,7 +81,6 @@ fn answers_while_culling_and_survives_bad_clients() {
     let long = query(&sock, &"x".repeat(5000), timeout).unwrap_or_else(|e| format!("error: {e}"));
     assert!(long.starts_with("error"), "{long}");
 
-    stop.stop();
-    runner.join().unwrap().unwrap();
+    daemon.stop_expecting_ok();
     assert!(!sock.exists(), "socket removed on exit");
 }

@@ -22,6 +22,15 @@ fn ctl(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `cachefilesctl prefill` of the file `from` as object `key` of `volume`.
+fn prefill(dir: &Path, volume: &str, key: &str, from: &Path) -> Output {
+    let from = from.to_str().unwrap();
+    ctl(
+        dir,
+        &["prefill", "--volume", volume, "--key", key, "--from", from],
+    )
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -80,18 +89,7 @@ fn prefill_lays_out_the_object_as_the_kernel_does() {
     let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(&src, &data).unwrap();
 
-    let o = ctl(
-        &root,
-        &[
-            "prefill",
-            "--volume",
-            "erofs,testblob",
-            "--key",
-            "testblob",
-            "--from",
-            src.to_str().unwrap(),
-        ],
-    );
+    let o = prefill(&root, "erofs,testblob", "testblob", &src);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     // The path a real 6.12 kernel used for this volume and fsid.
     let obj = root.join("cache/Ierofs,testblob/@7d/Dtestblob");
@@ -144,18 +142,7 @@ fn prefill_lays_out_the_object_as_the_kernel_does() {
     // Again with other content: the object is replaced, not appended to or left half-written.
     let ino = meta.ino();
     fs::write(&src, b"short").unwrap();
-    let o = ctl(
-        &root,
-        &[
-            "prefill",
-            "--volume",
-            "erofs,testblob",
-            "--key",
-            "testblob",
-            "--from",
-            src.to_str().unwrap(),
-        ],
-    );
+    let o = prefill(&root, "erofs,testblob", "testblob", &src);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert!(stdout(&o).contains("replaced"));
     let bytes = fs::read(&obj).unwrap();
@@ -187,35 +174,13 @@ fn prefill_refuses_a_volume_the_kernel_would_discard_and_other_netfs() {
     fs::write(&src, b"x").unwrap();
     let v = kernel_volume(root, "erofs,d");
     set_xattr_on(&v, &[0, 0, 0, 1]);
-    let o = ctl(
-        root,
-        &[
-            "prefill",
-            "--volume",
-            "erofs,d",
-            "--key",
-            "k",
-            "--from",
-            src.to_str().unwrap(),
-        ],
-    );
+    let o = prefill(root, "erofs,d", "k", &src);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("purge"),
         "{o:?}"
     );
-    let o = ctl(
-        root,
-        &[
-            "prefill",
-            "--volume",
-            "9p,x,",
-            "--key",
-            "k",
-            "--from",
-            src.to_str().unwrap(),
-        ],
-    );
+    let o = prefill(root, "9p,x,", "k", &src);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("EROFS"),

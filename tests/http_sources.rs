@@ -3,101 +3,44 @@
 //! registry blobs, and tiny hand-rolled TCP servers for misbehaviour nginx will not produce
 //! (stalls, lying Content-Range). .ci/run installs nginx and docker-registry.
 
+mod common;
+
 use cachefilesd_rs::ondemand::serve_read;
 use cachefilesd_rs::ondemand::sourcemap::FetchSettings;
 use cachefilesd_rs::ondemand::sources::{self, Blob, FetchError, HttpBlob, RegistryBlob};
+use common::servers::{find_binary, free_port, start_nginx, LocalServer};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "server on port {port} did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn find(binary: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = Path::new(dir).join(binary);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{binary} not found: install Debian's {package} package (.ci/run does)");
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
+/// nginx on a temp dir, with the locations the tests below request besides `/blobs/`.
+struct Nginx {
+    server: LocalServer,
     root: PathBuf,
+    // Last: removed after nginx is stopped.
+    _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: nginx's master then stops its workers too.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx() -> Server {
+fn nginx_with_test_locations() -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("www");
     std::fs::create_dir_all(root.join("blobs")).unwrap();
-    let port = free_port();
-    let d = dir.path().display();
-    let conf = format!(
-        "user root; worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    root {root};
-    location /norange/ {{ alias {root}/blobs/; max_ranges 0; }}
+    let locations = format!(
+        "    location /norange/ {{ alias {root}/blobs/; max_ranges 0; }}
     location /moved/ {{ return 302 /blobs/big; }}
     location /loop/ {{ return 302 /loop/again; }}
-  }}
-}}
 ",
         root = root.display()
     );
-    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-    let child = Command::new(find("nginx", "nginx"))
-        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    Server {
-        child,
-        port,
-        _dir: dir,
+    let server = start_nginx(dir.path(), &locations);
+    Nginx {
+        server,
         root,
+        _dir: dir,
     }
 }
 
@@ -126,17 +69,13 @@ fn write_target() -> (tempfile::NamedTempFile, OwnedFd) {
 
 #[test]
 fn nginx_range_requests_serve_exact_bytes() {
-    let server = nginx();
+    let nginx = nginx_with_test_locations();
     let content = data(5 * 1024 * 1024 + 123);
-    std::fs::write(server.root.join("blobs/big"), &content).unwrap();
+    std::fs::write(nginx.root.join("blobs/big"), &content).unwrap();
     let s = settings(5000, 1);
     let agent = sources::agent(&s);
-    let blob = HttpBlob::open(
-        format!("http://127.0.0.1:{}/blobs/big", server.port),
-        agent.clone(),
-        &s,
-    )
-    .unwrap();
+    let open = |path: &str| HttpBlob::open(nginx.server.url(path), agent.clone(), &s);
+    let blob = open("/blobs/big").unwrap();
     assert_eq!(blob.size(), content.len() as u64);
     let (file, fd) = write_target();
     // A read spanning several 1 MiB chunks and the blob's unaligned end.
@@ -150,44 +89,22 @@ fn nginx_range_requests_serve_exact_bytes() {
     assert_eq!(back, &content[4096 * 3..]);
 
     // A redirect to the blob is followed.
-    let moved = HttpBlob::open(
-        format!("http://127.0.0.1:{}/moved/x", server.port),
-        agent.clone(),
-        &s,
-    )
-    .unwrap();
+    let moved = open("/moved/x").unwrap();
     assert_eq!(moved.size(), content.len() as u64);
 
     // 404 fails the OPEN with ENOENT.
-    let missing = HttpBlob::open(
-        format!("http://127.0.0.1:{}/blobs/none", server.port),
-        agent.clone(),
-        &s,
-    )
-    .err()
-    .unwrap();
+    let missing = open("/blobs/none").err().unwrap();
     assert_eq!(missing.errno(), nix::errno::Errno::ENOENT, "{missing}");
 
     // A server that ignores Range (200 with the whole body) is an error, not silent garbage.
-    let norange = HttpBlob::open(
-        format!("http://127.0.0.1:{}/norange/big", server.port),
-        agent.clone(),
-        &s,
-    )
-    .unwrap();
+    let norange = open("/norange/big").unwrap();
     let mut buf = vec![0u8; 4096];
     let e = norange.read_exact_at(4096, &mut buf).unwrap_err();
     assert!(e.to_string().contains("expected 206"), "{e}");
 
     // A redirect loop ends in an error, bounded.
     let started = Instant::now();
-    let e = HttpBlob::open(
-        format!("http://127.0.0.1:{}/loop/x", server.port),
-        agent,
-        &s,
-    )
-    .err()
-    .unwrap();
+    let e = open("/loop/x").err().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5), "{e}");
 }
 
@@ -282,23 +199,15 @@ fn registry_blobs_by_digest() {
         dir.path().display()
     );
     std::fs::write(dir.path().join("config.yml"), conf).unwrap();
-    let child = Command::new(find("docker-registry", "docker-registry"))
-        .args(["serve", &format!("{}/config.yml", dir.path().display())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = Server {
-        child,
+    let server = LocalServer::spawn(
+        Command::new(find_binary("docker-registry", "docker-registry"))
+            .args(["serve", &format!("{}/config.yml", dir.path().display())]),
         port,
-        _dir: dir,
-        root: PathBuf::new(),
-    };
-    wait_port(port);
+    );
 
     let content = data(3 * 1024 * 1024 + 5);
     let hex = sha256_hex(&content);
-    let base = format!("http://127.0.0.1:{port}");
+    let base = server.url("");
     // Upload: POST opens a session, PUT to its Location with the digest closes it.
     let session = ureq::post(&format!("{base}/v2/test/app/blobs/uploads/"))
         .call()

@@ -2,23 +2,15 @@
 //! exactly one completion, data lands page-aligned in the object's fd, failures complete
 //! without data, hostile messages are answered where possible.
 
-use cachefilesd_rs::config::Config;
-use cachefilesd_rs::daemon::Daemon;
+mod common;
+
 use cachefilesd_rs::fake::FakeKernel;
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
 use cachefilesd_rs::proto::msg::{encode_close, encode_open, encode_read};
+use common::fake_daemon::{anon_file, make_ondemand_tree, start_ondemand, wait_for, DaemonThread};
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use std::time::Duration;
 
 fn blob(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -30,60 +22,23 @@ struct Setup {
     _dir: tempfile::TempDir,
     root: std::path::PathBuf,
     kernel: FakeKernel,
-    stop: cachefilesd_rs::daemon::StopHandle,
-    runner: std::thread::JoinHandle<Result<String, String>>,
+    daemon: DaemonThread,
 }
 
+/// An on-demand daemon over a fresh temp dir; `ROOT` in `map` stands for that dir.
 fn start(map: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    fs::create_dir_all(root.join("cache")).unwrap();
-    fs::create_dir_all(root.join("graveyard")).unwrap();
-    fs::create_dir_all(root.join("blobs")).unwrap();
+    make_ondemand_tree(&root);
     let map =
         SourceMap::parse("t.toml", &map.replace("ROOT", &root.display().to_string())).unwrap();
-    let cfg = Config::parse(
-        Path::new("t.conf"),
-        format!(
-            "dir {}\nondemand /unused.toml\nnocull\ncontrol none\n",
-            root.display()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let (kernel, mut device) = FakeKernel::new();
-    kernel.with(|s| s.commands.push("bind ondemand".into()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let runner = std::thread::spawn(move || {
-        let mut daemon = Daemon::new(&cfg, &mut device, false, None, Some(map)).unwrap();
-        tx.send(daemon.stop_handle()).unwrap();
-        daemon
-            .run()
-            .map(|_| daemon.stats_line())
-            .map_err(|e| e.to_string())
-    });
-    let stop = rx.recv().unwrap();
+    let (kernel, daemon) = start_ondemand(&root, map);
     Setup {
         _dir: dir,
         root,
         kernel,
-        stop,
-        runner,
+        daemon,
     }
-}
-
-/// An anon fd stand-in: a file opened for writing whose contents the test can inspect.
-fn anon_file(kernel: &FakeKernel, root: &Path, name: &str) -> (u32, fs::File) {
-    let path = root.join(name);
-    let w = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let r = fs::File::open(&path).unwrap();
-    (kernel.anon_fd(w), r)
 }
 
 fn copens(kernel: &FakeKernel) -> Vec<String> {
@@ -160,8 +115,7 @@ fn serves_opens_and_reads_with_exactly_one_answer_each() {
         s.kernel.with(|k| k.completed.contains(&4))
     });
     std::thread::sleep(Duration::from_millis(100));
-    s.stop.stop();
-    let stats = s.runner.join().unwrap().unwrap();
+    let stats = s.daemon.stop_expecting_ok();
     assert_eq!(
         s.kernel.with(|k| k.completed.clone()),
         vec![3, 4],
@@ -207,8 +161,7 @@ fn hostile_messages_are_answered_and_survived() {
     });
     wait_for("completions", || s.kernel.with(|k| k.completed.len() >= 2));
     std::thread::sleep(Duration::from_millis(200));
-    s.stop.stop();
-    let stats = s.runner.join().unwrap().unwrap();
+    let stats = s.daemon.stop_expecting_ok();
     let mut c = copens(&s.kernel);
     c.sort();
     assert_eq!(
