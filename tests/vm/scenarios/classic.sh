@@ -16,17 +16,13 @@
 #      stops the daemon with exit status 0.
 # The shell cannot open /dev/cachefiles while the daemon holds it, so all observation goes
 # through statfs (stat -f), find and dmesg.
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
-cache=/var/cache/fscache
-conf=/etc/cachefilesd.conf
-daemon_log=/results/cachefilesd.log
-daemon=/usr/sbin/cachefilesd
 # Thresholds (percent of f_blocks): the 39 MB of test data is about 16 % of the 256 MiB disk, so
 # dropping free space to 6 % (between bstop 3 % and bcull 9 %) forces the daemon to cull about
 # 8 % of the disk - roughly half of the cached objects - to get back to brun 14 %.
 brun=14 bcull=9 bstop=3 fill_to=6
-daemon_pid=
 
 [ -x "$daemon" ] || fail "no $daemon in the initramfs (build target/release/cachefilesd and rebuild the initramfs)"
 
@@ -40,15 +36,6 @@ on_fail() {
   echo "--- processes (no kernel threads)"; ps | grep -v ' \['
 }
 
-
-mount_9p() { mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache${MSIZE:+,msize=$MSIZE} fscached /mnt; }
-# verify LIST: sha256sum -c in /mnt, showing only the mismatches.
-verify() {
-  (cd /mnt && sha256sum -c "$1") >/tmp/verify.out 2>&1
-  _rc=$?
-  grep -v ': OK$' /tmp/verify.out | head -n 10
-  return $_rc
-}
 count_objects() { find "$cache"/cache/I9p*/@* -type f 2>/dev/null | wc -l; }
 bavail() { fs_bavail "$cache"; }
 daemon_alive() { alive "$daemon_pid"; }
@@ -64,18 +51,7 @@ bstop_blocks=$(threshold "$blocks" $bstop)
 say "cache fs: $blocks blocks of $bsize bytes, $(bavail) available;" \
   "brun=$brun_blocks bcull=$bcull_blocks bstop=$bstop_blocks blocks"
 
-# Limits are listed in an order that is valid step by step from the kernel's defaults (7/5/1),
-# so even a daemon that forwards lines one by one gets them accepted.
-cat >"$conf" <<EOF
-dir $cache
-tag mycache
-brun $brun%
-bcull $bcull%
-bstop $bstop%
-frun 10%
-fcull 7%
-fstop 3%
-EOF
+classic_conf $brun $bcull $bstop
 say "config:"; sed 's/^/    /' "$conf"
 
 "$daemon" -n -s -f "$conf" >"$daemon_log" 2>&1 &
@@ -98,7 +74,7 @@ total=$(grep -c . /tmp/all.sha)
 head -n $((total - 6)) /tmp/all.sha >/tmp/main.sha
 tail -n 6 /tmp/all.sha >/tmp/trigger.sha
 main=$((total - 6))
-check "first read of $main files: sha256 matches the host manifest" verify /tmp/main.sha
+check "first read of $main files: sha256 matches the host manifest" verify_sums /tmp/main.sha
 check "umount 9p (commits the objects)" umount /mnt
 objects_before=$(count_objects)
 say "objects in cache: $objects_before; available blocks: $(bavail)"
@@ -108,7 +84,7 @@ check "at least 90% of the $main files have an object under cache/I9p*/@xx/" \
 
 # Phase 2: read back from the cache.
 check "remount 9p" mount_9p
-check "second read (from the cache): sha256 matches" verify /tmp/main.sha
+check "second read (from the cache): sha256 matches" verify_sums /tmp/main.sha
 grep -E '^(Netfs|CacheRd|RdHelp|Cache)' /proc/fs/netfs/stats 2>/dev/null | sed 's/^/    /'
 check "umount 9p" umount /mnt
 
@@ -131,7 +107,7 @@ avail=$(bavail)
 say "available blocks now $avail (bstop $bstop_blocks < avail < bcull $bcull_blocks expected)"
 check "free space is below bcull and above bstop" test "$avail" -lt "$bcull_blocks" -a "$avail" -gt "$bstop_blocks"
 # New objects make the kernel check the space, set cull=1 and wake the daemon.
-check "read $(grep -c . /tmp/trigger.sha) uncached files (kernel notices low space)" verify /tmp/trigger.sha
+check "read $(grep -c . /tmp/trigger.sha) uncached files (kernel notices low space)" verify_sums /tmp/trigger.sha
 wait_for 120 "the daemon culls until free space >= brun ($brun_blocks blocks)" \
   sh -c "[ \$(stat -f -c %a $cache) -ge $brun_blocks ]"
 objects_after=$(count_objects)
@@ -149,7 +125,7 @@ check "umount 9p" umount /mnt
 # Phase 4: everything again (culled files come from the server and are cached anew; the daemon
 # may cull concurrently).
 check "remount 9p" mount_9p
-check "re-read all $total files after culling: sha256 matches" verify /tmp/all.sha
+check "re-read all $total files after culling: sha256 matches" verify_sums /tmp/all.sha
 check "umount 9p" umount /mnt
 check "cachefilesd is still running" daemon_alive
 # The re-read cached the culled files again and pushed free space below bcull once more; every

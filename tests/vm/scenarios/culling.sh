@@ -20,13 +20,9 @@
 #      brun, try the held object and skip it (the kernel answers EBUSY; the daemon's status
 #      counts it), and still cull the planted objects oldest first.
 # The planted objects have no cachefiles xattr; the kernel culls them like any other file.
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
-
-cache=/var/cache/fscache
-conf=/etc/cachefilesd.conf
-daemon=/usr/sbin/cachefilesd
-ctl=/usr/sbin/cachefilesctl
-daemon_pid=
+# shellcheck source=SCRIPTDIR/lib/prefilled.sh
 . /scenarios/lib/prefilled.sh
 
 [ -x "$daemon" ] || fail "no $daemon in the initramfs (build target/release/cachefilesd and rebuild the initramfs)"
@@ -62,7 +58,6 @@ say "phase 1: $culled culled for $(( brun_blocks - start_avail )) blocks wanted,
   "$(secs "$run_cs") s from daemon start to brun (N=$N, 1 vCPU, TCG)"
 
 # Phase 2: an object in use must survive even when it is the oldest.
-mount_9p() { mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache fscached /mnt; }
 check "mount 9p tag fscached with cache=fscache" mount_9p
 held=d0/f020.bin
 check "read $held through 9p" sh -c "cat /mnt/$held >/dev/null"

@@ -8,14 +8,8 @@
 #   which writes `restore`; the read completes with the right sha256.
 #   classic: a 9p cache=fscache mount; the worker is killed; the cache is not withdrawn, and
 #   files read after the restart still become cache objects.
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
-
-cache=/var/cache/fscache
-conf=/etc/cachefilesd.conf
-map=/etc/cachefilesd/ondemand.toml
-daemon_log=/results/cachefilesd.log
-daemon=/usr/sbin/cachefilesd
-daemon_pid=
 
 [ -x "$daemon" ] || fail "no $daemon in the initramfs"
 
@@ -44,7 +38,7 @@ expected=$(sha256sum /tmp/tree/big.bin | cut -d' ' -f1)
 check "mkfs.erofs /srv/erofs/big" sh -c "mkfs.erofs --quiet /srv/erofs/big /tmp/tree >/dev/null 2>&1"
 rm -rf /tmp/tree
 printf '[[source]]\npath = "/srv/erofs/{fsid}"\n' >"$map"
-printf 'dir %s\ntag mycache\nondemand %s\n' "$cache" "$map" >"$conf"
+ondemand_conf
 
 "$daemon" --supervise -n -s -f "$conf" >"$daemon_log" 2>&1 &
 daemon_pid=$!
@@ -88,7 +82,7 @@ wait_for 30 "the worker bound the cache in classic mode" bound_or_dead
 wait_for 10 "the supervisor has a worker" has_worker
 worker=$(worker_of "$daemon_pid")
 objects() { find "$cache/cache" -path '*I9p*' -type f | wc -l; }
-check "mount 9p with cache=fscache" mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache fscached /mnt
+check "mount 9p with cache=fscache" mount_9p
 check "read the first 100 files" sh -c "find /mnt -type f | sort | head -n 100 | xargs cat >/dev/null"
 check "umount 9p (commits the objects)" umount /mnt
 before=$(objects)
@@ -96,7 +90,7 @@ say "objects: $before"
 kill -KILL "$worker"
 wait_for 30 "the supervisor started a new worker" new_worker
 check "the cache was not withdrawn" sh -c "! dmesg | grep -q 'Withdrawing cache'"
-check "mount 9p again" mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache fscached /mnt
+check "mount 9p again" mount_9p
 check "read every file with the right sha256" sh -c "cd /mnt && sha256sum -c SHA256SUMS >/tmp/v.out 2>&1"
 check "umount 9p" umount /mnt
 after=$(objects)

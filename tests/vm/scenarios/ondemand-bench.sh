@@ -8,14 +8,9 @@
 # mode (local source) against the same image loop-mounted directly, in one boot, alternating
 # (loop, daemon) x 3 with the page cache dropped and a fresh cache object before each run.
 # Prints the medians and the ratio loop/daemon (target: daemon >= 0.8x loop throughput).
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
-cache=/var/cache/fscache
-conf=/etc/cachefilesd.conf
-map=/etc/cachefilesd/ondemand.toml
-daemon=/usr/sbin/cachefilesd
-ctl=/usr/sbin/cachefilesctl
-daemon_log=/results/cachefilesd.log
 mb=${BENCH_MB:-256}
 
 check "mount the ext4 cache disk" mount -t ext4 /dev/vda "$cache"

@@ -4,14 +4,8 @@
 # so the daemon derives the thresholds from statfs and the configured percentages (as the
 # kernel does: f_blocks / 100 * pct) and culls the least recently used blobs when free space
 # drops below bcull, until it is back above brun.
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
-
-cache=/var/cache/fscache
-conf=/etc/cachefilesd.conf
-map=/etc/cachefilesd/ondemand.toml
-daemon=/usr/sbin/cachefilesd
-daemon_log=/results/cachefilesd.log
-daemon_pid=
 
 on_fail() { tail -n 30 "$daemon_log"; df "$cache"; find "$cache/cache" -type f; }
 

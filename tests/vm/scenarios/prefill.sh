@@ -13,15 +13,8 @@
 #   6. after the daemon stops: `check` is clean (exit 0) on the tree the kernel made, and `ls`
 #      shows volume erofs,pre with key pre (and erofs,fresh with key fresh) at the paths the
 #      kernel used.
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
-
-cache=/var/cache/fscache
-conf=/etc/cachefilesd.conf
-map=/etc/cachefilesd/ondemand.toml
-daemon_log=/results/cachefilesd.log
-daemon=/usr/sbin/cachefilesd
-ctl=/usr/sbin/cachefilesctl
-daemon_pid=
 
 [ -x "$daemon" ] || fail "no $daemon in the initramfs (build target/release/cachefilesd and rebuild the initramfs)"
 [ -x "$ctl" ] || fail "no $ctl in the initramfs (build target/release/cachefilesctl and rebuild the initramfs)"
@@ -58,7 +51,7 @@ blob_size=$(stat -c %s /srv/erofs/pre)
 say "blob pre: $blob_size bytes"
 check "mount the ext4 cache disk /dev/vda at $cache" mount -t ext4 /dev/vda "$cache"
 
-ctl_ok() { "$ctl" "$@" >/tmp/ctl.out 2>&1; _rc=$?; sed 's/^/    /' /tmp/ctl.out; return $_rc; }
+ctl_ok() { "$ctl" "$@" >/tmp/ctl.out 2>&1; _rc=$?; sed 's/^/    /' /tmp/ctl.out; return "$_rc"; }
 check "cachefilesctl prefill --volume erofs,pre --key pre --from /srv/erofs/pre" \
   ctl_ok prefill --dir "$cache" --volume erofs,pre --key pre --from /srv/erofs/pre
 obj=$(find "$cache/cache/Ierofs,pre" -name Dpre -type f)
@@ -70,11 +63,7 @@ cat >"$map" <<'EOF'
 [[source]]
 path = "/srv/erofs/{fsid}"
 EOF
-cat >"$conf" <<EOF
-dir $cache
-tag mycache
-ondemand $map
-EOF
+ondemand_conf
 "$daemon" -n -s -f "$conf" >"$daemon_log" 2>&1 &
 daemon_pid=$!
 say "started cachefilesd, pid $daemon_pid"
@@ -95,15 +84,8 @@ else
   say "NOTE: the daemon holds no flock on $cache (lock_cache_dir not wired into the daemon yet): refusal checks skipped"
 fi
 
-erofs_mount() { timeout -s KILL 120 mount -t erofs none -o "fsid=$1" /mnt; }
-verify() {
-  (cd /mnt && sha256sum -c "$1") >/tmp/verify.out 2>&1
-  _rc=$?
-  grep -v ': OK$' /tmp/verify.out | head -n 10
-  return $_rc
-}
 check "mount -t erofs none -o fsid=pre /mnt" erofs_mount pre
-check "every file of pre has its sha256" verify /tmp/pre.sha
+check "every file of pre has its sha256" verify_sums /tmp/pre.sha
 
 reads=$(daemon_reads)
 say "daemon stats: $(grep 'reads [0-9]' "$daemon_log" | tail -n 1 | sed 's/.*on-demand: //')"
@@ -112,7 +94,7 @@ check "umount" umount /mnt
 check "the kernel kept the prefilled file (inode $ino_before)" test "$(stat -c %i "$obj")" = "$ino_before"
 
 check "mount -t erofs none -o fsid=fresh /mnt (not prefilled)" erofs_mount fresh
-check "every file of fresh has its sha256" verify /tmp/fresh.sha
+check "every file of fresh has its sha256" verify_sums /tmp/fresh.sha
 reads=$(daemon_reads)
 check "the fresh blob was read through the daemon (reads $reads > 0)" test "$reads" -gt 0
 check "umount" umount /mnt

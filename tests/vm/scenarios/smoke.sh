@@ -8,9 +8,9 @@
 # /dev/cachefiles (one command per write(); busybox echo writes its whole line at once), binds a
 # cache on the ext4 disk, reads the status line, and shows that a 9p cache=fscache mount puts
 # objects into it. If this fails, the daemon scenarios cannot mean anything.
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
-cache=/var/cache/fscache
 on_fail() {
   echo "--- dmesg tail"; dmesg | tail -n 30
   echo "--- mounts"; cat /proc/mounts
@@ -54,8 +54,7 @@ check "an empty cache does not want culling (cull=0)" $ok
 
 # 9p with cache=fscache against this cache. Objects are linked into the tree only when their
 # cookie is committed, i.e. at umount (or LRU expiry), so read, umount, then look.
-check "mount 9p tag fscached with cache=fscache" \
-  mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache fscached /mnt
+check "mount 9p tag fscached with cache=fscache" mount_9p
 cd /mnt
 check "20 files read through the cache have the manifest's sha256" \
   sh -c 'head -n 20 SHA256SUMS | sha256sum -c -s'

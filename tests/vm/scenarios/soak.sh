@@ -7,16 +7,10 @@
 #   on demand: a cold cache each run (cachefilesctl invalidate between runs), an EROFS image read
 #     by 4 concurrent readers, every file's sha256 checked;
 #   classic: a cache of planted objects pushed below bcull; the daemon must cull back to brun.
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
 runs=${SOAK_RUNS:-20}
-cache=/var/cache/fscache
-conf=/etc/cachefilesd.conf
-map=/etc/cachefilesd/ondemand.toml
-daemon=/usr/sbin/cachefilesd
-ctl=/usr/sbin/cachefilesctl
-daemon_log=/results/cachefilesd.log
-daemon_pid=
 silent_exits=0 hangs=0 wrong=0
 
 on_fail() { tail -n 30 "$daemon_log"; dmesg | tail -n 20; }

@@ -5,6 +5,19 @@
 # scenario's on_fail hook, if it defines one); exit 77 with the reason as the last line of stdout
 # to skip; `pass` refuses to report success if no check ran.
 
+# The guest's paths, the same in every daemon scenario (a scenario may set its own after sourcing
+# this file). daemon_pid is the running daemon's pid (bound_or_dead, daemon_reads use it).
+# shellcheck disable=SC2034 # used by the scenarios that source this file
+{
+  cache=/var/cache/fscache
+  conf=/etc/cachefilesd.conf
+  map=/etc/cachefilesd/ondemand.toml
+  daemon=/usr/sbin/cachefilesd
+  ctl=/usr/sbin/cachefilesctl
+  daemon_log=/results/cachefilesd.log
+  daemon_pid=
+}
+
 checks=0
 say() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*"; }
 
@@ -155,4 +168,40 @@ show_status() {
   check "cachefilesctl status answers ($2)" grep -q "^$2" /tmp/status.txt
   /usr/sbin/cachefilesctl -f "$1" metrics >/tmp/metrics.txt 2>&1
   check "cachefilesctl metrics answers in Prometheus format" grep -q '^cachefilesd_uptime_seconds ' /tmp/metrics.txt
+}
+
+# classic_conf BRUN BCULL BSTOP: writes $conf for classic mode: dir $cache, tag mycache, those
+# block limits (percent) and the file limits 10/7/3 %. The limits are listed in an order that is
+# valid step by step from the kernel's defaults (7/5/1), so even a daemon that forwards lines one
+# by one gets them accepted.
+classic_conf() {
+  cat >"$conf" <<EOC
+dir $cache
+tag mycache
+brun $1%
+bcull $2%
+bstop $3%
+frun 10%
+fcull 7%
+fstop 3%
+EOC
+}
+
+# ondemand_conf: writes $conf for on-demand mode: dir $cache, tag mycache, ondemand $map.
+ondemand_conf() { printf 'dir %s\ntag mycache\nondemand %s\n' "$cache" "$map" >"$conf"; }
+
+# mount_9p: the host's test files (9p tag fscached) at /mnt with cache=fscache (msize=$MSIZE if set).
+mount_9p() { mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache${MSIZE:+,msize=$MSIZE} fscached /mnt; }
+
+# erofs_mount FSID: EROFS over fscache at /mnt. A mount waits for the daemon's answers; the waits
+# are killable, so bound them.
+erofs_mount() { timeout -s KILL 120 mount -t erofs none -o "fsid=$1" /mnt; }
+
+# verify_sums LIST [DIR]: sha256sum -c LIST in DIR (default /mnt), showing only the lines that are
+# not OK (at most 10); the status is sha256sum's.
+verify_sums() {
+  (cd "${2:-/mnt}" && sha256sum -c "$1") >/tmp/verify.out 2>&1
+  _rc=$?
+  grep -v ': OK$' /tmp/verify.out | head -n 10
+  return $_rc
 }

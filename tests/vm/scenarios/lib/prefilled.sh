@@ -45,16 +45,7 @@ prefilled_mount() {
   say "cache fs: $blocks blocks, $start_avail available; brun=$brun_blocks bcull=$bcull_blocks bstop=$bstop_blocks"
   check "free space is below bcull and above bstop" \
     test "$start_avail" -lt "$bcull_blocks" -a "$start_avail" -gt "$bstop_blocks"
-  cat >"$conf" <<EOC
-dir $cache
-tag mycache
-brun $brun%
-bcull $bcull%
-bstop $bstop%
-frun 10%
-fcull 7%
-fstop 3%
-EOC
+  classic_conf $brun $bcull $bstop
 }
 
 # now_cs: sets cs to /proc/uptime in centiseconds (builtins only: no fork).
