@@ -133,11 +133,11 @@ unmount_cache
 # oldest first). floor_run DEV WAYS sets floor_cs.
 floor_run() {
   prefilled_mount "$1"
-  find "$cache/cache" -type f | sed -n 's|^\(.*/[DT]\)\([0-9][0-9]*\),$|\2 \1\2,|p' | sort -n |
-    head -n "$culled_by_ours" | cut -d' ' -f2 >/tmp/victims
+  head -n "$culled_by_ours" /tmp/survey | cut -d' ' -f2 >/tmp/victims
   check "the floor's victim list holds the $culled_by_ours oldest objects" \
     test "$(wc -l </tmp/victims)" -eq "$culled_by_ours"
-  # Warm, unlike the daemons' runs (the find above stat'ed every object): only unlinks are timed.
+  # Warm, unlike the daemons' runs (prefilled_mount's survey stat'ed every object): only unlinks
+  # are timed.
   cold="dentries and inodes warm, $2 unlink-list process(es)"
   rm -f /tmp/victims.*
   awk -v ways="$2" '{ print > ("/tmp/victims." (NR % ways)) }' /tmp/victims

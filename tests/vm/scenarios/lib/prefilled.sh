@@ -10,14 +10,15 @@ N=${prefilled_objects:-}
 # The doc's measurement of the C daemon used these limits and about 6.5 % free at the start.
 brun=20 bcull=10 bstop=3 fill_permille=65
 # survey: one walk over the planted objects; sets left (how many are still there), culled
-# (N - left) and min_left (the oldest rank left, empty if none). A find over 20,000 files takes
+# (N - left) and min_left (the oldest rank left, empty if none), and leaves "RANK PATH" lines,
+# oldest first, in /tmp/survey. A find over 20,000 files takes
 # seconds under TCG, so scenarios call this once per checkpoint.
 survey() {
   find "$cache/cache/I9p,prefilled," "$cache/cache/Ierofs,bench" -type f 2>/dev/null |
-    sed -n 's|.*/[DT]\([0-9][0-9]*\),$|\1|p' | sort -n >/tmp/ranks
-  left=$(wc -l </tmp/ranks)
+    sed -n 's|^\(.*/[DT]\)\([0-9][0-9]*\),$|\2 \1\2,|p' | sort -n >/tmp/survey
+  left=$(wc -l </tmp/survey)
   culled=$(( N - left ))
-  min_left=$(head -n 1 /tmp/ranks)
+  min_left=$(head -n 1 /tmp/survey | cut -d' ' -f1)
 }
 
 # prefilled_mount DEV: mounts the pre-filled disk at $cache, checks it holds the N objects, tops it
