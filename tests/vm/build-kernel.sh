@@ -11,7 +11,8 @@ log() { echo "build-kernel: $*" >&2; }
 
 apt_state=$cache/apt
 mkdir -p "$apt_state/lists/partial" "$apt_state/archives/partial"
-echo "deb http://deb.debian.org/debian trixie main" >"$apt_state/trixie.list"
+mirror=${CACHEFILESD_DEBIAN_MIRROR:-$("$here/debian-mirror.sh")}
+echo "deb $mirror trixie main" >"$apt_state/trixie.list"
 apt_opts=(-o "Dir::Etc::SourceList=$apt_state/trixie.list" -o Dir::Etc::SourceParts=/dev/null
   -o "Dir::State::Lists=$apt_state/lists" -o "Dir::Cache::Archives=$apt_state/archives"
   -o "Dir::Cache=$apt_state" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
