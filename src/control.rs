@@ -7,7 +7,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,9 @@ const FIRST_CONN: usize = 1024;
 const MAX_CONNS: usize = 16;
 const MAX_REQUEST: usize = 256;
 const CONN_DEADLINE: Duration = Duration::from_secs(5);
+/// The largest reply `query` accepts: far above any report (a status listing 100,000
+/// on-demand objects is about 15 MB), far below what would hurt the client.
+pub const MAX_REPLY: usize = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -58,8 +61,11 @@ impl ControlServer {
     pub fn bind(path: &Path) -> std::io::Result<ControlServer> {
         if let Some(parent) = path.parent() {
             if !parent.exists() {
-                std::fs::create_dir_all(parent)?;
-                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+                // The mode is set by mkdir itself, not by a later chmod through the path.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)?;
             }
         }
         match std::fs::symlink_metadata(path) {
@@ -80,10 +86,8 @@ impl ControlServer {
             }
             Err(_) => {}
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(ControlServer {
-            listener,
+            listener: bind_private(path)?,
             path: path.to_path_buf(),
             conns: HashMap::new(),
             next: FIRST_CONN,
@@ -187,6 +191,29 @@ impl Drop for ControlServer {
     }
 }
 
+/// Binds a listening socket that only its owner may connect to. The mode is set on the socket
+/// before bind (Linux creates the socket file with the socket inode's mode, less the umask), so
+/// no chmod ever goes through the path, which a symlink may have replaced by then.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    nix::sys::stat::fchmod(
+        fd.as_raw_fd(),
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )?;
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    socket::listen(&fd, Backlog::new(128)?)?;
+    Ok(UnixListener::from_std(
+        std::os::unix::net::UnixListener::from(fd),
+    ))
+}
+
 fn peer_is_privileged(stream: &UnixStream) -> bool {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     match getsockopt(stream, PeerCredentials) {
@@ -250,13 +277,60 @@ pub fn query(path: &Path, request: &str, timeout: Duration) -> std::io::Result<S
     s.set_write_timeout(Some(timeout))?;
     s.write_all(format!("{request}\n").as_bytes())?;
     let mut out = String::new();
-    s.read_to_string(&mut out)?;
+    (&mut s)
+        .take(MAX_REPLY as u64 + 1)
+        .read_to_string(&mut out)?;
+    if out.len() > MAX_REPLY {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "the reply exceeds {} MiB: not a cachefilesd socket",
+                MAX_REPLY >> 20
+            ),
+        ));
+    }
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_larger_than_any_report_is_refused_not_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hostile.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let chunk = vec![b'x'; 1 << 20];
+            // Stops once the client hangs up (a write error), or after 4x the cap.
+            for _ in 0..((4 * MAX_REPLY) >> 20) {
+                if s.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let e = query(&path, "status", Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn the_socket_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/ctl.sock");
+        let server = ControlServer::bind(&path).unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        // A second daemon is refused while the first answers.
+        let e = ControlServer::bind(&path).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::AddrInUse);
+        drop(server);
+        assert!(!path.exists());
+    }
 
     #[test]
     fn requests() {

@@ -6,7 +6,6 @@ use nix::errno::Errno;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const DEVICE_PATH: &str = "/dev/cachefiles";
@@ -88,7 +87,6 @@ impl CachefilesDevice {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| {
                 let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
@@ -116,6 +114,18 @@ impl CachefilesDevice {
 
     pub fn into_fd(self) -> OwnedFd {
         self.file.into()
+    }
+}
+
+/// Whether `fd` is open on the character device that `device` names (same device number).
+pub fn is_device_fd(fd: RawFd, device: &Path) -> bool {
+    use nix::sys::stat::{fstat, stat, SFlag};
+    let is_chr = |mode| SFlag::from_bits_truncate(mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+    match (fstat(fd), stat(device)) {
+        (Ok(got), Ok(want)) => {
+            is_chr(got.st_mode) && is_chr(want.st_mode) && got.st_rdev == want.st_rdev
+        }
+        _ => false,
     }
 }
 
@@ -175,27 +185,24 @@ impl Device for CachefilesDevice {
             // Without /proc, settle for an open fd on an anonymous inode (no file type).
             Err(_) if !Path::new("/proc/self/fd").exists() => {
                 nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
-                    && nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == 0)
+                    && nix::sys::stat::fstat(fd).is_ok_and(|st| {
+                        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                            & nix::sys::stat::SFlag::S_IFMT
+                            == nix::sys::stat::SFlag::empty()
+                    })
             }
             Err(_) => false,
         }
     }
 }
 
-/// `CACHEFILES_IOC_READ_COMPLETE = _IOW(0x98, 1, int)`; the msg_id is passed by value.
-const CACHEFILES_IOC_READ_COMPLETE: libc::c_ulong = 0x4004_9801;
+// `CACHEFILES_IOC_READ_COMPLETE = _IOW(0x98, 1, int)`: the msg_id is passed by value.
+nix::ioctl_write_int!(cachefiles_ioc_read_complete, 0x98, 1);
 
 fn read_complete(anon_fd: BorrowedFd<'_>, msg_id: u32) -> Result<(), Errno> {
     // SAFETY: the ioctl takes its argument by value (no pointer is passed) and the fd is a
     // live borrowed descriptor for the duration of the call.
-    let rc = unsafe {
-        libc::ioctl(
-            anon_fd.as_raw_fd(),
-            CACHEFILES_IOC_READ_COMPLETE as _,
-            msg_id as libc::c_ulong,
-        )
-    };
-    Errno::result(rc).map(drop)
+    unsafe { cachefiles_ioc_read_complete(anon_fd.as_raw_fd(), msg_id.into()) }.map(drop)
 }
 
 #[cfg(test)]
@@ -203,11 +210,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ioctl_number_matches_iow_0x98_1_int() {
-        assert_eq!(
-            CACHEFILES_IOC_READ_COMPLETE,
-            nix::request_code_write!(0x98, 1, std::mem::size_of::<libc::c_int>()) as libc::c_ulong
-        );
+    fn read_complete_is_refused_on_a_file_that_is_no_anon_fd() {
+        // The ioctl reaches the fd: a regular file answers ENOTTY, not EBADF or EFAULT.
+        let f = tempfile::tempfile().unwrap();
+        assert_eq!(read_complete(f.as_fd(), 1), Err(Errno::ENOTTY));
+        // The number the kernel's uapi header gives (x86, arm and most others).
+        assert_eq!(nix::request_code_write!(0x98, 1, 4), 0x4004_9801);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod lock;
 pub mod logging;
 pub mod ondemand;
+pub mod pidfile;
 pub mod privilege;
 pub mod proto;
 pub mod report;

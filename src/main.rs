@@ -8,6 +8,7 @@ use cachefilesd_rs::daemon::{Daemon, DaemonError, SignalPipes};
 use cachefilesd_rs::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
 use cachefilesd_rs::lock::lock_cache_dir;
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+use cachefilesd_rs::pidfile::PidFile;
 use cachefilesd_rs::proto::Command;
 use cachefilesd_rs::{service, supervise};
 use nix::errno::Errno;
@@ -127,7 +128,7 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
     }
 
     raise_fd_limit();
-    let inherited = service::inherited_device();
+    let inherited = service::inherited_device().map_err(|e| Failure::Os(e.into()))?;
     let from_supervisor = inherited.as_ref().is_some_and(|i| i.from_supervisor);
     // Held for the daemon's life so that cachefilesctl refuses to write under it; a
     // supervisor holds it for its workers.
@@ -150,7 +151,7 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
             .collect();
         let code = supervise::run(device.into_fd(), worker_args)
             .map_err(|e| Failure::Os(anyhow::anyhow!("supervisor: {e}")));
-        remove_pidfile(&pidfile);
+        remove_pidfile(pidfile);
         return code;
     }
 
@@ -199,7 +200,7 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
     service::ready(device.as_fd(), "cache bound");
     let result = serve(&config, options, &mut device, source_map);
     service::stopping();
-    remove_pidfile(&pidfile);
+    remove_pidfile(pidfile);
     result.map(|()| 0)
 }
 
@@ -235,7 +236,7 @@ fn open_device() -> Result<CachefilesDevice, Failure> {
 fn start_service(
     options: &Options,
     logging: &std::cell::Cell<bool>,
-) -> Result<Option<PathBuf>, Failure> {
+) -> Result<Option<PidFile>, Failure> {
     let pidfile = options
         .pidfile
         .clone()
@@ -247,20 +248,15 @@ fn start_service(
     }
     cachefilesd_rs::logging::init(options.stderr, options.debug);
     logging.set(true);
-    if let Some(p) = &pidfile {
-        std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| {
-            Failure::Os(anyhow::anyhow!(
-                "cannot write pid file {}: {e}",
-                p.display()
-            ))
-        })?;
-    }
-    Ok(pidfile)
+    pidfile
+        .map(|p| PidFile::write(&p, std::process::id()))
+        .transpose()
+        .map_err(|e| Failure::Os(e.into()))
 }
 
-fn remove_pidfile(pidfile: &Option<PathBuf>) {
+fn remove_pidfile(pidfile: Option<PidFile>) {
     if let Some(p) = pidfile {
-        let _ = std::fs::remove_file(p);
+        p.remove();
     }
 }
 

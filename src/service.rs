@@ -5,7 +5,9 @@
 //! Keeping the device fd open across a daemon restart is what stops the kernel from
 //! withdrawing the cache (and, on demand, from failing every pending read with EIO).
 
+use crate::device::DEVICE_PATH;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 /// The fd name used in systemd's fd store.
 pub const FD_NAME: &str = "cachefiles";
@@ -20,6 +22,35 @@ pub struct Inherited {
     pub from_supervisor: bool,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("the inherited fd {fd} ({from}) is not {device}: refusing to adopt it")]
+pub struct NotTheDevice {
+    pub fd: RawFd,
+    pub from: &'static str,
+    pub device: String,
+}
+
+/// Takes ownership of `fd` if it is an open descriptor of the character device at `device`
+/// (compared by device number, so a regular file, a pipe or another device is refused and
+/// left open: it is not ours to close).
+pub fn adopt_device_fd(
+    fd: RawFd,
+    device: &Path,
+    from: &'static str,
+) -> Result<OwnedFd, NotTheDevice> {
+    if !crate::device::is_device_fd(fd, device) {
+        return Err(NotTheDevice {
+            fd,
+            from,
+            device: device.display().to_string(),
+        });
+    }
+    // SAFETY: the fd is open (fstat succeeded) and was handed to this process for the
+    // device; nothing else in this process owns it (callers take it once, from the
+    // environment they then clear).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn env_fd(name: &str) -> Option<RawFd> {
     std::env::var(name)
         .ok()?
@@ -29,32 +60,32 @@ fn env_fd(name: &str) -> Option<RawFd> {
 }
 
 /// Takes the inherited device fd, if any: first the supervisor's, then systemd's fd store.
-pub fn inherited_device() -> Option<Inherited> {
+/// An fd that is not /dev/cachefiles is an error: adopting it would send commands to it.
+pub fn inherited_device() -> Result<Option<Inherited>, NotTheDevice> {
+    let device = Path::new(DEVICE_PATH);
     if let Some(fd) = env_fd(ENV_DEVICE_FD) {
         std::env::remove_var(ENV_DEVICE_FD);
-        // SAFETY: the supervisor opened this fd for us and passed its number; nothing else in
-        // this process refers to it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        return Some(Inherited {
+        let fd = adopt_device_fd(fd, device, ENV_DEVICE_FD)?;
+        return Ok(Some(Inherited {
             fd,
             from_supervisor: true,
-        });
+        }));
     }
-    let fds = sd_notify::listen_fds_with_names().ok()?;
-    let mut found = None;
-    for (fd, name) in fds {
-        if name == FD_NAME && found.is_none() {
-            // SAFETY: systemd passed this fd (LISTEN_FDS for our pid) and names it ours.
-            found = Some(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-    }
+    let fds = sd_notify::listen_fds_with_names().ok();
     std::env::remove_var("LISTEN_FDS");
     std::env::remove_var("LISTEN_PID");
     std::env::remove_var("LISTEN_FDNAMES");
-    found.map(|fd| Inherited {
+    let Some(fds) = fds else {
+        return Ok(None);
+    };
+    let Some((fd, _)) = fds.into_iter().find(|(_, name)| name == FD_NAME) else {
+        return Ok(None);
+    };
+    let fd = adopt_device_fd(fd, device, "the service manager's fd store")?;
+    Ok(Some(Inherited {
         fd,
         from_supervisor: false,
-    })
+    }))
 }
 
 /// Tells systemd that the cache is bound (READY=1) and keeps the device fd in its fd store.
@@ -96,4 +127,31 @@ pub fn forget_stored_device() {
         sd_notify::NotifyState::FdStoreRemove,
         sd_notify::NotifyState::FdName(FD_NAME),
     ]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn only_the_device_itself_is_adopted() {
+        // /dev/null stands for /dev/cachefiles: a character device known to exist here.
+        let device = Path::new("/dev/null");
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("plain")).unwrap();
+        let zero = std::fs::File::open("/dev/zero").unwrap();
+        let (pipe_r, _pipe_w) = nix::unistd::pipe().unwrap();
+        for fd in [file.into_raw_fd(), zero.into_raw_fd(), pipe_r.into_raw_fd()] {
+            let e = adopt_device_fd(fd, device, "test").unwrap_err();
+            assert_eq!(e.fd, fd);
+            // Refused and left open, not closed.
+            assert!(nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok());
+            nix::unistd::close(fd).unwrap();
+        }
+        let null = std::fs::File::open(device).unwrap().into_raw_fd();
+        drop(adopt_device_fd(null, device, "test").unwrap());
+        // Not open at all (just closed by the drop above).
+        assert!(adopt_device_fd(null, device, "test").is_err());
+    }
 }
