@@ -186,3 +186,45 @@ fn a_cull_failing_with_eio_on_a_live_cache_pauses_and_resumes() {
     let first = kernel.with(|s| s.culled[0].file_name().unwrap().to_owned());
     assert_eq!(first, "Dx0");
 }
+
+/// The number after `label` in the stats line (`scans 3, ...`).
+fn stat(stats: &str, label: &str) -> u64 {
+    let at = stats
+        .find(label)
+        .unwrap_or_else(|| panic!("{label} in {stats}"))
+        + label.len();
+    let digits: String = stats[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+#[test]
+fn every_candidate_refused_backs_off_instead_of_rescanning_at_once() {
+    let _cwd = CWD.lock().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    for i in 0..20 {
+        object(t.path(), &format!("Ierofs,x/@00/Dx{i}"), 100 + i);
+        names.push(format!("Dx{i}").into_bytes());
+    }
+    fs::create_dir_all(t.path().join("graveyard")).unwrap();
+    let (kernel, device) = FakeKernel::new();
+    // The kernel wants room and holds every object (mounted on-demand blobs, say).
+    kernel.with(|s| {
+        s.status.cull = true;
+        s.cull_until = 1000;
+        s.in_use = names.into_iter().collect();
+    });
+    let cfg = config(t.path(), "");
+    let daemon = DaemonThread::start(cfg, device, None);
+    std::thread::sleep(Duration::from_secs(3));
+    let stats = daemon.stop_expecting_ok();
+    let culls = kernel.with(|s| s.commands.iter().filter(|c| c.starts_with("cull ")).count());
+    // The first scan and its 20 refused culls, then at most a retry per second.
+    let scans = stat(&stats, "scans ");
+    assert!((1..=4).contains(&scans), "{scans} scans in 3 s: {stats}");
+    assert!(culls <= 4 * 20, "{culls} culls in 3 s: {stats}");
+    assert_eq!(stat(&stats, "in use "), culls as u64, "{stats}");
+}

@@ -87,6 +87,12 @@ pub struct Culler {
     dirs: HashMap<usize, (Arc<scan::DirPath>, Dir)>,
     /// The key of the directory the process is in, to skip repeated fchdirs.
     cwd: Option<usize>,
+    /// Objects culled from the current table.
+    table_culled: u64,
+    /// Tables in a row that ran dry without a single cull (every candidate in use or refused).
+    fruitless_tables: u32,
+    /// After a fruitless table, no rescan before this: the next table would be the same.
+    rescan_not_before: Option<Instant>,
     pub stats: CullStats,
 }
 
@@ -95,6 +101,11 @@ const MAX_OPEN_DIRS: usize = 1024;
 
 /// A scan that found nothing to cull is not repeated sooner than this without releases.
 const IDLE_RESCAN: Duration = Duration::from_secs(5);
+
+/// The pause after a table whose every candidate was refused, doubled for each such table in
+/// a row up to `MAX_FRUITLESS_PAUSE`: rescanning at once would only find the same objects.
+const FRUITLESS_PAUSE: Duration = Duration::from_secs(1);
+const MAX_FRUITLESS_PAUSE: Duration = Duration::from_secs(16);
 
 impl Culler {
     pub fn new(
@@ -119,6 +130,9 @@ impl Culler {
             resume_blocks,
             dirs: HashMap::new(),
             cwd: None,
+            table_culled: 0,
+            fruitless_tables: 0,
+            rescan_not_before: None,
             stats: CullStats::default(),
         }
     }
@@ -182,6 +196,9 @@ impl Culler {
                 .resume_blocks
                 .is_some_and(|n| self.released_blocks >= n);
         if culling.is_some() && self.ready.is_empty() {
+            if self.rescan_not_before.is_some_and(|t| now < t) {
+                return false;
+            }
             // Everything we knew of is gone or in use; rescan at once unless the last scan
             // found nothing and nothing has been released since (that would spin).
             let idle = self
@@ -231,6 +248,7 @@ impl Culler {
         }
         self.ready_bytes = report.candidates.iter().map(|c| c.allocated).sum();
         self.ready = report.candidates.into();
+        self.table_culled = 0;
         // The new table has new directory identities.
         self.dirs.clear();
     }
@@ -257,13 +275,41 @@ impl Culler {
             CullOutcome::Culled { bytes } => {
                 self.stats.culled += 1;
                 self.stats.bytes_freed += bytes;
+                self.table_culled += 1;
+                self.fruitless_tables = 0;
+                self.rescan_not_before = None;
             }
             CullOutcome::InUse => self.stats.in_use += 1,
             CullOutcome::Vanished => self.stats.vanished += 1,
             CullOutcome::Changed => self.stats.changed += 1,
             CullOutcome::Refused => self.stats.refused += 1,
         }
+        if self.ready.is_empty() && self.table_culled == 0 {
+            self.table_ran_dry_unculled(Instant::now());
+        }
         Ok(Some((candidate, outcome)))
+    }
+
+    /// Every candidate of the table was refused, in use, changed or gone: pause rescans, longer
+    /// each time in a row (objects held by mounts stay held; a name the kernel cannot take
+    /// stays so).
+    fn table_ran_dry_unculled(&mut self, now: Instant) {
+        self.fruitless_tables = self.fruitless_tables.saturating_add(1);
+        let pause = FRUITLESS_PAUSE
+            .saturating_mul(1 << (self.fruitless_tables - 1).min(8))
+            .min(MAX_FRUITLESS_PAUSE);
+        self.rescan_not_before = Some(now + pause);
+        let level = if self.fruitless_tables == 1 {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
+            "no candidate could be culled ({} in use, {} refused so far); next scan in {pause:?}",
+            self.stats.in_use,
+            self.stats.refused
+        );
     }
 
     fn cull_candidate(
@@ -401,6 +447,30 @@ mod tests {
         assert!(!c.wants_scan(Some(deficit(4096, 1000, 4096)), now));
         assert!(c.wants_scan(Some(deficit(1001 * 4096, 0, 4096)), now));
         assert!(c.wants_scan(Some(deficit(4096, 1001, 4096)), now));
+    }
+
+    #[test]
+    fn a_table_of_refused_candidates_delays_the_next_scan_longer_each_time() {
+        let mut c = Culler::new(12, None, None);
+        let culling = Some(deficit(4096, 1, 4096));
+        let t0 = Instant::now();
+        for round in 0..6u32 {
+            c.scan_started(4096);
+            c.scan_finished(
+                ScanReport {
+                    candidates: (0..3).map(candidate).collect(),
+                    ..ScanReport::default()
+                },
+                t0,
+            );
+            // Each candidate culled in turn and found in use.
+            c.ready.clear();
+            c.table_ran_dry_unculled(t0);
+            let pause = Duration::from_secs(1 << round.min(4));
+            assert!(!c.wants_scan(culling, t0 + pause - Duration::from_millis(1)));
+            assert!(c.wants_scan(culling, t0 + pause), "round {round}");
+        }
+        assert_eq!(c.rescan_not_before, Some(t0 + MAX_FRUITLESS_PAUSE));
     }
 
     #[test]
