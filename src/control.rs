@@ -3,8 +3,9 @@
 //! ever blocking it: every connection is non-blocking, bounded in size and in time, so a
 //! client that connects and never reads cannot stall the daemon.
 
+use crate::reactor::Registrar;
 use mio::net::{UnixListener, UnixStream};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Token};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
@@ -12,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_PATH: &str = "/run/cachefilesd/control.sock";
-pub const LISTENER: Token = Token(16);
-const FIRST_CONN: usize = 1024;
 const MAX_CONNS: usize = 16;
 const MAX_REQUEST: usize = 256;
 const CONN_DEADLINE: Duration = Duration::from_secs(5);
@@ -51,9 +50,10 @@ struct Conn {
 
 pub struct ControlServer {
     listener: UnixListener,
+    /// The listener's token once registered.
+    token: Option<Token>,
     path: PathBuf,
     conns: HashMap<Token, Conn>,
-    next: usize,
 }
 
 impl ControlServer {
@@ -88,43 +88,55 @@ impl ControlServer {
         }
         Ok(ControlServer {
             listener: bind_private(path)?,
+            token: None,
             path: path.to_path_buf(),
             conns: HashMap::new(),
-            next: FIRST_CONN,
         })
     }
 
-    pub fn register(&mut self, registry: &Registry) -> std::io::Result<()> {
-        registry.register(&mut self.listener, LISTENER, Interest::READABLE)
-    }
-
-    pub fn owns(&self, token: Token) -> bool {
-        token == LISTENER || self.conns.contains_key(&token)
-    }
-
-    /// Handles an event for the listener or a connection; `answer` renders a request.
-    pub fn on_event(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        answer: &dyn Fn(Request) -> String,
-    ) {
-        if token == LISTENER {
-            self.accept(registry);
-            return;
-        }
-        let done = match self.conns.get_mut(&token) {
-            Some(conn) => serve(conn, answer),
-            None => return,
-        };
-        if done {
-            if let Some(mut conn) = self.conns.remove(&token) {
-                let _ = registry.deregister(&mut conn.stream);
+    /// Binds `path` and registers the listener; `None` (logged) if either fails: the daemon
+    /// runs on without its control socket.
+    pub fn start(path: &Path, reg: &mut Registrar) -> Option<ControlServer> {
+        let mut server = ControlServer::bind(path)
+            .map_err(|e| log::warn!("control socket {} not available: {e}", path.display()))
+            .ok()?;
+        match reg.register(&mut server.listener, Interest::READABLE) {
+            Ok(token) => {
+                server.token = Some(token);
+                Some(server)
+            }
+            Err(e) => {
+                log::warn!("control socket {}: {e}", path.display());
+                None
             }
         }
     }
 
-    fn accept(&mut self, registry: &Registry) {
+    /// Handles an event if `token` is the listener's or a connection's (false otherwise);
+    /// `answer` renders a request.
+    pub fn on_event(
+        &mut self,
+        reg: &mut Registrar,
+        token: Token,
+        answer: &dyn Fn(Request) -> String,
+    ) -> bool {
+        if Some(token) == self.token {
+            self.accept(reg);
+            return true;
+        }
+        let done = match self.conns.get_mut(&token) {
+            Some(conn) => serve(conn, answer),
+            None => return false,
+        };
+        if done {
+            if let Some(mut conn) = self.conns.remove(&token) {
+                reg.deregister(&mut conn.stream, token);
+            }
+        }
+        true
+    }
+
+    fn accept(&mut self, reg: &mut Registrar) {
         loop {
             let (mut stream, _) = match self.listener.accept() {
                 Ok(s) => s,
@@ -139,18 +151,10 @@ impl ControlServer {
                 let _ = stream.write(b"error: refused\n");
                 continue;
             }
-            let token = Token(self.next);
-            self.next = if self.next == usize::MAX {
-                FIRST_CONN
-            } else {
-                self.next + 1
-            };
-            if registry
-                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-                .is_err()
-            {
+            let Ok(token) = reg.register(&mut stream, Interest::READABLE | Interest::WRITABLE)
+            else {
                 continue;
-            }
+            };
             self.conns.insert(
                 token,
                 Conn {
@@ -166,7 +170,7 @@ impl ControlServer {
     }
 
     /// Drops connections past their deadline (clients that never send or never read).
-    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+    pub fn expire(&mut self, reg: &mut Registrar, now: Instant) {
         let late: Vec<Token> = self
             .conns
             .iter()
@@ -175,7 +179,7 @@ impl ControlServer {
             .collect();
         for t in late {
             if let Some(mut c) = self.conns.remove(&t) {
-                let _ = registry.deregister(&mut c.stream);
+                reg.deregister(&mut c.stream, t);
             }
         }
     }

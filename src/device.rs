@@ -117,6 +117,16 @@ impl CachefilesDevice {
     }
 }
 
+/// Neither the status read nor poll() reveals a cache the kernel has marked dead (after a
+/// backing-filesystem I/O error); a harmless command does (see `Command::liveness_probe`).
+/// Errs only when the cache is dead.
+pub fn check_alive(device: &mut dyn Device) -> Result<(), DeviceError> {
+    match device.send(&Command::liveness_probe()) {
+        Err(e) if e.cache_is_dead() => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `fd` is open on the character device that `device` names (same device number).
 pub fn is_device_fd(fd: RawFd, device: &Path) -> bool {
     use nix::sys::stat::{fstat, stat, SFlag};

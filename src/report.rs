@@ -1,6 +1,10 @@
-//! What the daemon tells about itself: one `Report`, rendered as text for people, JSON for
-//! tools and the Prometheus text exposition format for scrapers.
+//! What the daemon tells about itself: one `Report`, rendered as the stats line (logged on
+//! SIGUSR1 and at exit), systemd's one-line STATUS=, text for people, JSON for tools and the
+//! Prometheus text exposition format for scrapers.
 
+use crate::cull::Culler;
+use crate::ondemand::sourcemap::Location;
+use crate::ondemand::OnDemand;
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -14,6 +18,8 @@ pub struct Report {
     pub space: Space,
     pub culling: Culling,
     pub graveyard_entries: u64,
+    /// Entries removed from the graveyard since the start.
+    pub graveyard_entries_removed: u64,
     pub ondemand: Option<OnDemandReport>,
 }
 
@@ -42,6 +48,12 @@ pub struct Culling {
     pub culled: u64,
     pub bytes_freed: u64,
     pub skipped_in_use: u64,
+    /// Candidates gone before their cull.
+    pub skipped_vanished: u64,
+    /// Candidates used or replaced since the scan.
+    pub skipped_changed: u64,
+    /// Candidates the kernel refused, or whose name cannot be sent.
+    pub skipped_refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -54,6 +66,8 @@ pub struct OnDemandReport {
     pub reads_failed: u64,
     pub bytes_written: u64,
     pub bad_messages: u64,
+    /// Requests whose msg_id was already pending.
+    pub duplicates: u64,
     pub sources: Vec<SourceReport>,
 }
 
@@ -86,7 +100,156 @@ fn pct(part: u64, total: u64) -> f64 {
     }
 }
 
+impl Space {
+    /// `statfs` (if it answered) and the configured limit percentages, indexed by `Limit`.
+    pub fn new(statfs: Option<crate::cull::signal::Space>, limits: [u8; 6]) -> Space {
+        let st = statfs.unwrap_or_default();
+        Space {
+            block_size: st.block_size,
+            blocks_total: st.blocks,
+            blocks_available: st.blocks_available,
+            files_total: st.files,
+            files_free: st.files_free,
+            blocks_limits_percent: [limits[0], limits[1], limits[2]],
+            files_limits_percent: [limits[3], limits[4], limits[5]],
+        }
+    }
+}
+
+impl Culling {
+    /// The culler's counters (`None`: culling disabled) and whether culling is wanted now.
+    pub fn new(culler: Option<&Culler>, wanted: bool) -> Culling {
+        let Some(c) = culler else {
+            return Culling {
+                kernel_wants_culling: wanted,
+                ..Default::default()
+            };
+        };
+        let s = &c.stats;
+        Culling {
+            enabled: true,
+            kernel_wants_culling: wanted,
+            scanning: c.is_scanning(),
+            scans: s.scans,
+            objects_last_scan: s.objects_last_scan,
+            last_scan_seconds: s.last_scan_duration.as_secs_f64(),
+            table_entries: c.ready_len() as u64,
+            table_capacity: c.table_capacity() as u64,
+            culled: s.culled,
+            bytes_freed: s.bytes_freed,
+            skipped_in_use: s.in_use,
+            skipped_vanished: s.vanished,
+            skipped_changed: s.changed,
+            skipped_refused: s.refused,
+        }
+    }
+}
+
+impl OnDemandReport {
+    pub fn new(od: &OnDemand) -> OnDemandReport {
+        let mut objects: Vec<ObjectReport> = od
+            .objects()
+            .iter()
+            .map(|(id, o)| ObjectReport {
+                object_id: *id,
+                volume: o.volume.clone(),
+                fsid: o.fsid.clone(),
+                size: o.blob.size(),
+                source: o.blob.describe(),
+            })
+            .collect();
+        objects.sort_by_key(|o| o.object_id);
+        let sources = od
+            .map()
+            .sources
+            .iter()
+            .map(|src| {
+                let per = od.per_source.get(&src.index).cloned().unwrap_or_default();
+                SourceReport {
+                    index: src.index,
+                    location: match &src.location {
+                        Location::Path(p) => p.display().to_string(),
+                        Location::Url(u) => u.clone(),
+                        Location::Registry { base, repository } => format!("{base} {repository}"),
+                    },
+                    reads: per.reads,
+                    bytes: per.bytes,
+                    errors: per.errors,
+                    latency_p50_seconds: per.latency.quantile(0.5),
+                    latency_p90_seconds: per.latency.quantile(0.9),
+                    latency_p99_seconds: per.latency.quantile(0.99),
+                }
+            })
+            .collect();
+        let s = &od.stats;
+        OnDemandReport {
+            objects,
+            requests_in_flight: od.in_flight() as u64,
+            opens: s.opens,
+            opens_failed: s.opens_failed,
+            reads: s.reads,
+            reads_failed: s.reads_failed,
+            bytes_written: s.bytes_written,
+            bad_messages: s.bad_messages,
+            duplicates: s.duplicates,
+            sources,
+        }
+    }
+}
+
 impl Report {
+    /// The line logged on SIGUSR1 and at exit. Its wording is an interface: the VM scenarios
+    /// and tests read counters from it (`culled N`, `reads N`, ...).
+    pub fn stats_line(&self) -> String {
+        let up = self.uptime_seconds;
+        let c = &self.culling;
+        let mut line = if c.enabled {
+            format!(
+                "uptime {up}s; scans {}, objects in last scan {}, last scan {:.3}s; culled {}, freed {} bytes, in use {}, vanished {}, changed {}, refused {}; table {}/{}; graveyard entries removed {}",
+                c.scans, c.objects_last_scan, c.last_scan_seconds, c.culled, c.bytes_freed, c.skipped_in_use, c.skipped_vanished, c.skipped_changed, c.skipped_refused, c.table_entries, c.table_capacity, self.graveyard_entries_removed
+            )
+        } else {
+            format!(
+                "uptime {up}s; culling disabled; graveyard entries removed {}",
+                self.graveyard_entries_removed
+            )
+        };
+        if let Some(od) = &self.ondemand {
+            let _ = write!(
+                line,
+                "; on-demand: {} objects open, {} in flight, opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages, {} duplicates",
+                od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages, od.duplicates
+            );
+        }
+        line
+    }
+
+    /// One line for systemd's STATUS=: "culling: 12% free, 1234 culled; on-demand: 3 blobs,
+    /// 0 in flight".
+    pub fn summary(&self) -> String {
+        let s = &self.space;
+        let free = (s.blocks_available * 100)
+            .checked_div(s.blocks_total)
+            .map_or_else(
+                || "free space unknown".to_string(),
+                |p| format!("{p}% free"),
+            );
+        let c = &self.culling;
+        let culling = match (c.enabled, c.kernel_wants_culling) {
+            (true, true) => format!("culling: {free}, {} culled", c.culled),
+            (true, false) => format!("idle: {free}, {} culled", c.culled),
+            (false, _) => format!("culling disabled: {free}"),
+        };
+        match &self.ondemand {
+            Some(od) => format!(
+                "{culling}; on-demand: {} blobs, {} in flight",
+                od.objects.len(),
+                od.requests_in_flight
+            ),
+            None => culling,
+        }
+    }
+
     pub fn text(&self) -> String {
         let mut o = String::new();
         let s = &self.space;
@@ -369,6 +532,7 @@ mod tests {
                 ..Default::default()
             },
             graveyard_entries: 2,
+            graveyard_entries_removed: 0,
             ondemand: Some(OnDemandReport {
                 objects: vec![ObjectReport {
                     object_id: 1,
@@ -387,6 +551,30 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn the_stats_line_and_status_keep_their_wording() {
+        let mut r = sample();
+        r.culling.scans = 2;
+        r.culling.skipped_refused = 5;
+        r.graveyard_entries_removed = 9;
+        assert_eq!(
+            r.stats_line(),
+            "uptime 12s; scans 2, objects in last scan 0, last scan 0.000s; culled 1234, freed 0 bytes, in use 0, vanished 0, changed 0, refused 5; table 0/4096; graveyard entries removed 9; on-demand: 1 objects open, 0 in flight, opens 0 (0 failed), reads 0 (0 failed), 0 bytes written, 0 bad messages, 0 duplicates"
+        );
+        assert_eq!(
+            r.summary(),
+            "idle: 12% free, 1234 culled; on-demand: 1 blobs, 0 in flight"
+        );
+        r.culling.enabled = false;
+        r.ondemand = None;
+        r.space.blocks_total = 0;
+        assert_eq!(
+            r.stats_line(),
+            "uptime 12s; culling disabled; graveyard entries removed 9"
+        );
+        assert_eq!(r.summary(), "culling disabled: free space unknown");
     }
 
     #[test]

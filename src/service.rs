@@ -105,6 +105,12 @@ pub fn ready(device: BorrowedFd<'_>, status: &str) {
     }
 }
 
+/// Whether a service manager listens for notifications (NOTIFY_SOCKET is set): the STATUS=
+/// line is only worth building then.
+pub fn notifying() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
 pub fn status(line: &str) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(line)]);
 }

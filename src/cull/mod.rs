@@ -1,14 +1,18 @@
-//! The culling engine: decides when to scan, keeps the table of the oldest objects and culls
-//! them through the kernel until it says there is room again.
+//! Culling, end to end: the cull signal (`signal`), the scan of the cache tree (`scan`, run
+//! on the `worker` thread with graveyard reaping), the table of the oldest objects (`Culler`,
+//! here) and the `driver` the event loop calls to cull them until there is room again.
 //!
 //! `cull NAME` is resolved against the process's current directory, so only the event-loop
 //! thread may call `cull_one` (it `fchdir`s into the object's directory). Scans and graveyard
 //! reaping use dirfds only and run on a worker thread (a scan shares its directories among
 //! scan threads of its own).
 
+pub mod driver;
 pub mod graveyard;
 pub mod scan;
+pub mod signal;
 pub mod tree;
+pub mod worker;
 
 use crate::device::{Device, DeviceError};
 use crate::proto::{Command, Status};
@@ -370,6 +374,39 @@ impl Culler {
         if self.cwd.take().is_some() {
             let _ = nix::unistd::chdir("/");
         }
+    }
+}
+
+/// Logs what a scan found odd, and its size at debug level.
+fn log_scan(report: &ScanReport) {
+    for o in &report.oddities {
+        log::warn!("cache/{}: {} left alone", o.path.escape_debug(), o.what);
+    }
+    if report.oddities_seen > report.oddities.len() as u64 {
+        log::warn!(
+            "{} more odd entries in the cache tree left alone",
+            report.oddities_seen - report.oddities.len() as u64
+        );
+    }
+    log::debug!(
+        "scan: {} objects in {} directories, {} candidates, {:?}",
+        report.objects,
+        report.directories,
+        report.candidates.len(),
+        report.duration
+    );
+}
+
+fn log_reap(report: &graveyard::ReapReport) {
+    if report.removed > 0 {
+        log::debug!("graveyard: removed {} entries", report.removed);
+    }
+    if let Some((path, errno)) = &report.first_error {
+        log::warn!(
+            "graveyard: {} entries not removed, first graveyard{}: {errno}",
+            report.failed,
+            path.escape_debug()
+        );
     }
 }
 

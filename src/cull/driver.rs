@@ -1,0 +1,251 @@
+//! The cull driver: follows the cull signal, starts scans and graveyard reaps on the worker,
+//! and culls the table in batches through the device, pausing when the kernel fails a cull on a
+//! live cache. The event loop calls it; it never blocks.
+
+use super::signal::{CullSignal, Space};
+use super::worker::{Job, JobDone, Worker};
+use super::{CullOutcome, Culler, Deficit};
+use crate::device::{Device, DeviceError};
+use crate::proto::{Status, StatusError};
+use nix::dir::Dir;
+use std::time::{Duration, Instant};
+
+/// Culls per loop turn before events are looked at again.
+const CULL_BATCH: usize = 64;
+/// After a cull fails with an I/O error on a live cache, wait this long before the next.
+const CULL_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CullError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("unparseable status line from the kernel: {0}")]
+    Status(#[from] StatusError),
+}
+
+pub struct CullDriver {
+    /// `None` with culling disabled (`nocull`, `-N`): the graveyard is still reaped.
+    culler: Option<Culler>,
+    signal: CullSignal,
+    /// Where `cull` names are resolved (the loop thread fchdirs into its directories).
+    cache_root: Dir,
+    /// For statfs: free space as the kernel sees it.
+    cache_fs: std::fs::File,
+    worker: Worker,
+    reaping: bool,
+    reap_again: bool,
+    /// Graveyard entries removed so far.
+    pub reaped: u64,
+    paused_until: Option<Instant>,
+}
+
+impl CullDriver {
+    pub fn new(
+        culler: Option<Culler>,
+        signal: CullSignal,
+        cache_root: Dir,
+        cache_fs: std::fs::File,
+        worker: Worker,
+    ) -> CullDriver {
+        CullDriver {
+            culler,
+            signal,
+            cache_root,
+            cache_fs,
+            worker,
+            reaping: false,
+            reap_again: false,
+            reaped: 0,
+            paused_until: None,
+        }
+    }
+
+    pub fn culler(&self) -> Option<&Culler> {
+        self.culler.as_ref()
+    }
+
+    pub fn culling(&self) -> bool {
+        self.signal.culling()
+    }
+
+    pub fn space(&self) -> Option<Space> {
+        Space::of(&self.cache_fs)
+    }
+
+    /// Re-reads the cull signal: the status line in classic mode, statfs on demand.
+    pub fn refresh(&mut self, device: &mut dyn Device) -> Result<(), CullError> {
+        match &self.signal {
+            CullSignal::StatusLine(_) => self.read_status(device),
+            CullSignal::Statfs { .. } => {
+                if let Some(space) = self.space() {
+                    if self.signal.on_space(&space) {
+                        log::info!(
+                            "{}",
+                            if self.culling() {
+                                "cache space low: culling"
+                            } else {
+                                "culling no longer needed"
+                            }
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn read_status(&mut self, device: &mut dyn Device) -> Result<(), CullError> {
+        let mut buf = [0u8; 512];
+        let n = device.read(&mut buf)?;
+        if n == 0 {
+            // Not bound (yet): nothing to learn.
+            return Ok(());
+        }
+        let status = Status::parse(&buf[..n])?;
+        if let Some(c) = self.culler.as_mut() {
+            c.note_status(&status);
+        }
+        if self.signal.on_status(status) {
+            log::info!(
+                "{}",
+                if status.cull {
+                    "kernel requests culling"
+                } else {
+                    "culling no longer needed"
+                }
+            );
+        }
+        Ok(())
+    }
+
+    /// The device polled writable: on demand, the kernel asks for culling.
+    pub fn kernel_hint(&mut self) {
+        if self.signal.on_kernel_hint() {
+            log::info!("kernel requests culling");
+        }
+    }
+
+    fn deficit(&self) -> Deficit {
+        self.space()
+            .map_or_else(Deficit::default, |s| self.signal.deficit(&s))
+    }
+
+    /// Whether culls are ready to go now (the loop then polls without waiting).
+    pub fn has_work(&self) -> bool {
+        self.culling()
+            && self.culler.as_ref().is_some_and(|c| c.ready_len() > 0)
+            && self.paused_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Hands a scan to the worker if the culler wants one; its table covers the deficit.
+    /// `culling`: what remains to free while culling is wanted.
+    fn start_scan_if_wanted(&mut self, now: Instant, culling: Option<Deficit>) {
+        let Some(culler) = self.culler.as_mut() else {
+            return;
+        };
+        if !culler.wants_scan(culling, now) {
+            return;
+        }
+        let deficit = culling.unwrap_or_default();
+        let capacity = culler.scan_capacity(deficit);
+        if capacity > culler.capacity() {
+            log::info!(
+                "scanning for {capacity} candidates (culltable: {}): about {} MiB and {} files to free",
+                culler.capacity(),
+                deficit.bytes >> 20,
+                deficit.files
+            );
+        }
+        if self.worker.send(Job::Scan(capacity)) {
+            culler.scan_started(capacity);
+        }
+    }
+
+    pub fn request_reap(&mut self) {
+        if self.reaping {
+            self.reap_again = true;
+        } else if self.worker.send(Job::Reap) {
+            self.reaping = true;
+        }
+    }
+
+    /// Takes the worker's finished scans and reaps.
+    pub fn on_completions(&mut self) {
+        while let Some(done) = self.worker.try_done() {
+            match done {
+                JobDone::Scan(report) => {
+                    super::log_scan(&report);
+                    if let Some(c) = self.culler.as_mut() {
+                        c.scan_finished(report, Instant::now());
+                    }
+                }
+                JobDone::Reap(report) => {
+                    self.reaping = false;
+                    self.reaped += report.removed;
+                    super::log_reap(&report);
+                    if std::mem::take(&mut self.reap_again) {
+                        self.request_reap();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Culls up to `CULL_BATCH` candidates while culling is wanted, and starts scans as needed.
+    pub fn cull_batch(&mut self, device: &mut dyn Device) -> Result<(), CullError> {
+        if self.culler.is_none() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let culling = self.culling().then(|| self.deficit());
+        self.start_scan_if_wanted(now, culling);
+        let Some(mut owed) = culling else {
+            return Ok(());
+        };
+        if self.paused_until.is_some_and(|t| now < t) {
+            return Ok(());
+        }
+        // The cull signal is read again once the culls made up the deficit, not after each
+        // one: a status read costs a statfs in the kernel, and the candidates' sizes are exact.
+        for _ in 0..CULL_BATCH {
+            let culler = self.culler.as_mut().expect("checked above");
+            let outcome = match culler.cull_one(&self.cache_root, device) {
+                Ok(Some((c, outcome))) => {
+                    if log::log_enabled!(log::Level::Debug) {
+                        log::debug!("cull {}: {outcome:?}", c.path().escape_debug());
+                    }
+                    outcome
+                }
+                Ok(None) => break,
+                Err(e) if e.cache_is_dead() => {
+                    // The kernel answers EIO both for a dead cache and for an internal error
+                    // on one object (e.g. a failed unlink); only the probe tells them apart.
+                    crate::device::check_alive(device)?;
+                    log::warn!("{e}; the cache is alive, culling paused for {CULL_PAUSE:?}");
+                    self.paused_until = Some(Instant::now() + CULL_PAUSE);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let CullOutcome::Culled { bytes } = outcome {
+                owed.bytes = owed.bytes.saturating_sub(bytes);
+                owed.files = owed.files.saturating_sub(1);
+                if owed.bytes == 0 && owed.files == 0 {
+                    self.refresh(device)?;
+                    if !self.culling() {
+                        break;
+                    }
+                    owed = self.deficit();
+                }
+            }
+        }
+        let culler = self.culler.as_mut().expect("checked above");
+        culler.leave_cache_dir();
+        let dry = culler.ready_len() == 0;
+        if self.culling() && dry {
+            let deficit = self.deficit();
+            self.start_scan_if_wanted(Instant::now(), Some(deficit));
+        }
+        Ok(())
+    }
+}
