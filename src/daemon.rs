@@ -4,26 +4,22 @@
 //! dead cache (EIO) or a broken loop ends it.
 
 use crate::config::Config;
-use crate::control::{ControlServer, Request};
-use crate::cull::driver::{CullDriver, CullError};
-use crate::cull::signal::CullSignal;
-use crate::cull::worker::Worker;
-use crate::cull::Culler;
+use crate::control::ControlServer;
+use crate::cull::driver::CullError;
 use crate::device::{Device, DeviceError};
+use crate::engine::{CacheDirs, Engine};
 use crate::events::{Completions, GraveyardWatch, Signal, Signals};
 use crate::ondemand::sourcemap::SourceMap;
-use crate::ondemand::OnDemand;
-use crate::proto::{Limit, Status};
 use crate::reactor::{Reactor, Ready, Ticker};
-use crate::report::{Culling, OnDemandReport, Report, Space};
+use crate::report::Report;
 use mio::unix::SourceFd;
-use mio::{Interest, Token};
+use mio::Token;
 use nix::dir::Dir;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::engine::Mode;
 pub use crate::events::SignalPipes;
 
 /// Idle tick: re-reads the kernel's state and re-evaluates throttled rescans.
@@ -66,14 +62,6 @@ impl From<CullError> for DaemonError {
     }
 }
 
-/// The mode the cache is bound in.
-pub enum Mode {
-    /// Culling only: the device reads return the kernel's status line.
-    Classic,
-    /// `bind ondemand`: the device reads return requests, which the engine serves.
-    OnDemand(Box<OnDemand>),
-}
-
 /// Stops a running daemon from another thread (tests, supervisors).
 #[derive(Clone)]
 pub struct StopHandle {
@@ -86,18 +74,6 @@ impl StopHandle {
         self.flag.store(true, Ordering::SeqCst);
         self.completions.wake();
     }
-}
-
-/// What the event sources act on: the device, the mode's engine and the cull driver.
-struct Engine<'d> {
-    device: &'d mut dyn Device,
-    mode: Mode,
-    cull: CullDriver,
-    started: Instant,
-    dir: PathBuf,
-    tag: String,
-    /// The effective limit percentages, indexed by `Limit`.
-    limits: [u8; 6],
 }
 
 pub struct Daemon<'d> {
@@ -140,50 +116,19 @@ impl<'d> Daemon<'d> {
         let mut reg = reactor.registrar();
         let completions = Completions::register(&mut reg)?;
         let control = (config.control.as_deref()).and_then(|p| ControlServer::start(p, &mut reg));
-        let limits = Limit::ALL.map(|l| config.limit(l));
-        let (mode, signal, interest) = match source_map {
-            None => (
-                Mode::Classic,
-                CullSignal::StatusLine(Status::default()),
-                Interest::READABLE,
-            ),
-            Some(map) => (
-                Mode::OnDemand(Box::new(OnDemand::new(
-                    map,
-                    Arc::new(completions.waker_fn()),
-                ))),
-                CullSignal::Statfs {
-                    limits,
-                    culling: false,
-                },
-                // read() returns requests, so "please cull" is only visible as POLLOUT.
-                Interest::READABLE | Interest::WRITABLE,
-            ),
+        let dirs = CacheDirs {
+            worker_cache: open_cache_dir(config, "cache")?,
+            worker_graveyard: open_cache_dir(config, "graveyard")?,
+            cache: open_cache_dir(config, "cache")?,
+            statfs: std::fs::File::open(config.dir.value.join("cache"))?,
         };
-        let worker_dirs = (
-            open_cache_dir(config, "cache")?,
-            open_cache_dir(config, "graveyard")?,
-        );
-        let worker = Worker::start(worker_dirs.0, worker_dirs.1, completions.waker_fn())?;
-        let culler = (!nocull && !config.nocull)
-            .then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
-        let cache_root = open_cache_dir(config, "cache")?;
-        let cache_fs = std::fs::File::open(config.dir.value.join("cache"))?;
-        let cull = CullDriver::new(culler, signal, cache_root, cache_fs, worker);
+        let (engine, interest) =
+            Engine::new(config, device, nocull, source_map, &completions, dirs)?;
         let signals = signals
             .map(|p| Signals::register(p, &mut reg))
             .transpose()?;
-        let device_token = reg.register(&mut SourceFd(&device.poll_fd()), interest)?;
+        let device_token = reg.register(&mut SourceFd(&engine.device.poll_fd()), interest)?;
         let graveyard = GraveyardWatch::new(&config.dir.value.join("graveyard"), &mut reg);
-        let engine = Engine {
-            device,
-            mode,
-            cull,
-            started: Instant::now(),
-            dir: config.dir.value.clone(),
-            tag: config.tag.clone().unwrap_or_else(|| "CacheFiles".into()),
-            limits,
-        };
         Ok(Daemon {
             reactor,
             engine,
@@ -290,59 +235,4 @@ impl<'d> Daemon<'d> {
 enum Flow {
     Continue,
     Stop,
-}
-
-impl Engine<'_> {
-    /// On demand: decodes and dispatches the pending requests (classic mode has none).
-    fn serve_requests(&mut self) -> Result<(), DaemonError> {
-        match &mut self.mode {
-            Mode::Classic => Ok(()),
-            Mode::OnDemand(od) => Ok(od.drain_device(self.device)?),
-        }
-    }
-
-    /// The device is readable: a new status line (classic) or new requests (on demand).
-    fn on_device_ready(&mut self) -> Result<(), DaemonError> {
-        match self.mode {
-            Mode::Classic => Ok(self.cull.refresh(self.device)?),
-            Mode::OnDemand(_) => self.serve_requests(),
-        }
-    }
-
-    fn on_completions(&mut self) -> Result<(), DaemonError> {
-        self.cull.on_completions();
-        match &mut self.mode {
-            Mode::Classic => Ok(()),
-            Mode::OnDemand(od) => Ok(od.drain_done(self.device)?),
-        }
-    }
-
-    fn answer(&self, request: Request) -> String {
-        let report = self.report();
-        match request {
-            Request::Status => report.text(),
-            Request::StatusJson => report.json(),
-            Request::Metrics => report.metrics(),
-        }
-    }
-
-    fn report(&self) -> Report {
-        let (mode, ondemand) = match &self.mode {
-            Mode::Classic => ("classic", None),
-            Mode::OnDemand(od) => ("on-demand", Some(OnDemandReport::new(od))),
-        };
-        Report {
-            version: env!("CARGO_PKG_VERSION").into(),
-            mode: mode.into(),
-            dir: self.dir.display().to_string(),
-            tag: self.tag.clone(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            space: Space::new(self.cull.space(), self.limits),
-            culling: Culling::new(self.cull.culler(), self.cull.culling()),
-            graveyard_entries: std::fs::read_dir(self.dir.join("graveyard"))
-                .map_or(0, |d| d.count() as u64),
-            graveyard_entries_removed: self.cull.reaped,
-            ondemand,
-        }
-    }
 }

@@ -6,6 +6,7 @@ pub mod control;
 pub mod cull;
 pub mod daemon;
 pub mod device;
+mod engine;
 pub mod events;
 pub mod fake;
 pub mod layout;

@@ -1,0 +1,157 @@
+//! The daemon's engine: the device, the mode (classic, or on demand with its request engine)
+//! and the cull driver; what the event sources act on and what the report describes.
+
+use crate::config::Config;
+use crate::control::Request;
+use crate::cull::driver::CullDriver;
+use crate::cull::signal::CullSignal;
+use crate::cull::worker::Worker;
+use crate::cull::Culler;
+use crate::daemon::DaemonError;
+use crate::device::Device;
+use crate::events::Completions;
+use crate::ondemand::sourcemap::SourceMap;
+use crate::ondemand::OnDemand;
+use crate::proto::{Limit, Status};
+use crate::report::{Culling, OnDemandReport, Report, Space};
+use mio::Interest;
+use nix::dir::Dir;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The mode the cache is bound in.
+pub enum Mode {
+    /// Culling only: the device reads return the kernel's status line.
+    Classic,
+    /// `bind ondemand`: the device reads return requests, which the engine serves.
+    OnDemand(Box<OnDemand>),
+}
+
+/// What the event sources act on: the device, the mode's engine and the cull driver.
+pub(crate) struct Engine<'d> {
+    pub device: &'d mut dyn Device,
+    pub mode: Mode,
+    pub cull: CullDriver,
+    started: Instant,
+    dir: PathBuf,
+    tag: String,
+    /// The effective limit percentages, indexed by `Limit`.
+    limits: [u8; 6],
+}
+
+/// The cache directory's fds the engine works on.
+pub(crate) struct CacheDirs {
+    /// `cache/` and `graveyard/` for the scan/reap worker thread.
+    pub worker_cache: Dir,
+    pub worker_graveyard: Dir,
+    /// `cache/` for the loop thread's culls.
+    pub cache: Dir,
+    /// Any fd on the cache's filesystem, for statfs.
+    pub statfs: std::fs::File,
+}
+
+impl<'d> Engine<'d> {
+    /// The engine for `config`'s mode (on demand with a source map), with the device
+    /// interest that mode polls for.
+    pub fn new(
+        config: &Config,
+        device: &'d mut dyn Device,
+        nocull: bool,
+        source_map: Option<SourceMap>,
+        completions: &Completions,
+        dirs: CacheDirs,
+    ) -> std::io::Result<(Engine<'d>, Interest)> {
+        let limits = Limit::ALL.map(|l| config.limit(l));
+        let (mode, signal, interest) = match source_map {
+            None => (
+                Mode::Classic,
+                CullSignal::StatusLine(Status::default()),
+                Interest::READABLE,
+            ),
+            Some(map) => (
+                Mode::OnDemand(Box::new(OnDemand::new(
+                    map,
+                    Arc::new(completions.waker_fn()),
+                ))),
+                CullSignal::Statfs {
+                    limits,
+                    culling: false,
+                },
+                // read() returns requests, so "please cull" is only visible as POLLOUT.
+                Interest::READABLE | Interest::WRITABLE,
+            ),
+        };
+        let worker = Worker::start(
+            dirs.worker_cache,
+            dirs.worker_graveyard,
+            completions.waker_fn(),
+        )?;
+        let culler = (!nocull && !config.nocull)
+            .then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
+        let cull = CullDriver::new(culler, signal, dirs.cache, dirs.statfs, worker);
+        let engine = Engine {
+            device,
+            mode,
+            cull,
+            started: Instant::now(),
+            dir: config.dir.value.clone(),
+            tag: config.tag.clone().unwrap_or_else(|| "CacheFiles".into()),
+            limits,
+        };
+        Ok((engine, interest))
+    }
+
+    /// On demand: decodes and dispatches the pending requests (classic mode has none).
+    pub fn serve_requests(&mut self) -> Result<(), DaemonError> {
+        match &mut self.mode {
+            Mode::Classic => Ok(()),
+            Mode::OnDemand(od) => Ok(od.drain_device(self.device)?),
+        }
+    }
+
+    /// The device is readable: a new status line (classic) or new requests (on demand).
+    pub fn on_device_ready(&mut self) -> Result<(), DaemonError> {
+        match self.mode {
+            Mode::Classic => Ok(self.cull.refresh(self.device)?),
+            Mode::OnDemand(_) => self.serve_requests(),
+        }
+    }
+
+    pub fn on_completions(&mut self) -> Result<(), DaemonError> {
+        self.cull.on_completions();
+        match &mut self.mode {
+            Mode::Classic => Ok(()),
+            Mode::OnDemand(od) => Ok(od.drain_done(self.device)?),
+        }
+    }
+
+    pub fn answer(&self, request: Request) -> String {
+        let report = self.report();
+        match request {
+            Request::Status => report.text(),
+            Request::StatusJson => report.json(),
+            Request::Metrics => report.metrics(),
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        let (mode, ondemand) = match &self.mode {
+            Mode::Classic => ("classic", None),
+            Mode::OnDemand(od) => ("on-demand", Some(OnDemandReport::new(od))),
+        };
+        Report {
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: mode.into(),
+            dir: self.dir.display().to_string(),
+            tag: self.tag.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            space: Space::new(self.cull.space(), self.limits),
+            culling: Culling::new(self.cull.culler(), self.cull.culling()),
+            graveyard_entries: std::fs::read_dir(self.dir.join("graveyard"))
+                .map_or(0, |d| d.count() as u64),
+            graveyard_entries_removed: self.cull.reaped,
+            ondemand,
+        }
+    }
+}
