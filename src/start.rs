@@ -1,0 +1,435 @@
+//! Startup: from the command line and what the process was handed (a bound device fd from our
+//! supervisor or from systemd's fd store) to a running daemon, supervisor or worker. `Start`
+//! is the decision, made by a pure function; `run` carries it out.
+
+use crate::cli::{self, Options};
+use crate::config::{Config, ConfigError};
+use crate::daemon::{Daemon, DaemonError, SignalPipes};
+use crate::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
+use crate::exit::Exit;
+use crate::lock::{lock_cache_dir, LockError};
+use crate::ondemand::sourcemap::SourceMap;
+use crate::pidfile::{PidFile, PidFileError};
+use crate::proto::Command;
+use crate::service::{self, Inherited, NotTheDevice};
+use crate::supervise::{self, RestartLimit};
+use nix::errno::Errno;
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Where a bound device fd came from, if one was handed to this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    Nothing,
+    /// Our `--supervise` parent (which daemonised, holds the lock and the pid file).
+    Supervisor,
+    /// systemd's fd store, from a previous run of the service.
+    ServiceManager,
+}
+
+/// How this process starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// `--supervise`: bind the cache, then run workers that take it over, restarting them.
+    Supervise,
+    /// A worker of our supervisor: take over its bound device.
+    Worker,
+    /// A bound device from the fd store: take it over (on demand, `restore` the requests).
+    Takeover,
+    /// Open and bind the device.
+    Fresh,
+}
+
+impl Start {
+    pub fn choose(options: &Options, handed: Handed) -> Start {
+        match handed {
+            Handed::Supervisor => Start::Worker,
+            Handed::ServiceManager => Start::Takeover,
+            Handed::Nothing if options.supervise => Start::Supervise,
+            Handed::Nothing => Start::Fresh,
+        }
+    }
+
+    /// Whether this process takes the cache lock, daemonises and writes the pid file (a
+    /// supervisor does so for its workers).
+    pub fn owns_the_service(self) -> bool {
+        self != Start::Worker
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("{error}{hint}")]
+    Bind {
+        error: DeviceError,
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Inherited(#[from] NotTheDevice),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Privilege(#[from] crate::privilege::PrivilegeError),
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
+    #[error("cannot daemonise: {0}")]
+    Daemonise(Errno),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("supervisor: {0}")]
+    Supervisor(std::io::Error),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
+
+impl StartError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            StartError::Config(_) => Exit::Config,
+            StartError::Signals(_) | StartError::Daemon(DaemonError::Status(_)) => Exit::Internal,
+            _ => Exit::Os,
+        }
+    }
+}
+
+/// Runs cachefilesd with `options`. `logging` is set once log output is set up: errors go
+/// there from then on, to stderr before.
+pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> {
+    let config = Config::load(&options.config)?;
+    check_dir(&config)?;
+    let source_map = match &config.ondemand {
+        Some(path) => Some(
+            SourceMap::load(&path.value)
+                .map_err(|e| config_error(&config, path.line, e.to_string()))?,
+        ),
+        None => None,
+    };
+    if options.check_config {
+        println!(
+            "cachefilesd: {}: configuration OK",
+            options.config.display()
+        );
+        return Ok(Exit::Ok);
+    }
+    raise_fd_limit();
+    let inherited = service::inherited_device()?;
+    let handed = match &inherited {
+        None => Handed::Nothing,
+        Some(i) if i.from_supervisor => Handed::Supervisor,
+        Some(_) => Handed::ServiceManager,
+    };
+    let start = Start::choose(options, handed);
+    // Held for the daemon's life so that cachefilesctl refuses to write under it.
+    let _lock = start
+        .owns_the_service()
+        .then(|| lock_cache_dir(&config.dir.value))
+        .transpose()?;
+    if start == Start::Supervise {
+        return run_supervisor(&config, options, logging);
+    }
+    let device = inherited.map(|Inherited { fd, .. }| fd);
+    run_daemon(&config, options, logging, start, device, source_map)
+}
+
+/// The supervisor binds the cache itself, before dropping privileges: the kernel takes the
+/// cache's credentials from the process that binds. Every worker takes it over.
+fn run_supervisor(
+    config: &Config,
+    options: &Options,
+    logging: &Cell<bool>,
+) -> Result<Exit, StartError> {
+    let mut device = open_device()?;
+    configure(config, &mut device)?;
+    let pidfile = start_service(options, logging)?;
+    drop_privileges()?;
+    let exe = std::env::current_exe().map_err(StartError::Supervisor)?;
+    let args = worker_args(std::env::args_os());
+    let exit = supervise::run(device.into_fd(), &exe, &args, RestartLimit::default())
+        .map_err(StartError::Supervisor);
+    remove_pidfile(pidfile);
+    exit
+}
+
+/// The worker's command line: the supervisor's, without `--supervise`, in the foreground.
+pub fn worker_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .skip(1)
+        .filter(|a| a != "--supervise")
+        .chain(std::iter::once("-n".into()))
+        .collect()
+}
+
+fn run_daemon(
+    config: &Config,
+    options: &Options,
+    logging: &Cell<bool>,
+    start: Start,
+    handed: Option<std::os::fd::OwnedFd>,
+    source_map: Option<SourceMap>,
+) -> Result<Exit, StartError> {
+    let handed = handed.and_then(take_over_or_reopen);
+    let bound = handed.is_some();
+    let mut device = match handed {
+        Some(device) => device,
+        None => {
+            let mut device = open_device()?;
+            configure(config, &mut device)?;
+            device
+        }
+    };
+    let pidfile = if start.owns_the_service() {
+        start_service(options, logging)?
+    } else {
+        crate::logging::init(options.stderr, options.debug);
+        logging.set(true);
+        None
+    };
+    if bound {
+        restore(config, &mut device)?;
+    }
+    drop_privileges()?;
+    service::ready(device.as_fd(), "cache bound");
+    let result = serve(config, options, &mut device, source_map);
+    service::stopping();
+    remove_pidfile(pidfile);
+    result.map(|()| Exit::Ok)
+}
+
+/// A handed device, unless it is dead: a dead cache handed back (by the fd store after the
+/// previous daemon saw it die) is let go so that we start afresh, or every restart would end
+/// the same way.
+fn take_over_or_reopen(fd: std::os::fd::OwnedFd) -> Option<CachefilesDevice> {
+    let mut device = CachefilesDevice::from_fd(fd);
+    if crate::device::check_alive(&mut device).is_ok() {
+        return Some(device);
+    }
+    eprintln!("cachefilesd: the inherited cache device is dead; opening a new one");
+    service::forget_stored_device();
+    None
+}
+
+/// Taking over a bound cache: on demand, the kernel re-delivers every outstanding request;
+/// READs on objects whose fd died with the old daemon come back as fresh OPENs.
+fn restore(config: &Config, device: &mut CachefilesDevice) -> Result<(), StartError> {
+    log::info!("taking over the bound cache {}", config.dir.value.display());
+    if config.ondemand.is_none() {
+        return Ok(());
+    }
+    match device.send(&Command::Restore) {
+        Ok(()) => log::info!("restore: outstanding requests re-delivered"),
+        Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {
+            log::warn!("the kernel does not support `restore` (needs Linux 6.8): requests pending before the restart are lost")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+fn check_dir(config: &Config) -> Result<(), StartError> {
+    let dir = &config.dir;
+    let message = match std::fs::metadata(&dir.value) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => format!("dir {} is not a directory", dir.value.display()),
+        Err(e) => format!("dir {}: {e}", dir.value.display()),
+    };
+    Err(config_error(config, dir.line, message))
+}
+
+fn config_error(config: &Config, line: usize, message: String) -> StartError {
+    StartError::Config(ConfigError {
+        path: config.path.clone(),
+        line,
+        message,
+    })
+}
+
+/// One fd per open on-demand object and up to 1024 cached cull directories outgrow the usual
+/// soft limit of 1024; the hard limit is what the administrator allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::debug!("cannot raise the open file limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+}
+
+fn configure(config: &Config, device: &mut CachefilesDevice) -> Result<(), StartError> {
+    for command in config.commands() {
+        device
+            .send(&command)
+            .map_err(|e| bind_failure(config, &command, e))?;
+    }
+    Ok(())
+}
+
+fn drop_privileges() -> Result<(), StartError> {
+    let kept = crate::privilege::drop_privileges()?;
+    let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
+    names.sort();
+    if names.is_empty() {
+        names.push("none".into());
+    }
+    log::debug!("capabilities kept: {}", names.join(" "));
+    Ok(())
+}
+
+fn open_device() -> Result<CachefilesDevice, StartError> {
+    Ok(CachefilesDevice::open(Path::new(DEVICE_PATH))?)
+}
+
+/// Daemonises unless -n, starts logging and writes the pid file.
+fn start_service(options: &Options, logging: &Cell<bool>) -> Result<Option<PidFile>, StartError> {
+    let pidfile = options
+        .pidfile
+        .clone()
+        .or_else(|| (!options.no_daemon).then(|| PathBuf::from(cli::DEFAULT_PIDFILE)));
+    if !options.no_daemon {
+        // Forking is safe here: no thread exists yet (workers start in Daemon::new).
+        nix::unistd::daemon(false, options.stderr).map_err(StartError::Daemonise)?;
+    }
+    crate::logging::init(options.stderr, options.debug);
+    logging.set(true);
+    Ok(pidfile
+        .map(|p| PidFile::write(&p, std::process::id()))
+        .transpose()?)
+}
+
+fn remove_pidfile(pidfile: Option<PidFile>) {
+    if let Some(p) = pidfile {
+        p.remove();
+    }
+}
+
+fn serve(
+    config: &Config,
+    options: &Options,
+    device: &mut CachefilesDevice,
+    source_map: Option<SourceMap>,
+) -> Result<(), StartError> {
+    let signals = SignalPipes::install().map_err(StartError::Signals)?;
+    let mut daemon = Daemon::new(config, device, options.nocull, Some(signals), source_map)?;
+    log::info!(
+        "cache {} bound in {} mode{}",
+        config.dir.value.display(),
+        if config.ondemand.is_some() {
+            "on-demand"
+        } else {
+            "classic"
+        },
+        if config.nocull || options.nocull {
+            " (culling disabled)"
+        } else {
+            ""
+        }
+    );
+    if let Err(e) = daemon.run() {
+        if matches!(e, DaemonError::CacheDead(_)) {
+            // The stored fd is useless now; a restarted daemon must open a new one.
+            service::forget_stored_device();
+        }
+        return Err(e.into());
+    }
+    log::info!("{}", daemon.stats_line());
+    Ok(())
+}
+
+/// A refused configuration command: config errors name the config file and line.
+fn bind_failure(config: &Config, command: &Command, e: DeviceError) -> StartError {
+    let errno = e.errno();
+    let hint = match (command, errno) {
+        (Command::Bind { .. }, Some(Errno::EOPNOTSUPP)) => {
+            " (the filesystem holding the cache lacks xattrs, O_TMPFILE or sync_fs: tmpfs cannot hold a cache; or the kernel lacks CONFIG_CACHEFILES_ONDEMAND for `bind ondemand`)"
+        }
+        (Command::Bind { .. }, Some(Errno::EBUSY)) => " (a cache is already bound)",
+        (Command::Bind { .. }, Some(Errno::EROFS)) => " (the cache filesystem is read-only)",
+        (Command::Bind { .. }, Some(Errno::ENOENT)) => " (the cache directory does not exist)",
+        _ => "",
+    };
+    let line = match command {
+        Command::Dir(_) | Command::Bind { .. } => config.dir.line,
+        Command::Limit(l, _) => config.limits[*l as usize].as_ref().map_or(0, |x| x.line),
+        _ => 0,
+    };
+    match errno {
+        Some(errno @ (Errno::EINVAL | Errno::ERANGE))
+            if !matches!(command, Command::Bind { .. }) =>
+        {
+            config_error(
+                config,
+                line,
+                format!("the kernel refused `{command}`: {errno}"),
+            )
+        }
+        _ => StartError::Bind { error: e, hint },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> Options {
+        let args = std::iter::once("cachefilesd").chain(args.iter().copied());
+        match cli::parse(args.map(OsString::from)).unwrap() {
+            cli::Action::Run(o) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_start_follows_what_was_handed_over() {
+        let plain = options(&["-n"]);
+        let supervise = options(&["--supervise"]);
+        assert_eq!(Start::choose(&plain, Handed::Nothing), Start::Fresh);
+        assert_eq!(Start::choose(&supervise, Handed::Nothing), Start::Supervise);
+        assert_eq!(Start::choose(&plain, Handed::Supervisor), Start::Worker);
+        // A supervisor's worker never supervises, even if told to.
+        assert_eq!(Start::choose(&supervise, Handed::Supervisor), Start::Worker);
+        assert_eq!(
+            Start::choose(&plain, Handed::ServiceManager),
+            Start::Takeover
+        );
+        // systemd kept the device: take it over rather than binding a second cache.
+        assert_eq!(
+            Start::choose(&supervise, Handed::ServiceManager),
+            Start::Takeover
+        );
+        assert!(!Start::Worker.owns_the_service());
+        assert!([Start::Supervise, Start::Takeover, Start::Fresh]
+            .iter()
+            .all(|s| s.owns_the_service()));
+    }
+
+    #[test]
+    fn workers_run_in_the_foreground_without_supervise() {
+        let args = ["cachefilesd", "--supervise", "-d", "-f", "/etc/c.conf"].map(OsString::from);
+        assert_eq!(
+            worker_args(args),
+            ["-d", "-f", "/etc/c.conf", "-n"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn exit_statuses_by_error() {
+        let config = ConfigError {
+            path: "c".into(),
+            line: 1,
+            message: "bad".into(),
+        };
+        assert_eq!(StartError::Config(config).exit(), Exit::Config);
+        let status = crate::proto::Status::parse(b"cull=2").unwrap_err();
+        assert_eq!(
+            StartError::Daemon(DaemonError::Status(status)).exit(),
+            Exit::Internal
+        );
+        assert_eq!(StartError::Daemonise(Errno::EAGAIN).exit(), Exit::Os);
+    }
+}
