@@ -1,6 +1,8 @@
 //! Log output: syslog (facility daemon, ident cachefilesd) by default, stderr with `-s`.
 //! On stderr under systemd (JOURNAL_STREAM names our stderr) each line carries a `<N>`
 //! priority prefix and no timestamp, which journald turns into the entry's priority.
+//! Panics are logged too: after daemon() stderr is /dev/null, and a dying thread must not go
+//! unnoticed.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::io::Write;
@@ -66,7 +68,41 @@ fn stderr_is_journal() -> bool {
     dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
+/// Logs every panic (thread, location, message) through the logger, then runs the hook that
+/// was installed before (the default one prints to stderr). Installed once, by `init`.
+pub fn log_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let thread = std::thread::current();
+            let location = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            log::error!(
+                "panic in thread {}{location}: {message}",
+                thread.name().unwrap_or("unnamed")
+            );
+            log::logger().flush();
+            previous(info);
+        }));
+    });
+}
+
+/// Sets up the log output and the panic hook.
 pub fn init(stderr: bool, debug: u8) {
+    init_logger(stderr, debug);
+    log_panics();
+}
+
+fn init_logger(stderr: bool, debug: u8) {
     let level = level_for(debug);
     if !stderr {
         let formatter = syslog::Formatter3164 {
