@@ -200,31 +200,49 @@ fn stat(stats: &str, label: &str) -> u64 {
     digits.parse().unwrap()
 }
 
-#[test]
-fn every_candidate_refused_backs_off_instead_of_rescanning_at_once() {
+/// Runs a classic daemon for 3 s over 20 objects named `name(i)`, of which the kernel holds
+/// those `held`; returns the stats line and the number of cull commands written.
+fn cull_for_3s(name: fn(usize) -> String, held: bool) -> (String, usize) {
     let _cwd = CWD.lock().unwrap();
     let t = tempfile::tempdir().unwrap();
-    let mut names = Vec::new();
-    for i in 0..20 {
-        object(t.path(), &format!("Ierofs,x/@00/Dx{i}"), 100 + i);
-        names.push(format!("Dx{i}").into_bytes());
+    let names: Vec<String> = (0..20).map(name).collect();
+    for (i, n) in names.iter().enumerate() {
+        object(t.path(), &format!("Ierofs,x/@00/{n}"), 100 + i as i64);
     }
     fs::create_dir_all(t.path().join("graveyard")).unwrap();
     let (kernel, device) = FakeKernel::new();
-    // The kernel wants room and holds every object (mounted on-demand blobs, say).
     kernel.with(|s| {
         s.status.cull = true;
         s.cull_until = 1000;
-        s.in_use = names.into_iter().collect();
+        if held {
+            s.in_use = names.iter().map(|n| n.clone().into_bytes()).collect();
+        }
     });
-    let cfg = config(t.path(), "");
-    let daemon = DaemonThread::start(cfg, device, None);
+    let daemon = DaemonThread::start(config(t.path(), ""), device, None);
     std::thread::sleep(Duration::from_secs(3));
     let stats = daemon.stop_expecting_ok();
     let culls = kernel.with(|s| s.commands.iter().filter(|c| c.starts_with("cull ")).count());
-    // The first scan and its 20 refused culls, then at most a retry per second.
+    (stats, culls)
+}
+
+#[test]
+fn every_candidate_in_use_backs_off_instead_of_rescanning_at_once() {
+    // The kernel wants room and holds every object (mounted on-demand blobs, say).
+    let (stats, culls) = cull_for_3s(|i| format!("Dx{i}"), true);
+    // The first scan and its 20 refused culls, then a retry after 1 s and after 2 s more.
     let scans = stat(&stats, "scans ");
     assert!((1..=4).contains(&scans), "{scans} scans in 3 s: {stats}");
     assert!(culls <= 4 * 20, "{culls} culls in 3 s: {stats}");
     assert_eq!(stat(&stats, "in use "), culls as u64, "{stats}");
+}
+
+#[test]
+fn every_candidate_unsendable_backs_off_instead_of_rescanning_at_once() {
+    // Names the cull command cannot carry: nothing is written, each is refused.
+    let (stats, culls) = cull_for_3s(|i| format!("Dx\n{i}"), false);
+    let scans = stat(&stats, "scans ");
+    assert!((1..=4).contains(&scans), "{scans} scans in 3 s: {stats}");
+    assert_eq!(culls, 0, "{stats}");
+    let refused = stat(&stats, "refused ");
+    assert!((20..=80).contains(&refused), "{stats}");
 }
