@@ -92,35 +92,48 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, UsageEr
                 });
             }
         }
-        let mut i = 1;
-        while i < bytes.len() {
-            let flag = bytes[i] as char;
-            i += 1;
-            match flag {
-                'd' => o.debug = o.debug.saturating_add(1),
-                's' => o.stderr = true,
-                'n' => o.no_daemon = true,
-                'N' => o.nocull = true,
-                't' => o.check_config = true,
-                'v' => return Ok(Action::Version),
-                'f' | 'p' => {
-                    let value: OsString = if i < bytes.len() {
-                        std::ffi::OsStr::from_bytes(&bytes[i..]).to_owned()
-                    } else {
-                        args.next().ok_or(UsageError::MissingArgument(flag))?
-                    };
-                    i = bytes.len();
-                    if flag == 'f' {
-                        o.config = value.into();
-                    } else {
-                        o.pidfile = Some(value.into());
-                    }
-                }
-                other => return Err(UsageError::Unknown(format!("-{other}"))),
-            }
+        if let Some(action) = short_options(&mut o, bytes, &mut args)? {
+            return Ok(action);
         }
     }
     Ok(Action::Run(o))
+}
+
+/// Applies one bundle of short options (`-dns`, `-fFILE`, `-f FILE`); `Some` for an option
+/// that ends parsing (`-v`).
+fn short_options(
+    o: &mut Options,
+    bytes: &[u8],
+    args: &mut impl Iterator<Item = OsString>,
+) -> Result<Option<Action>, UsageError> {
+    let mut i = 1;
+    while i < bytes.len() {
+        let flag = bytes[i] as char;
+        i += 1;
+        match flag {
+            'd' => o.debug = o.debug.saturating_add(1),
+            's' => o.stderr = true,
+            'n' => o.no_daemon = true,
+            'N' => o.nocull = true,
+            't' => o.check_config = true,
+            'v' => return Ok(Some(Action::Version)),
+            'f' | 'p' => {
+                let value: OsString = if i < bytes.len() {
+                    std::ffi::OsStr::from_bytes(&bytes[i..]).to_owned()
+                } else {
+                    args.next().ok_or(UsageError::MissingArgument(flag))?
+                };
+                i = bytes.len();
+                if flag == 'f' {
+                    o.config = value.into();
+                } else {
+                    o.pidfile = Some(value.into());
+                }
+            }
+            other => return Err(UsageError::Unknown(format!("-{other}"))),
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

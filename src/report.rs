@@ -253,7 +253,6 @@ impl Report {
     pub fn text(&self) -> String {
         let mut o = String::new();
         let s = &self.space;
-        let c = &self.culling;
         let _ = writeln!(
             o,
             "cachefilesd {} ({} mode), up {}s",
@@ -277,47 +276,10 @@ impl Report {
             o,
             "limits: brun {br}% bcull {bc}% bstop {bs}%, frun {fr}% fcull {fc}% fstop {fs}%"
         );
-        if c.enabled {
-            let _ = writeln!(
-                o,
-                "culling: {}{}; table {}/{}; last scan {} objects in {:.3}s ({} scans); culled {} ({} bytes freed), {} skipped in use",
-                if c.kernel_wants_culling { "active" } else { "idle" },
-                if c.scanning { ", scanning" } else { "" },
-                c.table_entries, c.table_capacity, c.objects_last_scan, c.last_scan_seconds, c.scans,
-                c.culled, c.bytes_freed, c.skipped_in_use
-            );
-        } else {
-            let _ = writeln!(o, "culling: disabled");
-        }
+        self.culling.text(&mut o);
         let _ = writeln!(o, "graveyard: {} entries", self.graveyard_entries);
         if let Some(od) = &self.ondemand {
-            let _ = writeln!(
-                o,
-                "on-demand: {} open objects, {} requests in flight; opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages",
-                od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages
-            );
-            for obj in &od.objects {
-                let _ = writeln!(
-                    o,
-                    "  object {}: {} {} {} bytes from {}",
-                    obj.object_id, obj.volume, obj.fsid, obj.size, obj.source
-                );
-            }
-            for src in &od.sources {
-                let q = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}ms", s * 1e3));
-                let _ = writeln!(
-                    o,
-                    "  source {} ({}): {} reads, {} bytes, {} errors, latency p50 {} p90 {} p99 {}",
-                    src.index,
-                    src.location,
-                    src.reads,
-                    src.bytes,
-                    src.errors,
-                    q(src.latency_p50_seconds),
-                    q(src.latency_p90_seconds),
-                    q(src.latency_p99_seconds)
-                );
-            }
+            od.text(&mut o);
         }
         o
     }
@@ -328,180 +290,227 @@ impl Report {
 
     /// Prometheus text exposition format (version 0.0.4).
     pub fn metrics(&self) -> String {
-        let mut o = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-            let _ = writeln!(o, "# HELP cachefilesd_{name} {help}");
-            let _ = writeln!(o, "# TYPE cachefilesd_{name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(o, "cachefilesd_{name}{labels} {v}");
-            }
-        };
-        let one = |v: f64| vec![(String::new(), v)];
-        let s = &self.space;
-        let c = &self.culling;
-        metric(
-            "info",
-            "gauge",
-            "Daemon version and mode.",
-            &[(
+        let info = Metric {
+            name: "info",
+            kind: "gauge",
+            help: "Daemon version and mode.",
+            samples: vec![(
                 format!("{{version=\"{}\",mode=\"{}\"}}", self.version, self.mode),
                 1.0,
             )],
-        );
-        metric(
-            "uptime_seconds",
-            "gauge",
-            "Seconds since the daemon started.",
-            &one(self.uptime_seconds as f64),
-        );
-        metric(
-            "blocks_available",
-            "gauge",
-            "Free blocks on the cache filesystem (statfs f_bavail).",
-            &one(s.blocks_available as f64),
-        );
-        metric(
-            "blocks_total",
-            "gauge",
-            "Blocks of the cache filesystem.",
-            &one(s.blocks_total as f64),
-        );
-        metric(
-            "block_size_bytes",
-            "gauge",
-            "Block size of the cache filesystem.",
-            &one(s.block_size as f64),
-        );
-        metric(
-            "files_free",
-            "gauge",
-            "Free inodes on the cache filesystem.",
-            &one(s.files_free as f64),
-        );
-        metric(
-            "files_total",
-            "gauge",
-            "Inodes of the cache filesystem.",
-            &one(s.files_total as f64),
-        );
-        metric(
-            "culling_active",
-            "gauge",
-            "1 while the kernel asks for culling.",
-            &one(c.kernel_wants_culling as u8 as f64),
-        );
-        metric(
-            "scans_total",
-            "counter",
-            "Scans of the cache tree.",
-            &one(c.scans as f64),
-        );
-        metric(
-            "objects_last_scan",
-            "gauge",
-            "Objects found by the last scan.",
-            &one(c.objects_last_scan as f64),
-        );
-        metric(
-            "last_scan_seconds",
-            "gauge",
-            "Duration of the last scan.",
-            &one(c.last_scan_seconds),
-        );
-        metric(
-            "cull_table_entries",
-            "gauge",
-            "Candidates waiting in the cull table.",
-            &one(c.table_entries as f64),
-        );
-        metric(
-            "culled_total",
-            "counter",
-            "Objects culled.",
-            &one(c.culled as f64),
-        );
-        metric(
-            "culled_bytes_total",
-            "counter",
-            "Bytes freed by culling.",
-            &one(c.bytes_freed as f64),
-        );
-        metric(
-            "graveyard_entries",
-            "gauge",
-            "Entries waiting in the graveyard.",
-            &one(self.graveyard_entries as f64),
-        );
+        };
+        let mut all = vec![info];
+        all.extend(self.space_and_culling_metrics());
         if let Some(od) = &self.ondemand {
-            metric(
-                "ondemand_objects",
-                "gauge",
-                "Open on-demand objects.",
-                &one(od.objects.len() as f64),
-            );
-            metric(
-                "ondemand_requests_in_flight",
-                "gauge",
-                "OPEN and READ requests being served.",
-                &one(od.requests_in_flight as f64),
-            );
-            metric(
-                "ondemand_opens_total",
-                "counter",
-                "OPEN requests.",
-                &one(od.opens as f64),
-            );
-            metric(
-                "ondemand_opens_failed_total",
-                "counter",
-                "OPEN requests refused.",
-                &one(od.opens_failed as f64),
-            );
-            metric(
-                "ondemand_reads_total",
-                "counter",
-                "READ requests.",
-                &one(od.reads as f64),
-            );
-            metric(
-                "ondemand_reads_failed_total",
-                "counter",
-                "READ requests completed without data.",
-                &one(od.reads_failed as f64),
-            );
-            metric(
-                "ondemand_bad_messages_total",
-                "counter",
-                "Undecodable kernel messages.",
-                &one(od.bad_messages as f64),
-            );
-            let label = |src: &SourceReport| format!("{{source=\"{}\"}}", src.index);
-            let per = |f: &dyn Fn(&SourceReport) -> f64| {
-                od.sources
-                    .iter()
-                    .map(|s| (label(s), f(s)))
-                    .collect::<Vec<_>>()
-            };
-            metric(
-                "source_bytes_total",
-                "counter",
-                "Bytes fetched per [[source]] entry.",
-                &per(&|s| s.bytes as f64),
-            );
-            metric(
-                "source_reads_total",
-                "counter",
-                "READs served per [[source]] entry.",
-                &per(&|s| s.reads as f64),
-            );
-            metric(
-                "source_errors_total",
-                "counter",
-                "Failed fetches per [[source]] entry.",
-                &per(&|s| s.errors as f64),
-            );
+            all.extend(od.metrics());
+        }
+        let mut o = String::new();
+        for m in all {
+            let _ = writeln!(o, "# HELP cachefilesd_{} {}", m.name, m.help);
+            let _ = writeln!(o, "# TYPE cachefilesd_{} {}", m.name, m.kind);
+            for (labels, v) in m.samples {
+                let _ = writeln!(o, "cachefilesd_{}{labels} {v}", m.name);
+            }
         }
         o
+    }
+
+    fn space_and_culling_metrics(&self) -> Vec<Metric> {
+        let (s, c) = (&self.space, &self.culling);
+        vec![
+            gauge(
+                "uptime_seconds",
+                "Seconds since the daemon started.",
+                self.uptime_seconds,
+            ),
+            gauge(
+                "blocks_available",
+                "Free blocks on the cache filesystem (statfs f_bavail).",
+                s.blocks_available,
+            ),
+            gauge(
+                "blocks_total",
+                "Blocks of the cache filesystem.",
+                s.blocks_total,
+            ),
+            gauge(
+                "block_size_bytes",
+                "Block size of the cache filesystem.",
+                s.block_size,
+            ),
+            gauge(
+                "files_free",
+                "Free inodes on the cache filesystem.",
+                s.files_free,
+            ),
+            gauge(
+                "files_total",
+                "Inodes of the cache filesystem.",
+                s.files_total,
+            ),
+            gauge(
+                "culling_active",
+                "1 while the kernel asks for culling.",
+                u64::from(c.kernel_wants_culling),
+            ),
+            counter("scans_total", "Scans of the cache tree.", c.scans),
+            gauge(
+                "objects_last_scan",
+                "Objects found by the last scan.",
+                c.objects_last_scan,
+            ),
+            Metric {
+                samples: vec![(String::new(), c.last_scan_seconds)],
+                ..gauge("last_scan_seconds", "Duration of the last scan.", 0)
+            },
+            gauge(
+                "cull_table_entries",
+                "Candidates waiting in the cull table.",
+                c.table_entries,
+            ),
+            counter("culled_total", "Objects culled.", c.culled),
+            counter(
+                "culled_bytes_total",
+                "Bytes freed by culling.",
+                c.bytes_freed,
+            ),
+            gauge(
+                "graveyard_entries",
+                "Entries waiting in the graveyard.",
+                self.graveyard_entries,
+            ),
+        ]
+    }
+}
+
+/// One metric family: `cachefilesd_<name>`, its type and help, and its samples (labels, value).
+struct Metric {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(String, f64)>,
+}
+
+fn gauge(name: &'static str, help: &'static str, value: u64) -> Metric {
+    Metric {
+        name,
+        kind: "gauge",
+        help,
+        samples: vec![(String::new(), value as f64)],
+    }
+}
+
+fn counter(name: &'static str, help: &'static str, value: u64) -> Metric {
+    Metric {
+        kind: "counter",
+        ..gauge(name, help, value)
+    }
+}
+
+impl Culling {
+    fn text(&self, o: &mut String) {
+        let c = self;
+        if !c.enabled {
+            let _ = writeln!(o, "culling: disabled");
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "culling: {}{}; table {}/{}; last scan {} objects in {:.3}s ({} scans); culled {} ({} bytes freed), {} skipped in use",
+            if c.kernel_wants_culling { "active" } else { "idle" },
+            if c.scanning { ", scanning" } else { "" },
+            c.table_entries, c.table_capacity, c.objects_last_scan, c.last_scan_seconds, c.scans,
+            c.culled, c.bytes_freed, c.skipped_in_use
+        );
+    }
+}
+
+impl OnDemandReport {
+    fn text(&self, o: &mut String) {
+        let od = self;
+        let _ = writeln!(
+            o,
+            "on-demand: {} open objects, {} requests in flight; opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages",
+            od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages
+        );
+        for obj in &od.objects {
+            let _ = writeln!(
+                o,
+                "  object {}: {} {} {} bytes from {}",
+                obj.object_id, obj.volume, obj.fsid, obj.size, obj.source
+            );
+        }
+        let q = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}ms", s * 1e3));
+        for src in &od.sources {
+            let _ = writeln!(
+                o,
+                "  source {} ({}): {} reads, {} bytes, {} errors, latency p50 {} p90 {} p99 {}",
+                src.index,
+                src.location,
+                src.reads,
+                src.bytes,
+                src.errors,
+                q(src.latency_p50_seconds),
+                q(src.latency_p90_seconds),
+                q(src.latency_p99_seconds)
+            );
+        }
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let od = self;
+        let per = |name, help, f: fn(&SourceReport) -> u64| Metric {
+            samples: od
+                .sources
+                .iter()
+                .map(|s| (format!("{{source=\"{}\"}}", s.index), f(s) as f64))
+                .collect(),
+            ..counter(name, help, 0)
+        };
+        vec![
+            gauge(
+                "ondemand_objects",
+                "Open on-demand objects.",
+                od.objects.len() as u64,
+            ),
+            gauge(
+                "ondemand_requests_in_flight",
+                "OPEN and READ requests being served.",
+                od.requests_in_flight,
+            ),
+            counter("ondemand_opens_total", "OPEN requests.", od.opens),
+            counter(
+                "ondemand_opens_failed_total",
+                "OPEN requests refused.",
+                od.opens_failed,
+            ),
+            counter("ondemand_reads_total", "READ requests.", od.reads),
+            counter(
+                "ondemand_reads_failed_total",
+                "READ requests completed without data.",
+                od.reads_failed,
+            ),
+            counter(
+                "ondemand_bad_messages_total",
+                "Undecodable kernel messages.",
+                od.bad_messages,
+            ),
+            per(
+                "source_bytes_total",
+                "Bytes fetched per [[source]] entry.",
+                |s| s.bytes,
+            ),
+            per(
+                "source_reads_total",
+                "READs served per [[source]] entry.",
+                |s| s.reads,
+            ),
+            per(
+                "source_errors_total",
+                "Failed fetches per [[source]] entry.",
+                |s| s.errors,
+            ),
+        ]
     }
 }
 
