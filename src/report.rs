@@ -562,6 +562,95 @@ mod tests {
         }
     }
 
+    /// The VM scenarios read `cachefilesctl status --json`: fields may be added, never renamed.
+    #[test]
+    fn json_keeps_every_field_it_ever_had() {
+        let j: serde_json::Value = serde_json::from_str(&sample().json()).unwrap();
+        let has = |v: &serde_json::Value, keys: &[&str]| {
+            for k in keys {
+                assert!(v.get(k).is_some(), "{k} missing from {v}");
+            }
+        };
+        has(
+            &j,
+            &[
+                "version",
+                "mode",
+                "dir",
+                "tag",
+                "uptime_seconds",
+                "space",
+                "culling",
+            ],
+        );
+        has(&j, &["graveyard_entries", "ondemand"]);
+        has(
+            &j["space"],
+            &[
+                "block_size",
+                "blocks_total",
+                "blocks_available",
+                "files_total",
+                "files_free",
+            ],
+        );
+        has(
+            &j["space"],
+            &["blocks_limits_percent", "files_limits_percent"],
+        );
+        has(
+            &j["culling"],
+            &[
+                "enabled",
+                "kernel_wants_culling",
+                "scanning",
+                "scans",
+                "objects_last_scan",
+            ],
+        );
+        has(
+            &j["culling"],
+            &[
+                "last_scan_seconds",
+                "table_entries",
+                "table_capacity",
+                "culled",
+            ],
+        );
+        has(&j["culling"], &["bytes_freed", "skipped_in_use"]);
+        let od = &j["ondemand"];
+        has(
+            od,
+            &[
+                "objects",
+                "requests_in_flight",
+                "opens",
+                "opens_failed",
+                "reads",
+            ],
+        );
+        has(
+            od,
+            &["reads_failed", "bytes_written", "bad_messages", "sources"],
+        );
+        has(
+            &od["objects"][0],
+            &["object_id", "volume", "fsid", "size", "source"],
+        );
+        has(
+            &od["sources"][0],
+            &["index", "location", "reads", "bytes", "errors"],
+        );
+        has(
+            &od["sources"][0],
+            &[
+                "latency_p50_seconds",
+                "latency_p90_seconds",
+                "latency_p99_seconds",
+            ],
+        );
+    }
+
     #[test]
     fn the_stats_line_and_status_keep_their_wording() {
         let mut r = sample();
