@@ -121,14 +121,16 @@ impl<'d> Daemon<'d> {
             worker_graveyard: open_cache_dir(config, "graveyard")?,
             cache: open_cache_dir(config, "cache")?,
             statfs: std::fs::File::open(config.dir.value.join("cache"))?,
+            graveyard: config.dir.value.join("graveyard"),
         };
+        let graveyard_path = dirs.graveyard.clone();
         let (engine, interest) =
             Engine::new(config, device, nocull, source_map, &completions, dirs)?;
         let signals = signals
             .map(|p| Signals::register(p, &mut reg))
             .transpose()?;
         let device_token = reg.register(&mut SourceFd(&engine.device.poll_fd()), interest)?;
-        let graveyard = GraveyardWatch::new(&config.dir.value.join("graveyard"), &mut reg);
+        let graveyard = GraveyardWatch::new(&graveyard_path, &mut reg);
         Ok(Daemon {
             reactor,
             engine,

@@ -35,12 +35,13 @@ pub(crate) struct Engine<'d> {
     pub cull: CullDriver,
     started: Instant,
     dir: PathBuf,
+    graveyard: PathBuf,
     tag: String,
     /// The effective limit percentages, indexed by `Limit`.
     limits: [u8; 6],
 }
 
-/// The cache directory's fds the engine works on.
+/// What the engine works on in the cache directory (opened by the daemon).
 pub(crate) struct CacheDirs {
     /// `cache/` and `graveyard/` for the scan/reap worker thread.
     pub worker_cache: Dir,
@@ -49,6 +50,8 @@ pub(crate) struct CacheDirs {
     pub cache: Dir,
     /// Any fd on the cache's filesystem, for statfs.
     pub statfs: std::fs::File,
+    /// The graveyard, whose entries the report counts.
+    pub graveyard: PathBuf,
 }
 
 impl<'d> Engine<'d> {
@@ -96,6 +99,7 @@ impl<'d> Engine<'d> {
             cull,
             started: Instant::now(),
             dir: config.dir.value.clone(),
+            graveyard: dirs.graveyard,
             tag: config.tag.clone().unwrap_or_else(|| "CacheFiles".into()),
             limits,
         };
@@ -148,8 +152,7 @@ impl<'d> Engine<'d> {
             uptime_seconds: self.started.elapsed().as_secs(),
             space: Space::new(self.cull.space(), self.limits),
             culling: Culling::new(self.cull.culler(), self.cull.culling()),
-            graveyard_entries: std::fs::read_dir(self.dir.join("graveyard"))
-                .map_or(0, |d| d.count() as u64),
+            graveyard_entries: std::fs::read_dir(&self.graveyard).map_or(0, |d| d.count() as u64),
             graveyard_entries_removed: self.cull.reaped,
             ondemand,
         }
