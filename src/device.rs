@@ -206,13 +206,16 @@ impl Device for CachefilesDevice {
     }
 }
 
-// `CACHEFILES_IOC_READ_COMPLETE = _IOW(0x98, 1, int)`: the msg_id is passed by value.
-nix::ioctl_write_int!(cachefiles_ioc_read_complete, 0x98, 1);
+/// The generated wrapper is a `pub unsafe fn`: kept in a private module, out of the API.
+mod ioctl {
+    // `CACHEFILES_IOC_READ_COMPLETE = _IOW(0x98, 1, int)`: the msg_id is passed by value.
+    nix::ioctl_write_int!(cachefiles_ioc_read_complete, 0x98, 1);
+}
 
 fn read_complete(anon_fd: BorrowedFd<'_>, msg_id: u32) -> Result<(), Errno> {
     // SAFETY: the ioctl takes its argument by value (no pointer is passed) and the fd is a
     // live borrowed descriptor for the duration of the call.
-    unsafe { cachefiles_ioc_read_complete(anon_fd.as_raw_fd(), msg_id.into()) }.map(drop)
+    unsafe { ioctl::cachefiles_ioc_read_complete(anon_fd.as_raw_fd(), msg_id.into()) }.map(drop)
 }
 
 #[cfg(test)]
