@@ -81,6 +81,12 @@ fn answers_while_culling_and_survives_bad_clients() {
     let long = query(&sock, &"x".repeat(5000), timeout).unwrap_or_else(|e| format!("error: {e}"));
     assert!(long.starts_with("error"), "{long}");
 
+    // Connections come and go: each gets a token of its own and gives it back.
+    for i in 0..100 {
+        let m = query(&sock, "metrics", timeout).unwrap();
+        assert!(m.contains("cachefilesd_uptime_seconds "), "query {i}: {m}");
+    }
+
     daemon.stop_expecting_ok();
     assert!(!sock.exists(), "socket removed on exit");
 }
