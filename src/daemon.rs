@@ -12,8 +12,6 @@ use crate::events::{Completions, GraveyardWatch, Signal, Signals};
 use crate::ondemand::sourcemap::SourceMap;
 use crate::reactor::{Reactor, Ready, Ticker};
 use crate::report::Report;
-use mio::unix::SourceFd;
-use mio::Token;
 use nix::dir::Dir;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,7 +77,6 @@ impl StopHandle {
 pub struct Daemon<'d> {
     reactor: Reactor,
     engine: Engine<'d>,
-    device: Token,
     completions: Completions,
     stop: Arc<AtomicBool>,
     signals: Option<Signals>,
@@ -124,17 +121,22 @@ impl<'d> Daemon<'d> {
             graveyard: config.dir.value.join("graveyard"),
         };
         let graveyard_path = dirs.graveyard.clone();
-        let (engine, interest) =
-            Engine::new(config, device, nocull, source_map, &completions, dirs)?;
+        let engine = Engine::new(
+            config,
+            device,
+            nocull,
+            source_map,
+            &completions,
+            dirs,
+            &mut reg,
+        )?;
         let signals = signals
             .map(|p| Signals::register(p, &mut reg))
             .transpose()?;
-        let device_token = reg.register(&mut SourceFd(&engine.device.poll_fd()), interest)?;
         let graveyard = GraveyardWatch::new(&graveyard_path, &mut reg);
         Ok(Daemon {
             reactor,
             engine,
-            device: device_token,
             completions,
             stop: Arc::new(AtomicBool::new(false)),
             signals,
@@ -172,23 +174,15 @@ impl<'d> Daemon<'d> {
                 .ticker
                 .timeout(self.engine.cull.has_work(), Instant::now());
             self.reactor.wait(timeout, &mut ready)?;
-            let mut device_ready = false;
             for event in &ready {
-                if event.token == self.device {
-                    device_ready = true;
-                    if event.writable {
-                        self.engine.cull.kernel_hint();
-                    }
-                } else if self.dispatch(*event)? == Flow::Stop {
+                if !self.engine.on_device_event(*event) && self.dispatch(*event)? == Flow::Stop {
                     return Ok(());
                 }
             }
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            if device_ready {
-                self.engine.on_device_ready()?;
-            }
+            self.engine.serve_device()?;
             if self.ticker.due(Instant::now()) {
                 self.on_tick()?;
             }

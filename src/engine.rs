@@ -13,8 +13,10 @@ use crate::events::Completions;
 use crate::ondemand::sourcemap::SourceMap;
 use crate::ondemand::OnDemand;
 use crate::proto::{Limit, Status};
+use crate::reactor::{Ready, Registrar};
 use crate::report::{Culling, OnDemandReport, Report, Space};
-use mio::Interest;
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
 use nix::dir::Dir;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +33,9 @@ pub enum Mode {
 /// What the event sources act on: the device, the mode's engine and the cull driver.
 pub(crate) struct Engine<'d> {
     pub device: &'d mut dyn Device,
+    device_token: Token,
+    /// The device was ready in this loop turn.
+    device_ready: bool,
     pub mode: Mode,
     pub cull: CullDriver,
     started: Instant,
@@ -55,8 +60,8 @@ pub(crate) struct CacheDirs {
 }
 
 impl<'d> Engine<'d> {
-    /// The engine for `config`'s mode (on demand with a source map), with the device
-    /// interest that mode polls for.
+    /// The engine for `config`'s mode (on demand with a source map); registers the device
+    /// for the readiness that mode polls for.
     pub fn new(
         config: &Config,
         device: &'d mut dyn Device,
@@ -64,7 +69,8 @@ impl<'d> Engine<'d> {
         source_map: Option<SourceMap>,
         completions: &Completions,
         dirs: CacheDirs,
-    ) -> std::io::Result<(Engine<'d>, Interest)> {
+        reg: &mut Registrar,
+    ) -> std::io::Result<Engine<'d>> {
         let limits = Limit::ALL.map(|l| config.limit(l));
         let (mode, signal, interest) = match source_map {
             None => (
@@ -93,8 +99,11 @@ impl<'d> Engine<'d> {
         let culler = (!nocull && !config.nocull)
             .then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
         let cull = CullDriver::new(culler, signal, dirs.cache, dirs.statfs, worker);
-        let engine = Engine {
+        let device_token = reg.register(&mut SourceFd(&device.poll_fd()), interest)?;
+        Ok(Engine {
             device,
+            device_token,
+            device_ready: false,
             mode,
             cull,
             started: Instant::now(),
@@ -102,8 +111,28 @@ impl<'d> Engine<'d> {
             graveyard: dirs.graveyard,
             tag: config.tag.clone().unwrap_or_else(|| "CacheFiles".into()),
             limits,
-        };
-        Ok((engine, interest))
+        })
+    }
+
+    /// Takes the device's readiness; false if `event` is not the device's. The work is
+    /// done once per loop turn, by `serve_device`.
+    pub fn on_device_event(&mut self, event: Ready) -> bool {
+        if event.token != self.device_token {
+            return false;
+        }
+        if event.writable {
+            self.cull.kernel_hint();
+        }
+        self.device_ready = true;
+        true
+    }
+
+    /// After the turn's events: reads what the device has, if it was ready.
+    pub fn serve_device(&mut self) -> Result<(), DaemonError> {
+        if std::mem::take(&mut self.device_ready) {
+            self.on_device_ready()?;
+        }
+        Ok(())
     }
 
     /// On demand: decodes and dispatches the pending requests (classic mode has none).
@@ -115,7 +144,7 @@ impl<'d> Engine<'d> {
     }
 
     /// The device is readable: a new status line (classic) or new requests (on demand).
-    pub fn on_device_ready(&mut self) -> Result<(), DaemonError> {
+    fn on_device_ready(&mut self) -> Result<(), DaemonError> {
         match self.mode {
             Mode::Classic => Ok(self.cull.refresh(self.device)?),
             Mode::OnDemand(_) => self.serve_requests(),
