@@ -172,17 +172,19 @@ pub fn run(
             }
             Verdict::Crash => {}
         }
-        let (code, signal) = (status.code(), status.signal());
         let Some(delay) = limit.on_crash(Instant::now()) else {
+            // The wording is the one cachefilesd(8) documents.
             log::error!(
-                "worker died (status {code:?}, signal {signal:?}), {} times within {:?}; giving up",
+                "worker crashed {} times within {:?}; giving up",
                 limit.recent(),
                 limit.interval
             );
             return Ok(Exit::Os);
         };
         log::warn!(
-            "worker died (status {code:?}, signal {signal:?}); restarting it in {delay:?} with the device fd held"
+            "worker died (status {:?}, signal {:?}); restarting it in {delay:?} with the device fd held",
+            status.code(),
+            status.signal()
         );
         std::thread::sleep(delay);
     }
