@@ -1,0 +1,177 @@
+//! Pending replies: each request the kernel waits on is a value that answers exactly once.
+//! Answering consumes it; dropped unanswered (a panicking job, an early return, a lost pool)
+//! it is handed back to the loop thread, which answers it with EIO. The `FrontEnd` trait is
+//! the seam between the engine and a kernel interface: how an answer is written.
+
+use super::fds::KernelFd;
+use crate::device::DeviceError;
+use nix::errno::Errno;
+use std::sync::{mpsc, Arc};
+
+/// Called from any thread when something is ready for the loop thread (a mio `Waker`).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// A kernel interface the engine serves. The front end decodes the kernel's requests into
+/// engine calls (`Engine::open`/`read`/`close`), each with a pending reply holding its
+/// ticket; the engine answers through these functions, on the loop thread.
+///
+/// cachefiles (`super::cachefiles`) answers with `copen` and READ_COMPLETE. A fanotify
+/// pre-content front end would answer FAN_PRE_ACCESS events with FAN_ALLOW / FAN_DENY on its
+/// group fd: `Read` = the event's fd, `answer_read` writes the response and closes it.
+pub trait FrontEnd: Sized + 'static {
+    /// What answers are written to, borrowed on the loop thread (cachefiles: the device).
+    type Kernel<'k>: ?Sized;
+    /// What answering one open needs (cachefiles: msg_id and the new object's anon fd).
+    type Open: Ticket;
+    /// What answering one read needs (cachefiles: msg_id and the object's anon fd).
+    type Read: Ticket;
+
+    /// Answers an open with the blob's size, or refuses it with an errno. `Ok(Some(fd))` when
+    /// the kernel took a successful answer: the object lives and is filled through `fd`.
+    /// Only an error that ends the front end (a dead cache) is `Err`.
+    fn answer_open(
+        kernel: &mut Self::Kernel<'_>,
+        open: Self::Open,
+        result: Result<u64, Errno>,
+    ) -> Result<Option<Arc<KernelFd>>, DeviceError>;
+
+    /// Answers a read: `Ok(bytes)` when its range is in the cache file, `Err` when it is not.
+    fn answer_read(
+        kernel: &mut Self::Kernel<'_>,
+        read: Self::Read,
+        result: Result<u64, Errno>,
+    ) -> Result<(), DeviceError>;
+}
+
+/// A request's identity while it is in flight: a re-delivered request with the same key is a
+/// duplicate (cachefiles: the msg_id, which `restore` re-sends).
+pub trait Ticket: Send + 'static {
+    fn key(&self) -> u64;
+}
+
+/// A ticket nobody answered, on its way to the loop thread.
+pub(super) enum Orphan<F: FrontEnd> {
+    Open(F::Open),
+    Read(F::Read),
+}
+
+/// Where dropped replies go: the loop thread drains the receiving end.
+pub(super) struct Orphans<F: FrontEnd> {
+    tx: mpsc::Sender<Orphan<F>>,
+    wake: Wake,
+}
+
+impl<F: FrontEnd> Clone for Orphans<F> {
+    fn clone(&self) -> Self {
+        Orphans {
+            tx: self.tx.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<F: FrontEnd> Orphans<F> {
+    pub(super) fn new(wake: Wake) -> (Orphans<F>, mpsc::Receiver<Orphan<F>>) {
+        let (tx, rx) = mpsc::channel();
+        (Orphans { tx, wake }, rx)
+    }
+
+    fn send(&self, orphan: Orphan<F>) {
+        // Without a receiver the engine is gone and the device with it: the kernel fails
+        // what is pending when the device is closed.
+        if self.tx.send(orphan).is_ok() {
+            (self.wake)();
+        }
+    }
+
+    pub(super) fn open(&self, ticket: F::Open) -> OpenReply<F> {
+        OpenReply {
+            ticket: Some(ticket),
+            orphans: self.clone(),
+        }
+    }
+
+    pub(super) fn read(&self, ticket: F::Read) -> ReadReply<F> {
+        ReadReply {
+            ticket: Some(ticket),
+            orphans: self.clone(),
+        }
+    }
+}
+
+/// An open the kernel waits on. Answer it with `answer`; dropped, it is refused with EIO.
+#[must_use = "dropping a reply refuses the request with EIO"]
+pub struct OpenReply<F: FrontEnd> {
+    /// `Some` until answered or dropped.
+    ticket: Option<F::Open>,
+    orphans: Orphans<F>,
+}
+
+impl<F: FrontEnd> OpenReply<F> {
+    pub fn key(&self) -> u64 {
+        self.ticket().key()
+    }
+
+    fn ticket(&self) -> &F::Open {
+        self.ticket
+            .as_ref()
+            .expect("a reply holds its ticket until answered")
+    }
+
+    pub fn answer(
+        mut self,
+        kernel: &mut F::Kernel<'_>,
+        result: Result<u64, Errno>,
+    ) -> Result<Option<Arc<KernelFd>>, DeviceError> {
+        let ticket = self
+            .ticket
+            .take()
+            .expect("a reply holds its ticket until answered");
+        F::answer_open(kernel, ticket, result)
+    }
+}
+
+impl<F: FrontEnd> Drop for OpenReply<F> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.orphans.send(Orphan::Open(ticket));
+        }
+    }
+}
+
+/// A read the kernel waits on. Answer it with `answer`; dropped, it is failed with EIO.
+#[must_use = "dropping a reply fails the request with EIO"]
+pub struct ReadReply<F: FrontEnd> {
+    /// `Some` until answered or dropped.
+    ticket: Option<F::Read>,
+    orphans: Orphans<F>,
+}
+
+impl<F: FrontEnd> ReadReply<F> {
+    pub fn key(&self) -> u64 {
+        self.ticket
+            .as_ref()
+            .expect("a reply holds its ticket until answered")
+            .key()
+    }
+
+    pub fn answer(
+        mut self,
+        kernel: &mut F::Kernel<'_>,
+        result: Result<u64, Errno>,
+    ) -> Result<(), DeviceError> {
+        let ticket = self
+            .ticket
+            .take()
+            .expect("a reply holds its ticket until answered");
+        F::answer_read(kernel, ticket, result)
+    }
+}
+
+impl<F: FrontEnd> Drop for ReadReply<F> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.orphans.send(Orphan::Read(ticket));
+        }
+    }
+}
