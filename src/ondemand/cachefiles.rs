@@ -1,6 +1,7 @@
-//! The cachefiles front end (`bind ondemand`): reads OPEN/READ/CLOSE messages from the
-//! device, turns them into engine calls, and answers with `copen` and READ_COMPLETE. Each
-//! message is handled under `catch_unwind`: a panic fails that request, never the loop.
+//! The cachefiles front end: `/dev/cachefiles` OPEN/READ/CLOSE in, `copen`/READ_COMPLETE out.
+//!
+//! Messages become engine calls with pending replies (`bind ondemand` mode). Each message is
+//! handled under `catch_unwind`: a panic fails that request, never the loop.
 
 use super::engine::{Engine, OpenRequest};
 use super::fds::KernelFd;

@@ -1,7 +1,8 @@
-//! The front-end-neutral state machine: objects being served, requests in flight, and the
-//! jobs that open blobs and fill cache files on the worker pools. Front ends (see
-//! `reply::FrontEnd`) turn kernel requests into `open`/`read`/`close` calls; every answer
-//! goes back through the request's pending reply, on the loop thread, in `drain_done`.
+//! The front-end-neutral engine: objects served, requests in flight, open and fill jobs.
+//!
+//! Front ends (see `reply::FrontEnd`) turn kernel requests into `open`/`read`/`close` calls;
+//! every answer goes back through the request's pending reply, on the loop thread, in
+//! `drain_done`.
 
 use super::fds::{FdTable, KernelFd};
 use super::fill::serve_read;

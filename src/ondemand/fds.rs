@@ -1,7 +1,8 @@
-//! Fds the kernel puts in our fd table are owned exactly once: the engine keeps the numbers it
-//! owns, so a message naming one again (damaged, hostile or stale) is refused without wrapping
-//! or closing it. Two `OwnedFd`s on one number would mean a later double close, and the second
-//! close would hit whatever file got that number in between.
+//! The table of kernel fds the engine owns, so that each is wrapped and closed exactly once.
+//!
+//! A message naming an owned number again (damaged, hostile or stale) is refused without
+//! wrapping or closing it. Two `OwnedFd`s on one number would mean a later double close, and
+//! the second close would hit whatever file got that number in between.
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

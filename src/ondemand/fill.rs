@@ -1,6 +1,7 @@
-//! Filling a cache file: page-aligned writes of a blob's bytes into the object's fd, with
-//! readahead that skips chunks already cached. Front-end neutral: any fd the engine writes
-//! through (the cachefiles anon fd today, a blob's sparse file under fanotify next).
+//! Filling cache files: page-aligned writes of a blob's bytes, readahead that skips cached chunks.
+//!
+//! Front-end neutral: any fd the engine writes through (the cachefiles anon fd today, a
+//! blob's sparse file under fanotify next).
 
 use super::sources::Blob;
 use nix::errno::Errno;

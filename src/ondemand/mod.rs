@@ -1,6 +1,6 @@
-//! On-demand mode: an engine that serves blobs into cache files, and the front ends that
-//! connect it to a kernel interface. Every request the kernel waits on is answered exactly
-//! once, whatever the source does.
+//! On-demand mode: the engine that serves blobs into cache files, and its kernel front ends.
+//!
+//! Every request the kernel waits on is answered exactly once, whatever the source does.
 //!
 //! Layers, bottom up:
 //! - `sourcemap`, `sources`: which blob serves a name, and reading it (local, HTTP, registry).

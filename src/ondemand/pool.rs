@@ -1,6 +1,8 @@
-//! Fetch worker pools: jobs run on named threads and their results go back to the loop thread
-//! through a channel plus a wake-up. A panicking job is caught and logged; the worker lives
-//! on, and the replies the job owned answer with an error as they are dropped.
+//! Fetch worker pools whose workers survive panicking jobs.
+//!
+//! Jobs run on named threads; results go back to the loop thread through a channel plus a
+//! wake-up. A panicking job is caught and logged; the worker lives on, and the replies the
+//! job owned answer with an error as they are dropped.
 
 use super::reply::Wake;
 use std::any::Any;

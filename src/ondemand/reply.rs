@@ -1,7 +1,8 @@
-//! Pending replies: each request the kernel waits on is a value that answers exactly once.
-//! Answering consumes it; dropped unanswered (a panicking job, an early return, a lost pool)
-//! it is handed back to the loop thread, which answers it with EIO. The `FrontEnd` trait is
-//! the seam between the engine and a kernel interface: how an answer is written.
+//! Pending replies that answer exactly once, and the `FrontEnd` trait they answer through.
+//!
+//! Answering consumes a reply; dropped unanswered (a panicking job, an early return, a lost
+//! pool) it is handed back to the loop thread, which answers it with EIO. `FrontEnd` is the
+//! seam between the engine and a kernel interface: how an answer is written.
 
 use super::fds::KernelFd;
 use crate::device::DeviceError;
@@ -173,5 +174,79 @@ impl<F: FrontEnd> Drop for ReadReply<F> {
         if let Some(ticket) = self.ticket.take() {
             self.orphans.send(Orphan::Read(ticket));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A front end whose answers are lines in a list.
+    struct Recorder;
+
+    struct T(u64);
+
+    impl Ticket for T {
+        fn key(&self) -> u64 {
+            self.0
+        }
+    }
+
+    impl FrontEnd for Recorder {
+        type Kernel<'k> = Vec<String>;
+        type Open = T;
+        type Read = T;
+
+        fn answer_open(
+            kernel: &mut Vec<String>,
+            open: T,
+            result: Result<u64, Errno>,
+        ) -> Result<Option<Arc<KernelFd>>, DeviceError> {
+            kernel.push(format!("open {} {result:?}", open.0));
+            Ok(None)
+        }
+
+        fn answer_read(
+            kernel: &mut Vec<String>,
+            read: T,
+            result: Result<u64, Errno>,
+        ) -> Result<(), DeviceError> {
+            kernel.push(format!("read {} {result:?}", read.0));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn answered_once_and_dropped_replies_come_back_as_orphans() {
+        let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let w = woken.clone();
+        let (orphans, rx) = Orphans::<Recorder>::new(Arc::new(move || {
+            w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let mut kernel = Vec::new();
+        orphans.open(T(1)).answer(&mut kernel, Ok(4096)).unwrap();
+        orphans.read(T(2)).answer(&mut kernel, Ok(7)).unwrap();
+        assert_eq!(kernel, vec!["open 1 Ok(4096)", "read 2 Ok(7)"]);
+        assert!(rx.try_recv().is_err(), "an answered reply is not an orphan");
+        assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // Dropped by a panicking thread while unwinding.
+        let open = orphans.open(T(3));
+        let read = orphans.read(T(4));
+        let result = std::thread::spawn(move || {
+            let _owned = (open, read);
+            panic!("test: a job that panics with two replies");
+        })
+        .join();
+        assert!(result.is_err());
+        let keys: Vec<(bool, u64)> = rx
+            .try_iter()
+            .map(|o| match o {
+                Orphan::Open(t) => (true, t.0),
+                Orphan::Read(t) => (false, t.0),
+            })
+            .collect();
+        assert_eq!(keys, vec![(true, 3), (false, 4)]);
+        assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }
