@@ -243,7 +243,7 @@ fn an_open_naming_an_owned_fd_leaves_it_to_its_object() {
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 with hostile answers: for `/boom-open` HEAD redirects to
 /// a `file:` URL, for `/boom-read` HEAD is fine and every GET redirects so; `/good` is an
-/// honest 8 KiB blob of 6s. ureq 2.12 panics on a redirect to a URL without a host: the fetch
+/// honest 8 KiB blob of 6s, and `/slow` the same after a second. ureq 2.12 panics on a redirect to a URL without a host: the fetch
 /// job panics in the worker (issue 12.2).
 fn hostile_http_server() -> u16 {
     use std::io::{BufRead, BufReader, Write};
@@ -277,10 +277,13 @@ fn hostile_http_server() -> u16 {
                     let mut words = request.split(' ');
                     let (method, path) = (words.next().unwrap(), words.next().unwrap());
                     let redirect = "HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\nContent-Length: 0\r\n\r\n";
+                    if path == "/slow" {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
                     let answer: Vec<u8> = match (method, path, range) {
                         ("HEAD", "/boom-open", _) => redirect.into(),
                         ("HEAD", _, _) => "HTTP/1.1 200 OK\r\nContent-Length: 8192\r\n\r\n".into(),
-                        ("GET", "/good", Some((a, b))) => {
+                        ("GET", "/good" | "/slow", Some((a, b))) => {
                             let mut r = format!(
                                 "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/8192\r\nContent-Length: {}\r\n\r\n",
                                 b - a + 1
@@ -343,4 +346,48 @@ fn a_panicking_fetch_is_answered_and_its_worker_survives() {
     inspect3.read_exact_at(&mut got, 0).unwrap();
     assert_eq!(got, vec![6u8; 8192], "the READ after the panics was served");
     assert!(stats.contains("reads 2 (1 failed)"), "{stats}");
+}
+
+/// Issue 12.4, duplicate path: an OPEN re-delivered while the first delivery is still being
+/// answered, but naming a live object's fd, neither closes that fd nor gets a second copen.
+#[test]
+fn a_duplicate_open_naming_an_owned_fd_is_ignored() {
+    let port = hostile_http_server();
+    let s = start(&format!(
+        "[[source]]\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n[fetch]\nretries = 0\nreadahead = 0\n"
+    ));
+    let (fd1, inspect1) = anon_file(&s.kernel, &s.root, "anon1");
+    let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
+    s.kernel.with(|k| {
+        k.messages
+            .push_back(encode_open(0, 1, b"erofs,x", b"good", fd1))
+    });
+    wait_for("copen 0", || copens(&s.kernel).len() == 1);
+    s.kernel.with(|k| {
+        // Its HEAD takes a second: msg_id 1 is in flight when its damaged twin arrives.
+        k.messages
+            .push_back(encode_open(1, 2, b"erofs,x", b"slow", fd2));
+        k.messages
+            .push_back(encode_open(1, 2, b"erofs,x", b"slow", fd1));
+    });
+    wait_for("copen 1", || copens(&s.kernel).len() == 2);
+    s.kernel
+        .with(|k| k.messages.push_back(encode_read(2, 1, 0, 8192)));
+    wait_for("completion of READ 2", || {
+        s.kernel.with(|k| k.completed.contains(&2))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = s.daemon.stop_expecting_ok();
+    let mut c = copens(&s.kernel);
+    c.sort();
+    assert_eq!(c, vec!["copen 0,8192", "copen 1,8192"], "{stats}");
+    let mut got = vec![0u8; 8192];
+    inspect1.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(
+        got,
+        vec![6u8; 8192],
+        "object 1's fd still fills object 1's file"
+    );
+    assert!(stats.contains("reads 1 (0 failed)"), "{stats}");
+    assert!(stats.contains("1 bad messages"), "{stats}");
 }

@@ -146,6 +146,12 @@ impl Engine<Cachefiles> {
                 self.stats.opens += 1;
                 let fd = match self.fds().adopt(fd, |fd| device.is_anon_fd(fd)) {
                     Ok(fd) => fd,
+                    Err(e) if self.is_in_flight(msg_id.into()) => {
+                        // A damaged re-delivery: the pending reply answers this msg_id.
+                        self.stats.bad_messages += 1;
+                        log::warn!("OPEN msg_id {msg_id} again: {e}; ignoring it");
+                        return Ok(());
+                    }
                     Err(e) => {
                         // Not ours to use or close: answer so the kernel's waiter is released.
                         self.stats.bad_messages += 1;

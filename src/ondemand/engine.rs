@@ -130,6 +130,11 @@ impl<F: FrontEnd> Engine<F> {
         self.orphans.read(ticket)
     }
 
+    /// Whether a reply with this key is pending.
+    pub fn is_in_flight(&self, key: u64) -> bool {
+        self.in_flight.contains(&key)
+    }
+
     /// Whether a request with this key is still being answered (re-delivered after
     /// `restore`); counted. The original's reply answers it.
     pub fn is_duplicate(&mut self, key: u64) -> bool {
