@@ -56,32 +56,28 @@ pub(super) enum Orphan<F: FrontEnd> {
     Read(F::Read),
 }
 
-/// Where dropped replies go: the loop thread drains the receiving end.
-pub(super) struct Orphans<F: FrontEnd> {
-    tx: mpsc::Sender<Orphan<F>>,
-    wake: Wake,
-}
+/// Where dropped replies go: the loop thread drains the receiving end. Shared by every
+/// reply (one reference count per reply, nothing more on the READ path).
+pub(super) struct Orphans<F: FrontEnd>(Arc<(mpsc::Sender<Orphan<F>>, Wake)>);
 
 impl<F: FrontEnd> Clone for Orphans<F> {
     fn clone(&self) -> Self {
-        Orphans {
-            tx: self.tx.clone(),
-            wake: self.wake.clone(),
-        }
+        Orphans(self.0.clone())
     }
 }
 
 impl<F: FrontEnd> Orphans<F> {
     pub(super) fn new(wake: Wake) -> (Orphans<F>, mpsc::Receiver<Orphan<F>>) {
         let (tx, rx) = mpsc::channel();
-        (Orphans { tx, wake }, rx)
+        (Orphans(Arc::new((tx, wake))), rx)
     }
 
     fn send(&self, orphan: Orphan<F>) {
+        let (tx, wake) = &*self.0;
         // Without a receiver the engine is gone and the device with it: the kernel fails
         // what is pending when the device is closed.
-        if self.tx.send(orphan).is_ok() {
-            (self.wake)();
+        if tx.send(orphan).is_ok() {
+            wake();
         }
     }
 
