@@ -143,41 +143,13 @@ impl Engine<Cachefiles> {
                 fd,
                 ..
             }) => {
-                self.stats.opens += 1;
-                let fd = match self.fds().adopt(fd, |fd| device.is_anon_fd(fd)) {
-                    Ok(fd) => fd,
-                    Err(e) if self.is_in_flight(msg_id.into()) => {
-                        // A damaged re-delivery: the pending reply answers this msg_id.
-                        self.stats.bad_messages += 1;
-                        log::warn!("OPEN msg_id {msg_id} again: {e}; ignoring it");
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        // Not ours to use or close: answer so the kernel's waiter is released.
-                        self.stats.bad_messages += 1;
-                        log::warn!("OPEN msg_id {msg_id}: {e}; refusing");
-                        let reply = self.open_reply(OpenTicket { msg_id, fd: None });
-                        *guarded = true;
-                        return reply.answer(device, Err(Errno::EBADF)).map(drop);
-                    }
-                };
-                if self.is_duplicate(msg_id.into()) {
-                    // Re-delivered after `restore` while we are still answering it; this
-                    // delivery's fd is closed.
-                    return Ok(());
-                }
-                let reply = self.open_reply(OpenTicket {
-                    msg_id,
-                    fd: Some(fd),
-                });
-                *guarded = true;
                 let request = OpenRequest {
                     object_id,
                     volume: volume_key,
                     domain: volume_key.strip_prefix(b"erofs,").unwrap_or(b""),
                     fsid: cookie_key,
                 };
-                self.open(device, request, reply)
+                self.on_open(device, msg_id, fd, request, guarded)
             }
             Ok(Request::Read {
                 msg_id,
@@ -185,21 +157,7 @@ impl Engine<Cachefiles> {
                 off,
                 len,
             }) => {
-                self.stats.reads += 1;
-                let Some(object) = self.objects().get(&object_id) else {
-                    // Without an fd of the object there is no way to complete it; the kernel
-                    // fails it when the object is dropped.
-                    self.stats.unknown_objects += 1;
-                    log::warn!("READ msg_id {msg_id} for unknown object {object_id}");
-                    return Ok(());
-                };
-                let fd = object.fd.clone();
-                if self.is_duplicate(msg_id.into()) {
-                    return Ok(());
-                }
-                let reply = self.read_reply(ReadTicket { msg_id, fd });
-                *guarded = true;
-                self.read(object_id, off, len, reply);
+                self.on_read(msg_id, object_id, off, len, guarded);
                 Ok(())
             }
             Ok(Request::Close { object_id, .. }) => {
@@ -209,6 +167,63 @@ impl Engine<Cachefiles> {
             }
             Err(e) => self.bad_message(device, e, guarded),
         }
+    }
+
+    fn on_open(
+        &mut self,
+        device: &mut dyn Device,
+        msg_id: u32,
+        fd: u32,
+        request: OpenRequest<'_>,
+        guarded: &mut bool,
+    ) -> Result<(), DeviceError> {
+        self.stats.opens += 1;
+        let fd = match self.fds().adopt(fd, |fd| device.is_anon_fd(fd)) {
+            Ok(fd) => fd,
+            Err(e) if self.is_in_flight(msg_id.into()) => {
+                // A damaged re-delivery: the pending reply answers this msg_id.
+                self.stats.bad_messages += 1;
+                log::warn!("OPEN msg_id {msg_id} again: {e}; ignoring it");
+                return Ok(());
+            }
+            Err(e) => {
+                // Not ours to use or close: answer so the kernel's waiter is released.
+                self.stats.bad_messages += 1;
+                log::warn!("OPEN msg_id {msg_id}: {e}; refusing");
+                let reply = self.open_reply(OpenTicket { msg_id, fd: None });
+                *guarded = true;
+                return reply.answer(device, Err(Errno::EBADF)).map(drop);
+            }
+        };
+        if self.is_duplicate(msg_id.into()) {
+            // Re-delivered after `restore` while we are still answering it; this delivery's
+            // fd is closed.
+            return Ok(());
+        }
+        let reply = self.open_reply(OpenTicket {
+            msg_id,
+            fd: Some(fd),
+        });
+        *guarded = true;
+        self.open(device, request, reply)
+    }
+
+    fn on_read(&mut self, msg_id: u32, object_id: u32, off: u64, len: u64, guarded: &mut bool) {
+        self.stats.reads += 1;
+        let Some(object) = self.objects().get(&object_id) else {
+            // Without an fd of the object there is no way to complete it; the kernel fails it
+            // when the object is dropped.
+            self.stats.unknown_objects += 1;
+            log::warn!("READ msg_id {msg_id} for unknown object {object_id}");
+            return;
+        };
+        let fd = object.fd.clone();
+        if self.is_duplicate(msg_id.into()) {
+            return;
+        }
+        let reply = self.read_reply(ReadTicket { msg_id, fd });
+        *guarded = true;
+        self.read(object_id, off, len, reply);
     }
 
     fn bad_message(
