@@ -32,8 +32,12 @@ pub struct FakeState {
     pub dead: bool,
     /// Errors to return for the next commands with this keyword.
     pub fail_next: Vec<(&'static str, Errno)>,
-    /// Fds handed out as anonymous object fds (see `FakeKernel::anon_fd`).
-    pub anon_fds: std::collections::HashSet<RawFd>,
+    /// Fds handed out as anonymous object fds (see `FakeKernel::anon_fd`), with the file
+    /// (device, inode) each stood for: like the kernel's type check, a number that now names
+    /// another file is not an anon fd, and one still naming its file is, whoever owns it.
+    pub anon_fds: std::collections::HashMap<RawFd, FileId>,
+    /// The next `is_anon_fd` call panics, as a bug in the loop thread's handling would.
+    pub panic_in_next_fd_check: bool,
 }
 
 #[derive(Clone)]
@@ -66,8 +70,13 @@ impl FakeKernel {
     /// Registers a file as an anonymous object fd and returns its number for an OPEN.
     pub fn anon_fd(&self, file: std::fs::File) -> u32 {
         use std::os::fd::IntoRawFd;
+        let id = file_id(file.as_raw_fd()).expect("fstat of a new anon fd");
         let fd = file.into_raw_fd();
-        self.state.lock().expect("fake state").anon_fds.insert(fd);
+        self.state
+            .lock()
+            .expect("fake state")
+            .anon_fds
+            .insert(fd, id);
         fd as u32
     }
 
@@ -175,7 +184,25 @@ impl Device for FakeDevice {
     }
 
     fn is_anon_fd(&self, fd: RawFd) -> bool {
-        let st = self.kernel.state.lock().expect("fake state");
-        st.anon_fds.contains(&fd) && nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
+        let (known, panic) = {
+            let mut st = self.kernel.state.lock().expect("fake state");
+            let panic = std::mem::take(&mut st.panic_in_next_fd_check);
+            (st.anon_fds.get(&fd).copied(), panic)
+        };
+        // Raised with the state unlocked, so that the fake goes on working afterwards.
+        if panic {
+            panic!("fake device: is_anon_fd({fd}) panics, as the test asked");
+        }
+        known.is_some_and(|id| file_id(fd) == Some(id))
     }
+}
+
+/// Which file an fd is open on: (device, inode).
+pub type FileId = (libc::dev_t, libc::ino_t);
+
+/// The file `fd` is open on; `None` when it is not open.
+fn file_id(fd: RawFd) -> Option<FileId> {
+    nix::sys::stat::fstat(fd)
+        .ok()
+        .map(|st| (st.st_dev, st.st_ino))
 }

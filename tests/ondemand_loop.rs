@@ -181,3 +181,213 @@ fn hostile_messages_are_answered_and_survived() {
     // stdout (fd 1) must still be open.
     assert!(nix::fcntl::fcntl(1, nix::fcntl::FcntlArg::F_GETFD).is_ok());
 }
+
+/// Issue 12.4: an OPEN (well-formed or damaged) naming the anon fd a live object owns must be
+/// refused without closing that fd; otherwise the next object gets its number and a READ for
+/// the first object writes into the second object's cache file.
+#[test]
+fn an_open_naming_an_owned_fd_leaves_it_to_its_object() {
+    let s = start("[[source]]\npath = \"ROOT/blobs/{fsid}\"\n[fetch]\nreadahead = 0\n");
+    let data = blob(8192, 5);
+    fs::write(s.root.join("blobs/one"), &data).unwrap();
+    let (fd1, inspect1) = anon_file(&s.kernel, &s.root, "anon1");
+    s.kernel.with(|k| {
+        k.messages
+            .push_back(encode_open(0, 1, b"erofs,one", b"one", fd1))
+    });
+    wait_for("copen 0", || copens(&s.kernel).len() == 1);
+    s.kernel.with(|k| {
+        // Well-formed, for a blob that does not exist: refused, and before the fix the fd
+        // was closed after the copen.
+        k.messages
+            .push_back(encode_open(1, 2, b"erofs,missing", b"missing", fd1));
+        // Damaged (key sizes overflow), naming the same fd.
+        let mut bad = encode_open(2, 3, b"erofs,one", b"one", fd1);
+        bad[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        k.messages.push_back(bad);
+        // Well-formed, for the same blob: would make a second object on the same fd.
+        k.messages
+            .push_back(encode_open(3, 4, b"erofs,one", b"one", fd1));
+    });
+    wait_for("four copens", || copens(&s.kernel).len() == 4);
+    // A new object now; before the fix it got fd1's number.
+    let (fd5, inspect5) = anon_file(&s.kernel, &s.root, "anon5");
+    s.kernel.with(|k| {
+        k.messages.push_back(encode_read(4, 1, 0, 8192));
+    });
+    wait_for("completion of READ 4", || {
+        s.kernel.with(|k| k.completed.contains(&4))
+    });
+    let stats = s.daemon.stop_expecting_ok();
+    let mut c = copens(&s.kernel);
+    c.sort();
+    assert_eq!(
+        c,
+        vec!["copen 0,8192", "copen 1,-9", "copen 2,-22", "copen 3,-9"],
+        "{stats}"
+    );
+    assert_ne!(fd5, fd1, "object 1's fd number was freed while it was open");
+    let mut got = vec![0u8; 8192];
+    inspect1.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(
+        got, data,
+        "READ for object 1 lands in object 1's cache file"
+    );
+    assert_eq!(
+        inspect5.metadata().unwrap().len(),
+        0,
+        "nothing written to another object's file"
+    );
+    assert!(stats.contains("3 bad messages"), "{stats}");
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 with hostile answers: for `/boom-open` HEAD redirects to
+/// a `file:` URL, for `/boom-read` HEAD is fine and every GET redirects so; `/good` is an
+/// honest 8 KiB blob of 6s, and `/slow` the same after a second. ureq 2.12 panics on a redirect to a URL without a host: the fetch
+/// job panics in the worker (issue 12.2).
+fn hostile_http_server() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut out = conn;
+                loop {
+                    let mut request = String::new();
+                    if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut range = None;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                            let (a, b) = r.trim().split_once('-').unwrap();
+                            range = Some((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()));
+                        }
+                    }
+                    let mut words = request.split(' ');
+                    let (method, path) = (words.next().unwrap(), words.next().unwrap());
+                    let redirect = "HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\nContent-Length: 0\r\n\r\n";
+                    if path == "/slow" {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    let answer: Vec<u8> = match (method, path, range) {
+                        ("HEAD", "/boom-open", _) => redirect.into(),
+                        ("HEAD", _, _) => "HTTP/1.1 200 OK\r\nContent-Length: 8192\r\n\r\n".into(),
+                        ("GET", "/good" | "/slow", Some((a, b))) => {
+                            let mut r = format!(
+                                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/8192\r\nContent-Length: {}\r\n\r\n",
+                                b - a + 1
+                            )
+                            .into_bytes();
+                            r.extend(std::iter::repeat_n(6u8, (b - a + 1) as usize));
+                            r
+                        }
+                        _ => redirect.into(),
+                    };
+                    if out.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A fetch job that panics (here: inside the HTTP client, on a hostile redirect) answers its
+/// OPEN or READ with an error, and the only worker goes on serving the next request.
+#[test]
+fn a_panicking_fetch_is_answered_and_its_worker_survives() {
+    let port = hostile_http_server();
+    let s = start(&format!(
+        "[[source]]\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n[fetch]\nworkers = 1\nretries = 0\nreadahead = 0\n"
+    ));
+    let (fd1, _) = anon_file(&s.kernel, &s.root, "anon1");
+    let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
+    let (fd3, inspect3) = anon_file(&s.kernel, &s.root, "anon3");
+    s.kernel.with(|k| {
+        k.messages
+            .push_back(encode_open(0, 1, b"erofs,x", b"boom-open", fd1));
+        k.messages
+            .push_back(encode_open(1, 2, b"erofs,x", b"boom-read", fd2));
+        k.messages
+            .push_back(encode_open(2, 3, b"erofs,x", b"good", fd3));
+    });
+    wait_for("three copens", || copens(&s.kernel).len() == 3);
+    s.kernel.with(|k| {
+        k.messages.push_back(encode_read(3, 2, 0, 4096));
+        k.messages.push_back(encode_read(4, 3, 0, 8192));
+    });
+    wait_for("two completions", || {
+        s.kernel.with(|k| k.completed.len() == 2)
+    });
+    let stats = s.daemon.stop_expecting_ok();
+    let mut c = copens(&s.kernel);
+    c.sort();
+    assert_eq!(c[1..], ["copen 1,8192", "copen 2,8192"], "{stats}");
+    assert!(
+        c[0].starts_with("copen 0,-"),
+        "the OPEN whose fetch failed is refused: {c:?}"
+    );
+    let mut done = s.kernel.with(|k| k.completed.clone());
+    done.sort();
+    assert_eq!(done, vec![3, 4]);
+    let mut got = vec![0u8; 8192];
+    inspect3.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(got, vec![6u8; 8192], "the READ after the panics was served");
+    assert!(stats.contains("reads 2 (1 failed)"), "{stats}");
+}
+
+/// Issue 12.4, duplicate path: an OPEN re-delivered while the first delivery is still being
+/// answered, but naming a live object's fd, neither closes that fd nor gets a second copen.
+#[test]
+fn a_duplicate_open_naming_an_owned_fd_is_ignored() {
+    let port = hostile_http_server();
+    let s = start(&format!(
+        "[[source]]\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n[fetch]\nretries = 0\nreadahead = 0\n"
+    ));
+    let (fd1, inspect1) = anon_file(&s.kernel, &s.root, "anon1");
+    let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
+    s.kernel.with(|k| {
+        k.messages
+            .push_back(encode_open(0, 1, b"erofs,x", b"good", fd1))
+    });
+    wait_for("copen 0", || copens(&s.kernel).len() == 1);
+    s.kernel.with(|k| {
+        // Its HEAD takes a second: msg_id 1 is in flight when its damaged twin arrives.
+        k.messages
+            .push_back(encode_open(1, 2, b"erofs,x", b"slow", fd2));
+        k.messages
+            .push_back(encode_open(1, 2, b"erofs,x", b"slow", fd1));
+    });
+    wait_for("copen 1", || copens(&s.kernel).len() == 2);
+    s.kernel
+        .with(|k| k.messages.push_back(encode_read(2, 1, 0, 8192)));
+    wait_for("completion of READ 2", || {
+        s.kernel.with(|k| k.completed.contains(&2))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = s.daemon.stop_expecting_ok();
+    let mut c = copens(&s.kernel);
+    c.sort();
+    assert_eq!(c, vec!["copen 0,8192", "copen 1,8192"], "{stats}");
+    let mut got = vec![0u8; 8192];
+    inspect1.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(
+        got,
+        vec![6u8; 8192],
+        "object 1's fd still fills object 1's file"
+    );
+    assert!(stats.contains("reads 1 (0 failed)"), "{stats}");
+    assert!(stats.contains("1 bad messages"), "{stats}");
+}

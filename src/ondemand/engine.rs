@@ -1,0 +1,510 @@
+//! The front-end-neutral engine: objects served, requests in flight, open and fill jobs.
+//!
+//! Front ends (see `reply::FrontEnd`) turn kernel requests into `open`/`read`/`close` calls;
+//! every answer goes back through the request's pending reply, on the loop thread, in
+//! `drain_done`.
+
+use super::fds::{FdTable, KernelFd};
+use super::fill::serve_read;
+use super::pool::{Job, Pool};
+use super::reply::{FrontEnd, OpenReply, Orphan, Orphans, ReadReply, Ticket, Wake};
+use super::sourcemap::{Location, SourceMap};
+use super::sources::{self, Blob, FetchError};
+use super::stats::{SourceStats, Stats};
+use crate::device::DeviceError;
+use nix::errno::Errno;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+/// Opens the blob a resolved location names; `sources::open` unless a test or another kind
+/// of source says otherwise. Runs on a worker thread.
+pub type Opener = Arc<dyn Fn(Location, &str) -> Result<Box<dyn Blob>, FetchError> + Send + Sync>;
+
+pub struct Object {
+    /// Where the object's data is written (cachefiles: the anon fd of its OPEN).
+    pub fd: Arc<KernelFd>,
+    pub blob: Arc<dyn Blob>,
+    pub volume: String,
+    pub fsid: String,
+    pub source: usize,
+}
+
+/// An open as the front end decoded it: the names a source is chosen by.
+pub struct OpenRequest<'a> {
+    pub object_id: u32,
+    /// For logs and the report (cachefiles: the volume key, `erofs,<domain>`).
+    pub volume: &'a [u8],
+    pub domain: &'a [u8],
+    pub fsid: &'a [u8],
+}
+
+/// A finished job, on its way to the loop thread with the reply it answers.
+enum Done<F: FrontEnd> {
+    Opened {
+        reply: OpenReply<F>,
+        object_id: u32,
+        volume: String,
+        fsid: String,
+        result: Result<(usize, Arc<dyn Blob>), (Errno, String)>,
+    },
+    Read {
+        reply: ReadReply<F>,
+        source: usize,
+        result: Result<u64, String>,
+        started: Instant,
+    },
+}
+
+pub struct Engine<F: FrontEnd> {
+    map: Arc<SourceMap>,
+    opener: Opener,
+    objects: HashMap<u32, Object>,
+    /// Keys (`Ticket::key`) of the requests whose reply is pending.
+    in_flight: HashSet<u64>,
+    local: Pool<Done<F>>,
+    remote: Pool<Done<F>>,
+    done: mpsc::Receiver<Done<F>>,
+    orphans: Orphans<F>,
+    unanswered: mpsc::Receiver<Orphan<F>>,
+    fds: FdTable,
+    pub stats: Stats,
+    /// Keyed by the source's position in the map (1-based).
+    pub per_source: BTreeMap<usize, SourceStats>,
+}
+
+impl<F: FrontEnd> Engine<F> {
+    /// `wake` is called from worker threads when a result is ready (a mio Waker).
+    pub fn new(map: SourceMap, wake: Wake) -> Engine<F> {
+        let agent = sources::agent(&map.fetch);
+        let settings = map.fetch.clone();
+        let opener: Opener =
+            Arc::new(move |location, fsid| sources::open(location, fsid, &agent, &settings));
+        Engine::with_opener(map, wake, opener)
+    }
+
+    pub fn with_opener(map: SourceMap, wake: Wake, opener: Opener) -> Engine<F> {
+        let (done_tx, done) = mpsc::channel();
+        let workers = map.fetch.workers;
+        let (orphans, unanswered) = Orphans::new(wake.clone());
+        Engine {
+            local: Pool::start("fetch-local", workers, done_tx.clone(), wake.clone()),
+            remote: Pool::start("fetch-remote", workers, done_tx, wake),
+            map: Arc::new(map),
+            opener,
+            objects: HashMap::new(),
+            in_flight: HashSet::new(),
+            done,
+            orphans,
+            unanswered,
+            fds: FdTable::default(),
+            stats: Stats::default(),
+            per_source: Default::default(),
+        }
+    }
+
+    pub fn objects(&self) -> &HashMap<u32, Object> {
+        &self.objects
+    }
+
+    pub fn map(&self) -> &SourceMap {
+        &self.map
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The fds the engine owns; front ends adopt kernel fds through it.
+    pub fn fds(&self) -> &FdTable {
+        &self.fds
+    }
+
+    /// A pending reply for an open; from here on the request is answered exactly once.
+    pub fn open_reply(&self, ticket: F::Open) -> OpenReply<F> {
+        self.orphans.open(ticket)
+    }
+
+    /// A pending reply for a read; from here on the request is answered exactly once.
+    pub fn read_reply(&self, ticket: F::Read) -> ReadReply<F> {
+        self.orphans.read(ticket)
+    }
+
+    /// Whether a reply with this key is pending.
+    pub fn is_in_flight(&self, key: u64) -> bool {
+        self.in_flight.contains(&key)
+    }
+
+    /// Whether a request with this key is still being answered (re-delivered after
+    /// `restore`); counted. The original's reply answers it.
+    pub fn is_duplicate(&mut self, key: u64) -> bool {
+        let dup = self.in_flight.contains(&key);
+        if dup {
+            self.stats.duplicates += 1;
+        }
+        dup
+    }
+
+    /// Starts opening the blob for `request`; the reply is answered in `drain_done`, or here
+    /// at once when no source matches.
+    pub fn open(
+        &mut self,
+        kernel: &mut F::Kernel<'_>,
+        request: OpenRequest<'_>,
+        reply: OpenReply<F>,
+    ) -> Result<(), DeviceError> {
+        let volume = String::from_utf8_lossy(request.volume).into_owned();
+        let fsid = String::from_utf8_lossy(request.fsid).into_owned();
+        let Some((source, location)) = self.map.resolve(request.domain, request.fsid) else {
+            log::warn!("OPEN {volume:?} {fsid:?}: no source matches; refusing with ENOENT");
+            self.stats.opens_failed += 1;
+            return reply.answer(kernel, Err(Errno::ENOENT)).map(drop);
+        };
+        self.in_flight.insert(reply.key());
+        let index = source.index;
+        let remote = !matches!(location, Location::Path(_));
+        let opener = self.opener.clone();
+        let object_id = request.object_id;
+        let job: Job<Done<F>> = Box::new(move || {
+            let result = opener(location, &fsid)
+                .map(|b| (index, Arc::<dyn Blob>::from(b)))
+                .map_err(|e| (e.errno(), e.to_string()));
+            Done::Opened {
+                reply,
+                object_id,
+                volume,
+                fsid,
+                result,
+            }
+        });
+        self.submit(remote, job);
+        Ok(())
+    }
+
+    /// Starts filling `[off, off+len)` (plus readahead) of an object's cache file. For an
+    /// object not open the reply is dropped, which fails the read.
+    pub fn read(&mut self, object_id: u32, off: u64, len: u64, reply: ReadReply<F>) {
+        let Some(object) = self.objects.get(&object_id) else {
+            log::warn!("read for object {object_id}, which is not open; failing it");
+            return;
+        };
+        self.in_flight.insert(reply.key());
+        let fd = object.fd.clone();
+        let blob = object.blob.clone();
+        let source = object.source;
+        let readahead = self.map.fetch.readahead;
+        let remote = blob.is_remote();
+        let job: Job<Done<F>> = Box::new(move || {
+            let started = Instant::now();
+            let result = serve_read(&*blob, &*fd, off, len, readahead);
+            Done::Read {
+                reply,
+                source,
+                result,
+                started,
+            }
+        });
+        self.submit(remote, job);
+    }
+
+    /// Forgets an object. In-flight reads keep their own reference to its fd: it stays open
+    /// until they are answered, so the kernel cannot recycle the object id under them.
+    pub fn close(&mut self, object_id: u32) {
+        if self.objects.remove(&object_id).is_none() {
+            log::debug!("close for unknown object {object_id}");
+        }
+    }
+
+    /// Remote fetches have their own pool so that a slow server never delays local blobs.
+    fn submit(&self, remote: bool, job: Job<Done<F>>) {
+        let pool = if remote { &self.remote } else { &self.local };
+        if let Err(e) = pool.submit(job) {
+            // The job, and the reply in it, were dropped: the request is answered with EIO.
+            log::error!("{e}; failing the request");
+        }
+    }
+
+    /// Answers everything the workers have finished, and every reply dropped unanswered.
+    pub fn drain_done(&mut self, kernel: &mut F::Kernel<'_>) -> Result<(), DeviceError> {
+        while let Ok(done) = self.done.try_recv() {
+            match done {
+                Done::Opened {
+                    reply,
+                    object_id,
+                    volume,
+                    fsid,
+                    result,
+                } => self.opened(kernel, reply, object_id, volume, fsid, result)?,
+                Done::Read {
+                    reply,
+                    source,
+                    result,
+                    started,
+                } => self.read_done(kernel, reply, source, result, started)?,
+            }
+        }
+        while let Ok(orphan) = self.unanswered.try_recv() {
+            match orphan {
+                Orphan::Open(ticket) => {
+                    self.in_flight.remove(&ticket.key());
+                    self.stats.opens_failed += 1;
+                    log::warn!("an open was left unanswered; refusing it with EIO");
+                    F::answer_open(kernel, ticket, Err(Errno::EIO))?;
+                }
+                Orphan::Read(ticket) => {
+                    self.in_flight.remove(&ticket.key());
+                    self.stats.reads_failed += 1;
+                    log::warn!("a read was left unanswered; failing it");
+                    F::answer_read(kernel, ticket, Err(Errno::EIO))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn opened(
+        &mut self,
+        kernel: &mut F::Kernel<'_>,
+        reply: OpenReply<F>,
+        object_id: u32,
+        volume: String,
+        fsid: String,
+        result: Result<(usize, Arc<dyn Blob>), (Errno, String)>,
+    ) -> Result<(), DeviceError> {
+        self.in_flight.remove(&reply.key());
+        match result {
+            Ok((source, blob)) => {
+                let size = blob.size();
+                let Some(fd) = reply.answer(kernel, Ok(size))? else {
+                    self.stats.opens_failed += 1;
+                    return Ok(());
+                };
+                log::info!(
+                    "OPEN {volume} {fsid}: {size} bytes from {}",
+                    blob.describe()
+                );
+                let object = Object {
+                    fd,
+                    blob,
+                    volume,
+                    fsid,
+                    source,
+                };
+                self.objects.insert(object_id, object);
+            }
+            Err((errno, why)) => {
+                self.stats.opens_failed += 1;
+                log::warn!("OPEN {volume} {fsid}: {why}; refusing with {errno}");
+                reply.answer(kernel, Err(errno))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_done(
+        &mut self,
+        kernel: &mut F::Kernel<'_>,
+        reply: ReadReply<F>,
+        source: usize,
+        result: Result<u64, String>,
+        started: Instant,
+    ) -> Result<(), DeviceError> {
+        let key = reply.key();
+        self.in_flight.remove(&key);
+        let per = self.per_source.entry(source).or_default();
+        per.reads += 1;
+        per.latency.record(started.elapsed());
+        match &result {
+            Ok(bytes) => {
+                per.bytes += bytes;
+                self.stats.bytes_written += bytes;
+                log::trace!("read {key}: {bytes} bytes in {:?}", started.elapsed());
+            }
+            Err(why) => {
+                per.errors += 1;
+                self.stats.reads_failed += 1;
+                log::warn!("read {key} failed: {why}; completing without data");
+            }
+        }
+        reply.answer(kernel, result.map_err(|_| Errno::EIO))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine with the cachefiles front end on the fake device, driven by hand (no
+    //! daemon loop), with sources that panic on purpose.
+
+    use super::*;
+    use crate::fake::{FakeDevice, FakeKernel, FakeState};
+    use crate::ondemand::sourcemap::FetchSettings;
+    use crate::ondemand::OnDemand;
+    use crate::proto::msg::{encode_open, encode_read};
+    use std::os::unix::fs::FileExt;
+    use std::time::Duration;
+
+    /// Says it has 8 KiB; any read panics, as a buggy source or HTTP client would.
+    struct PanickingBlob;
+
+    impl Blob for PanickingBlob {
+        fn size(&self) -> u64 {
+            8192
+        }
+        fn read_exact_at(&self, _off: u64, _buf: &mut [u8]) -> Result<(), FetchError> {
+            panic!("test: a blob whose read panics");
+        }
+        fn describe(&self) -> String {
+            "panicking blob".into()
+        }
+        fn is_remote(&self) -> bool {
+            false
+        }
+    }
+
+    struct Harness {
+        dir: tempfile::TempDir,
+        kernel: FakeKernel,
+        device: FakeDevice,
+        engine: OnDemand,
+    }
+
+    /// fsid `boom-open` panics while opening, `boom-read` opens a `PanickingBlob`, anything
+    /// else is a file in the temp dir (`good` holds 8 KiB of 5s).
+    fn harness(workers: usize) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good"), vec![5u8; 8192]).unwrap();
+        let mut map = SourceMap::parse(
+            "t.toml",
+            &format!("[[source]]\npath = \"{}/{{fsid}}\"\n", dir.path().display()),
+        )
+        .unwrap();
+        map.fetch.workers = workers;
+        map.fetch.readahead = 0;
+        let agent = sources::agent(&FetchSettings::default());
+        let opener: Opener = Arc::new(move |location, fsid| match fsid {
+            "boom-open" => panic!("test: an open that panics"),
+            "boom-read" => Ok(Box::new(PanickingBlob)),
+            _ => sources::open(location, fsid, &agent, &FetchSettings::default()),
+        });
+        let (kernel, device) = FakeKernel::new();
+        kernel.with(|s| s.commands.push("bind ondemand".into()));
+        let engine = OnDemand::with_opener(map, Arc::new(|| {}), opener);
+        Harness {
+            dir,
+            kernel,
+            device,
+            engine,
+        }
+    }
+
+    impl Harness {
+        /// An anon fd stand-in for an OPEN, and a handle to read back what lands in it.
+        fn anon(&self, name: &str) -> (u32, std::fs::File) {
+            let path = self.dir.path().join(name);
+            let w = std::fs::File::create(&path).unwrap();
+            (self.kernel.anon_fd(w), std::fs::File::open(&path).unwrap())
+        }
+
+        fn push(&self, message: Vec<u8>) {
+            self.kernel.with(|k| k.messages.push_back(message));
+        }
+
+        /// Runs the loop thread's two steps until `done` holds (10 s at most).
+        fn pump_until(&mut self, what: &str, done: impl Fn(&FakeState) -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                self.engine.drain_device(&mut self.device).unwrap();
+                self.engine.drain_done(&mut self.device).unwrap();
+                if done(&self.kernel.state.lock().unwrap()) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+
+        fn copens(&self) -> Vec<String> {
+            let st = self.kernel.state.lock().unwrap();
+            let mut c: Vec<String> = st
+                .commands
+                .iter()
+                .filter(|c| c.starts_with("copen"))
+                .cloned()
+                .collect();
+            c.sort();
+            c
+        }
+    }
+
+    fn copens_sent(n: usize) -> impl Fn(&FakeState) -> bool {
+        move |s| s.commands.iter().filter(|c| c.starts_with("copen")).count() >= n
+    }
+
+    #[test]
+    fn a_panicking_open_is_refused_and_its_worker_serves_the_next() {
+        // One worker: the next OPEN is only served if it survived.
+        let mut h = harness(1);
+        let (fd1, _) = h.anon("a1");
+        let (fd2, _) = h.anon("a2");
+        h.push(encode_open(1, 1, b"erofs,x", b"boom-open", fd1));
+        h.push(encode_open(2, 2, b"erofs,x", b"good", fd2));
+        h.pump_until("two copens", copens_sent(2));
+        assert_eq!(h.copens(), vec!["copen 1,-5", "copen 2,8192"]);
+        assert_eq!(h.engine.in_flight(), 0);
+        assert_eq!(h.engine.stats.opens_failed, 1);
+        assert_eq!(h.engine.objects().len(), 1);
+    }
+
+    #[test]
+    fn a_panicking_read_fails_that_read_only() {
+        let mut h = harness(1);
+        let (fd1, _) = h.anon("a1");
+        let (fd2, back2) = h.anon("a2");
+        h.push(encode_open(1, 1, b"erofs,x", b"boom-read", fd1));
+        h.push(encode_open(2, 2, b"erofs,x", b"good", fd2));
+        h.pump_until("two copens", copens_sent(2));
+        assert_eq!(h.copens(), vec!["copen 1,8192", "copen 2,8192"]);
+        h.push(encode_read(3, 1, 0, 4096));
+        h.push(encode_read(4, 2, 0, 8192));
+        h.pump_until("both completions", |s| s.completed.len() >= 2);
+        let mut completed = h.kernel.state.lock().unwrap().completed.clone();
+        completed.sort();
+        assert_eq!(completed, vec![3, 4], "one completion per READ");
+        assert_eq!(h.engine.stats.reads_failed, 1);
+        assert_eq!(h.engine.in_flight(), 0);
+        let mut got = vec![0u8; 8192];
+        back2.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(got, vec![5u8; 8192], "the READ after the panic was served");
+    }
+
+    #[test]
+    fn a_panic_in_the_loop_thread_fails_that_message_only() {
+        let mut h = harness(2);
+        let (fd1, _) = h.anon("a1");
+        let (fd2, _) = h.anon("a2");
+        h.kernel.with(|k| k.panic_in_next_fd_check = true);
+        h.push(encode_open(1, 1, b"erofs,x", b"good", fd1));
+        h.push(encode_open(2, 2, b"erofs,x", b"good", fd2));
+        h.pump_until("two copens", copens_sent(2));
+        assert_eq!(h.copens(), vec!["copen 1,-5", "copen 2,8192"]);
+        // Whose fd it was is unknown after the panic: left alone rather than closed.
+        assert!(nix::fcntl::fcntl(fd1 as i32, nix::fcntl::FcntlArg::F_GETFD).is_ok());
+        assert_eq!(h.engine.objects().len(), 1);
+        // SAFETY: fd1 came from `anon` and the engine refused it, so nothing else owns it.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd1 as i32) });
+    }
+
+    #[test]
+    fn without_a_worker_requests_are_refused_not_a_panic() {
+        let mut h = harness(0);
+        let (fd1, _) = h.anon("a1");
+        h.push(encode_open(1, 1, b"erofs,x", b"good", fd1));
+        h.pump_until("a copen", copens_sent(1));
+        assert_eq!(h.copens(), vec!["copen 1,-5"]);
+        assert_eq!(h.engine.in_flight(), 0);
+        assert!(
+            h.engine.fds().is_empty(),
+            "the refused OPEN's fd was closed"
+        );
+    }
+}
