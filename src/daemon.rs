@@ -610,7 +610,11 @@ impl<'d> Daemon<'d> {
                                 p.display().to_string()
                             }
                             crate::ondemand::sourcemap::Location::Url(u) => u.clone(),
-                            crate::ondemand::sourcemap::Location::Registry { base, repository } => {
+                            crate::ondemand::sourcemap::Location::Registry {
+                                base,
+                                repository,
+                                ..
+                            } => {
                                 format!("{base} {repository}")
                             }
                         },
