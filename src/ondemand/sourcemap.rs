@@ -187,6 +187,9 @@ impl SourceMap {
                             "source {n}: repository {repo:?} is not a valid repository name"
                         )));
                     }
+                    if let Err(e) = super::sources::head::origin(&r) {
+                        return Err(err(format!("source {n}: registry: {e}")));
+                    }
                     let verify = match s.verify.as_deref() {
                         None | Some("in-order") => Verify::InOrder,
                         Some("digest") => Verify::Digest,
@@ -445,6 +448,10 @@ spool = "/var/tmp"
             (
                 "[[source]]\npath = \"/a\"\n[fetch]\nworkers = 0\n",
                 "fetch.workers 0 must be 1..256",
+            ),
+            (
+                "[[source]]\nregistry = \"https:///v2\"\nrepository = \"a\"\n",
+                "source 1: registry: https:///v2 is not a valid URL",
             ),
             (
                 "[[source]]\npath = \"/a\"\nverify = \"digest\"\n",
