@@ -1,7 +1,9 @@
 //! HTTP(S) and OCI registry sources against real servers started here: nginx for plain
 //! HTTP Range requests, the CNCF distribution registry (Debian's docker-registry) for
 //! registry blobs, and tiny hand-rolled TCP servers for misbehaviour nginx will not produce
-//! (stalls, lying Content-Range). .ci/run installs nginx and docker-registry.
+//! (stalls, lying Content-Range, hostile redirects and heads, expiring bearer tokens, a CDN
+//! that must never see the token, blobs that do not match their digest). .ci/run installs
+//! nginx and docker-registry.
 
 mod common;
 
@@ -689,7 +691,7 @@ fn token_registry(content: Vec<u8>) -> TokenRegistry {
     let registry = raw_server(move |req, c| {
         let valid = header_of(req, "authorization")
             .and_then(|a| a.strip_prefix("Bearer ").map(str::to_string))
-            .and_then(|t| w2_lookup(&when, &t))
+            .and_then(|t| issued_at(&when, &t))
             .is_some_and(|at| {
                 at.elapsed() < TOKEN_LIFETIME && r2.lock().unwrap().is_none_or(|r| at > r)
             });
@@ -725,7 +727,7 @@ fn token_registry(content: Vec<u8>) -> TokenRegistry {
     }
 }
 
-fn w2_lookup(
+fn issued_at(
     when: &std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     token: &str,
 ) -> Option<Instant> {

@@ -23,9 +23,14 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Some((realm, params)) = head::parse_bearer_challenge(value) {
             assert!(!realm.contains('"'));
-            assert!(params.iter().all(|(k, v)| !k.is_empty() && !v.contains('"')));
+            assert!(params
+                .iter()
+                .all(|(k, v)| !k.is_empty() && !v.contains('"')));
         }
-        for from in ["https://reg.example:5000/v2/a/blobs/x?q=1", "http://reg.example/b"] {
+        for from in [
+            "https://reg.example:5000/v2/a/blobs/x?q=1",
+            "http://reg.example/b",
+        ] {
             if let Ok(to) = head::redirect_target(from, value) {
                 let origin = head::origin(&to).expect("a followed redirect has an origin");
                 assert!(!origin.host.is_empty());

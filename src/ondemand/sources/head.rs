@@ -272,6 +272,37 @@ mod tests {
         assert!(redirect_target("http://r/x", "file:///etc/passwd").is_err());
     }
 
+    proptest::proptest! {
+        /// What the `http_head` fuzz target checks, on random header values.
+        #[test]
+        fn parsers_keep_their_promises(
+            value in "\\PC{0,60}",
+            location in "(https?:|HTTPS?:|file:|//|/)?[a-z0-9@:/?#.%\\[\\] -]{0,40}",
+        ) {
+            if let Some(n) = parse_content_length(&value) {
+                proptest::prop_assert!(value.trim().bytes().all(|b| b.is_ascii_digit()));
+                if let Ok(size) = check_size(n) {
+                    proptest::prop_assert!(size < i64::MAX as u64);
+                }
+            }
+            if let Some((a, b, total)) = parse_content_range(&value) {
+                proptest::prop_assert!(a <= b && total.is_none_or(|t| b < t));
+            }
+            let _ = parse_bearer_challenge(&value);
+            for from in ["https://reg.example:5000/v2/a?q=1", "http://reg.example/b"] {
+                for loc in [&value, &location] {
+                    if let Ok(to) = redirect_target(from, loc) {
+                        let o = origin(&to).unwrap();
+                        proptest::prop_assert!(!o.host.is_empty());
+                        proptest::prop_assert!(o.https || from.starts_with("http:"));
+                    }
+                }
+            }
+            let r = redact(&location);
+            proptest::prop_assert!(!r.contains('?') && !r.contains('#'));
+        }
+    }
+
     #[test]
     fn origins_and_redaction() {
         assert_eq!(
