@@ -638,7 +638,8 @@ struct TokenRegistry {
     cdn_auth: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
-const TOKEN_LIFETIME: Duration = Duration::from_secs(2);
+/// Long enough that the steps before the wait cannot outlive it on a loaded machine.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(5);
 
 /// Blob GETs are redirected to a separate blob store (another origin: `localhost` and its own
 /// port) with a signed query, as registries do with their CDN; `/v2/app/blobs/…` only.
