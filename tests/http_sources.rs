@@ -912,3 +912,43 @@ fn verify_digest_against_the_registry_serves_from_the_spool() {
     file.as_file().read_exact_at(&mut back, 4096).unwrap();
     assert_eq!(back, &content[4096..]);
 }
+
+#[test]
+fn a_registry_refusing_every_token_fails_after_one_retry() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let fetched = std::sync::Arc::new(AtomicU32::new(0));
+    let f2 = fetched.clone();
+    let token = raw_server(move |_, c| {
+        f2.fetch_add(1, Ordering::SeqCst);
+        let body = "{\"token\":\"never-good\",\"expires_in\":300}";
+        let _ = c.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    });
+    let asked = std::sync::Arc::new(AtomicU32::new(0));
+    let a2 = asked.clone();
+    let registry = raw_server(move |_, c| {
+        a2.fetch_add(1, Ordering::SeqCst);
+        let reply = format!(
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{token}/token\",service=\"r\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let _ = c.write_all(reply.as_bytes());
+    });
+    let s = settings(2000, 3);
+    let e = RegistryBlob::open(
+        &format!("http://127.0.0.1:{registry}"),
+        "app",
+        &"b".repeat(64),
+        sources::agent(&s),
+        &s,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.errno(), nix::errno::Errno::EACCES, "{e}");
+    assert_eq!(fetched.load(Ordering::SeqCst), 1, "one token fetched");
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "the request and one retry");
+}
