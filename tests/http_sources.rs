@@ -826,6 +826,22 @@ fn a_digest_mismatch_fails_the_read_and_poisons_the_blob() {
         let e = blob.read_exact_at(off, &mut buf).unwrap_err();
         assert!(e.to_string().contains("failed its digest check"), "{e}");
     }
+
+    // Reads from the end backwards (as several workers may finish them): the one that
+    // closes the gap at the start finds the mismatch.
+    let agent = sources::agent(&s);
+    let blob = RegistryBlob::open(&base, "app", &claimed, agent, &s).unwrap();
+    let mut chunks: Vec<u64> = (0..content.len() as u64).step_by(1 << 20).collect();
+    chunks.reverse();
+    let last = chunks.pop().unwrap();
+    for off in chunks {
+        let mut piece = vec![0u8; (content.len() as u64 - off).min(1 << 20) as usize];
+        blob.read_exact_at(off, &mut piece).unwrap();
+    }
+    let mut piece = vec![0u8; 1 << 20];
+    let e = blob.read_exact_at(last, &mut piece).unwrap_err();
+    assert!(e.to_string().contains("integrity error"), "{e}");
+    assert!(blob.read_exact_at(4096, &mut buf).is_err());
 }
 
 #[test]

@@ -7,8 +7,9 @@
 //!
 //! The digest: with `verify = "digest"` the whole blob is fetched into an unlinked spool file
 //! and its sha256 compared before the OPEN succeeds, so no unverified byte is ever served.
-//! Otherwise reads that happen to cover the blob in order from its start are hashed as they
-//! pass, and a mismatch fails that READ and poisons the blob: every later read fails too.
+//! Otherwise bytes are hashed in blob order as reads pass (reads ahead of the hashed prefix
+//! wait, bounded), and once the whole blob is hashed a mismatch fails that READ and poisons
+//! the blob: every later read fails too.
 
 use super::head::{self, Origin};
 use super::http::{head_size, read_range, send, Answer, Auth, Method};
@@ -184,9 +185,103 @@ enum Data {
     Spooled(File),
 }
 
+/// The streaming digest check: bytes are hashed in blob order. Reads that arrive ahead of the
+/// hashed prefix (several workers, readahead) wait here, up to `MAX_PENDING` bytes per blob
+/// and `MAX_PENDING_TOTAL` for all blobs together (lazy loading reads sparsely, so a blob's
+/// gap may never close); past that the check is given up for this blob (its bytes are never
+/// asked for again once cached) and the memory freed.
 struct InOrder {
+    /// Bytes `[0, next)` are hashed.
     next: u64,
+    /// `None` once the digest was computed or the check given up.
     hasher: Option<Sha256>,
+    pending: std::collections::BTreeMap<u64, Vec<u8>>,
+    pending_bytes: usize,
+}
+
+const MAX_PENDING: usize = 8 << 20;
+const MAX_PENDING_TOTAL: usize = 64 << 20;
+static PENDING_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl InOrder {
+    fn new() -> InOrder {
+        InOrder {
+            next: 0,
+            hasher: Some(Sha256::new()),
+            pending: Default::default(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// Takes the bytes read at `off`; the blob's digest once all `size` bytes were hashed.
+    fn feed(&mut self, off: u64, data: &[u8], size: u64) -> Option<String> {
+        self.hasher.as_ref()?;
+        let end = off + data.len() as u64;
+        if end <= self.next {
+            return None;
+        }
+        if off > self.next {
+            if self.pending_bytes + data.len() > MAX_PENDING
+                || PENDING_TOTAL.load(Ordering::Relaxed) + data.len() > MAX_PENDING_TOTAL
+            {
+                log::debug!("digest check given up: reads too far out of order");
+                self.hasher = None;
+                self.release(usize::MAX);
+                return None;
+            }
+            if self.pending.get(&off).is_none_or(|p| p.len() < data.len()) {
+                if let Some(old) = self.pending.insert(off, data.to_vec()) {
+                    self.release(old.len());
+                }
+                self.pending_bytes += data.len();
+                PENDING_TOTAL.fetch_add(data.len(), Ordering::Relaxed);
+            }
+            return None;
+        }
+        self.hash_from(off, data);
+        while let Some((&o, _)) = self.pending.first_key_value() {
+            if o > self.next {
+                break;
+            }
+            let d = self.pending.remove(&o).expect("present");
+            self.release(d.len());
+            if o + d.len() as u64 > self.next {
+                self.hash_from(o, &d);
+            }
+        }
+        if self.next >= size {
+            self.release(usize::MAX);
+            return self.hasher.take().map(sha256_string);
+        }
+        None
+    }
+
+    /// Accounts for `n` pending bytes dropped; `usize::MAX` drops them all.
+    fn release(&mut self, n: usize) {
+        let n = if n == usize::MAX {
+            self.pending.clear();
+            self.pending_bytes
+        } else {
+            n
+        };
+        self.pending_bytes -= n;
+        PENDING_TOTAL.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Hashes the part of `data` (read at `off <= next`) beyond `next`.
+    fn hash_from(&mut self, off: u64, data: &[u8]) {
+        let skip = (self.next - off) as usize;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&data[skip..]);
+        }
+        self.next = off + data.len() as u64;
+    }
+}
+
+impl Drop for InOrder {
+    fn drop(&mut self) {
+        self.release(usize::MAX);
+    }
 }
 
 impl RegistryBlob {
@@ -223,10 +318,7 @@ impl RegistryBlob {
             retries: settings.retries,
             challenge: Mutex::new(None),
             data: Data::Streamed {
-                in_order: Mutex::new(InOrder {
-                    next: 0,
-                    hasher: Some(Sha256::new()),
-                }),
+                in_order: Mutex::new(InOrder::new()),
                 poisoned: AtomicBool::new(false),
             },
         };
@@ -439,23 +531,19 @@ impl Blob for RegistryBlob {
         if poisoned.load(Ordering::Acquire) {
             return Err(refuse());
         }
-        if v.next == off {
-            if let Some(h) = v.hasher.as_mut() {
-                h.update(&*buf);
-                v.next += buf.len() as u64;
-                if v.next == self.size {
-                    let got = sha256_string(v.hasher.take().expect("present"));
-                    if got != self.digest {
-                        poisoned.store(true, Ordering::Release);
-                        let e = self.mismatch(&got);
-                        log::error!("integrity error: {e}; every further read of it fails");
-                        return Err(e);
-                    }
-                    log::debug!("{}: digest verified", head::redact(&self.url));
-                }
+        match v.feed(off, buf, self.size) {
+            Some(got) if got != self.digest => {
+                poisoned.store(true, Ordering::Release);
+                let e = self.mismatch(&got);
+                log::error!("integrity error: {e}; every further read of it fails");
+                Err(e)
             }
+            Some(_) => {
+                log::debug!("{}: digest verified", head::redact(&self.url));
+                Ok(())
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -485,6 +573,52 @@ mod tests {
             sha256_string(Sha256::new()),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn reads_out_of_order_and_overlapping_are_hashed_in_blob_order() {
+        let blob: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
+        let want = sha256_string(Sha256::new_with_prefix(&blob));
+        let size = blob.len() as u64;
+        let piece = |a: usize, b: usize| (a as u64, &blob[a..b]);
+        let mut v = InOrder::new();
+        // Ahead of the prefix, overlapping each other and the prefix, one repeated.
+        for (off, data) in [
+            piece(6000, 10_000),
+            piece(3000, 7000),
+            piece(3000, 5000),
+            piece(9000, 10_000),
+        ] {
+            assert_eq!(v.feed(off, data, size), None);
+        }
+        assert_eq!(v.feed(0, &blob[..3500], size), Some(want.clone()));
+        assert_eq!(v.pending_bytes, 0);
+        // Done: nothing more is reported.
+        assert_eq!(v.feed(0, &blob[..100], size), None);
+
+        // In order, and a wrong byte gives another digest.
+        let mut v = InOrder::new();
+        assert_eq!(v.feed(0, &blob[..5000], size), None);
+        let mut bad = blob[5000..].to_vec();
+        bad[17] ^= 1;
+        let got = v.feed(5000, &bad, size).unwrap();
+        assert_ne!(got, want);
+
+        // Too much waiting ahead: the check is given up and the memory freed.
+        let big = vec![0u8; MAX_PENDING / 2 + 1];
+        let mut v = InOrder::new();
+        let size = 3 * big.len() as u64;
+        assert_eq!(v.feed(big.len() as u64, &big, size), None);
+        assert_eq!(v.feed(2 * big.len() as u64, &big, size), None);
+        assert!(v.hasher.is_none() && v.pending.is_empty() && v.pending_bytes == 0);
+        assert_eq!(v.feed(0, &big, size), None);
+        // Waiting bytes of a blob that is dropped are returned to the shared budget (no other
+        // test in this binary feeds an InOrder).
+        let mut v = InOrder::new();
+        assert_eq!(v.feed(10, &blob[10..20], 100), None);
+        assert_eq!(PENDING_TOTAL.load(Ordering::Relaxed), 10);
+        drop(v);
+        assert_eq!(PENDING_TOTAL.load(Ordering::Relaxed), 0);
     }
 
     #[test]
