@@ -1,6 +1,7 @@
 //! Fetching a whole 256 MiB blob from nginx on 127.0.0.1 through `HttpBlob` + `serve_read`
 //! (1 MiB Range GETs over ureq's keep-alive Agent, written into a file, as the engine does)
-//! against `curl -s -o FILE URL` (one GET).
+//! against `curl -s -o FILE URL` (one GET), in alternating pairs; the ratio of each pair is
+//! printed too, since the target is to match curl in every run, not only in the median.
 //!
 //! cargo bench --bench http          # needs nginx and curl (Debian packages nginx, curl)
 
@@ -17,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BLOB: u64 = 256 << 20;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 fn main() {
     let base = std::env::var_os("BENCH_DIR")
@@ -64,13 +65,19 @@ fn main() {
         assert!(st.success());
         d
     };
-    ours();
     curl();
+    ours();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        a.push(ours());
         b.push(curl());
+        a.push(ours());
     }
+    // Per pair, before the medians sort the runs.
+    let ratios: Vec<String> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| format!("{:.2}x", y.as_secs_f64() / x.as_secs_f64()))
+        .collect();
     // The last run was ours: check the file holds the blob.
     let check = std::fs::File::open(&blob_path).unwrap();
     let got = std::fs::File::open(&out).unwrap();
@@ -94,6 +101,8 @@ fn main() {
         mbs(mb),
         mb.as_secs_f64() / ma.as_secs_f64()
     );
+    println!();
+    println!("ours/curl per pair: {}", ratios.join(" "));
     eprintln!("  ours {a:?} curl {b:?}");
 }
 

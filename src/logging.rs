@@ -16,6 +16,32 @@ pub fn level_for(debug: u8) -> LevelFilter {
     }
 }
 
+/// Whether a record is logged: ours at any level, other crates' at warnings and errors only.
+/// The HTTP client traces whole requests and answers at debug/trace level, bearer tokens
+/// and signed URLs included; none of that may reach a log.
+pub fn wanted(metadata: &Metadata) -> bool {
+    metadata.level() <= Level::Warn || metadata.target().starts_with("cachefilesd")
+}
+
+/// A logger that passes on only what [`wanted`] accepts.
+struct Filtered<L>(L);
+
+impl<L: Log> Log for Filtered<L> {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        wanted(metadata) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record) {
+        if wanted(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
 struct StderrLogger {
     journal: bool,
 }
@@ -113,7 +139,9 @@ fn init_logger(stderr: bool, debug: u8) {
         };
         match syslog::unix(formatter) {
             Ok(logger) => {
-                if log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger))).is_ok() {
+                if log::set_boxed_logger(Box::new(Filtered(syslog::BasicLogger::new(logger))))
+                    .is_ok()
+                {
                     log::set_max_level(level);
                 }
                 return;
@@ -121,9 +149,9 @@ fn init_logger(stderr: bool, debug: u8) {
             Err(e) => eprintln!("cachefilesd: cannot reach syslog ({e}); logging to stderr"),
         }
     }
-    if log::set_boxed_logger(Box::new(StderrLogger {
+    if log::set_boxed_logger(Box::new(Filtered(StderrLogger {
         journal: stderr_is_journal(),
-    }))
+    })))
     .is_ok()
     {
         log::set_max_level(level);

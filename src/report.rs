@@ -170,7 +170,9 @@ impl OnDemandReport {
                     location: match &src.location {
                         Location::Path(p) => p.display().to_string(),
                         Location::Url(u) => u.clone(),
-                        Location::Registry { base, repository } => format!("{base} {repository}"),
+                        Location::Registry {
+                            base, repository, ..
+                        } => format!("{base} {repository}"),
                     },
                     reads: per.reads,
                     bytes: per.bytes,

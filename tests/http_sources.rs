@@ -1,7 +1,9 @@
 //! HTTP(S) and OCI registry sources against real servers started here: nginx for plain
 //! HTTP Range requests, the CNCF distribution registry (Debian's docker-registry) for
 //! registry blobs, and tiny hand-rolled TCP servers for misbehaviour nginx will not produce
-//! (stalls, lying Content-Range). .ci/run installs nginx and docker-registry.
+//! (stalls, lying Content-Range, hostile redirects and heads, expiring bearer tokens, a CDN
+//! that must never see the token, blobs that do not match their digest). .ci/run installs
+//! nginx and docker-registry.
 
 mod common;
 
@@ -54,6 +56,7 @@ fn settings(timeout_ms: u64, retries: u32) -> FetchSettings {
         readahead: 0,
         timeout: Duration::from_millis(timeout_ms),
         retries,
+        ..FetchSettings::default()
     }
 }
 
@@ -182,6 +185,55 @@ fn misbehaving_servers_fail_within_the_timeout() {
     );
 }
 
+/// One HTTP/1.1 request over a fresh connection with std only (the client under test is not
+/// used to set the test up): the status and the raw head of the answer.
+fn plain_request(port: u16, method: &str, target: &str, body: &[u8]) -> (u16, String) {
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, answer)
+}
+
+/// Pushes `content` as a blob of `repository`: POST opens an upload session, PUT to its
+/// Location with the digest closes it.
+fn upload_blob(port: u16, repository: &str, content: &[u8]) {
+    let (status, head) = plain_request(
+        port,
+        "POST",
+        &format!("/v2/{repository}/blobs/uploads/"),
+        b"",
+    );
+    assert_eq!(status, 202, "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap();
+    let location = match location.split_once("://") {
+        Some((_, rest)) => rest[rest.find('/').unwrap()..].to_string(),
+        None => location,
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let (status, head) = plain_request(
+        port,
+        "PUT",
+        &format!("{location}{sep}digest=sha256:{}", sha256_hex(content)),
+        content,
+    );
+    assert_eq!(status, 201, "{head}");
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
@@ -208,23 +260,7 @@ fn registry_blobs_by_digest() {
     let content = data(3 * 1024 * 1024 + 5);
     let hex = sha256_hex(&content);
     let base = server.url("");
-    // Upload: POST opens a session, PUT to its Location with the digest closes it.
-    let session = ureq::post(&format!("{base}/v2/test/app/blobs/uploads/"))
-        .call()
-        .unwrap();
-    assert_eq!(session.status(), 202);
-    let location = session.header("Location").unwrap().to_string();
-    let location = if location.starts_with('/') {
-        format!("{base}{location}")
-    } else {
-        location
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let resp = ureq::put(&format!("{location}{sep}digest=sha256:{hex}"))
-        .set("Content-Type", "application/octet-stream")
-        .send_bytes(&content)
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    upload_blob(port, "test/app", &content);
 
     let s = settings(5000, 1);
     let agent = sources::agent(&s);
@@ -361,4 +397,574 @@ fn registry_bearer_token_handshake() {
     let mut back = vec![0u8; content.len()];
     file.as_file().read_exact_at(&mut back, 0).unwrap();
     assert_eq!(back, content);
+}
+
+/// Every log record of this test process that the daemon's loggers would write (they pass
+/// records through `logging::wanted`), for the checks that secrets never reach a log.
+fn captured_log() -> &'static std::sync::Mutex<Vec<String>> {
+    struct Capture(std::sync::Mutex<Vec<String>>);
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            if !cachefilesd_rs::logging::wanted(r.metadata()) {
+                return;
+            }
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", r.level(), r.args()));
+        }
+        fn flush(&self) {}
+    }
+    static CAPTURE: std::sync::OnceLock<&'static Capture> = std::sync::OnceLock::new();
+    let c = CAPTURE.get_or_init(|| {
+        let c: &'static Capture = Box::leak(Box::new(Capture(Default::default())));
+        log::set_logger(c).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+        c
+    });
+    &c.0
+}
+
+/// The request line's path.
+fn path_of(req: &str) -> String {
+    req.split(' ').nth(1).unwrap_or("").to_string()
+}
+
+fn header_of(req: &str, name: &str) -> Option<String> {
+    req.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// `bytes=a-b` of a Range request.
+fn range_of(req: &str) -> Option<(usize, usize)> {
+    let r = header_of(req, "range")?;
+    let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// A 206 answer for a Range request on `body`, or 200 with its size for HEAD.
+fn serve_body(req: &str, body: &[u8], c: &mut std::net::TcpStream) {
+    if req.starts_with("HEAD") {
+        let _ = c.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        return;
+    }
+    let (a, b) = range_of(req).unwrap();
+    let mut reply = format!(
+        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len(),
+        b - a + 1
+    )
+    .into_bytes();
+    reply.extend_from_slice(&body[a..=b]);
+    let _ = c.write_all(&reply);
+}
+
+/// A server with one hostile answer per path (see the match below).
+fn hostile_server(hits: std::sync::Arc<std::sync::atomic::AtomicU32>) -> u16 {
+    raw_server(move |req, c| {
+        let path = path_of(req);
+        let head = req.starts_with("HEAD");
+        let redirect = |to: &str| {
+            format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .into_bytes()
+        };
+        let reply: Vec<u8> = match path.as_str() {
+            "/file" => redirect("file:///etc/passwd"),
+            "/nohost" => redirect("http:///etc/passwd"),
+            "/nohost2" => redirect("http://"),
+            "/userinfo" => redirect("http://user:pw@127.0.0.1:1/x"),
+            "/scheme" => redirect("gopher://127.0.0.1/x"),
+            p if p.starts_with("/endless") => {
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                redirect(&format!("{p}x"))
+            }
+            "/garbage" => b"HTTP/1.1 two hundred OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            "/binary" => b"\x00\xff\xfe garbage\r\n\r\n".to_vec(),
+            "/huge" => b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\nConnection: close\r\n\r\n".to_vec(),
+            "/loff" => b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775808\r\nConnection: close\r\n\r\n".to_vec(),
+            "/negative" => b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\nConnection: close\r\n\r\n".to_vec(),
+            _ if head => b"HTTP/1.1 200 OK\r\nContent-Length: 8192\r\nConnection: close\r\n\r\n".to_vec(),
+            "/short" => {
+                let mut r = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-4095/8192\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n".to_vec();
+                r.extend(vec![b'x'; 100]);
+                r
+            }
+            "/wrongrange" => {
+                let mut r = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 4096-8191/8192\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n".to_vec();
+                r.extend(vec![b'x'; 4096]);
+                r
+            }
+            "/wronglength" => {
+                let mut r = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-4095/8192\r\nContent-Length: 18446744073709551615\r\nConnection: close\r\n\r\n".to_vec();
+                r.extend(vec![b'x'; 4096]);
+                r
+            }
+            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+        };
+        let _ = c.write_all(&reply);
+    })
+}
+
+#[test]
+fn hostile_answers_fail_the_request_never_the_worker() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let port = hostile_server(hits.clone());
+    let s = settings(2000, 1);
+    let agent = sources::agent(&s);
+    let open = |path: &str| {
+        let started = Instant::now();
+        let r = HttpBlob::open(format!("http://127.0.0.1:{port}{path}"), agent.clone(), &s);
+        assert!(started.elapsed() < Duration::from_secs(10), "{path}");
+        r
+    };
+    for (path, why) in [
+        ("/file", "redirect refused"),
+        ("/nohost", "redirect refused"),
+        ("/nohost2", "redirect refused"),
+        ("/userinfo", "redirect refused"),
+        ("/scheme", "redirect refused"),
+        ("/endless", "redirects"),
+        ("/garbage", ""),
+        ("/binary", ""),
+        ("/huge", "beyond the largest blob"),
+        ("/loff", "beyond the largest blob"),
+        ("/negative", "content-length"),
+    ] {
+        let e = open(path).err().unwrap_or_else(|| panic!("{path} opened"));
+        assert!(e.to_string().contains(why), "{path}: {e}");
+        assert_eq!(e.errno(), nix::errno::Errno::EIO, "{path}: {e}");
+    }
+    let endless = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=6).contains(&endless),
+        "{endless} requests for /endless"
+    );
+
+    let mut buf = vec![0u8; 4096];
+    for (path, why) in [
+        ("/short", "body of bytes 0-4095"),
+        ("/wrongrange", "does not match bytes 0-4095"),
+        ("/wronglength", "does not match bytes 0-4095"),
+    ] {
+        let blob = open(path).unwrap();
+        assert_eq!(blob.size(), 8192);
+        let started = Instant::now();
+        let e = blob.read_exact_at(0, &mut buf).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{path}");
+        assert!(e.to_string().contains(why), "{path}: {e}");
+    }
+}
+
+#[test]
+fn hostile_opens_through_the_engine_are_answered_with_an_error() {
+    use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+    use cachefilesd_rs::proto::msg::encode_open;
+    use common::fake_daemon::{anon_file, make_ondemand_tree, start_ondemand, wait_for};
+
+    let port = hostile_server(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    make_ondemand_tree(root);
+    nix::unistd::mkfifo(&root.join("blobs/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let map = SourceMap::parse(
+        "t.toml",
+        &format!(
+            "[[source]]\ndomain = \"web\"\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n\
+             [[source]]\ndomain = \"local\"\npath = \"{}/blobs/{{fsid}}\"\n\
+             [fetch]\ntimeout = 2\nretries = 0\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let (kernel, daemon) = start_ondemand(root, map);
+    let opens = [
+        (b"erofs,web".as_slice(), b"file".as_slice()),
+        (b"erofs,web", b"nohost"),
+        (b"erofs,web", b"endless"),
+        (b"erofs,web", b"huge"),
+        (b"erofs,web", b"garbage"),
+        (b"erofs,local", b"fifo"),
+    ];
+    for (i, (volume, fsid)) in opens.iter().enumerate() {
+        let (fd, _) = anon_file(&kernel, root, &format!("anon{i}"));
+        kernel.with(|k| {
+            k.messages
+                .push_back(encode_open(i as u32, i as u32 + 1, volume, fsid, fd))
+        });
+    }
+    kernel.wake();
+    let copens = || {
+        kernel.with(|k| {
+            let mut c: Vec<String> = k
+                .commands
+                .iter()
+                .filter(|c| c.starts_with("copen"))
+                .cloned()
+                .collect();
+            c.sort();
+            c
+        })
+    };
+    wait_for("a copen for every hostile OPEN", || {
+        copens().len() == opens.len()
+    });
+    let expected: Vec<String> = (0..opens.len()).map(|i| format!("copen {i},-5")).collect();
+    assert_eq!(copens(), expected);
+    daemon.stop_expecting_ok();
+}
+
+/// A registry whose blobs need a bearer token that expires, and its token service.
+struct TokenRegistry {
+    registry: u16,
+    /// Tokens handed out so far.
+    issued: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Tokens issued before this are refused by the registry (a revocation).
+    revoked_before: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Requests that reached the blob store, and those of them that carried credentials.
+    cdn_hits: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    cdn_auth: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Long enough that the steps before the wait cannot outlive it on a loaded machine.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(5);
+
+/// Blob GETs are redirected to a separate blob store (another origin: `localhost` and its own
+/// port) with a signed query, as registries do with their CDN; `/v2/app/blobs/…` only.
+fn token_registry(content: Vec<u8>) -> TokenRegistry {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+    let issued = Arc::new(AtomicU32::new(0));
+    let when: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Default::default();
+    let (i2, w2) = (issued.clone(), when.clone());
+    let token = raw_server(move |req, c| {
+        if !(req.starts_with("GET /token?") && req.contains("scope=repository%3Aapp%3Apull")) {
+            let _ = c.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            return;
+        }
+        let n = i2.fetch_add(1, Ordering::SeqCst) + 1;
+        let tok = format!("s3cr3t-tok-{n}");
+        w2.lock().unwrap().insert(tok.clone(), Instant::now());
+        let body = format!(
+            "{{\"token\":\"{tok}\",\"expires_in\":{}}}",
+            TOKEN_LIFETIME.as_secs()
+        );
+        let _ = c.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    });
+    let cdn_hits = Arc::new(AtomicU32::new(0));
+    let cdn_auth = Arc::new(AtomicU32::new(0));
+    let (h2, a2) = (cdn_hits.clone(), cdn_auth.clone());
+    let body = content.clone();
+    let cdn = raw_server(move |req, c| {
+        h2.fetch_add(1, Ordering::SeqCst);
+        if header_of(req, "authorization").is_some() {
+            a2.fetch_add(1, Ordering::SeqCst);
+        }
+        if path_of(req).starts_with("/fail") {
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return;
+        }
+        serve_body(req, &body, c);
+    });
+    let revoked_before: Arc<Mutex<Option<Instant>>> = Default::default();
+    let r2 = revoked_before.clone();
+    let registry = raw_server(move |req, c| {
+        let valid = header_of(req, "authorization")
+            .and_then(|a| a.strip_prefix("Bearer ").map(str::to_string))
+            .and_then(|t| issued_at(&when, &t))
+            .is_some_and(|at| {
+                at.elapsed() < TOKEN_LIFETIME && r2.lock().unwrap().is_none_or(|r| at > r)
+            });
+        if !valid {
+            let reply = format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{token}/token\",service=\"reg\",scope=\"repository:app:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = c.write_all(reply.as_bytes());
+            return;
+        }
+        let path = path_of(req);
+        if req.starts_with("HEAD") {
+            serve_body(req, &content, c);
+            return;
+        }
+        let blob = path.rsplit('/').next().unwrap_or("");
+        let target = if blob.starts_with("sha256:1111") {
+            "fail"
+        } else {
+            "blob"
+        };
+        let reply = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{cdn}/{target}?X-Amz-Signature=s3cr3t-sig\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let _ = c.write_all(reply.as_bytes());
+    });
+    TokenRegistry {
+        registry,
+        issued,
+        revoked_before,
+        cdn_hits,
+        cdn_auth,
+    }
+}
+
+fn issued_at(
+    when: &std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    token: &str,
+) -> Option<Instant> {
+    when.lock().unwrap().get(token).copied()
+}
+
+#[test]
+fn bearer_tokens_are_shared_renewed_and_never_leak() {
+    use std::sync::atomic::Ordering;
+    let log = captured_log();
+    let content = data(2 * 4096 + 10);
+    let hex = sha256_hex(&content);
+    let r = token_registry(content.clone());
+    let s = settings(5000, 0);
+    let agent = sources::agent(&s);
+    let base = format!("http://127.0.0.1:{}", r.registry);
+    let open = |digest: &str| RegistryBlob::open(&base, "app", digest, agent.clone(), &s);
+
+    // Two blobs of one repository share one token.
+    let a = open(&hex).unwrap();
+    let b = open(&format!("sha256:{hex}")).unwrap();
+    assert_eq!(a.size(), content.len() as u64);
+    assert_eq!(b.size(), content.len() as u64);
+    assert_eq!(
+        r.issued.load(Ordering::SeqCst),
+        1,
+        "one token for both blobs"
+    );
+    let (file, fd) = write_target();
+    serve_read(&a, &fd, 0, content.len() as u64, 0).unwrap();
+    let mut back = vec![0u8; content.len()];
+    file.as_file().read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, content);
+    assert_eq!(r.issued.load(Ordering::SeqCst), 1);
+
+    // The blob store got the reads, never the registry's token.
+    assert!(r.cdn_hits.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        r.cdn_auth.load(Ordering::SeqCst),
+        0,
+        "token sent to the CDN"
+    );
+
+    // Past the token's lifetime a new one is fetched before the request, not after a 401.
+    std::thread::sleep(TOKEN_LIFETIME + Duration::from_millis(100));
+    let mut buf = vec![0u8; 4096];
+    b.read_exact_at(4096, &mut buf).unwrap();
+    assert_eq!(buf, &content[4096..8192]);
+    assert_eq!(r.issued.load(Ordering::SeqCst), 2);
+
+    // A token the registry stops accepting before its time: refreshed on the 401, the
+    // request retried once.
+    *r.revoked_before.lock().unwrap() = Some(Instant::now());
+    std::thread::sleep(Duration::from_millis(10));
+    a.read_exact_at(0, &mut buf).unwrap();
+    assert_eq!(buf, &content[..4096]);
+    assert_eq!(r.issued.load(Ordering::SeqCst), 3);
+
+    // Errors name the blob store's URL without its signed query.
+    let failing = open(&"1".repeat(64)).unwrap();
+    let e = failing.read_exact_at(0, &mut buf).unwrap_err();
+    let text = format!("{e} {e:?} {}", failing.describe());
+    assert!(text.contains("/fail"), "{text}");
+
+    // No token or signature in any error, description or log line.
+    let mut everything = vec![text, a.describe(), b.describe()];
+    everything.extend(log.lock().unwrap().iter().cloned());
+    assert!(everything.len() > 3, "nothing was logged");
+    for line in &everything {
+        assert!(!line.contains("s3cr3t"), "secret leaked: {line}");
+    }
+}
+
+/// A registry without auth that serves `content` under whatever digest is asked.
+fn lying_registry(content: Vec<u8>) -> u16 {
+    raw_server(move |req, c| serve_body(req, &content, c))
+}
+
+#[test]
+fn a_digest_mismatch_fails_the_read_and_poisons_the_blob() {
+    let content = data(3 * 1024 * 1024 + 5);
+    let claimed = sha256_hex(b"something else entirely");
+    let port = lying_registry(content.clone());
+    let s = settings(5000, 0);
+    let agent = sources::agent(&s);
+    let base = format!("http://127.0.0.1:{port}");
+    let blob = RegistryBlob::open(&base, "app", &claimed, agent, &s).unwrap();
+    let (_file, fd) = write_target();
+    // In order from the start: the read that completes the blob finds the mismatch.
+    let e = serve_read(&blob, &fd, 0, content.len() as u64, 0).unwrap_err();
+    assert!(e.contains("integrity error"), "{e}");
+    // Every later read fails, wherever it is.
+    let mut buf = vec![0u8; 4096];
+    for off in [0, 4096, 2 << 20] {
+        let e = blob.read_exact_at(off, &mut buf).unwrap_err();
+        assert!(e.to_string().contains("failed its digest check"), "{e}");
+    }
+
+    // Reads from the end backwards (as several workers may finish them): the one that
+    // closes the gap at the start finds the mismatch.
+    let agent = sources::agent(&s);
+    let blob = RegistryBlob::open(&base, "app", &claimed, agent, &s).unwrap();
+    let mut chunks: Vec<u64> = (0..content.len() as u64).step_by(1 << 20).collect();
+    chunks.reverse();
+    let last = chunks.pop().unwrap();
+    for off in chunks {
+        let mut piece = vec![0u8; (content.len() as u64 - off).min(1 << 20) as usize];
+        blob.read_exact_at(off, &mut piece).unwrap();
+    }
+    let mut piece = vec![0u8; 1 << 20];
+    let e = blob.read_exact_at(last, &mut piece).unwrap_err();
+    assert!(e.to_string().contains("integrity error"), "{e}");
+    assert!(blob.read_exact_at(4096, &mut buf).is_err());
+}
+
+#[test]
+fn verify_digest_never_serves_a_mismatching_blob() {
+    use cachefilesd_rs::ondemand::sourcemap::Verify;
+    let content = data(3 * 1024 * 1024 + 5);
+    let port = lying_registry(content.clone());
+    let spool = tempfile::tempdir().unwrap();
+    let s = FetchSettings {
+        spool: Some(spool.path().to_path_buf()),
+        ..settings(5000, 0)
+    };
+    let agent = sources::agent(&s);
+    let base = format!("http://127.0.0.1:{port}");
+    let before = sources::integrity_failures();
+    let claimed = sha256_hex(b"something else entirely");
+    let e = RegistryBlob::open_with(&base, "app", &claimed, agent.clone(), &s, Verify::Digest)
+        .err()
+        .unwrap();
+    assert!(matches!(e, FetchError::Integrity(_)), "{e:?}");
+    assert_eq!(e.errno(), nix::errno::Errno::EIO);
+    assert!(sources::integrity_failures() > before);
+    // The streaming mode counts its mismatches too.
+    let streamed = RegistryBlob::open(&base, "app", &claimed, agent.clone(), &s).unwrap();
+    let (_file, fd) = write_target();
+    let counted = sources::integrity_failures();
+    serve_read(&streamed, &fd, 0, content.len() as u64, 0).unwrap_err();
+    assert!(sources::integrity_failures() > counted);
+
+    // The right digest opens, and nothing is left in the spool directory.
+    let blob = RegistryBlob::open_with(
+        &base,
+        "app",
+        &sha256_hex(&content),
+        agent,
+        &s,
+        Verify::Digest,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+    let (file, fd) = write_target();
+    serve_read(&blob, &fd, 0, content.len() as u64, 0).unwrap();
+    let mut back = vec![0u8; content.len()];
+    file.as_file().read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, content);
+}
+
+#[test]
+fn verify_digest_against_the_registry_serves_from_the_spool() {
+    use cachefilesd_rs::ondemand::sourcemap::Verify;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("config.yml"), conf).unwrap();
+    let server = LocalServer::spawn(
+        Command::new(find_binary("docker-registry", "docker-registry"))
+            .args(["serve", &format!("{}/config.yml", dir.path().display())]),
+        port,
+    );
+    let content = data(5 * 1024 * 1024 + 77);
+    upload_blob(port, "test/app", &content);
+    let spool = tempfile::tempdir().unwrap();
+    let s = FetchSettings {
+        spool: Some(spool.path().to_path_buf()),
+        ..settings(5000, 0)
+    };
+    let blob = RegistryBlob::open_with(
+        &server.url(""),
+        "test/app",
+        &sha256_hex(&content),
+        sources::agent(&s),
+        &s,
+        Verify::Digest,
+    )
+    .unwrap();
+    // Verified whole before the OPEN: the registry is no longer needed.
+    drop(server);
+    let (file, fd) = write_target();
+    serve_read(&blob, &fd, 4096, content.len() as u64, 0).unwrap();
+    let mut back = vec![0u8; content.len() - 4096];
+    file.as_file().read_exact_at(&mut back, 4096).unwrap();
+    assert_eq!(back, &content[4096..]);
+}
+
+#[test]
+fn a_registry_refusing_every_token_fails_after_one_retry() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let fetched = std::sync::Arc::new(AtomicU32::new(0));
+    let f2 = fetched.clone();
+    let token = raw_server(move |_, c| {
+        f2.fetch_add(1, Ordering::SeqCst);
+        let body = "{\"token\":\"never-good\",\"expires_in\":300}";
+        let _ = c.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    });
+    let asked = std::sync::Arc::new(AtomicU32::new(0));
+    let a2 = asked.clone();
+    let registry = raw_server(move |_, c| {
+        a2.fetch_add(1, Ordering::SeqCst);
+        let reply = format!(
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{token}/token\",service=\"r\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let _ = c.write_all(reply.as_bytes());
+    });
+    let s = settings(2000, 3);
+    let e = RegistryBlob::open(
+        &format!("http://127.0.0.1:{registry}"),
+        "app",
+        &"b".repeat(64),
+        sources::agent(&s),
+        &s,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.errno(), nix::errno::Errno::EACCES, "{e}");
+    assert_eq!(fetched.load(Ordering::SeqCst), 1, "one token fetched");
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "the request and one retry");
 }

@@ -11,7 +11,22 @@ use std::time::Duration;
 pub enum Location {
     Path(PathBuf),
     Url(String),
-    Registry { base: String, repository: String },
+    Registry {
+        base: String,
+        repository: String,
+        verify: Verify,
+    },
+}
+
+/// How a registry blob's bytes are checked against its digest (`verify` in a `[[source]]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verify {
+    /// Served as fetched; reads that cover the blob in order are hashed, and a mismatch fails
+    /// that read and every later one.
+    #[default]
+    InOrder,
+    /// The whole blob is fetched and its sha256 checked before the OPEN succeeds.
+    Digest,
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +44,9 @@ pub struct FetchSettings {
     pub readahead: u64,
     pub timeout: Duration,
     pub retries: u32,
+    /// Where `verify = "digest"` spools whole blobs (unlinked files); the system temp dir
+    /// when unset.
+    pub spool: Option<PathBuf>,
 }
 
 impl Default for FetchSettings {
@@ -41,6 +59,7 @@ impl Default for FetchSettings {
             readahead: 2 << 20,
             timeout: Duration::from_secs(30),
             retries: 3,
+            spool: None,
         }
     }
 }
@@ -70,6 +89,7 @@ struct RawSource {
     url: Option<String>,
     registry: Option<String>,
     repository: Option<String>,
+    verify: Option<String>,
 }
 
 fn star() -> String {
@@ -84,6 +104,7 @@ struct RawFetch {
     /// Seconds.
     timeout: Option<f64>,
     retries: Option<u32>,
+    spool: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +154,11 @@ impl SourceMap {
                 glob::Pattern::new(p)
                     .map_err(|e| err(format!("source {n}: {what} pattern {p:?}: {e}")))
             };
+            if s.verify.is_some() && s.registry.is_none() {
+                return Err(err(format!(
+                    "source {n}: verify applies to registry sources only"
+                )));
+            }
             let location = match (s.path, s.url, s.registry, s.repository) {
                 (Some(p), None, None, None) => {
                     if !p.starts_with('/') {
@@ -161,9 +187,22 @@ impl SourceMap {
                             "source {n}: repository {repo:?} is not a valid repository name"
                         )));
                     }
+                    if let Err(e) = super::sources::head::origin(&r) {
+                        return Err(err(format!("source {n}: registry: {e}")));
+                    }
+                    let verify = match s.verify.as_deref() {
+                        None | Some("in-order") => Verify::InOrder,
+                        Some("digest") => Verify::Digest,
+                        Some(v) => {
+                            return Err(err(format!(
+                                "source {n}: verify {v:?} must be \"digest\" or \"in-order\""
+                            )))
+                        }
+                    };
                     Location::Registry {
                         base: r.trim_end_matches('/').to_string(),
                         repository: repo,
+                        verify,
                     }
                 }
                 (None, None, Some(_), None) => {
@@ -220,6 +259,12 @@ impl SourceMap {
                 }
                 fetch.retries = r;
             }
+            if let Some(d) = f.spool {
+                if !d.starts_with('/') {
+                    return Err(err(format!("fetch.spool {d:?} must be absolute")));
+                }
+                fetch.spool = Some(PathBuf::from(d));
+            }
         }
         Ok(SourceMap { sources, fetch })
     }
@@ -240,9 +285,14 @@ impl SourceMap {
         let location = match &source.location {
             Location::Path(p) => Location::Path(PathBuf::from(fill(&p.to_string_lossy()))),
             Location::Url(u) => Location::Url(fill(u)),
-            Location::Registry { base, repository } => Location::Registry {
+            Location::Registry {
+                base,
+                repository,
+                verify,
+            } => Location::Registry {
                 base: base.clone(),
                 repository: repository.clone(),
+                verify: *verify,
             },
         };
         Some((source, location))
@@ -282,6 +332,7 @@ path = "/srv/erofs/{domain}/{fsid}.img"
 fsid = "sha256:*"
 registry = "https://registry.example.org/"
 repository = "library/app"
+verify = "digest"
 
 [[source]]
 url = "https://blobs.example.org/{domain}/{fsid}"
@@ -291,6 +342,7 @@ workers = 8
 readahead = 131072
 timeout = 2.5
 retries = 1
+spool = "/var/tmp"
 "#;
 
     #[test]
@@ -302,7 +354,8 @@ retries = 1
                 workers: 8,
                 readahead: 131072,
                 timeout: Duration::from_millis(2500),
-                retries: 1
+                retries: 1,
+                spool: Some("/var/tmp".into()),
             }
         );
         let (s, loc) = m.resolve(b"images", b"app-1").unwrap();
@@ -314,7 +367,8 @@ retries = 1
             loc,
             Location::Registry {
                 base: "https://registry.example.org".into(),
-                repository: "library/app".into()
+                repository: "library/app".into(),
+                verify: Verify::Digest,
             }
         );
         let (_, loc) = m.resolve(b"other", b"blob1").unwrap();
@@ -394,6 +448,22 @@ retries = 1
             (
                 "[[source]]\npath = \"/a\"\n[fetch]\nworkers = 0\n",
                 "fetch.workers 0 must be 1..256",
+            ),
+            (
+                "[[source]]\nregistry = \"https:///v2\"\nrepository = \"a\"\n",
+                "source 1: registry: https:///v2 is not a valid URL",
+            ),
+            (
+                "[[source]]\npath = \"/a\"\nverify = \"digest\"\n",
+                "source 1: verify applies to registry sources only",
+            ),
+            (
+                "[[source]]\nregistry = \"http://r\"\nrepository = \"a\"\nverify = \"sometimes\"\n",
+                "source 1: verify \"sometimes\" must be \"digest\" or \"in-order\"",
+            ),
+            (
+                "[[source]]\npath = \"/a\"\n[fetch]\nspool = \"tmp\"\n",
+                "fetch.spool \"tmp\" must be absolute",
             ),
             (
                 "[[source]]\npath = \"/a\"\nbogus = 1\n",

@@ -1,0 +1,112 @@
+//! Blob sources: a local file, an HTTP(S) URL read with Range requests, or an OCI registry
+//! blob (bearer tokens, redirects to blob storage, digest checks). All of them answer "how
+//! big" and "give me exactly these bytes"; anything less, and anything a hostile server
+//! answers, is an error for that OPEN or READ, never a panic or a hang.
+
+pub mod head;
+mod http;
+mod local;
+mod registry;
+
+pub use http::{agent, HttpBlob};
+pub use local::LocalBlob;
+pub use registry::{digest_from_fsid, integrity_failures, RegistryBlob};
+
+use super::sourcemap::{FetchSettings, Location};
+use nix::errno::Errno;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Io(String),
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Protocol(String),
+    /// The bytes are not the blob the digest names.
+    #[error("integrity error: {0}")]
+    Integrity(String),
+}
+
+impl FetchError {
+    /// The errno an OPEN fails with, so the mount reports something meaningful.
+    pub fn errno(&self) -> Errno {
+        match self {
+            FetchError::NotFound => Errno::ENOENT,
+            FetchError::Status(401 | 403) => Errno::EACCES,
+            FetchError::Status(404 | 410) => Errno::ENOENT,
+            _ => Errno::EIO,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        match self {
+            FetchError::Io(_) => true,
+            FetchError::Status(s) => *s >= 500 || *s == 408 || *s == 429,
+            FetchError::NotFound | FetchError::Protocol(_) | FetchError::Integrity(_) => false,
+        }
+    }
+}
+
+pub trait Blob: Send + Sync {
+    fn size(&self) -> u64;
+    /// Fills `buf` with the bytes at `off`; short data is an error.
+    fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> Result<(), FetchError>;
+    /// A short description for logs and status: the file or URL (without user info or query).
+    fn describe(&self) -> String;
+    fn is_remote(&self) -> bool;
+}
+
+/// A read must lie within the blob.
+fn check_read(size: u64, off: u64, len: usize) -> Result<(), FetchError> {
+    match off.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(FetchError::Protocol(format!(
+            "read of {len} bytes at {off} is beyond the blob's {size} bytes"
+        ))),
+    }
+}
+
+fn with_retries<T>(
+    retries: u32,
+    mut f: impl FnMut() -> Result<T, FetchError>,
+) -> Result<T, FetchError> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(e) if e.retryable() && attempt < retries => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Opens the blob a resolved location names.
+pub fn open(
+    location: Location,
+    fsid: &str,
+    agent: &ureq::Agent,
+    settings: &FetchSettings,
+) -> Result<Box<dyn Blob>, FetchError> {
+    Ok(match location {
+        Location::Path(p) => Box::new(LocalBlob::open(p)?),
+        Location::Url(u) => Box::new(HttpBlob::open(u, agent.clone(), settings)?),
+        Location::Registry {
+            base,
+            repository,
+            verify,
+        } => Box::new(RegistryBlob::open_with(
+            &base,
+            &repository,
+            fsid,
+            agent.clone(),
+            settings,
+            verify,
+        )?),
+    })
+}

@@ -1,0 +1,634 @@
+//! OCI registry blobs: `/v2/<repository>/blobs/<digest>` with the bearer-token handshake and
+//! the digest check.
+//!
+//! Tokens live in one process-wide cache keyed by (registry origin, repository, scope), shared
+//! by every blob; a token is used until shortly before its `expires_in` runs out, and a 401
+//! on a request that carried one fetches a fresh token and retries that request once.
+//!
+//! The digest: with `verify = "digest"` the whole blob is fetched into an unlinked spool file
+//! and its sha256 compared before the OPEN succeeds, so no unverified byte is ever served.
+//! Otherwise bytes are hashed in blob order as reads pass (reads ahead of the hashed prefix
+//! wait, bounded), and once the whole blob is hashed a mismatch fails that READ and poisons
+//! the blob: every later read fails too.
+
+use super::head::{self, Origin};
+use super::http::{head_size, read_range, send, Answer, Auth, Method};
+use super::{with_retries, Blob, FetchError};
+use crate::ondemand::sourcemap::{FetchSettings, Verify};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+/// Digest mismatches detected since the process started (OPENs refused under
+/// `verify = "digest"` plus blobs poisoned while streaming).
+static INTEGRITY_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// How many registry blobs failed their digest check so far.
+pub fn integrity_failures() -> u64 {
+    INTEGRITY_FAILURES.load(Ordering::Relaxed)
+}
+
+/// `sha256:<hex>` from an fsid written either way.
+pub fn digest_from_fsid(fsid: &str) -> Option<String> {
+    let hex = fsid.strip_prefix("sha256:").unwrap_or(fsid);
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| format!("sha256:{hex}"))
+}
+
+fn sha256_string(h: Sha256) -> String {
+    let hash = h.finalize();
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in hash.iter() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TokenKey {
+    registry: Origin,
+    repository: String,
+    scope: String,
+}
+
+/// What a registry's 401 told us: where to get a token and for what.
+#[derive(Debug)]
+struct Challenge {
+    realm: String,
+    params: Vec<(String, String)>,
+    key: TokenKey,
+}
+
+struct CachedToken {
+    value: Arc<str>,
+    usable_until: Instant,
+}
+
+static TOKENS: LazyLock<Mutex<HashMap<TokenKey, CachedToken>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The token service's answer when it names no lifetime (the distribution spec's default).
+const DEFAULT_TOKEN_LIFETIME: u64 = 60;
+/// Upper bound on a token lifetime taken from a server.
+const MAX_TOKEN_LIFETIME: u64 = 24 * 3600;
+
+/// A token for `ch`, from the cache unless it is about to expire or is `stale` (the one a
+/// request was just refused with).
+fn token_for(
+    agent: &ureq::Agent,
+    ch: &Challenge,
+    stale: Option<&str>,
+) -> Result<Arc<str>, FetchError> {
+    {
+        let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tokens.get(&ch.key) {
+            if Instant::now() < t.usable_until && stale != Some(&*t.value) {
+                return Ok(t.value.clone());
+            }
+        }
+    }
+    let (value, lifetime) = fetch_token(agent, ch)?;
+    let value: Arc<str> = value.into();
+    // Renewed once 90 % of its life has passed, so a request never carries a token that
+    // expires on its way.
+    let usable_until = Instant::now() + lifetime.mul_f64(0.9);
+    let mut tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    tokens.retain(|_, t| t.usable_until > now);
+    tokens.insert(
+        ch.key.clone(),
+        CachedToken {
+            value: value.clone(),
+            usable_until,
+        },
+    );
+    Ok(value)
+}
+
+/// Asks the token service; the response's `token` (or `access_token`) and its lifetime.
+/// Error messages never quote the response: it may hold a token.
+fn fetch_token(agent: &ureq::Agent, ch: &Challenge) -> Result<(String, Duration), FetchError> {
+    let answer = send(agent, Method::Get, &ch.realm, &ch.params, None, None)?;
+    let realm = head::redact(&answer.url);
+    if answer.status() != 200 {
+        return Err(FetchError::Protocol(format!(
+            "token service refused: HTTP {}",
+            answer.status()
+        )));
+    }
+    let mut body = Vec::new();
+    answer
+        .resp
+        .into_body()
+        .into_reader()
+        .take(1 << 20)
+        .read_to_end(&mut body)
+        .map_err(|e| FetchError::Io(format!("{realm}: token response: {e}")))?;
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| FetchError::Protocol(format!("{realm}: token response is not valid JSON")))?;
+    let token = json
+        .get("token")
+        .or_else(|| json.get("access_token"))
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| FetchError::Protocol(format!("{realm}: token response has no token")))?;
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(FetchError::Protocol(format!(
+            "{realm}: token response holds a token that is not printable ASCII"
+        )));
+    }
+    let lifetime = json
+        .get("expires_in")
+        .and_then(|v| v.as_u64())
+        .filter(|&s| s > 0)
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+        .min(MAX_TOKEN_LIFETIME);
+    log::debug!(
+        "{realm}: new token for {} of {}, valid {lifetime} s",
+        ch.key.scope,
+        ch.key.repository
+    );
+    Ok((token.to_string(), Duration::from_secs(lifetime)))
+}
+
+/// An OCI registry blob.
+pub struct RegistryBlob {
+    agent: ureq::Agent,
+    url: String,
+    origin: Origin,
+    repository: String,
+    digest: String,
+    size: u64,
+    retries: u32,
+    /// Learnt from the registry's first 401; `None` while it asks for no token.
+    challenge: Mutex<Option<Arc<Challenge>>>,
+    data: Data,
+}
+
+enum Data {
+    /// Served from the registry; reads that arrive in order are hashed.
+    Streamed {
+        in_order: Mutex<InOrder>,
+        poisoned: AtomicBool,
+    },
+    /// Served from a spool file whose digest matched before the OPEN succeeded.
+    Spooled(File),
+}
+
+/// The streaming digest check: bytes are hashed in blob order. Reads that arrive ahead of the
+/// hashed prefix (several workers, readahead) wait here, up to `MAX_PENDING` bytes per blob
+/// and `MAX_PENDING_TOTAL` for all blobs together (lazy loading reads sparsely, so a blob's
+/// gap may never close); past that the check is given up for this blob (its bytes are never
+/// asked for again once cached) and the memory freed.
+struct InOrder {
+    /// Bytes `[0, next)` are hashed.
+    next: u64,
+    /// `None` once the digest was computed or the check given up.
+    hasher: Option<Sha256>,
+    pending: std::collections::BTreeMap<u64, Vec<u8>>,
+    pending_bytes: usize,
+}
+
+const MAX_PENDING: usize = 8 << 20;
+const MAX_PENDING_TOTAL: usize = 64 << 20;
+static PENDING_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl InOrder {
+    fn new() -> InOrder {
+        InOrder {
+            next: 0,
+            hasher: Some(Sha256::new()),
+            pending: Default::default(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// Takes the bytes read at `off`; the blob's digest once all `size` bytes were hashed.
+    fn feed(&mut self, off: u64, data: &[u8], size: u64) -> Option<String> {
+        self.hasher.as_ref()?;
+        let end = off + data.len() as u64;
+        if end <= self.next {
+            return None;
+        }
+        if off > self.next {
+            if self.pending_bytes + data.len() > MAX_PENDING
+                || PENDING_TOTAL.load(Ordering::Relaxed) + data.len() > MAX_PENDING_TOTAL
+            {
+                log::debug!("digest check given up: reads too far out of order");
+                self.hasher = None;
+                self.release(usize::MAX);
+                return None;
+            }
+            if self.pending.get(&off).is_none_or(|p| p.len() < data.len()) {
+                if let Some(old) = self.pending.insert(off, data.to_vec()) {
+                    self.release(old.len());
+                }
+                self.pending_bytes += data.len();
+                PENDING_TOTAL.fetch_add(data.len(), Ordering::Relaxed);
+            }
+            return None;
+        }
+        self.hash_from(off, data);
+        while let Some((&o, _)) = self.pending.first_key_value() {
+            if o > self.next {
+                break;
+            }
+            let d = self.pending.remove(&o).expect("present");
+            self.release(d.len());
+            if o + d.len() as u64 > self.next {
+                self.hash_from(o, &d);
+            }
+        }
+        if self.next >= size {
+            self.release(usize::MAX);
+            return self.hasher.take().map(sha256_string);
+        }
+        None
+    }
+
+    /// Accounts for `n` pending bytes dropped; `usize::MAX` drops them all.
+    fn release(&mut self, n: usize) {
+        let n = if n == usize::MAX {
+            self.pending.clear();
+            self.pending_bytes
+        } else {
+            n
+        };
+        self.pending_bytes -= n;
+        PENDING_TOTAL.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Hashes the part of `data` (read at `off <= next`) beyond `next`.
+    fn hash_from(&mut self, off: u64, data: &[u8]) {
+        let skip = (self.next - off) as usize;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&data[skip..]);
+        }
+        self.next = off + data.len() as u64;
+    }
+}
+
+impl Drop for InOrder {
+    fn drop(&mut self) {
+        self.release(usize::MAX);
+    }
+}
+
+impl RegistryBlob {
+    /// Opens a blob served straight from the registry (in-order reads are verified).
+    pub fn open(
+        base: &str,
+        repository: &str,
+        fsid: &str,
+        agent: ureq::Agent,
+        settings: &FetchSettings,
+    ) -> Result<RegistryBlob, FetchError> {
+        Self::open_with(base, repository, fsid, agent, settings, Verify::InOrder)
+    }
+
+    /// Opens a blob; with `Verify::Digest` the whole blob is fetched and checked first.
+    pub fn open_with(
+        base: &str,
+        repository: &str,
+        fsid: &str,
+        agent: ureq::Agent,
+        settings: &FetchSettings,
+        verify: Verify,
+    ) -> Result<RegistryBlob, FetchError> {
+        let digest = digest_from_fsid(fsid).ok_or(FetchError::NotFound)?;
+        let url = format!("{base}/v2/{repository}/blobs/{digest}");
+        let origin = head::origin(&url).map_err(FetchError::Protocol)?;
+        let mut blob = RegistryBlob {
+            agent,
+            url,
+            origin,
+            repository: repository.to_string(),
+            digest,
+            size: 0,
+            retries: settings.retries,
+            challenge: Mutex::new(None),
+            data: Data::Streamed {
+                in_order: Mutex::new(InOrder::new()),
+                poisoned: AtomicBool::new(false),
+            },
+        };
+        blob.size = with_retries(settings.retries, || {
+            head_size(&blob.request(Method::Head, None)?)
+        })?;
+        if verify == Verify::Digest {
+            let dir = settings.spool.clone().unwrap_or_else(std::env::temp_dir);
+            let file = blob.spool(&dir)?;
+            blob.data = Data::Spooled(file);
+        }
+        Ok(blob)
+    }
+
+    /// The challenge of a 401, checked: a Bearer realm on http(s), never plain http for an
+    /// https registry (the token would travel in clear).
+    fn challenge_of(&self, answer: &Answer) -> Result<Challenge, FetchError> {
+        let header = answer.header("www-authenticate").unwrap_or("");
+        let (realm, mut params) = head::parse_bearer_challenge(header).ok_or_else(|| {
+            FetchError::Protocol(format!(
+                "{}: 401 without a supported Bearer challenge",
+                head::redact(&self.url)
+            ))
+        })?;
+        let realm_origin = head::origin(&realm)
+            .map_err(|e| FetchError::Protocol(format!("token realm refused: {e}")))?;
+        if self.origin.https && !realm_origin.https {
+            return Err(FetchError::Protocol(format!(
+                "token realm refused: {} is plain http for an https registry",
+                head::redact(&realm)
+            )));
+        }
+        let scope = match params.iter().find(|(k, _)| k == "scope") {
+            Some((_, s)) => s.clone(),
+            None => {
+                let s = format!("repository:{}:pull", self.repository);
+                params.push(("scope".into(), s.clone()));
+                s
+            }
+        };
+        Ok(Challenge {
+            realm,
+            params,
+            key: TokenKey {
+                registry: self.origin.clone(),
+                repository: self.repository.clone(),
+                scope,
+            },
+        })
+    }
+
+    /// One request to the registry, with a token when it wants one: a 401 fetches a fresh
+    /// token and the request is retried once with it.
+    fn request(&self, method: Method, range: Option<(u64, u64)>) -> Result<Answer, FetchError> {
+        let known = self
+            .challenge
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let used = match &known {
+            Some(ch) => Some(token_for(&self.agent, ch, None)?),
+            None => None,
+        };
+        let answer = self.send_with(method, range, used.as_deref())?;
+        if answer.status() != 401 {
+            return Ok(answer);
+        }
+        let ch = Arc::new(self.challenge_of(&answer)?);
+        *self.challenge.lock().unwrap_or_else(|e| e.into_inner()) = Some(ch.clone());
+        let fresh = token_for(&self.agent, &ch, used.as_deref())?;
+        let answer = self.send_with(method, range, Some(&fresh))?;
+        match answer.status() {
+            401 => Err(FetchError::Status(401)),
+            _ => Ok(answer),
+        }
+    }
+
+    fn send_with(
+        &self,
+        method: Method,
+        range: Option<(u64, u64)>,
+        token: Option<&str>,
+    ) -> Result<Answer, FetchError> {
+        let header = token.map(|t| format!("Bearer {t}"));
+        let auth = header.as_deref().map(|h| Auth {
+            origin: &self.origin,
+            header: h,
+        });
+        send(&self.agent, method, &self.url, &[], range, auth.as_ref())
+    }
+
+    fn fetch(&self, off: u64, buf: &mut [u8]) -> Result<(), FetchError> {
+        let end = off + buf.len() as u64 - 1;
+        with_retries(self.retries, || {
+            let answer = self.request(Method::Get, Some((off, end)))?;
+            read_range(answer, off, buf)
+        })
+    }
+
+    fn mismatch(&self, got: &str) -> FetchError {
+        INTEGRITY_FAILURES.fetch_add(1, Ordering::Relaxed);
+        FetchError::Integrity(format!(
+            "{} has digest {got}, expected {}",
+            head::redact(&self.url),
+            self.digest
+        ))
+    }
+
+    /// Fetches the whole blob into an unlinked file in `dir`, hashing it on the way.
+    fn spool(&self, dir: &Path) -> Result<File, FetchError> {
+        const PIECE: u64 = 4 << 20;
+        let file = spool_file(dir)?;
+        let free = nix::sys::statvfs::fstatvfs(&file)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+            .unwrap_or(u64::MAX);
+        if free < self.size {
+            return Err(FetchError::Io(format!(
+                "spooling {} needs {} bytes, {} has {free} free",
+                head::redact(&self.url),
+                self.size,
+                dir.display()
+            )));
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; PIECE.min(self.size) as usize];
+        let mut off = 0;
+        while off < self.size {
+            let n = PIECE.min(self.size - off) as usize;
+            self.fetch(off, &mut buf[..n])?;
+            hasher.update(&buf[..n]);
+            file.write_all_at(&buf[..n], off)
+                .map_err(|e| FetchError::Io(format!("spool in {}: {e}", dir.display())))?;
+            off += n as u64;
+        }
+        let got = sha256_string(hasher);
+        if got != self.digest {
+            let e = self.mismatch(&got);
+            log::error!("integrity error: {e}; the OPEN is refused");
+            return Err(e);
+        }
+        log::debug!("{}: digest verified", head::redact(&self.url));
+        Ok(file)
+    }
+}
+
+/// An anonymous file in `dir`: `O_TMPFILE` where the filesystem has it, else a fresh name
+/// unlinked at once. Either way nothing is left behind when the daemon dies.
+fn spool_file(dir: &Path) -> Result<File, FetchError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e: std::io::Error| FetchError::Io(format!("spool in {}: {e}", dir.display()));
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(f) => return Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+        Err(e) => return Err(err(e)),
+    }
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = dir.join(format!(
+        ".cachefilesd-spool-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&name)
+        .map_err(err)?;
+    std::fs::remove_file(&name).map_err(err)?;
+    Ok(f)
+}
+
+impl Blob for RegistryBlob {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> Result<(), FetchError> {
+        super::check_read(self.size, off, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (in_order, poisoned) = match &self.data {
+            Data::Spooled(file) => {
+                return file.read_exact_at(buf, off).map_err(|e| {
+                    FetchError::Io(format!("spooled {}: {e}", head::redact(&self.url)))
+                })
+            }
+            Data::Streamed { in_order, poisoned } => (in_order, poisoned),
+        };
+        let refuse = || {
+            FetchError::Integrity(format!(
+                "{} failed its digest check; no read of it is served",
+                head::redact(&self.url)
+            ))
+        };
+        if poisoned.load(Ordering::Acquire) {
+            return Err(refuse());
+        }
+        self.fetch(off, buf)?;
+        let mut v = in_order.lock().unwrap_or_else(|e| e.into_inner());
+        if poisoned.load(Ordering::Acquire) {
+            return Err(refuse());
+        }
+        match v.feed(off, buf, self.size) {
+            Some(got) if got != self.digest => {
+                poisoned.store(true, Ordering::Release);
+                let e = self.mismatch(&got);
+                log::error!("integrity error: {e}; every further read of it fails");
+                Err(e)
+            }
+            Some(_) => {
+                log::debug!("{}: digest verified", head::redact(&self.url));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        head::redact(&self.url)
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests() {
+        let hex = "a".repeat(64);
+        assert_eq!(digest_from_fsid(&hex), Some(format!("sha256:{hex}")));
+        assert_eq!(
+            digest_from_fsid(&format!("sha256:{hex}")),
+            Some(format!("sha256:{hex}"))
+        );
+        assert_eq!(digest_from_fsid("sha256:abc"), None);
+        assert_eq!(digest_from_fsid(&"A".repeat(64)), None);
+        assert_eq!(
+            sha256_string(Sha256::new()),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn reads_out_of_order_and_overlapping_are_hashed_in_blob_order() {
+        let blob: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
+        let want = sha256_string(Sha256::new_with_prefix(&blob));
+        let size = blob.len() as u64;
+        let piece = |a: usize, b: usize| (a as u64, &blob[a..b]);
+        let mut v = InOrder::new();
+        // Ahead of the prefix, overlapping each other and the prefix, one repeated.
+        for (off, data) in [
+            piece(6000, 10_000),
+            piece(3000, 7000),
+            piece(3000, 5000),
+            piece(9000, 10_000),
+        ] {
+            assert_eq!(v.feed(off, data, size), None);
+        }
+        assert_eq!(v.feed(0, &blob[..3500], size), Some(want.clone()));
+        assert_eq!(v.pending_bytes, 0);
+        // Done: nothing more is reported.
+        assert_eq!(v.feed(0, &blob[..100], size), None);
+
+        // In order, and a wrong byte gives another digest.
+        let mut v = InOrder::new();
+        assert_eq!(v.feed(0, &blob[..5000], size), None);
+        let mut bad = blob[5000..].to_vec();
+        bad[17] ^= 1;
+        let got = v.feed(5000, &bad, size).unwrap();
+        assert_ne!(got, want);
+
+        // Too much waiting ahead: the check is given up and the memory freed.
+        let big = vec![0u8; MAX_PENDING / 2 + 1];
+        let mut v = InOrder::new();
+        let size = 3 * big.len() as u64;
+        assert_eq!(v.feed(big.len() as u64, &big, size), None);
+        assert_eq!(v.feed(2 * big.len() as u64, &big, size), None);
+        assert!(v.hasher.is_none() && v.pending.is_empty() && v.pending_bytes == 0);
+        assert_eq!(v.feed(0, &big, size), None);
+        // Waiting bytes of a blob that is dropped are returned to the shared budget (no other
+        // test in this binary feeds an InOrder).
+        let mut v = InOrder::new();
+        assert_eq!(v.feed(10, &blob[10..20], 100), None);
+        assert_eq!(PENDING_TOTAL.load(Ordering::Relaxed), 10);
+        drop(v);
+        assert_eq!(PENDING_TOTAL.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn spool_files_leave_no_name_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = spool_file(dir.path()).unwrap();
+        f.write_all_at(b"abc", 0).unwrap();
+        let mut back = [0u8; 3];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(&back, b"abc");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
