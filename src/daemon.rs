@@ -146,17 +146,16 @@ pub struct Daemon<'d> {
     limits: [u8; 6],
 }
 
-fn open_cache_dir(config: &Config, name: &str) -> Result<Dir, DaemonError> {
-    let path = config.dir.value.join(name);
-    Dir::open(
-        &path,
-        crate::cull::tree::dir_flags(),
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|errno| DaemonError::CacheTree {
+fn open_cache_dir(config: &Config, name: &crate::cachedir::Name) -> Result<Dir, DaemonError> {
+    let root = crate::cachedir::CacheDir::open(&config.dir.value);
+    root.and_then(|root| {
+        root.open_dir(std::slice::from_ref(name))
+            .map_err(|errno| root.error("cannot open", &[name.as_bytes()], errno))
+    })
+    .map_err(|e| DaemonError::CacheTree {
         what: "cache directory",
-        path: path.display().to_string(),
-        errno,
+        path: e.path,
+        errno: e.errno,
     })
 }
 
@@ -172,7 +171,7 @@ impl<'d> Daemon<'d> {
     ) -> Result<Daemon<'d>, DaemonError> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let cache_root = open_cache_dir(config, "cache")?;
+        let cache_root = open_cache_dir(config, &crate::cachedir::CACHE)?;
         let cache_fs = std::fs::File::open(config.dir.value.join("cache"))?;
         let control = config.control.as_ref().and_then(|path| {
             match crate::control::ControlServer::bind(path) {
@@ -189,11 +188,11 @@ impl<'d> Daemon<'d> {
                 }
             }
         });
-        let grave = open_cache_dir(config, "graveyard")?;
+        let grave = open_cache_dir(config, &crate::cachedir::GRAVEYARD)?;
         let culler = (!nocull && !config.nocull)
             .then(|| Culler::new(config.culltable, config.resume_files, config.resume_blocks));
-        let worker_cache = open_cache_dir(config, "cache")?;
-        let worker_grave = open_cache_dir(config, "graveyard")?;
+        let worker_cache = open_cache_dir(config, &crate::cachedir::CACHE)?;
+        let worker_grave = open_cache_dir(config, &crate::cachedir::GRAVEYARD)?;
         let worker = Worker::start(worker_cache, worker_grave, waker.clone());
         drop(grave);
         let mut signals = signals;
