@@ -2,7 +2,7 @@
 //! broken entries are renamed into the graveyard (as cachefiles_bury_object does) and the
 //! graveyard is reaped. The caller holds the cache lock for a repair.
 
-use super::inventory::{survey, Finding, Repair, Survey};
+use super::inventory::{walk, Finding, Keep, Repair, Survey};
 use super::{reap, ToolError};
 use crate::cachedir::graveyard::bury;
 use crate::cachedir::tree::stat;
@@ -72,7 +72,7 @@ impl CheckResult {
 
 /// Runs the check; with `fix`, repairs what it can and checks again.
 pub fn check(root: &CacheDir, fix: bool) -> Result<CheckResult, ToolError> {
-    let found = survey(root, None)?;
+    let found = walk(root, None, Keep::CHECK)?;
     if !fix || !found.findings.iter().any(|f| f.repair != Repair::None) {
         return Ok(CheckResult {
             found,
@@ -80,7 +80,7 @@ pub fn check(root: &CacheDir, fix: bool) -> Result<CheckResult, ToolError> {
         });
     }
     let report = repair(root, &found)?;
-    let again = survey(root, None)?;
+    let again = walk(root, None, Keep::CHECK)?;
     Ok(CheckResult {
         found,
         repaired: Some((report, again)),

@@ -2,7 +2,7 @@
 //! 0 done / clean, 1 problems found or a failure, 2 usage.
 
 use super::check::check;
-use super::inventory::{survey, usage, Finding};
+use super::inventory::{usage, walk, Finding, Keep};
 use super::prefill::{prefill, Prefill};
 use super::remove::{invalidate, purge};
 use super::{show_bytes, ToolError};
@@ -313,7 +313,7 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
             unreachable!("handled above")
         }
         Command::Ls { volume, json } => {
-            let s = survey(&root, volume.as_ref())?;
+            let s = walk(&root, volume.as_ref(), Keep::LS)?;
             if *json {
                 serde_json::to_writer_pretty(&mut *out, &s.volumes)
                     .map_err(std::io::Error::from)?;
@@ -398,7 +398,7 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
                     )?;
                 }
             }
-            let objects: usize = r.found.volumes.iter().map(|v| v.objects.len()).sum();
+            let objects: u64 = r.found.volumes.iter().map(|v| v.usage.objects).sum();
             let problems = r.found.findings.iter().filter(|f| f.is_problem()).count();
             writeln!(
                 out,

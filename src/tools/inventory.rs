@@ -1,7 +1,8 @@
 //! One walk over a cache tree that both lists what is there (`ls`, `du`) and records
 //! everything the kernel would not have made or would refuse (`check`). Read-only.
 //!
-//! `du` aggregates while walking ([`Keep::Totals`]): its memory is per volume, not per object.
+//! A walk keeps only what its command prints ([`Keep`]): `du` aggregates while walking, so its
+//! memory is per volume, not per object; `ls` keeps no findings and `check` no objects.
 //! Strings in these records are for JSON (exact, lossy only for invalid UTF-8); text output
 //! escapes them ([`crate::cachedir::Escaped`]).
 
@@ -118,13 +119,28 @@ pub struct Survey {
     pub findings: Vec<Finding>,
 }
 
-/// What a walk keeps.
+/// What a walk keeps besides the per-volume totals, which it always counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    /// Every object and every finding (`ls`, `check`).
-    Everything,
-    /// Per-volume totals only (`du`).
-    Totals,
+pub struct Keep {
+    /// A record per object (`ls`).
+    pub objects: bool,
+    /// What the kernel would not have made (`check`).
+    pub findings: bool,
+}
+
+impl Keep {
+    pub const LS: Keep = Keep {
+        objects: true,
+        findings: false,
+    };
+    pub const CHECK: Keep = Keep {
+        objects: false,
+        findings: true,
+    };
+    pub const TOTALS: Keep = Keep {
+        objects: false,
+        findings: false,
+    };
 }
 
 struct Walker<'a> {
@@ -161,7 +177,7 @@ impl Walker<'_> {
         repair: Repair,
         ino: Option<u64>,
     ) {
-        if self.keep == Keep::Totals {
+        if !self.keep.findings {
             return;
         }
         self.survey.findings.push(Finding {
@@ -399,7 +415,7 @@ impl Walker<'_> {
             u.objects += 1;
             u.object_bytes = u.object_bytes.saturating_add(obj.object_size.unwrap_or(0));
             u.allocated_bytes = u.allocated_bytes.saturating_add(obj.allocated);
-            if self.keep == Keep::Everything {
+            if self.keep.objects {
                 info.objects.push(obj);
             }
         }
@@ -496,10 +512,6 @@ fn read_object_xattr(fan: &Dir, name: &Name, st: &FileStat) -> Result<Option<Vec
 }
 
 /// Walks the cache (only volume `volume` if given; the graveyard is then skipped).
-pub fn survey(root: &CacheDir, volume: Option<&VolumeName>) -> Result<Survey, ToolError> {
-    walk(root, volume, Keep::Everything)
-}
-
 pub fn walk(root: &CacheDir, volume: Option<&VolumeName>, keep: Keep) -> Result<Survey, ToolError> {
     let mut w = Walker {
         root,
@@ -523,7 +535,7 @@ pub struct Usage {
 
 /// `du`: totals per volume and over all, from a walk that keeps no per-object records.
 pub fn usage(root: &CacheDir) -> Result<(Vec<Usage>, Usage), ToolError> {
-    let survey = walk(root, None, Keep::Totals)?;
+    let survey = walk(root, None, Keep::TOTALS)?;
     let mut total = Usage {
         volume: "total".into(),
         ..Usage::default()
