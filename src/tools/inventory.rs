@@ -548,3 +548,40 @@ pub fn usage(root: &CacheDir) -> Result<(Vec<Usage>, Usage), ToolError> {
     }
     Ok((per, total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// `du` used ~1 KB per object: the totals walk must keep no per-object record.
+    #[test]
+    fn the_totals_walk_keeps_nothing_per_object() {
+        let t = tempfile::tempdir().unwrap();
+        let vol = t.path().join("cache/Ierofs,v");
+        let mut fanouts = std::collections::BTreeSet::new();
+        for i in 0..50 {
+            let key = format!("obj{i}");
+            let fan = layout::fanout_name(layout::fanout(b"erofs,v", key.as_bytes()));
+            fs::create_dir_all(vol.join(&fan)).unwrap();
+            fs::write(vol.join(&fan).join(format!("D{key}")), b"x").unwrap();
+            fanouts.insert(fan);
+        }
+        let root = CacheDir::open(t.path()).unwrap();
+        let s = walk(&root, None, Keep::TOTALS).unwrap();
+        assert_eq!(s.volumes.len(), 1);
+        assert!(s.volumes[0].objects.is_empty());
+        assert!(s.findings.is_empty());
+        assert_eq!(s.volumes[0].usage.objects, 50);
+        let (per, total) = usage(&root).unwrap();
+        assert_eq!((per.len(), total.objects), (1, 50));
+        let ls = walk(&root, None, Keep::LS).unwrap();
+        assert_eq!(ls.volumes[0].objects.len(), 50);
+        assert!(ls.findings.is_empty());
+        // Each object lacks its xattr, the volume its xattr and some fanouts, no graveyard/.
+        let check = walk(&root, None, Keep::CHECK).unwrap();
+        assert!(check.volumes[0].objects.is_empty());
+        assert!(fanouts.len() < 256);
+        assert_eq!(check.findings.len(), 53);
+    }
+}
