@@ -3,7 +3,8 @@
 //! culltable size whatever the size of the cache. No `inuse` writes: the kernel refuses to
 //! cull an object in use (EBUSY) and that answer is taken at cull time.
 
-use crate::cachedir::names::{show_path, ObjectName};
+use crate::cachedir::layout::decode_name;
+use crate::cachedir::names::show_path;
 use crate::cachedir::tree::{file_type, open_dir_at, open_path, reopen, stat_at, RawDir};
 use nix::dir::{Dir, Type};
 use nix::sys::stat::SFlag;
@@ -92,10 +93,11 @@ pub struct ScanReport {
 
 const ODDITIES_KEPT: usize = 16;
 
-/// Object file names: exactly those the kernel makes (fs/cachefiles/key.c), by the same
-/// decoder `cachefilesctl` uses ([`ObjectName`]).
+/// Object file names: exactly those the kernel makes (fs/cachefiles/key.c), by the decoder
+/// behind [`crate::cachedir::ObjectName`] that `cachefilesctl` uses too (a name from readdir is already one
+/// component, so the decoder alone decides).
 pub fn is_object_name(name: &[u8]) -> bool {
-    ObjectName::parse(name).is_ok()
+    decode_name(name).is_ok()
 }
 
 /// Depth (components below the cache root) whose directories are shared out among the scan
