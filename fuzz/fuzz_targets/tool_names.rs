@@ -88,15 +88,16 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// The key the command line gave (after `--key`, or decoded from `--key-hex`).
+/// The key the command line gave (after `--key`, or decoded from `--key-hex`): the fourth
+/// and fifth words of the commands that take one.
 fn key_of(words: &[&[u8]]) -> Vec<u8> {
-    let i = words.iter().position(|w| w.starts_with(b"--key")).unwrap();
-    if words[i] == b"--key-hex" {
-        words[i + 1]
+    if words[3] == b"--key-hex" {
+        words[4]
             .chunks(2)
             .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
             .collect()
     } else {
-        words[i + 1].to_vec()
+        assert_eq!(words[3], b"--key");
+        words[4].to_vec()
     }
 }
