@@ -83,7 +83,8 @@ fn validate(req: &Prefill) -> Result<ObjectName, ToolError> {
 }
 
 /// Opens the source without blocking (a FIFO with no writer would block `open` for ever, with
-/// the cache lock held) and refuses anything but a regular file.
+/// the cache lock held) and refuses anything but a regular file. O_NONBLOCK stays set: it
+/// changes nothing for regular files.
 fn open_source(from: &Path) -> Result<File, ToolError> {
     let source_err = |source| ToolError::Source {
         path: from.to_path_buf(),
