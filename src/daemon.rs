@@ -172,7 +172,13 @@ impl<'d> Daemon<'d> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let cache_root = open_cache_dir(config, &crate::cachedir::CACHE)?;
-        let cache_fs = std::fs::File::open(config.dir.value.join("cache"))?;
+        let cache_fs = crate::cachedir::CacheDir::open(&config.dir.value)
+            .and_then(|root| root.dir_file(&crate::cachedir::CACHE))
+            .map_err(|e| DaemonError::CacheTree {
+                what: "cache directory",
+                path: e.path,
+                errno: e.errno,
+            })?;
         let control = config.control.as_ref().and_then(|path| {
             match crate::control::ControlServer::bind(path) {
                 Ok(mut server) => match server.register(poll.registry()) {

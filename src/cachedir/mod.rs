@@ -90,6 +90,12 @@ impl CacheDir {
         tree::open_names(&self.dir, rel)
     }
 
+    /// The directory `name` of the root as a `File`, for calls that want an fd only (fstatfs).
+    pub fn dir_file(&self, name: &Name) -> Result<std::fs::File, CacheDirError> {
+        tree::open_file(&self.dir, name, rustix::fs::OFlags::DIRECTORY)
+            .map_err(|e| self.error("cannot open", &[name.as_bytes()], e))
+    }
+
     /// `cache/`.
     pub fn cache(&self) -> Result<Dir, CacheDirError> {
         self.open_dir(std::slice::from_ref(&CACHE))
@@ -149,5 +155,12 @@ mod tests {
         root.ensure_graveyard().unwrap();
         root.cache().unwrap();
         root.graveyard().unwrap();
+        assert!(root.dir_file(&CACHE).unwrap().metadata().unwrap().is_dir());
+        std::os::unix::fs::symlink(t.path(), t.path().join("real/linked")).unwrap();
+        let linked = Name::new(b"linked").unwrap();
+        assert!(matches!(
+            root.dir_file(&linked).unwrap_err().errno,
+            Errno::ELOOP | Errno::ENOTDIR
+        ));
     }
 }
