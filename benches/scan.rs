@@ -1,4 +1,6 @@
-//! The cull scanner against `find` on the same tree, and its peak RSS at several tree sizes.
+//! The cull scanner against `find` on the same tree, and its peak RSS at several tree sizes;
+//! then the peak RSS of `cachefilesctl du` (which aggregates while walking) and `ls --json`
+//! (which keeps every object) on the same trees.
 //!
 //! Trees are made in the kernel's layout (cache/I<volume>/@00..@ff/D<key>, empty files, every
 //! atime distinct) under `$BENCH_DIR` (default `target/bench-tree`) and reused between runs.
@@ -9,13 +11,13 @@
 //! Hidden modes (the bench re-executes itself to measure a scan's peak RSS in a fresh process):
 //! `scan --scan-child <cache dir> <capacity>` and `scan --noop-child`.
 
+use cachefilesd_rs::cachedir::tree::dir_flags;
 use cachefilesd_rs::cull::scan::scan;
-use cachefilesd_rs::cull::tree::dir_flags;
 use nix::dir::Dir;
 use nix::sys::stat::Mode;
-use std::ffi::CString;
+use rustix::fs::{OFlags, Timespec, Timestamps};
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,7 +66,7 @@ fn main() {
     println!();
     println!("| objects | make tree | ours (median) | find (median) | ours/find | ours objects/s | scan child max RSS | find max RSS |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for n in sizes {
+    for &n in &sizes {
         let tree = base.join(format!("tree-{n}"));
         let made = ensure_tree(&tree, n);
         let cache = tree.join("cache");
@@ -117,6 +119,26 @@ fn main() {
             "  n={n}: ours {:?} find {:?}",
             a.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             b.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+        );
+    }
+    println!();
+    println!("| objects | cachefilesctl du max RSS | cachefilesctl ls --json max RSS |");
+    println!("|---:|---:|---:|");
+    for n in sizes {
+        let tree = base.join(format!("tree-{n}"));
+        let ctl = |args: &[&str]| {
+            let mut argv = vec![
+                env!("CARGO_BIN_EXE_cachefilesctl").to_string(),
+                "--dir".into(),
+                tree.display().to_string(),
+            ];
+            argv.extend(args.iter().map(|a| a.to_string()));
+            child_rss(&argv, None).max_rss_kib
+        };
+        println!(
+            "| {n} | {} KiB | {} KiB |",
+            ctl(&["du"]),
+            ctl(&["ls", "--json"])
         );
     }
 }
@@ -261,8 +283,16 @@ fn ensure_tree(tree: &Path, n: u64) -> Option<Duration> {
         for (vi, v) in VOLUMES.iter().enumerate() {
             let vdir = cache.join(v);
             s.spawn(move || {
-                let fanouts: Vec<Dir> = (0..256)
-                    .map(|x| open_dir(&vdir.join(format!("@{x:02x}"))))
+                let fanouts: Vec<OwnedFd> = (0..256)
+                    .map(|x| {
+                        let p = vdir.join(format!("@{x:02x}"));
+                        rustix::fs::open(
+                            &p,
+                            OFlags::DIRECTORY | OFlags::CLOEXEC,
+                            rustix::fs::Mode::empty(),
+                        )
+                        .expect("opening a fanout")
+                    })
                     .collect();
                 let mut i = vi as u64;
                 while i < n {
@@ -279,35 +309,19 @@ fn ensure_tree(tree: &Path, n: u64) -> Option<Duration> {
 }
 
 /// An empty `D<key>` file with the given atime (and an mtime a little later).
-fn make_object(dir: &Dir, i: u64, atime: i64) {
-    let name = CString::new(format!("D{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))).unwrap();
-    // SAFETY: a valid dirfd and NUL-terminated name; the returned fd is closed below.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o600,
-        )
+fn make_object(dir: &OwnedFd, i: u64, atime: i64) {
+    let name = format!("D{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC;
+    let mode = rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR;
+    let file = rustix::fs::openat(dir, name.as_str(), flags, mode)
+        .unwrap_or_else(|e| panic!("creating an object: {e}"));
+    let at = |secs| Timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
     };
-    assert!(
-        fd >= 0,
-        "creating an object: {}",
-        std::io::Error::last_os_error()
-    );
-    let times = [
-        libc::timespec {
-            tv_sec: atime,
-            tv_nsec: 0,
-        },
-        libc::timespec {
-            tv_sec: atime + 60,
-            tv_nsec: 0,
-        },
-    ];
-    // SAFETY: the name is NUL-terminated and `times` holds the two timespecs utimensat reads.
-    let rc = unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), 0) };
-    assert_eq!(rc, 0, "utimensat: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is ours and closed exactly once.
-    unsafe { libc::close(fd) };
+    let times = Timestamps {
+        last_access: at(atime),
+        last_modification: at(atime + 60),
+    };
+    rustix::fs::futimens(&file, &times).unwrap_or_else(|e| panic!("futimens: {e}"));
 }

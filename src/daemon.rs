@@ -85,17 +85,16 @@ pub struct Daemon<'d> {
     ticker: Ticker,
 }
 
-fn open_cache_dir(config: &Config, name: &str) -> Result<Dir, DaemonError> {
-    let path = config.dir.value.join(name);
-    Dir::open(
-        &path,
-        crate::cull::tree::dir_flags(),
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|errno| DaemonError::CacheTree {
+fn open_cache_dir(config: &Config, name: &crate::cachedir::Name) -> Result<Dir, DaemonError> {
+    let root = crate::cachedir::CacheDir::open(&config.dir.value);
+    root.and_then(|root| {
+        root.open_dir(std::slice::from_ref(name))
+            .map_err(|errno| root.error("cannot open", &[name.as_bytes()], errno))
+    })
+    .map_err(|e| DaemonError::CacheTree {
         what: "cache directory",
-        path: path.display().to_string(),
-        errno,
+        path: e.path,
+        errno: e.errno,
     })
 }
 
@@ -114,10 +113,16 @@ impl<'d> Daemon<'d> {
         let completions = Completions::register(&mut reg)?;
         let control = (config.control.as_deref()).and_then(|p| ControlServer::start(p, &mut reg));
         let dirs = CacheDirs {
-            worker_cache: open_cache_dir(config, "cache")?,
-            worker_graveyard: open_cache_dir(config, "graveyard")?,
-            cache: open_cache_dir(config, "cache")?,
-            statfs: std::fs::File::open(config.dir.value.join("cache"))?,
+            worker_cache: open_cache_dir(config, &crate::cachedir::CACHE)?,
+            worker_graveyard: open_cache_dir(config, &crate::cachedir::GRAVEYARD)?,
+            cache: open_cache_dir(config, &crate::cachedir::CACHE)?,
+            statfs: crate::cachedir::CacheDir::open(&config.dir.value)
+                .and_then(|root| root.dir_file(&crate::cachedir::CACHE))
+                .map_err(|e| DaemonError::CacheTree {
+                    what: "cache directory",
+                    path: e.path,
+                    errno: e.errno,
+                })?,
             graveyard: config.dir.value.join("graveyard"),
         };
         let graveyard_path = dirs.graveyard.clone();

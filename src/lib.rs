@@ -1,5 +1,6 @@
 //! cachefilesd-rs: a drop-in replacement for the Linux cachefilesd daemon.
 
+pub mod cachedir;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -10,7 +11,8 @@ mod engine;
 pub mod events;
 pub mod exit;
 pub mod fake;
-pub mod layout;
+/// The kernel's naming and xattr formats, kept at their old path for existing users.
+pub use cachedir::layout;
 pub mod lock;
 pub mod logging;
 pub mod ondemand;

@@ -7,7 +7,7 @@
 //! dies, so a crashed daemon never leaves a stale lock behind (unlike a pid file).
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -51,7 +51,7 @@ impl AsFd for CacheLock {
 pub fn lock_cache_dir(dir: &Path) -> Result<CacheLock, LockError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
         .open(dir)
         .map_err(|source| LockError::Open {
             path: dir.to_path_buf(),

@@ -2,8 +2,8 @@
 //! damage for `check --repair`. Trees live under CARGO_TARGET_TMPDIR (the worktree's
 //! filesystem) because they need user xattrs.
 
+use cachefilesd_rs::cachedir::xattr;
 use cachefilesd_rs::layout::{self, Content, ObjectXattr};
-use cachefilesd_rs::tools::sys::{get_xattr, set_xattr};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -37,12 +37,12 @@ fn stdout(o: &Output) -> String {
 
 fn xattr_of(p: &Path) -> Option<Vec<u8>> {
     let f = fs::File::open(p).unwrap();
-    get_xattr(&f, layout::XATTR_NAME).unwrap()
+    xattr::get(&f).unwrap()
 }
 
 fn set_xattr_on(p: &Path, value: &[u8]) {
     let f = fs::File::open(p).unwrap();
-    set_xattr(&f, layout::XATTR_NAME, value).unwrap();
+    xattr::set(&f, value).unwrap();
 }
 
 /// A volume as cachefiles_acquire_volume makes it: 0700, volume xattr, 256 fanouts.
@@ -294,7 +294,7 @@ fn check_finds_planted_damage_and_repair_never_leaves_the_tree() {
         "@00/Dx: symbolic link where the kernel keeps data files".into(),
         "Dfifo: fifo where the kernel keeps data files".into(),
         "Dadir: directory where the kernel keeps data files".into(),
-        "@01/Dline\nbreak: object name the kernel does not make".into(),
+        "@01/Dline\\x0abreak: object name the kernel does not make".into(),
         format!("@02/{long}: object name the kernel does not make: cookie key of 254 bytes"),
         "@03/junk: object name the kernel does not make".into(),
         "@04/S0001: object name the kernel does not make: the kernel would name this key differently".into(),
@@ -415,4 +415,211 @@ fn usage_and_config() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
+}
+
+/// A directory outside the cache root, with a file in it, for tests that must not touch it.
+fn canary(t: &Path) -> PathBuf {
+    let c = t.join("canary");
+    fs::create_dir_all(&c).unwrap();
+    fs::write(c.join("keep"), b"precious").unwrap();
+    c
+}
+
+/// Issue 12.1: `purge --volume 'erofs,good/../../../canary'` deleted a directory outside the
+/// cache. Every option that names a volume or key now goes through the validated names.
+#[test]
+fn names_from_the_command_line_never_leave_the_cache() {
+    let t = tmp();
+    let root = t.path().join("fscache");
+    let c = canary(t.path());
+    kernel_volume(&root, "erofs,good");
+    kernel_object(&root, "erofs,good", b"k", b"data");
+    let src = t.path().join("blob");
+    fs::write(&src, b"blob").unwrap();
+    // cache/Ierofs,good/.. is cache/, then the root, then its parent: the canary's directory.
+    let escape = "erofs,good/../../../canary";
+    let runs: [&[&str]; 6] = [
+        &["purge", "--volume", escape],
+        &["invalidate", "--volume", escape, "--key", "k"],
+        &[
+            "invalidate",
+            "--volume",
+            "erofs,good",
+            "--key",
+            "../../../../canary",
+        ],
+        &["ls", "--volume", escape],
+        &[
+            "prefill",
+            "--volume",
+            escape,
+            "--key",
+            "k",
+            "--from",
+            src.to_str().unwrap(),
+        ],
+        &[
+            "prefill",
+            "--volume",
+            "erofs,good",
+            "--key",
+            "../../../../canary",
+            "--from",
+            src.to_str().unwrap(),
+        ],
+    ];
+    for args in runs {
+        let o = ctl(&root, args);
+        assert_eq!(
+            fs::read(c.join("keep")).unwrap(),
+            b"precious",
+            "{args:?}: {o:?}"
+        );
+        assert!(t.path().join("blob").exists());
+        if args.contains(&escape) {
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains("name contains '/'"),
+                "{o:?}"
+            );
+        }
+    }
+    // The key with `/` is encoded into one name inside the cache, never used as a path.
+    assert!(fs::read_dir(&c).unwrap().count() == 1);
+    let ls = ctl(&root, &["ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let keys: Vec<&str> = v[0]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"../../../../canary"), "{keys:?}");
+}
+
+/// Issue 12.7: raw names with newlines and escape sequences reached the terminal.
+#[test]
+fn raw_names_never_reach_the_terminal() {
+    let t = tmp();
+    let root = t.path();
+    let vol = "erofs,\x1b]0;owned\x07\nfake";
+    let v = kernel_volume(root, vol);
+    fs::write(v.join("@00").join("D\x1b[2Jclear"), b"x").unwrap();
+    fs::write(v.join("@01").join("Dnew\nline"), b"x").unwrap();
+    for args in [&["ls"][..], &["check"], &["du"]] {
+        let o = ctl(root, args);
+        let text = stdout(&o);
+        assert!(
+            !text.contains('\x1b') && !text.contains('\x07'),
+            "{args:?}: {text:?}"
+        );
+        assert!(
+            !text.contains("\nfake") && !text.contains("\nline"),
+            "{args:?}: {text:?}"
+        );
+    }
+    let text = stdout(&ctl(root, &["check"]));
+    assert!(text.contains("@00/D\\x1b[2Jclear: object name"), "{text}");
+    assert!(text.contains("@01/Dnew\\x0aline: object name"), "{text}");
+    // JSON keeps the exact names (serde escapes them for the terminal).
+    let ls = ctl(root, &["ls", "--json"]);
+    assert!(!ls.stdout.contains(&0x1b));
+    let j: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(j[0]["path"], format!("cache/I{vol}"));
+    let names: Vec<&str> = j[0]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["D\x1b[2Jclear", "Dnew\nline"]);
+}
+
+/// Issue 12.7: the du byte sums wrapped (and panicked in debug builds).
+#[test]
+fn du_sums_saturate_instead_of_wrapping() {
+    let t = tmp();
+    let root = t.path();
+    kernel_volume(root, "erofs,v");
+    for key in [&b"a"[..], b"b"] {
+        let p = kernel_object(root, "erofs,v", key, b"x");
+        let x = ObjectXattr {
+            object_size: u64::MAX - 1,
+            zero_point: 0,
+            kind: 1,
+            content: Content::NoData,
+            aux: vec![],
+        };
+        set_xattr_on(&p, &x.encode());
+    }
+    let du = ctl(root, &["du", "--json"]);
+    assert_eq!(du.status.code(), Some(0), "{du:?}");
+    let v: serde_json::Value = serde_json::from_slice(&du.stdout).unwrap();
+    assert_eq!(v["total"]["objects"], 2);
+    assert_eq!(v["total"]["object_bytes"], u64::MAX);
+    assert_eq!(v["volumes"][0]["object_bytes"], u64::MAX);
+}
+
+fn nest(base: &Path, depth: usize) {
+    let mut p = base.to_path_buf();
+    for i in 0..depth {
+        p.push(format!("d{i}"));
+    }
+    fs::create_dir_all(&p).unwrap();
+    fs::write(p.join("leaf"), b"x").unwrap();
+}
+
+/// Issue 12.7: an entry deeper than 32 levels was never reaped and made `purge` and
+/// `check --repair` exit 1 with ELOOP.
+#[test]
+fn deep_trees_are_reaped_by_purge_and_repair() {
+    let t = tmp();
+    let root = t.path();
+    let v = kernel_volume(root, "erofs,deep");
+    nest(&v.join("@00"), 40);
+    let o = ctl(root, &["purge", "--volume", "erofs,deep"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(fs::read_dir(root.join("graveyard")).unwrap().count(), 0);
+    nest(&root.join("cache/stray"), 40);
+    let o = ctl(root, &["check", "--repair"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(!root.join("cache/stray").exists());
+    assert_eq!(fs::read_dir(root.join("graveyard")).unwrap().count(), 0);
+}
+
+/// Issue 12.7: `prefill --from` a FIFO blocked in open(2) for ever, holding the cache lock.
+#[test]
+fn prefill_from_a_fifo_is_refused_without_blocking() {
+    let t = tmp();
+    let root = t.path().join("fscache");
+    fs::create_dir(&root).unwrap();
+    let fifo = t.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cachefilesctl"))
+        .arg("--dir")
+        .arg(&root)
+        .args(["prefill", "--volume", "erofs,f", "--key", "f", "--from"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("prefill --from a FIFO still blocked after 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not a regular file"),
+        "{o:?}"
+    );
 }

@@ -1,4 +1,5 @@
-//! The decoders of what `cachefilesctl` reads in a cache tree (`layout`): every one runs on the
+//! The decoders of what `cachefilesctl` and the cull scan read in a cache tree
+//! (`cachedir::layout`, `cachedir::names`): every one runs on the
 //! whole input, as a name from readdir() or an xattr value, and the input is also taken as a
 //! cookie key for `encode_key`. None panics, and:
 //! - `decode_name` accepts exactly the names the kernel makes: the key it returns re-encodes to
@@ -10,13 +11,17 @@
 //!   `volume_dir_name` make, and give their argument back.
 //! - `ObjectXattr::decode` and `VolumeXattr::decode` accept every value of at least their
 //!   header's size, and `encode` rebuilds it byte for byte.
+//! - `Name::new` accepts exactly one path component; `ObjectName::parse` accepts exactly what
+//!   `decode_name` does (the one definition of an object), `VolumeName::from_dir_name` exactly
+//!   what `parse_volume_dir_name` does, and escaping never lets a control character through.
 #![no_main]
 
-use cachefilesd_rs::layout::{
+use cachefilesd_rs::cachedir::layout::{
     decode_name, encode_key, fanout, fanout_name, parse_fanout_name, parse_volume_dir_name,
     volume_dir_name, volume_hash, Content, KeyEncoding, NameError, ObjectXattr, VolumeXattr,
     XattrError, MAX_COOKIE_KEY, MAX_VOLUME_KEY, NAME_MAX, OBJECT_XATTR_HEADER,
 };
+use cachefilesd_rs::cachedir::names::{Escaped, Name, ObjectName, VolumeName};
 use libfuzzer_sys::fuzz_target;
 
 /// One entry of a directory, as openat() takes it: not empty, no `/`, no NUL, not `.` or `..`,
@@ -176,7 +181,21 @@ fn xattrs(bytes: &[u8]) {
     }
 }
 
+/// `data` through the validated name types.
+fn names(data: &[u8]) {
+    let name = Name::new(data);
+    assert_eq!(name.is_ok(), is_component(data), "{data:?}");
+    assert_eq!(ObjectName::parse(data).is_ok(), decode_name(data).is_ok());
+    if let Ok(n) = name {
+        let v = VolumeName::from_dir_name(&n);
+        assert_eq!(v.as_ref().map(|v| v.key()), parse_volume_dir_name(data));
+    }
+    let shown = Escaped(data).to_string();
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+}
+
 fuzz_target!(|data: &[u8]| {
+    names(data);
     object_name(data);
     cookie_key(data);
     fanout_dir(data);

@@ -3,7 +3,9 @@
 //! culltable size whatever the size of the cache. No `inuse` writes: the kernel refuses to
 //! cull an object in use (EBUSY) and that answer is taken at cull time.
 
-use super::tree::{file_type, open_dir_at, open_path, stat_at, RawDir};
+use crate::cachedir::layout::decode_name;
+use crate::cachedir::names::show_path;
+use crate::cachedir::tree::{file_type, open_dir_at, open_path, reopen, stat_at, RawDir};
 use nix::dir::{Dir, Type};
 use nix::sys::stat::SFlag;
 use std::cmp::Ordering;
@@ -21,11 +23,7 @@ pub struct DirPath(pub Vec<Box<[u8]>>);
 
 impl DirPath {
     pub fn display(&self) -> String {
-        self.0
-            .iter()
-            .map(|c| String::from_utf8_lossy(c))
-            .collect::<Vec<_>>()
-            .join("/")
+        show_path(self.0.iter().map(|c| &c[..]))
     }
 }
 
@@ -45,7 +43,7 @@ impl Candidate {
         if !s.is_empty() {
             s.push('/');
         }
-        s.push_str(&String::from_utf8_lossy(&self.name));
+        s.push_str(&show_path([&self.name[..]]));
         s
     }
 }
@@ -70,6 +68,7 @@ impl Ord for Candidate {
 /// Entries that do not belong in a cache tree; logged and left alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Oddity {
+    /// Escaped ([`crate::cachedir::Escaped`]): it goes to the log.
     pub path: String,
     pub what: &'static str,
 }
@@ -94,9 +93,11 @@ pub struct ScanReport {
 
 const ODDITIES_KEPT: usize = 16;
 
-/// Object file names the kernel makes (fs/cachefiles/key.c): D, S, T or E and then the key.
+/// Object file names: exactly those the kernel makes (fs/cachefiles/key.c), by the decoder
+/// behind [`crate::cachedir::ObjectName`] that `cachefilesctl` uses too (a name from readdir is already one
+/// component, so the decoder alone decides).
 pub fn is_object_name(name: &[u8]) -> bool {
-    matches!(name.first(), Some(b'D' | b'S' | b'T' | b'E')) && name.len() > 1
+    decode_name(name).is_ok()
 }
 
 /// Depth (components below the cache root) whose directories are shared out among the scan
@@ -129,12 +130,7 @@ pub fn scan_with_threads(root: &Dir, capacity: usize, threads: usize) -> ScanRep
     let root_fd = RawDir(root.as_raw_fd());
     let mut top = Walker::new(capacity);
     let mut units = Vec::new();
-    match Dir::openat(
-        Some(root_fd.0),
-        ".",
-        super::tree::dir_flags(),
-        nix::sys::stat::Mode::empty(),
-    ) {
+    match reopen(&root_fd) {
         Ok(dir) => top.walk(dir, &mut Vec::new(), Some(&mut units)),
         Err(_) => top.report.vanished += 1,
     }
@@ -225,13 +221,8 @@ impl Walker {
 fn note(report: &mut ScanReport, path: &[Box<[u8]>], name: &[u8], what: &'static str) {
     report.oddities_seen += 1;
     if report.oddities.len() < ODDITIES_KEPT {
-        let mut p: Vec<String> = path
-            .iter()
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect();
-        p.push(String::from_utf8_lossy(name).into_owned());
         report.oddities.push(Oddity {
-            path: p.join("/"),
+            path: show_path(path.iter().map(|c| &c[..]).chain([name])),
             what,
         });
     }
@@ -422,15 +413,16 @@ mod tests {
     fn threads_share_the_walk_and_find_the_same_oldest_objects() {
         let t = tempfile::tempdir().unwrap();
         plant_shuffled(t.path(), 600, 2_000_000, |i| {
-            format!("I9p,v{}/@{:02x}/T{i},", i % 4, (i * 31) % 256)
+            // T0, is not a kernel name (the all-zero key is S,).
+            format!("I9p,v{}/@{:02x}/T{},", i % 4, (i * 31) % 256, i + 1)
         });
         // Objects above the split depth are the calling thread's.
-        make_object(t.path(), "I9p,v0/Tshallow,", 1_000);
+        make_object(t.path(), "I9p,v0/Dshallow", 1_000);
         std::os::unix::fs::symlink("/", t.path().join("I9p,v1/@zz")).unwrap();
         let one = scan_with_threads(&open(t.path()), 50, 1);
         let paths = |r: &ScanReport| r.candidates.iter().map(Candidate::path).collect::<Vec<_>>();
         assert_eq!(one.objects, 601);
-        assert_eq!(one.candidates[0].path(), "I9p,v0/Tshallow,");
+        assert_eq!(one.candidates[0].path(), "I9p,v0/Dshallow");
         assert_eq!(one.candidates[1].atime.0, 2_000_000);
         for threads in [2, 4] {
             let many = scan_with_threads(&open(t.path()), 50, threads);
@@ -461,6 +453,8 @@ mod tests {
         )
         .unwrap();
         fs::write(t.path().join("I9p,x/@00/weird"), b"x").unwrap();
+        // A kernel prefix is not enough: the name must decode to a key.
+        fs::write(t.path().join("I9p,x/@00/Snothex"), b"x").unwrap();
         fs::write(t.path().join("I9p,x/@00/line\nbreak"), b"x").unwrap();
         fs::write(t.path().join("toplevel"), b"x").unwrap();
         let r = scan(&open(t.path()), 100);
@@ -478,7 +472,11 @@ mod tests {
                 ("I9p,x/@00/Dfifo".into(), "special file"),
                 ("I9p,x/@00/Dlink".into(), "symbolic link"),
                 (
-                    "I9p,x/@00/line\nbreak".into(),
+                    "I9p,x/@00/Snothex".into(),
+                    "file with a name the kernel does not make"
+                ),
+                (
+                    "I9p,x/@00/line\\x0abreak".into(),
                     "file with a name the kernel does not make"
                 ),
                 (

@@ -2,9 +2,11 @@
 //! broken entries are renamed into the graveyard (as cachefiles_bury_object does) and the
 //! graveyard is reaped. The caller holds the cache lock for a repair.
 
-use super::inventory::{survey, Finding, Repair, Survey};
-use super::{CacheRoot, ToolError};
-use crate::cull::tree::{open_path, stat_at};
+use super::inventory::{walk, Finding, Keep, Repair, Survey};
+use super::{reap, ToolError};
+use crate::cachedir::graveyard::bury;
+use crate::cachedir::tree::stat;
+use crate::cachedir::{CacheDir, Name};
 use nix::errno::Errno;
 
 #[derive(Debug, Default)]
@@ -17,10 +19,10 @@ pub struct RepairReport {
 
 /// Buries every entry with [`Repair::Bury`] once (an entry may have several findings), then
 /// reaps the graveyard.
-pub fn repair(root: &CacheRoot, s: &Survey) -> Result<RepairReport, ToolError> {
-    let graveyard = root.graveyard()?;
+pub fn repair(root: &CacheDir, s: &Survey) -> Result<RepairReport, ToolError> {
+    let graveyard = root.ensure_graveyard()?;
     let mut report = RepairReport::default();
-    let mut done: Vec<&Vec<Vec<u8>>> = Vec::new();
+    let mut done: Vec<&Vec<Name>> = Vec::new();
     for f in s.findings.iter().filter(|f| f.repair == Repair::Bury) {
         if done.contains(&&f.path) {
             continue;
@@ -32,29 +34,25 @@ pub fn repair(root: &CacheRoot, s: &Survey) -> Result<RepairReport, ToolError> {
             Err(e) => return Err(e),
         }
     }
-    report.reaped = root.reap(&graveyard)?;
+    report.reaped = reap(&graveyard)?;
     Ok(report)
 }
 
-fn bury_one(root: &CacheRoot, f: &Finding, graveyard: &nix::dir::Dir) -> Result<bool, ToolError> {
+fn bury_one(root: &CacheDir, f: &Finding, graveyard: &nix::dir::Dir) -> Result<bool, ToolError> {
     let (name, parent) = f.path.split_last().expect("findings name an entry");
-    let comps: Vec<Box<[u8]>> = parent
-        .iter()
-        .map(|c| c.clone().into_boxed_slice())
-        .collect();
     // A parent buried earlier in this pass (a volume with a bad xattr) takes its children along.
-    let dir = match open_path(&root.dir, &comps) {
+    let dir = match root.open_dir(parent) {
         Ok(d) => d,
         Err(Errno::ENOENT) => return Ok(false),
-        Err(e) => return Err(ToolError::os("cannot open", f.show(), e)),
+        Err(e) => return Err(ToolError::os(root, "cannot open", &f.rel(), e)),
     };
-    match stat_at(&dir, name) {
+    match stat(&dir, name) {
         Ok(st) if Some(st.st_ino) == f.ino => {}
         Ok(_) | Err(Errno::ENOENT) => return Ok(false),
-        Err(e) => return Err(ToolError::os("cannot stat", f.show(), e)),
+        Err(e) => return Err(ToolError::os(root, "cannot stat", &f.rel(), e)),
     }
-    root.bury(&dir, name, graveyard)
-        .map_err(|e| ToolError::os("cannot move into the graveyard", f.show(), e))?;
+    bury(&dir, name, graveyard)
+        .map_err(|e| ToolError::os(root, "cannot move into the graveyard", &f.rel(), e))?;
     Ok(true)
 }
 
@@ -73,8 +71,8 @@ impl CheckResult {
 }
 
 /// Runs the check; with `fix`, repairs what it can and checks again.
-pub fn check(root: &CacheRoot, fix: bool) -> Result<CheckResult, ToolError> {
-    let found = survey(root, None)?;
+pub fn check(root: &CacheDir, fix: bool) -> Result<CheckResult, ToolError> {
+    let found = walk(root, None, Keep::CHECK)?;
     if !fix || !found.findings.iter().any(|f| f.repair != Repair::None) {
         return Ok(CheckResult {
             found,
@@ -82,7 +80,7 @@ pub fn check(root: &CacheRoot, fix: bool) -> Result<CheckResult, ToolError> {
         });
     }
     let report = repair(root, &found)?;
-    let again = survey(root, None)?;
+    let again = walk(root, None, Keep::CHECK)?;
     Ok(CheckResult {
         found,
         repaired: Some((report, again)),

@@ -2,10 +2,11 @@
 //! 0 done / clean, 1 problems found or a failure, 2 usage.
 
 use super::check::check;
-use super::inventory::{survey, usage, Finding};
+use super::inventory::{usage, walk, Finding, Keep};
 use super::prefill::{prefill, Prefill};
 use super::remove::{invalidate, purge};
-use super::{show_bytes, CacheRoot, ToolError};
+use super::{show_bytes, ToolError};
+use crate::cachedir::{CacheDir, Escaped, ObjectName, VolumeName};
 use crate::config::{Config, ConfigError, DEFAULT_PATH};
 use crate::lock::lock_cache_dir;
 use std::ffi::OsString;
@@ -35,7 +36,7 @@ exit status: 0 ok, 1 problems found or failure, 2 usage
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Ls {
-        volume: Option<Vec<u8>>,
+        volume: Option<VolumeName>,
         json: bool,
     },
     Du {
@@ -45,16 +46,16 @@ pub enum Command {
         repair: bool,
     },
     Prefill {
-        volume: Vec<u8>,
+        volume: VolumeName,
         key: Vec<u8>,
         from: PathBuf,
     },
     Invalidate {
-        volume: Vec<u8>,
+        volume: VolumeName,
         key: Vec<u8>,
     },
     Purge {
-        volume: Vec<u8>,
+        volume: VolumeName,
     },
     /// Asks the running daemon over its control socket.
     Status {
@@ -100,6 +101,17 @@ fn parse_hex(s: &[u8]) -> Result<Vec<u8>, UsageError> {
                 .ok_or_else(|| usage_err("--key-hex: not hex"))
         })
         .collect()
+}
+
+/// A `--volume` value: one directory `I<volume>` in `cache/`, nothing else.
+fn volume(v: &[u8]) -> Result<VolumeName, UsageError> {
+    VolumeName::new(v).map_err(|e| usage_err(format!("--volume {}: {e}", Escaped(v))))
+}
+
+/// A cookie key: anything the kernel can name an object after.
+fn key(k: Vec<u8>) -> Result<Vec<u8>, UsageError> {
+    ObjectName::for_key(&k).map_err(|e| usage_err(format!("key {}: {e}", show_bytes(&k))))?;
+    Ok(k)
 }
 
 /// Parses the arguments after the program name. Global options may come anywhere.
@@ -161,7 +173,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
     let command = match word.as_slice() {
         b"help" => Command::Help,
         b"ls" => Command::Ls {
-            volume: take("--volume").flatten(),
+            volume: take("--volume").flatten().map(|v| volume(&v)).transpose()?,
             json: take("--json").is_some(),
         },
         b"du" => Command::Du {
@@ -171,21 +183,23 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
             repair: take("--repair").is_some(),
         },
         b"prefill" => Command::Prefill {
-            volume: need(take("--volume"), "--volume")?,
-            key: need(take("--key"), "--key")?,
+            volume: volume(&need(take("--volume"), "--volume")?)?,
+            key: key(need(take("--key"), "--key")?)?,
             from: PathBuf::from(OsString::from_vec(need(take("--from"), "--from")?)),
         },
         b"invalidate" => {
-            let volume = need(take("--volume"), "--volume")?;
-            let key = match (take("--key").flatten(), take("--key-hex").flatten()) {
-                (Some(k), None) if !k.is_empty() => k,
-                (None, Some(h)) => parse_hex(&h)?,
-                _ => return Err(usage_err("invalidate needs one of --key or --key-hex")),
-            };
+            let volume = volume(&need(take("--volume"), "--volume")?)?;
+            let key = key(
+                match (take("--key").flatten(), take("--key-hex").flatten()) {
+                    (Some(k), None) if !k.is_empty() => k,
+                    (None, Some(h)) => parse_hex(&h)?,
+                    _ => return Err(usage_err("invalidate needs one of --key or --key-hex")),
+                },
+            )?;
             Command::Invalidate { volume, key }
         }
         b"purge" => Command::Purge {
-            volume: need(take("--volume"), "--volume")?,
+            volume: volume(&need(take("--volume"), "--volume")?)?,
         },
         b"status" => Command::Status {
             json: take("--json").is_some(),
@@ -293,13 +307,13 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
     } else {
         None
     };
-    let root = CacheRoot::open(&path)?;
+    let root = CacheDir::open(&path).map_err(ToolError::from)?;
     match &inv.command {
         Command::Help | Command::Status { .. } | Command::Metrics { .. } => {
             unreachable!("handled above")
         }
         Command::Ls { volume, json } => {
-            let s = survey(&root, volume.as_deref())?;
+            let s = walk(&root, volume.as_ref(), Keep::LS)?;
             if *json {
                 serde_json::to_writer_pretty(&mut *out, &s.volumes)
                     .map_err(std::io::Error::from)?;
@@ -310,7 +324,7 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
                         out,
                         "volume {}  {}  ({} fanouts, {} objects)",
                         v.volume,
-                        v.path,
+                        Escaped(v.path.as_bytes()),
                         v.fanouts,
                         v.objects.len()
                     )?;
@@ -318,7 +332,7 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
                         writeln!(
                             out,
                             "  {}  key={}  size={}  allocated={}  content={}  atime={}",
-                            o.path,
+                            Escaped(o.path.as_bytes()),
                             o.key.as_deref().unwrap_or("?"),
                             o.object_size.map_or("?".into(), |n| n.to_string()),
                             o.allocated,
@@ -331,8 +345,7 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
             Ok(true)
         }
         Command::Du { json } => {
-            let s = survey(&root, None)?;
-            let (per, total) = usage(&s);
+            let (per, total) = usage(&root)?;
             if *json {
                 let v = serde_json::json!({ "volumes": per, "total": total });
                 serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)?;
@@ -357,7 +370,8 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
             let r = check(&root, *repair)?;
             let show = |out: &mut dyn Write, f: &Finding| -> std::io::Result<()> {
                 let tag = if f.is_problem() { "problem" } else { "note" };
-                writeln!(out, "{tag}: {}: {}", f.show(), f.problem)
+                let problem = f.problem.to_string();
+                writeln!(out, "{tag}: {}: {}", f.show(), Escaped(problem.as_bytes()))
             };
             for f in &r.found.findings {
                 show(out, f)?;
@@ -375,15 +389,21 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
                     report.reaped
                 )?;
                 for f in after.findings.iter().filter(|f| f.is_problem()) {
-                    writeln!(out, "remaining {}: {}", f.show(), f.problem)?;
+                    let problem = f.problem.to_string();
+                    writeln!(
+                        out,
+                        "remaining {}: {}",
+                        f.show(),
+                        Escaped(problem.as_bytes())
+                    )?;
                 }
             }
-            let objects: usize = r.found.volumes.iter().map(|v| v.objects.len()).sum();
+            let objects: u64 = r.found.volumes.iter().map(|v| v.usage.objects).sum();
             let problems = r.found.findings.iter().filter(|f| f.is_problem()).count();
             writeln!(
                 out,
                 "{}: {} volumes, {objects} objects, {problems} problems{}",
-                root.path.display(),
+                Escaped(root.path().as_os_str().as_encoded_bytes()),
                 r.found.volumes.len(),
                 if r.repaired.is_some() {
                     if r.clean() {
@@ -464,7 +484,7 @@ mod tests {
             Invocation {
                 dir: DirSource::Dir("/c".into()),
                 command: Command::Ls {
-                    volume: Some(b"erofs,x".to_vec()),
+                    volume: Some(VolumeName::new(b"erofs,x").unwrap()),
                     json: true
                 }
             }
@@ -486,7 +506,7 @@ mod tests {
             .unwrap()
             .command,
             Command::Invalidate {
-                volume: b"9p,a,".to_vec(),
+                volume: VolumeName::new(b"9p,a,").unwrap(),
                 key: vec![0x39, 0x40, 0x51, 0, 0, 0, 0, 0]
             }
         );
@@ -505,6 +525,27 @@ mod tests {
             &["invalidate", "--volume", "v", "--key-hex", "abc"],
             &["--dir", "/a", "-f", "/b", "ls"],
             &["ls", "--bogus"],
+            // Volume names that are not one directory of cache/ (issue 12.1).
+            &["purge", "--volume", "erofs,good/../../../canary"],
+            &["purge", "--volume", "/"],
+            &["ls", "--volume", "a/b"],
+            &["invalidate", "--volume", "x/..", "--key", "k"],
+            &[
+                "prefill",
+                "--volume",
+                "erofs,a/b",
+                "--key",
+                "k",
+                "--from",
+                "/f",
+            ],
+            &[
+                "invalidate",
+                "--volume",
+                "v",
+                "--key-hex",
+                &"ff".repeat(253),
+            ],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }

@@ -1,16 +1,20 @@
 //! One walk over a cache tree that both lists what is there (`ls`, `du`) and records
 //! everything the kernel would not have made or would refuse (`check`). Read-only.
+//!
+//! A walk keeps only what its command prints ([`Keep`]): `du` aggregates while walking, so its
+//! memory is per volume, not per object; `ls` keeps no findings and `check` no objects.
+//! Strings in these records are for JSON (exact, lossy only for invalid UTF-8); text output
+//! escapes them ([`crate::cachedir::Escaped`]).
 
-use super::sys::{get_xattr, openat_file};
-use super::{show_bytes, CacheRoot, ToolError};
-use crate::cull::tree::{file_type, open_dir_at, stat_at};
-use crate::layout::{
-    self, Content, DecodedName, ObjectXattr, VolumeXattr, CACHE_DIR, GRAVEYARD_DIR,
-};
+use super::{show_bytes, ToolError};
+use crate::cachedir::layout::{self, Content, ObjectXattr, VolumeXattr};
+use crate::cachedir::names::{show_path, BadName, Name, ObjectName, VolumeName, CACHE, GRAVEYARD};
+use crate::cachedir::tree::{file_type, list, open_dir, open_file, stat};
+use crate::cachedir::{xattr, CacheDir};
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::sys::stat::{FileStat, SFlag};
+use rustix::fs::OFlags;
 use serde::Serialize;
 use std::os::fd::AsRawFd;
 
@@ -36,7 +40,10 @@ pub struct VolumeInfo {
     pub volume: String,
     pub path: String,
     pub fanouts: u16,
+    /// Empty when the walk keeps totals only.
     pub objects: Vec<ObjectInfo>,
+    #[serde(skip)]
+    pub usage: Usage,
 }
 
 /// What `check` reports; the Display text is the message shown to the user.
@@ -82,7 +89,7 @@ pub enum Repair {
 #[derive(Debug, Clone)]
 pub struct Finding {
     /// Components below the cache root.
-    pub path: Vec<Vec<u8>>,
+    pub path: Vec<Name>,
     pub problem: Problem,
     pub repair: Repair,
     /// The inode found, so a repair can tell the entry was not replaced meanwhile.
@@ -90,12 +97,13 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The path, escaped for people.
     pub fn show(&self) -> String {
-        self.path
-            .iter()
-            .map(|c| String::from_utf8_lossy(c))
-            .collect::<Vec<_>>()
-            .join("/")
+        show_path(self.rel())
+    }
+
+    pub fn rel(&self) -> Vec<&[u8]> {
+        self.path.iter().map(|n| n.as_bytes()).collect()
     }
 
     /// Counts toward the exit status: everything except notes about missing pieces the kernel
@@ -111,8 +119,33 @@ pub struct Survey {
     pub findings: Vec<Finding>,
 }
 
+/// What a walk keeps besides the per-volume totals, which it always counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// A record per object (`ls`).
+    pub objects: bool,
+    /// What the kernel would not have made (`check`).
+    pub findings: bool,
+}
+
+impl Keep {
+    pub const LS: Keep = Keep {
+        objects: true,
+        findings: false,
+    };
+    pub const CHECK: Keep = Keep {
+        objects: false,
+        findings: true,
+    };
+    pub const TOTALS: Keep = Keep {
+        objects: false,
+        findings: false,
+    };
+}
+
 struct Walker<'a> {
-    root: &'a CacheRoot,
+    root: &'a CacheDir,
+    keep: Keep,
     survey: Survey,
 }
 
@@ -129,34 +162,24 @@ fn kind_name(st: &FileStat) -> &'static str {
     }
 }
 
-fn names(dir: &mut Dir) -> Result<Vec<Vec<u8>>, Errno> {
-    let mut out = Vec::new();
-    for e in dir.iter() {
-        let e = e?;
-        let n = e.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            out.push(n.to_vec());
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn path_of(parent: &[&[u8]], name: &[u8]) -> Vec<Vec<u8>> {
-    let mut p: Vec<Vec<u8>> = parent.iter().map(|c| c.to_vec()).collect();
-    p.push(name.to_vec());
+fn path_of(parent: &[Name], name: &Name) -> Vec<Name> {
+    let mut p = parent.to_vec();
+    p.push(name.clone());
     p
 }
 
 impl Walker<'_> {
     fn find(
         &mut self,
-        parent: &[&[u8]],
-        name: &[u8],
+        parent: &[Name],
+        name: &Name,
         problem: Problem,
         repair: Repair,
         ino: Option<u64>,
     ) {
+        if !self.keep.findings {
+            return;
+        }
         self.survey.findings.push(Finding {
             path: path_of(parent, name),
             problem,
@@ -166,7 +189,7 @@ impl Walker<'_> {
     }
 
     /// A non-directory or symlink where a directory belongs.
-    fn not_a_dir(&mut self, parent: &[&[u8]], name: &[u8], st: &FileStat, expected: &'static str) {
+    fn not_a_dir(&mut self, parent: &[Name], name: &Name, st: &FileStat, expected: &'static str) {
         let problem = if file_type(st) == SFlag::S_IFLNK {
             Problem::Symlink(expected)
         } else {
@@ -175,30 +198,26 @@ impl Walker<'_> {
         self.find(parent, name, problem, Repair::Bury, Some(st.st_ino));
     }
 
-    fn walk(&mut self, volume_filter: Option<&[u8]>) -> Result<(), ToolError> {
+    fn walk(&mut self, volume_filter: Option<&VolumeName>) -> Result<(), ToolError> {
         let root = self.root;
-        let cache = CACHE_DIR.as_bytes();
-        match stat_at(&root.dir, cache) {
+        match stat(root.dir(), &CACHE) {
             Err(Errno::ENOENT) => self.find(
                 &[],
-                cache,
+                &CACHE,
                 Problem::Missing("no cache/ (the kernel makes it at bind)"),
                 Repair::None,
                 None,
             ),
-            Err(e) => return Err(ToolError::os("cannot stat", root.show(&[cache]), e)),
+            Err(e) => return Err(ToolError::os(root, "cannot stat", &[&CACHE], e)),
             Ok(st) if file_type(&st) != SFlag::S_IFDIR => {
-                self.not_a_dir(&[], cache, &st, "the cache directory")
+                self.not_a_dir(&[], &CACHE, &st, "the cache directory")
             }
             Ok(_) => {
-                let mut dir = open_dir_at(&root.dir, cache)
-                    .map_err(|e| ToolError::os("cannot open", root.show(&[cache]), e))?;
-                let entries = names(&mut dir)
-                    .map_err(|e| ToolError::os("cannot read", root.show(&[cache]), e))?;
+                let mut dir = root.cache()?;
+                let entries =
+                    list(&mut dir).map_err(|e| ToolError::os(root, "cannot read", &[&CACHE], e))?;
                 for name in entries {
-                    if volume_filter
-                        .is_some_and(|v| layout::parse_volume_dir_name(&name) != Some(v))
-                    {
+                    if volume_filter.is_some_and(|v| v.dir_name() != &name) {
                         continue;
                     }
                     self.volume(&dir, &name);
@@ -212,8 +231,8 @@ impl Walker<'_> {
     }
 
     fn graveyard(&mut self) {
-        let g = GRAVEYARD_DIR.as_bytes();
-        match stat_at(&self.root.dir, g) {
+        let g = &GRAVEYARD;
+        match stat(self.root.dir(), g) {
             Err(_) => self.find(
                 &[],
                 g,
@@ -224,7 +243,7 @@ impl Walker<'_> {
             Ok(st) if file_type(&st) != SFlag::S_IFDIR => {
                 self.not_a_dir(&[], g, &st, "the graveyard directory")
             }
-            Ok(st) => match open_dir_at(&self.root.dir, g).and_then(|mut d| names(&mut d)) {
+            Ok(st) => match open_dir(self.root.dir(), g).and_then(|mut d| list(&mut d)) {
                 Ok(n) if n.is_empty() => {}
                 Ok(n) => self.find(
                     &[],
@@ -238,13 +257,34 @@ impl Walker<'_> {
         }
     }
 
-    fn volume(&mut self, cache: &Dir, name: &[u8]) {
-        let parent: &[&[u8]] = &[CACHE_DIR.as_bytes()];
-        let st = match stat_at(cache, name) {
+    /// Problems with a volume directory's xattr, if any.
+    fn volume_xattr_problem(dir: &Dir, key: &[u8]) -> Option<(Problem, Repair)> {
+        let bad = |s: String| Some((Problem::VolumeXattrBad(s), Repair::Bury));
+        match xattr::get(dir) {
+            Ok(None) => Some((Problem::VolumeXattrMissing, Repair::Bury)),
+            Ok(Some(bytes)) => match VolumeXattr::decode(&bytes) {
+                Err(e) => bad(e.to_string()),
+                Ok(x) if x.reserved != 0 => {
+                    bad(format!("reserved word is {:#x}, not 0", x.reserved))
+                }
+                // EROFS acquires its volumes without coherency data (fs/erofs/fscache.c).
+                Ok(x) if key.starts_with(b"erofs,") && !x.coherency.is_empty() => bad(format!(
+                    "{} bytes of coherency data on an EROFS volume",
+                    x.coherency.len()
+                )),
+                Ok(_) => None,
+            },
+            Err(e) => Some((Problem::Unreadable(e), Repair::None)),
+        }
+    }
+
+    fn volume(&mut self, cache: &Dir, name: &Name) {
+        let parent = std::slice::from_ref(&CACHE);
+        let st = match stat(cache, name) {
             Ok(st) => st,
             Err(_) => return, // vanished while listing
         };
-        let Some(key) = layout::parse_volume_dir_name(name) else {
+        let Some(volume) = VolumeName::from_dir_name(name) else {
             self.find(
                 parent,
                 name,
@@ -258,59 +298,30 @@ impl Walker<'_> {
             self.not_a_dir(parent, name, &st, "volume directories");
             return;
         }
-        let mut dir = match open_dir_at(cache, name) {
+        let mut dir = match open_dir(cache, name) {
             Ok(d) => d,
             Err(e) => {
                 self.find(parent, name, Problem::Unreadable(e), Repair::None, None);
                 return;
             }
         };
-        match get_xattr(&dir, layout::XATTR_NAME) {
-            Ok(None) => self.find(
-                parent,
-                name,
-                Problem::VolumeXattrMissing,
-                Repair::Bury,
-                Some(st.st_ino),
-            ),
-            Ok(Some(bytes)) => match VolumeXattr::decode(&bytes) {
-                Err(e) => self.find(
-                    parent,
-                    name,
-                    Problem::VolumeXattrBad(e.to_string()),
-                    Repair::Bury,
-                    Some(st.st_ino),
-                ),
-                Ok(x) if x.reserved != 0 => self.find(
-                    parent,
-                    name,
-                    Problem::VolumeXattrBad(format!("reserved word is {:#x}, not 0", x.reserved)),
-                    Repair::Bury,
-                    Some(st.st_ino),
-                ),
-                // EROFS acquires its volumes without coherency data (fs/erofs/fscache.c).
-                Ok(x) if key.starts_with(b"erofs,") && !x.coherency.is_empty() => self.find(
-                    parent,
-                    name,
-                    Problem::VolumeXattrBad(format!(
-                        "{} bytes of coherency data on an EROFS volume",
-                        x.coherency.len()
-                    )),
-                    Repair::Bury,
-                    Some(st.st_ino),
-                ),
-                Ok(_) => {}
-            },
-            Err(e) => self.find(parent, name, Problem::Unreadable(e), Repair::None, None),
+        if let Some((problem, repair)) = Self::volume_xattr_problem(&dir, volume.key()) {
+            let ino = (repair == Repair::Bury).then_some(st.st_ino);
+            self.find(parent, name, problem, repair, ino);
         }
+        let shown = show_bytes(volume.key());
         let mut info = VolumeInfo {
-            volume: show_bytes(key),
-            path: format!("{CACHE_DIR}/{}", String::from_utf8_lossy(name)),
+            usage: Usage {
+                volume: shown.clone(),
+                ..Usage::default()
+            },
+            volume: shown,
+            path: format!("{}/{}", layout::CACHE_DIR, String::from_utf8_lossy(name)),
             fanouts: 0,
             objects: Vec::new(),
         };
-        let here: &[&[u8]] = &[CACHE_DIR.as_bytes(), name];
-        let entries = match names(&mut dir) {
+        let here = [CACHE, name.clone()];
+        let entries = match list(&mut dir) {
             Ok(n) => n,
             Err(e) => {
                 self.find(parent, name, Problem::Unreadable(e), Repair::None, None);
@@ -318,12 +329,12 @@ impl Walker<'_> {
             }
         };
         for entry in entries {
-            let Ok(est) = stat_at(&dir, &entry) else {
+            let Ok(est) = stat(&dir, &entry) else {
                 continue;
             };
             let Some(index) = layout::parse_fanout_name(&entry) else {
                 self.find(
-                    here,
+                    &here,
                     &entry,
                     Problem::StrayName,
                     Repair::Bury,
@@ -332,13 +343,13 @@ impl Walker<'_> {
                 continue;
             };
             if file_type(&est) != SFlag::S_IFDIR {
-                self.not_a_dir(here, &entry, &est, "fanout directories");
+                self.not_a_dir(&here, &entry, &est, "fanout directories");
                 continue;
             }
             info.fanouts += 1;
-            match open_dir_at(&dir, &entry) {
-                Ok(fan) => self.fanout(fan, key, index, here, &entry, &mut info),
-                Err(e) => self.find(here, &entry, Problem::Unreadable(e), Repair::None, None),
+            match open_dir(&dir, &entry) {
+                Ok(fan) => self.fanout(fan, &volume, index, &here, &entry, &mut info),
+                Err(e) => self.find(&here, &entry, Problem::Unreadable(e), Repair::None, None),
             }
         }
         if info.fanouts < 256 {
@@ -358,14 +369,14 @@ impl Walker<'_> {
     fn fanout(
         &mut self,
         mut fan: Dir,
-        key: &[u8],
+        volume: &VolumeName,
         index: u8,
-        vol_path: &[&[u8]],
-        fan_name: &[u8],
+        vol_path: &[Name],
+        fan_name: &Name,
         info: &mut VolumeInfo,
     ) {
-        let here: Vec<&[u8]> = vol_path.iter().copied().chain([fan_name]).collect();
-        let entries = match names(&mut fan) {
+        let here = path_of(vol_path, fan_name);
+        let entries = match list(&mut fan) {
             Ok(n) => n,
             Err(e) => {
                 self.find(
@@ -379,7 +390,7 @@ impl Walker<'_> {
             }
         };
         for name in entries {
-            let Ok(st) = stat_at(&fan, &name) else {
+            let Ok(st) = stat(&fan, &name) else {
                 continue;
             };
             if file_type(&st) != SFlag::S_IFREG {
@@ -391,68 +402,7 @@ impl Walker<'_> {
                 self.find(&here, &name, problem, Repair::Bury, Some(st.st_ino));
                 continue;
             }
-            let decoded = layout::decode_name(&name);
-            let mut obj = ObjectInfo {
-                volume: info.volume.clone(),
-                path: here
-                    .iter()
-                    .chain([&name[..]].iter())
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/"),
-                name: String::from_utf8_lossy(&name).into_owned(),
-                key: None,
-                encoding: None,
-                object_size: None,
-                content: None,
-                file_size: st.st_size as u64,
-                allocated: (st.st_blocks as u64).saturating_mul(512),
-                atime: st.st_atime,
-            };
-            let mut problems = Vec::new();
-            match &decoded {
-                Ok(DecodedName { encoding, key: ck }) => {
-                    obj.key = Some(show_bytes(ck));
-                    obj.encoding = Some(*encoding);
-                    let want = layout::fanout(key, ck);
-                    if want != index {
-                        problems.push(Problem::WrongFanout(want));
-                    }
-                }
-                Err(e) => problems.push(Problem::BadObjectName(e.clone())),
-            }
-            match read_object_xattr(&fan, &name, &st) {
-                Ok(Some(bytes)) => match ObjectXattr::decode(&bytes) {
-                    Ok(x) => {
-                        obj.object_size = Some(x.object_size);
-                        obj.content = Some(x.content);
-                        if x.kind != layout::TYPE_DATA {
-                            problems.push(Problem::ObjectXattrBad(format!(
-                                "type {} is not data (1)",
-                                x.kind
-                            )));
-                        }
-                        match x.content {
-                            Content::Dirty => problems.push(Problem::ObjectXattrBad(
-                                "content is dirty (the kernel discards such an object)".into(),
-                            )),
-                            Content::Unknown(n) => problems.push(Problem::ObjectXattrBad(format!(
-                                "unknown content state {n}"
-                            ))),
-                            _ => {}
-                        }
-                        if obj.file_size > layout::round_up_dio(x.object_size) {
-                            problems.push(Problem::SizeMismatch {
-                                file: obj.file_size,
-                                object: x.object_size,
-                            });
-                        }
-                    }
-                    Err(e) => problems.push(Problem::ObjectXattrBad(e.to_string())),
-                },
-                Ok(None) => problems.push(Problem::ObjectXattrMissing),
-                Err(e) => problems.push(Problem::Unreadable(e)),
-            }
+            let (obj, problems) = self.object(&fan, volume, index, &here, &name, &st, info);
             for p in problems {
                 let repair = if matches!(p, Problem::Unreadable(_)) {
                     Repair::None
@@ -461,37 +411,119 @@ impl Walker<'_> {
                 };
                 self.find(&here, &name, p, repair, Some(st.st_ino));
             }
-            info.objects.push(obj);
+            let u = &mut info.usage;
+            u.objects += 1;
+            u.object_bytes = u.object_bytes.saturating_add(obj.object_size.unwrap_or(0));
+            u.allocated_bytes = u.allocated_bytes.saturating_add(obj.allocated);
+            if self.keep.objects {
+                info.objects.push(obj);
+            }
         }
+    }
+
+    /// One regular file in a fanout: what it is and what is wrong with it.
+    #[allow(clippy::too_many_arguments)]
+    fn object(
+        &self,
+        fan: &Dir,
+        volume: &VolumeName,
+        index: u8,
+        here: &[Name],
+        name: &Name,
+        st: &FileStat,
+        info: &VolumeInfo,
+    ) -> (ObjectInfo, Vec<Problem>) {
+        let mut obj = ObjectInfo {
+            volume: info.volume.clone(),
+            path: here
+                .iter()
+                .chain([name])
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join("/"),
+            name: String::from_utf8_lossy(name).into_owned(),
+            key: None,
+            encoding: None,
+            object_size: None,
+            content: None,
+            file_size: st.st_size as u64,
+            allocated: (st.st_blocks as u64).saturating_mul(512),
+            atime: st.st_atime,
+        };
+        let mut problems = Vec::new();
+        match ObjectName::parse(name) {
+            Ok(o) => {
+                obj.key = Some(show_bytes(o.key()));
+                obj.encoding = Some(o.encoding());
+                let want = layout::fanout(volume.key(), o.key());
+                if want != index {
+                    problems.push(Problem::WrongFanout(want));
+                }
+            }
+            Err(BadName::Object(e)) => problems.push(Problem::BadObjectName(e)),
+            // Any other refusal (too long, ...) is a name the kernel does not make either.
+            Err(_) => problems.push(Problem::StrayName),
+        }
+        match read_object_xattr(fan, name, st) {
+            Ok(Some(bytes)) => match ObjectXattr::decode(&bytes) {
+                Ok(x) => {
+                    obj.object_size = Some(x.object_size);
+                    obj.content = Some(x.content);
+                    if x.kind != layout::TYPE_DATA {
+                        problems.push(Problem::ObjectXattrBad(format!(
+                            "type {} is not data (1)",
+                            x.kind
+                        )));
+                    }
+                    match x.content {
+                        Content::Dirty => problems.push(Problem::ObjectXattrBad(
+                            "content is dirty (the kernel discards such an object)".into(),
+                        )),
+                        Content::Unknown(n) => problems.push(Problem::ObjectXattrBad(format!(
+                            "unknown content state {n}"
+                        ))),
+                        _ => {}
+                    }
+                    if obj.file_size > layout::round_up_dio(x.object_size) {
+                        problems.push(Problem::SizeMismatch {
+                            file: obj.file_size,
+                            object: x.object_size,
+                        });
+                    }
+                }
+                Err(e) => problems.push(Problem::ObjectXattrBad(e.to_string())),
+            },
+            Ok(None) => problems.push(Problem::ObjectXattrMissing),
+            Err(e) => problems.push(Problem::Unreadable(e)),
+        }
+        (obj, problems)
     }
 }
 
 /// Opens the object without following links or blocking (a fifo swapped in meanwhile), checks
 /// it is still the file that was stat'ed, and reads its xattr. Opening does not touch atime.
-fn read_object_xattr(fan: &Dir, name: &[u8], st: &FileStat) -> Result<Option<Vec<u8>>, Errno> {
-    let file = openat_file(
-        &fan.as_raw_fd(),
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
-        Mode::empty(),
-    )?;
+fn read_object_xattr(fan: &Dir, name: &Name, st: &FileStat) -> Result<Option<Vec<u8>>, Errno> {
+    let file = open_file(fan, name, OFlags::RDONLY)?;
     let now = nix::sys::stat::fstat(file.as_raw_fd())?;
     if now.st_ino != st.st_ino || file_type(&now) != SFlag::S_IFREG {
         return Err(Errno::ESTALE);
     }
-    get_xattr(&file, layout::XATTR_NAME)
+    xattr::get(&file)
 }
 
 /// Walks the cache (only volume `volume` if given; the graveyard is then skipped).
-pub fn survey(root: &CacheRoot, volume: Option<&[u8]>) -> Result<Survey, ToolError> {
+pub fn walk(root: &CacheDir, volume: Option<&VolumeName>, keep: Keep) -> Result<Survey, ToolError> {
     let mut w = Walker {
         root,
+        keep,
         survey: Survey::default(),
     };
     w.walk(volume)?;
     Ok(w.survey)
 }
 
+/// Per-volume totals. The byte sums saturate at `u64::MAX` (16 EiB) instead of wrapping:
+/// object sizes come from xattrs anyone who can write the cache can set.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Usage {
     pub volume: String,
@@ -501,29 +533,55 @@ pub struct Usage {
     pub allocated_bytes: u64,
 }
 
-pub fn usage(survey: &Survey) -> (Vec<Usage>, Usage) {
+/// `du`: totals per volume and over all, from a walk that keeps no per-object records.
+pub fn usage(root: &CacheDir) -> Result<(Vec<Usage>, Usage), ToolError> {
+    let survey = walk(root, None, Keep::TOTALS)?;
     let mut total = Usage {
         volume: "total".into(),
         ..Usage::default()
     };
-    let per: Vec<Usage> = survey
-        .volumes
-        .iter()
-        .map(|v| {
-            let mut u = Usage {
-                volume: v.volume.clone(),
-                ..Usage::default()
-            };
-            for o in &v.objects {
-                u.objects += 1;
-                u.object_bytes += o.object_size.unwrap_or(0);
-                u.allocated_bytes += o.allocated;
-            }
-            total.objects += u.objects;
-            total.object_bytes += u.object_bytes;
-            total.allocated_bytes += u.allocated_bytes;
-            u
-        })
-        .collect();
-    (per, total)
+    let per: Vec<Usage> = survey.volumes.into_iter().map(|v| v.usage).collect();
+    for u in &per {
+        total.objects = total.objects.saturating_add(u.objects);
+        total.object_bytes = total.object_bytes.saturating_add(u.object_bytes);
+        total.allocated_bytes = total.allocated_bytes.saturating_add(u.allocated_bytes);
+    }
+    Ok((per, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// `du` used ~1 KB per object: the totals walk must keep no per-object record.
+    #[test]
+    fn the_totals_walk_keeps_nothing_per_object() {
+        let t = tempfile::tempdir().unwrap();
+        let vol = t.path().join("cache/Ierofs,v");
+        let mut fanouts = std::collections::BTreeSet::new();
+        for i in 0..50 {
+            let key = format!("obj{i}");
+            let fan = layout::fanout_name(layout::fanout(b"erofs,v", key.as_bytes()));
+            fs::create_dir_all(vol.join(&fan)).unwrap();
+            fs::write(vol.join(&fan).join(format!("D{key}")), b"x").unwrap();
+            fanouts.insert(fan);
+        }
+        let root = CacheDir::open(t.path()).unwrap();
+        let s = walk(&root, None, Keep::TOTALS).unwrap();
+        assert_eq!(s.volumes.len(), 1);
+        assert!(s.volumes[0].objects.is_empty());
+        assert!(s.findings.is_empty());
+        assert_eq!(s.volumes[0].usage.objects, 50);
+        let (per, total) = usage(&root).unwrap();
+        assert_eq!((per.len(), total.objects), (1, 50));
+        let ls = walk(&root, None, Keep::LS).unwrap();
+        assert_eq!(ls.volumes[0].objects.len(), 50);
+        assert!(ls.findings.is_empty());
+        // Each object lacks its xattr, the volume its xattr and some fanouts, no graveyard/.
+        let check = walk(&root, None, Keep::CHECK).unwrap();
+        assert!(check.volumes[0].objects.is_empty());
+        assert!(fanouts.len() < 256);
+        assert_eq!(check.findings.len(), 53);
+    }
 }

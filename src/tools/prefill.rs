@@ -25,28 +25,33 @@
 //! so we link `/proc/self/fd/N` with AT_SYMLINK_FOLLOW (the method open(2) documents for
 //! O_TMPFILE), and fall back to AT_EMPTY_PATH only when /proc is not mounted.
 
-use super::sys::{get_xattr, openat_file, set_xattr};
-use super::{grave_name, CacheRoot, ToolError};
-use crate::cull::tree::{file_type, open_dir_at, stat_at};
-use crate::layout::{self, ObjectXattr, VolumeXattr, CACHE_DIR, GRAVEYARD_DIR};
+use super::ToolError;
+use crate::cachedir::graveyard::grave_name;
+use crate::cachedir::layout::{self, ObjectXattr, VolumeXattr};
+use crate::cachedir::names::{
+    fanout_dir, fanout_dir_of, show_path, Name, ObjectName, VolumeName, CACHE, GRAVEYARD,
+};
+use crate::cachedir::tree::{file_type, make_dir, open_dir, open_tmpfile, rename, stat};
+use crate::cachedir::{xattr, CacheDir, Escaped};
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, RenameFlags};
-use nix::sys::stat::{Mode, SFlag};
+use nix::fcntl::AtFlags;
+use nix::sys::stat::SFlag;
+use rustix::fs::{Mode, OFlags};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 pub struct Prefill<'a> {
-    pub volume: &'a [u8],
+    pub volume: &'a VolumeName,
     pub key: &'a [u8],
     pub from: &'a Path,
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct PrefillOutcome {
-    /// Below the cache root: `cache/I<volume>/@xx/<name>`.
+    /// Below the cache root: `cache/I<volume>/@xx/<name>`, escaped.
     pub path: String,
     pub object_size: u64,
     pub volume_created: bool,
@@ -62,16 +67,11 @@ fn erofs_volume_xattr() -> Vec<u8> {
     .encode()
 }
 
-fn validate(req: &Prefill) -> Result<Vec<u8>, ToolError> {
-    let v = req.volume;
+fn validate(req: &Prefill) -> Result<ObjectName, ToolError> {
+    let v = req.volume.key();
     if !v.starts_with(b"erofs,") || v.len() == 6 {
         return Err(ToolError::Invalid(
             "prefill makes EROFS objects only: --volume must be erofs,<domain_id or fsid>".into(),
-        ));
-    }
-    if v.len() > layout::MAX_VOLUME_KEY || v.contains(&b'/') || v.contains(&0) {
-        return Err(ToolError::Invalid(
-            "the volume key must be at most 254 bytes without / or NUL".into(),
         ));
     }
     if req.key.is_empty() || req.key.contains(&0) {
@@ -79,40 +79,50 @@ fn validate(req: &Prefill) -> Result<Vec<u8>, ToolError> {
             "the key (EROFS fsid) must be non-empty text".into(),
         ));
     }
-    layout::encode_key(req.key).map_err(|e| ToolError::Invalid(e.to_string()))
+    Ok(ObjectName::for_key(req.key)?)
 }
 
-pub fn prefill(root: &CacheRoot, req: &Prefill) -> Result<PrefillOutcome, ToolError> {
-    let name = validate(req)?;
+/// Opens the source without blocking (a FIFO with no writer would block `open` for ever, with
+/// the cache lock held) and refuses anything but a regular file. O_NONBLOCK stays set: it
+/// changes nothing for regular files.
+fn open_source(from: &Path) -> Result<File, ToolError> {
+    let source_err = |source| ToolError::Source {
+        path: from.to_path_buf(),
+        source,
+    };
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let src =
+        File::from(rustix::fs::open(from, flags, Mode::empty()).map_err(|e| source_err(e.into()))?);
+    if !src.metadata().map_err(source_err)?.is_file() {
+        return Err(ToolError::Invalid(format!(
+            "{} is not a regular file",
+            Escaped(from.as_os_str().as_encoded_bytes())
+        )));
+    }
+    Ok(src)
+}
+
+pub fn prefill(root: &CacheDir, req: &Prefill) -> Result<PrefillOutcome, ToolError> {
+    let object = validate(req)?;
+    let name = object.name();
     let source_err = |source| ToolError::Source {
         path: req.from.to_path_buf(),
         source,
     };
-    let mut src = File::open(req.from).map_err(source_err)?;
-    if !src.metadata().map_err(source_err)?.is_file() {
-        return Err(ToolError::Invalid(format!(
-            "{} is not a regular file",
-            req.from.display()
-        )));
-    }
+    let mut src = open_source(req.from)?;
 
-    let cache = root.cache_dir(true)?;
-    let graveyard = root.graveyard()?;
-    let vol_name = layout::volume_dir_name(req.volume);
-    let volume_created = ensure_volume(root, &cache, &graveyard, &vol_name)?;
-    let vol = open_dir_at(&cache, &vol_name).map_err(|e| {
-        ToolError::os(
-            "cannot open",
-            root.show(&[CACHE_DIR.as_bytes(), &vol_name]),
-            e,
-        )
-    })?;
-    let fan_name = layout::fanout_name(layout::fanout(req.volume, req.key));
-    let rel: [&[u8]; 4] = [CACHE_DIR.as_bytes(), &vol_name, fan_name.as_bytes(), &name];
-    let fan = open_dir_at(&vol, fan_name.as_bytes())
-        .map_err(|e| ToolError::os("cannot open", root.show(&rel[..3]), e))?;
+    let cache = root.ensure_cache()?;
+    let graveyard = root.ensure_graveyard()?;
+    let vol_name = req.volume.dir_name();
+    let volume_created = ensure_volume(root, &cache, &graveyard, vol_name)?;
+    let vol = open_dir(&cache, vol_name)
+        .map_err(|e| ToolError::os(root, "cannot open", &[&CACHE, vol_name], e))?;
+    let fan_name = fanout_dir_of(req.volume, req.key);
+    let rel: [&[u8]; 4] = [&CACHE, vol_name, &fan_name, name];
+    let fan =
+        open_dir(&vol, &fan_name).map_err(|e| ToolError::os(root, "cannot open", &rel[..3], e))?;
 
-    let replaced = match stat_at(&fan, &name) {
+    let replaced = match stat(&fan, name) {
         Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
             return Err(ToolError::Invalid(format!(
                 "{} is a directory; run `cachefilesctl check --repair` first",
@@ -121,21 +131,17 @@ pub fn prefill(root: &CacheRoot, req: &Prefill) -> Result<PrefillOutcome, ToolEr
         }
         Ok(_) => true,
         Err(Errno::ENOENT) => false,
-        Err(e) => return Err(ToolError::os("cannot stat", root.show(&rel), e)),
+        Err(e) => return Err(ToolError::os(root, "cannot stat", &rel, e)),
     };
 
-    let mut tmp = openat_file(
-        &fan,
-        b".",
-        OFlag::O_TMPFILE | OFlag::O_RDWR,
-        Mode::S_IRUSR | Mode::S_IWUSR,
-    )
-    .map_err(|e| ToolError::os("cannot make an O_TMPFILE in", root.show(&rel[..3]), e))?;
+    let mut tmp = open_tmpfile(&fan)
+        .map_err(|e| ToolError::os(root, "cannot make an O_TMPFILE in", &rel[..3], e))?;
     let tmp_err = |e: std::io::Error| {
         ToolError::os(
+            root,
             "cannot write the new object for",
-            root.show(&rel),
-            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            &rel,
+            Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)),
         )
     };
     let mut size = 0u64;
@@ -161,51 +167,32 @@ pub fn prefill(root: &CacheRoot, req: &Prefill) -> Result<PrefillOutcome, ToolEr
         content: layout::Content::NoData,
         aux: Vec::new(),
     };
-    set_xattr(&tmp, layout::XATTR_NAME, &xattr.encode()).map_err(|e| {
-        ToolError::os(
-            "cannot set the xattr on the new object for",
-            root.show(&rel),
-            e,
-        )
-    })?;
+    xattr::set(&tmp, &xattr.encode())
+        .map_err(|e| ToolError::os(root, "cannot set the xattr on the new object for", &rel, e))?;
     tmp.sync_all().map_err(tmp_err)?;
 
     let temp = grave_name();
-    link_tmpfile(&tmp, &graveyard, temp.as_bytes()).map_err(|e| {
-        ToolError::os(
-            "cannot link the new object into",
-            root.show(&[GRAVEYARD_DIR.as_bytes()]),
-            e,
-        )
-    })?;
-    nix::fcntl::renameat(
-        Some(graveyard.as_raw_fd()),
-        temp.as_bytes(),
-        Some(fan.as_raw_fd()),
-        &name[..],
-    )
-    .map_err(|e| ToolError::os("cannot rename the new object to", root.show(&rel), e))?;
+    link_tmpfile(&tmp, &graveyard, &temp)
+        .map_err(|e| ToolError::os(root, "cannot link the new object into", &[&GRAVEYARD], e))?;
+    rename(&graveyard, &temp, &fan, name, false)
+        .map_err(|e| ToolError::os(root, "cannot rename the new object to", &rel, e))?;
     for d in [&fan, &graveyard] {
         nix::unistd::fsync(d.as_raw_fd())
-            .map_err(|e| ToolError::os("cannot fsync", root.show(&rel[..3]), e))?;
+            .map_err(|e| ToolError::os(root, "cannot fsync", &rel[..3], e))?;
     }
     Ok(PrefillOutcome {
-        path: rel
-            .iter()
-            .map(|c| String::from_utf8_lossy(c))
-            .collect::<Vec<_>>()
-            .join("/"),
+        path: show_path(rel),
         object_size: size,
         volume_created,
         replaced,
     })
 }
 
-fn link_tmpfile(tmp: &File, dir: &Dir, name: &[u8]) -> Result<(), Errno> {
+fn link_tmpfile(tmp: &File, dir: &Dir, name: &Name) -> Result<(), Errno> {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let proc_path = format!("/proc/self/fd/{}", tmp.as_raw_fd());
-    let name = OsStr::from_bytes(name);
+    let name = OsStr::from_bytes(name.as_bytes());
     match nix::unistd::linkat(
         None,
         OsStr::new(&proc_path),
@@ -228,34 +215,28 @@ fn link_tmpfile(tmp: &File, dir: &Dir, name: &[u8]) -> Result<(), Errno> {
 /// there; an existing one must carry the xattr the kernel expects, or the kernel would bury it
 /// and the prefilled object with it. Returns whether it was created.
 fn ensure_volume(
-    root: &CacheRoot,
+    root: &CacheDir,
     cache: &Dir,
     graveyard: &Dir,
-    vol_name: &[u8],
+    vol_name: &Name,
 ) -> Result<bool, ToolError> {
-    let rel: [&[u8]; 2] = [CACHE_DIR.as_bytes(), vol_name];
+    let rel: [&[u8]; 2] = [&CACHE, vol_name];
     let want = erofs_volume_xattr();
-    match stat_at(cache, vol_name) {
+    match stat(cache, vol_name) {
         Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
-            let vol = open_dir_at(cache, vol_name)
-                .map_err(|e| ToolError::os("cannot open", root.show(&rel), e))?;
-            match get_xattr(&vol, layout::XATTR_NAME) {
+            let vol = open_dir(cache, vol_name)
+                .map_err(|e| ToolError::os(root, "cannot open", &rel, e))?;
+            match xattr::get(&vol) {
                 Ok(Some(x)) if x == want => {}
                 Ok(_) => {
                     return Err(ToolError::Invalid(format!(
                     "{} lacks the volume xattr the kernel expects (it would discard the volume); \
                          remove it with `cachefilesctl purge --volume {}` first",
                     root.show(&rel),
-                    String::from_utf8_lossy(&vol_name[1..])
+                    Escaped(&vol_name[1..])
                 )))
                 }
-                Err(e) => {
-                    return Err(ToolError::os(
-                        "cannot read the xattr of",
-                        root.show(&rel),
-                        e,
-                    ))
-                }
+                Err(e) => return Err(ToolError::os(root, "cannot read the xattr of", &rel, e)),
             }
             make_fanouts(root, &vol, &rel)?;
             Ok(false)
@@ -266,48 +247,31 @@ fn ensure_volume(
         ))),
         Err(Errno::ENOENT) => {
             let temp = grave_name();
-            let g: [&[u8]; 2] = [GRAVEYARD_DIR.as_bytes(), temp.as_bytes()];
-            let vol = root.ensure_dir(graveyard, &g[..1], temp.as_bytes())?;
-            set_xattr(&vol, layout::XATTR_NAME, &want)
-                .map_err(|e| ToolError::os("cannot set the volume xattr on", root.show(&g), e))?;
+            let g: [&[u8]; 2] = [&GRAVEYARD, &temp];
+            let vol = root.ensure_dir(graveyard, &g[..1], &temp)?;
+            xattr::set(&vol, &want)
+                .map_err(|e| ToolError::os(root, "cannot set the volume xattr on", &g, e))?;
             make_fanouts(root, &vol, &g)?;
             nix::unistd::fsync(vol.as_raw_fd())
-                .map_err(|e| ToolError::os("cannot fsync", root.show(&g), e))?;
-            match nix::fcntl::renameat2(
-                Some(graveyard.as_raw_fd()),
-                temp.as_bytes(),
-                Some(cache.as_raw_fd()),
-                vol_name,
-                RenameFlags::RENAME_NOREPLACE,
-            ) {
-                Ok(()) => {}
-                Err(e) => {
-                    return Err(ToolError::os(
-                        "cannot rename the new volume to",
-                        root.show(&rel),
-                        e,
-                    ))
-                }
-            }
+                .map_err(|e| ToolError::os(root, "cannot fsync", &g, e))?;
+            rename(graveyard, &temp, cache, vol_name, true)
+                .map_err(|e| ToolError::os(root, "cannot rename the new volume to", &rel, e))?;
             nix::unistd::fsync(cache.as_raw_fd())
-                .map_err(|e| ToolError::os("cannot fsync", root.show(&rel[..1]), e))?;
+                .map_err(|e| ToolError::os(root, "cannot fsync", &rel[..1], e))?;
             Ok(true)
         }
-        Err(e) => Err(ToolError::os("cannot stat", root.show(&rel), e)),
+        Err(e) => Err(ToolError::os(root, "cannot stat", &rel, e)),
     }
 }
 
-fn make_fanouts(root: &CacheRoot, vol: &Dir, rel: &[&[u8]]) -> Result<(), ToolError> {
+fn make_fanouts(root: &CacheDir, vol: &Dir, rel: &[&[u8]]) -> Result<(), ToolError> {
     for i in 0..=255u8 {
-        let name = layout::fanout_name(i);
-        match nix::sys::stat::mkdirat(Some(vol.as_raw_fd()), name.as_str(), Mode::S_IRWXU) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => {
-                let mut p = rel.to_vec();
-                p.push(name.as_bytes());
-                return Err(ToolError::os("cannot make directory", root.show(&p), e));
-            }
-        }
+        let name = fanout_dir(i);
+        make_dir(vol, &name).map_err(|e| {
+            let mut p = rel.to_vec();
+            p.push(&name);
+            ToolError::os(root, "cannot make directory", &p, e)
+        })?;
     }
     Ok(())
 }

@@ -1,19 +1,24 @@
 //! `invalidate` (one object) and `purge` (a whole volume): the entry is renamed into the
 //! graveyard and the graveyard reaped, so a crash half-way leaves only graveyard contents
-//! the daemon deletes. The caller holds the cache lock.
+//! the daemon deletes. The caller holds the cache lock. Both take validated names only: the
+//! volume is a [`VolumeName`] and the object name is made from the key by the kernel's
+//! encoding, so neither can name anything but an entry of its own directory.
 
-use super::{CacheRoot, ToolError};
-use crate::cull::tree::{open_dir_at, stat_at};
-use crate::layout::{self, CACHE_DIR};
+use super::{reap, ToolError};
+use crate::cachedir::graveyard::bury;
+use crate::cachedir::names::{fanout_dir_of, show_path, Name, ObjectName, VolumeName, CACHE};
+use crate::cachedir::tree::stat;
+use crate::cachedir::CacheDir;
+use nix::dir::Dir;
 use nix::errno::Errno;
 
 /// Removes the object of `key` in `volume`; returns its path below the cache root.
-pub fn invalidate(root: &CacheRoot, volume: &[u8], key: &[u8]) -> Result<String, ToolError> {
-    let name = layout::encode_key(key).map_err(|e| ToolError::Invalid(e.to_string()))?;
-    let vol_name = layout::volume_dir_name(volume);
-    let fan_name = layout::fanout_name(layout::fanout(volume, key));
-    let rel: [&[u8]; 4] = [CACHE_DIR.as_bytes(), &vol_name, fan_name.as_bytes(), &name];
-    let fan = match root.open_rel(&rel[..3]) {
+pub fn invalidate(root: &CacheDir, volume: &VolumeName, key: &[u8]) -> Result<String, ToolError> {
+    let object = ObjectName::for_key(key)?;
+    let fan = fanout_dir_of(volume, key);
+    let names = [CACHE, volume.dir_name().clone(), fan];
+    let rel: [&[u8]; 4] = [&names[0], &names[1], &names[2], object.name()];
+    let dir = match root.open_dir(&names) {
         Ok(d) => d,
         Err(Errno::ENOENT) => {
             return Err(ToolError::NotFound {
@@ -21,16 +26,15 @@ pub fn invalidate(root: &CacheRoot, volume: &[u8], key: &[u8]) -> Result<String,
                 path: root.show(&rel),
             })
         }
-        Err(e) => return Err(ToolError::os("cannot open", root.show(&rel[..3]), e)),
+        Err(e) => return Err(ToolError::os(root, "cannot open", &rel[..3], e)),
     };
-    remove(root, &fan, &name, &rel, "object")
+    remove(root, &dir, object.name(), &rel, "object")
 }
 
 /// Removes `cache/I<volume>` with everything in it.
-pub fn purge(root: &CacheRoot, volume: &[u8]) -> Result<String, ToolError> {
-    let vol_name = layout::volume_dir_name(volume);
-    let rel: [&[u8]; 2] = [CACHE_DIR.as_bytes(), &vol_name];
-    let cache = match open_dir_at(&root.dir, CACHE_DIR.as_bytes()) {
+pub fn purge(root: &CacheDir, volume: &VolumeName) -> Result<String, ToolError> {
+    let rel: [&[u8]; 2] = [&CACHE, volume.dir_name()];
+    let cache = match root.open_dir(&[CACHE]) {
         Ok(d) => d,
         Err(Errno::ENOENT) => {
             return Err(ToolError::NotFound {
@@ -38,19 +42,19 @@ pub fn purge(root: &CacheRoot, volume: &[u8]) -> Result<String, ToolError> {
                 path: root.show(&rel),
             })
         }
-        Err(e) => return Err(ToolError::os("cannot open", root.show(&rel[..1]), e)),
+        Err(e) => return Err(ToolError::os(root, "cannot open", &rel[..1], e)),
     };
-    remove(root, &cache, &vol_name, &rel, "volume")
+    remove(root, &cache, volume.dir_name(), &rel, "volume")
 }
 
 fn remove(
-    root: &CacheRoot,
-    parent: &nix::dir::Dir,
-    name: &[u8],
+    root: &CacheDir,
+    parent: &Dir,
+    name: &Name,
     rel: &[&[u8]],
     what: &'static str,
 ) -> Result<String, ToolError> {
-    match stat_at(parent, name) {
+    match stat(parent, name) {
         Ok(_) => {}
         Err(Errno::ENOENT) => {
             return Err(ToolError::NotFound {
@@ -58,15 +62,11 @@ fn remove(
                 path: root.show(rel),
             })
         }
-        Err(e) => return Err(ToolError::os("cannot stat", root.show(rel), e)),
+        Err(e) => return Err(ToolError::os(root, "cannot stat", rel, e)),
     }
-    let graveyard = root.graveyard()?;
-    root.bury(parent, name, &graveyard)
-        .map_err(|e| ToolError::os("cannot move into the graveyard", root.show(rel), e))?;
-    root.reap(&graveyard)?;
-    Ok(rel
-        .iter()
-        .map(|c| String::from_utf8_lossy(c))
-        .collect::<Vec<_>>()
-        .join("/"))
+    let graveyard = root.ensure_graveyard()?;
+    bury(parent, name, &graveyard)
+        .map_err(|e| ToolError::os(root, "cannot move into the graveyard", rel, e))?;
+    reap(&graveyard)?;
+    Ok(show_path(rel.iter().copied()))
 }

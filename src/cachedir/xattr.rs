@@ -1,0 +1,29 @@
+//! The `user.CacheFiles.cache` xattrs, read and written through an fd (never a path, so a link
+//! swapped in cannot redirect them), with rustix.
+
+use super::layout::XATTR_NAME;
+use super::tree::{borrow, errno};
+use nix::errno::Errno;
+use rustix::fs::XattrFlags;
+use std::os::fd::AsRawFd;
+
+/// XATTR_SIZE_MAX: no xattr value is larger.
+const MAX_VALUE: usize = 65536;
+
+/// The cachefiles xattr of the open file or directory `fd`; `Ok(None)` if it has none.
+pub fn get(fd: &impl AsRawFd) -> Result<Option<Vec<u8>>, Errno> {
+    let mut buf = vec![0u8; MAX_VALUE];
+    match rustix::fs::fgetxattr(borrow(fd), XATTR_NAME, &mut buf[..]) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(Some(buf))
+        }
+        Err(e) if errno(e) == Errno::ENODATA => Ok(None),
+        Err(e) => Err(errno(e)),
+    }
+}
+
+/// Sets (creates or replaces) the cachefiles xattr of `fd`.
+pub fn set(fd: &impl AsRawFd, value: &[u8]) -> Result<(), Errno> {
+    rustix::fs::fsetxattr(borrow(fd), XATTR_NAME, value, XattrFlags::empty()).map_err(errno)
+}
