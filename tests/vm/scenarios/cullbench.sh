@@ -142,6 +142,7 @@ floor_run() {
   rm -f /tmp/victims.*
   awk -v ways="$2" '{ print > ("/tmp/victims." (NR % ways)) }' /tmp/victims
   # A background job's stdin is /dev/null: the lists are redirected inside the command.
+  # shellcheck disable=SC2016 # expanded by the inner sh
   run_to_brun "floor-$2" "$limit" sh -c 'for l in /tmp/victims.*; do unlink-list <"$l" & done; wait'
   floor_cs=$run_cs
   report "floor-$2" 1
