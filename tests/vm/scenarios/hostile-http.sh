@@ -28,8 +28,8 @@ on_fail() {
   echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
   echo "--- mount processes and where they wait"
   for p in /proc/[0-9]*; do
-    case "$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" in
-      mount*) echo "  ${p#/proc/} $(cat "$p/wchan" 2>/dev/null) state $(sed -n 's/^State:\t//p' "$p/status")" ;;
+    case "$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)" in
+      mount*) echo "  ${p#/proc/}: $(grep '^State:' "$p/status" 2>/dev/null)" ;;
     esac
   done
   echo "--- dmesg (tail)"; dmesg | tail -n 30
