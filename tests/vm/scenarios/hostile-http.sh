@@ -26,14 +26,8 @@ www=/srv/www
 
 on_fail() {
   echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
-  echo "--- mount processes and where they wait"
-  for p in /proc/[0-9]*; do
-    case "$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)" in
-      mount*) echo "  ${p#/proc/}: $(grep '^State:' "$p/status" 2>/dev/null)" ;;
-    esac
-  done
   echo "--- dmesg (tail)"; dmesg | tail -n 30
-  echo "--- processes"; show_processes
+  echo "--- processes (a mount in state D is stuck in the kernel)"; show_processes
 }
 
 # The hostile server. HTTP/1.0 with Content-Length 0: the reply ends with the connection.

@@ -105,9 +105,10 @@ ninep_object_path() {
   object_path "9p,fscached," "le64:$((_ino - 2))"
 }
 
-# show_processes: every process but the kernel threads (their names are in brackets).
+# show_processes: every process but the kernel threads (their names are in brackets), with its
+# state (D: waiting in the kernel).
 # shellcheck disable=SC2009 # filtering ps's listing, not looking for a process
-show_processes() { ps | grep -v ' \['; }
+show_processes() { ps -o pid,stat,args | grep -v ' \['; }
 
 # alive PID: the process exists and is not a zombie (kill -0 succeeds on an unreaped zombie, so it
 # cannot tell that a daemon started with & has died).
