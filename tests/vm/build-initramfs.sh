@@ -109,7 +109,7 @@ fi
 find "$root/scenarios" -name '*.sh' -exec chmod 0755 {} +
 
 # The object-name table: the model must first reproduce what a real kernel did.
-# shellcheck source=lib/scenario.sh
+# shellcheck source=SCRIPTDIR/lib/scenario.sh
 . "$here/lib/scenario.sh"
 "$here/cachenames.py" selftest || { log "cachenames.py disagrees with the kernel's recorded names"; exit 1; }
 names_args=()

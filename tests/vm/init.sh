@@ -17,7 +17,7 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /root /var/run
 
-# shellcheck source=scenarios/lib/status.sh
+# shellcheck source=SCRIPTDIR/scenarios/lib/status.sh
 . /scenarios/lib/status.sh
 
 # reboot -f returns at once and the machine goes down a moment later: nothing after it may run.

@@ -43,7 +43,7 @@ repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 vmdir=$target/vm
 log() { echo "run-suite: $*" >&2; }
-# shellcheck source=lib/scenario.sh
+# shellcheck source=SCRIPTDIR/lib/scenario.sh
 . "$here/lib/scenario.sh"
 
 # Where a scenario's script lives (VM_EXTRA_SCENARIOS: see build-initramfs.sh).

@@ -27,7 +27,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 log() { echo "run-vm: $*" >&2; }
-# shellcheck source=scenarios/lib/status.sh
+# shellcheck source=SCRIPTDIR/scenarios/lib/status.sh
 . "$here/scenarios/lib/status.sh"
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 

@@ -25,12 +25,14 @@
 # must reach brun and keep LRU order (checks); the C daemon's results are reported, not checked.
 # Result lines start with "BENCH" (and "RATIO"); results/cachefilesd-c*.log and
 # results/cachefilesd.log hold the daemons' stderr.
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
 cache=/var/cache/fscache
 conf=/etc/cachefilesd.conf
 ours=/usr/sbin/cachefilesd
 c_daemon=/usr/sbin/cachefilesd-c
+# shellcheck source=SCRIPTDIR/lib/prefilled.sh
 . /scenarios/lib/prefilled.sh
 
 [ -x "$ours" ] || fail "no $ours in the initramfs"
