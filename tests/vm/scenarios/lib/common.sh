@@ -2,9 +2,12 @@
 # Helpers shared by the scenario scripts (sourced; busybox sh). Not a scenario itself: run-suite
 # only runs scenarios/*.sh.
 #
-# Conventions: print what is checked; exit 1 on the first failed check (after running the
-# scenario's on_fail hook, if it defines one); exit 77 with the reason as the last line of stdout
-# to skip; `pass` refuses to report success if no check ran.
+# Conventions: print what is checked; exit with status_fail on the first failed check (after
+# running the scenario's on_fail hook, if it defines one); exit with status_skip with the reason
+# as the last line of stdout to skip; `pass` refuses to report success if no check ran. The
+# codes are lib/status.sh's.
+# shellcheck source=SCRIPTDIR/status.sh
+. /scenarios/lib/status.sh
 
 # The guest's paths, the same in every daemon scenario (a scenario may set its own after sourcing
 # this file). daemon_pid is the running daemon's pid (bound_or_dead uses it).
@@ -32,7 +35,7 @@ fail() {
     trap - EXIT
     on_fail || true
   fi
-  exit 1
+  exit "$status_fail"
 }
 
 # check DESCRIPTION COMMAND [ARG...]: runs the command, counts and reports the check.
@@ -47,7 +50,7 @@ check() {
   fi
 }
 
-skip() { echo "SKIP: $*"; exit 77; }
+skip() { echo "SKIP: $*"; exit "$status_skip"; }
 
 # Kernel trouble (BUG, oops, WARN) fails a scenario even if all its own checks passed.
 kernel_log_clean() { ! dmesg | grep -qE 'kernel BUG|Oops|WARNING: CPU|general protection|Call Trace'; }
@@ -56,7 +59,7 @@ pass() {
   [ "$checks" -gt 0 ] || fail "scenario ran no checks"
   check "no kernel BUG/oops/warning in dmesg" kernel_log_clean
   say "PASS: $checks checks"
-  exit 0
+  exit "$status_pass"
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND [ARG...]: polls the command every 0.2 s until it succeeds;
@@ -119,6 +122,7 @@ alive() {
 
 # stop_daemon PID: SIGTERM, wait up to 30 s (then SIGKILL), reap; sets daemon_rc to the exit
 # status (128+signal if it was killed).
+# shellcheck disable=SC2034 # daemon_rc is this function's result, read by the scenarios
 stop_daemon() {
   kill -TERM "$1" 2>/dev/null
   _n=0
