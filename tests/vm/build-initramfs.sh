@@ -13,7 +13,10 @@
 #   * tests/vm/scenarios/ as /scenarios (plus $VM_EXTRA_SCENARIOS/, if set),
 #   * /etc/cachefilesd-features: one word per line from $CACHEFILESD_FEATURES (comma or space
 #     separated, default empty); scenarios for optional daemon features skip unless listed,
-#   * /init (below).
+#   * /etc/vm/object-names: where the kernel puts the objects the scenarios look up, from
+#     cachenames.py (the suite's model of the kernel's naming): every `# vm-object:` of the
+#     scenarios in the image, and every file of $VM_FSCACHED (the 9p tag fscached) if set,
+#   * /init (init.sh).
 # Everything else goes to stderr; nothing is printed on stdout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -74,8 +77,10 @@ done
 for spec in ${VM_EXTRA_BINS:-}; do
   src=${spec%%:*}
   name=${spec#*:}
-  [ "$src" != "$spec" ] && [ -n "$name" ] && [ "${name#*/}" = "$name" ] ||
-    { log "VM_EXTRA_BINS wants SRC:NAME words, got '$spec'"; exit 2; }
+  if [ "$src" = "$spec" ] || [ -z "$name" ] || [ "${name#*/}" != "$name" ]; then
+    log "VM_EXTRA_BINS wants SRC:NAME words, got '$spec'"
+    exit 2
+  fi
   [ -f "$src" ] || { log "no such binary: $src"; exit 1; }
   add_exe "$src" "usr/sbin/$name"
   log "added $src as /usr/sbin/$name"
@@ -103,6 +108,27 @@ if [ -n "${VM_EXTRA_SCENARIOS:-}" ]; then
 fi
 find "$root/scenarios" -name '*.sh' -exec chmod 0755 {} +
 
+# The object-name table: the model must first reproduce what a real kernel did.
+# shellcheck source=SCRIPTDIR/lib/scenario.sh
+. "$here/lib/scenario.sh"
+"$here/cachenames.py" selftest || { log "cachenames.py disagrees with the kernel's recorded names"; exit 1; }
+names_args=()
+for f in "$root"/scenarios/*.sh; do
+  name=$(basename "$f" .sh)
+  scenario_headers "$name" "$f" || exit 2
+  while read -r volume key; do
+    [ -n "$volume" ] || continue
+    [ -n "$key" ] || { log "$f: '# vm-object:' wants VOLUME KEY"; exit 2; }
+    names_args+=(--object "$volume" "$key")
+  done <<<"$(hdr "$name" object)"
+done
+if [ -n "${VM_FSCACHED:-}" ]; then
+  names_args+=(--9p-tree "$VM_FSCACHED" "9p,fscached,")
+fi
+mkdir -p "$root/etc/vm"
+"$here/cachenames.py" table "${names_args[@]}" >"$root/etc/vm/object-names"
+log "object-name table: $(wc -l <"$root/etc/vm/object-names") entries"
+
 # Optional-feature markers for scenarios (see ondemand.sh).
 : >"$root/etc/cachefilesd-features"
 for feature in $(echo "${CACHEFILESD_FEATURES:-}" | tr ',' ' '); do
@@ -117,99 +143,9 @@ echo "root:x:0:" >"$root/etc/group"
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || log "warning: cannot mknod /dev/console"
 mknod -m 666 "$root/dev/null" c 1 3 2>/dev/null || true
 
-cat >"$root/init" <<'EOF'
-#!/bin/sh
-# PID 1 of the test VM: set up the mounts, run /scenarios/<scenario>.sh (scenario=NAME on the
-# kernel command line), record its exit status in /results/status, then leave qemu via
-# `reboot -f` (qemu runs with -no-reboot, so a reboot ends it). /results/status is the only
-# pass/fail signal the host uses: if it is missing, the run failed.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root TERM=dumb
-umask 022
-
-# DEVTMPFS_MOUNT does not apply to an initramfs root: mount /dev ourselves.
-mount -t devtmpfs devtmpfs /dev
-exec </dev/console >/dev/console 2>&1
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-mount -t tmpfs -o mode=0755 tmpfs /run
-mkdir -p /root /var/run
-
-die() {
-  echo "init: $*"
-  # Without /results there is nowhere to report: the missing status file marks the failure.
-  reboot -f
-  sleep 10
-}
-
-if ! mount -t 9p -o trans=virtio,version=9p2000.L results /results; then
-  die "cannot mount the 9p share 'results'"
-fi
-# The optional read-only data share (run-vm.sh --data). Look for the tag in sysfs first (the
-# attribute holds the tag plus a NUL): mounting an absent tag logs "no channels available".
-has_data=
-for tag in /sys/bus/virtio/devices/*/mount_tag; do
-  [ "$(tr -d '\000' <"$tag" 2>/dev/null)" = data ] && has_data=1
-done
-if [ -n "$has_data" ]; then
-  mount -t 9p -o trans=virtio,version=9p2000.L,ro data /data || echo "init: cannot mount 'data'"
-fi
-
-scenario=
-vmtimeout=
-for word in $(cat /proc/cmdline); do
-  case "$word" in
-    scenario=*) scenario=${word#scenario=} ;;
-    vmtimeout=*) vmtimeout=${word#vmtimeout=} ;;
-  esac
-done
-script=/scenarios/$scenario.sh
-start=$(cut -d' ' -f1 /proc/uptime)
-echo "init: scenario '$scenario' starting at uptime ${start}s, $(grep -c ^processor /proc/cpuinfo) CPU(s)"
-
-finish() { # STATUS
-  dmesg >/results/dmesg.txt 2>/dev/null
-  echo "$1" >/results/status
-  sync
-  echo "init: scenario '$scenario' exit status $1 (uptime $start -> $(cut -d' ' -f1 /proc/uptime))"
-  umount /results 2>/dev/null
-  reboot -f
-  sleep 10
-}
-
-if [ -z "$scenario" ] || [ ! -f "$script" ]; then
-  echo "init: no such scenario '$scenario' (want scenario=NAME on the kernel command line)" | tee /results/output.log
-  finish 2
-fi
-
-# Guest-side watchdog, a little shorter than the host's hard timeout, so that a hanging scenario
-# still leaves dmesg and a process list behind. Status 124 like timeout(1).
-if [ -n "$vmtimeout" ]; then
-  (
-    sleep "$vmtimeout"
-    echo "init: scenario '$scenario' timed out after ${vmtimeout}s; processes:"
-    ps -o pid,stat,args 2>/dev/null | grep -v ' \['
-    for p in /proc/[0-9]*; do
-      [ -r "$p/wchan" ] && echo "  ${p#/proc/} $(cat "$p/wchan" 2>/dev/null) $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)"
-    done
-    finish 124
-  ) &
-fi
-
-# The scenario runs as a plain `sh` child (no -x), output both on the console and in
-# /results/output.log (the SKIP reason is its last line). Init polls for the status file instead
-# of waiting for the pipeline: tee only sees EOF once every process that inherited the pipe is
-# gone, and a scenario may leave a background `sleep` behind.
-( cd / && sh "$script"; echo $? >/tmp/scenario.status.tmp; mv /tmp/scenario.status.tmp /tmp/scenario.status ) 2>&1 |
-  tee /results/output.log &
-while [ ! -e /tmp/scenario.status ]; do
-  sleep 0.2
-done
-sleep 0.2 # let tee write the last lines
-finish "$(cat /tmp/scenario.status)"
-EOF
-chmod 0755 "$root/init"
+# PID 1 (init.sh) and the status codes it shares with the scenarios (scenarios/lib/status.sh,
+# copied above with the scenarios).
+install -m 0755 "$here/init.sh" "$root/init"
 
 # Owner root, newc format as the kernel wants it; sorted for a stable archive.
 mkdir -p "$(dirname "$out")"

@@ -26,7 +26,7 @@ if [ -z "${CACHEFILESD_VM_OFFLINE:-}" ]; then
   fi
 fi
 if [ -z "$version" ]; then
-  version=$(ls "$cache/src" 2>/dev/null | sort -V | tail -n1)
+  version=$(find "$cache/src" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1)
   [ -n "$version" ] || { log "cannot determine linux-source-6.12 version (no network and no cached source)"; exit 1; }
 fi
 frag_hash=$(sha256sum "$fragment" | cut -c1-16)

@@ -4,6 +4,7 @@
 # Needs `apt-get update` to have run once.
 set -euo pipefail
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+# shellcheck disable=SC2016 # $(REPO_URI) is apt's field syntax, not the shell's
 mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null |
   awk -v rel="$codename" '$2 == rel { print $1; exit }')
 if [ -z "$mirror" ]; then

@@ -10,7 +10,7 @@ cache=${CACHEFILESD_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cachefilesd-rs}/c-
 # Offline, the newest cached version wins.
 version=$(apt-cache show cachefilesd 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n 1 || true)
 if [ -z "$version" ]; then
-  version=$(ls "$cache" 2>/dev/null | sort -V | tail -n 1 || true)
+  version=$(find "$cache" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1 || true)
   [ -n "$version" ] || { log "apt-cache knows no cachefilesd package and nothing is cached"; exit 1; }
 fi
 out=$cache/$version/cachefilesd

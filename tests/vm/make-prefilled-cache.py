@@ -5,17 +5,20 @@ disk (mke2fs -d keeps the atimes, to the second), for the culling scenarios:
     make-prefilled-cache.py N OUTDIR
 
 OUTDIR/tree/ is the root of the ext4 filesystem:
-    cache/I9p,prefilled,/@xx/T<rank>,    7 of every 8 objects (9p-style names)
-    cache/Ierofs,bench/@xx/D<rank>,      the others (EROFS-style names)
+    cache/I9p,prefilled,/@xx/T<rank>,    7 of every 8 objects (9p keys)
+    cache/Ierofs,bench/@xx/D<rank>,      the others (EROFS-style printable keys "<rank>,")
     graveyard/                           empty
+Every path is the one the kernel would use for that key (volume dir, fan-out dir from the
+fscache hash, encoded name: cachenames.py, the suite's independent model of the kernel's
+naming). The 9p key of rank r is the qid.path whose hex digits are r's decimal digits, so the
+kernel names it T<r>,; the few ranks whose key the kernel names otherwise (rank 0, and about one
+in a thousand such as 10000 or 10100, which come out as S...) take an EROFS key instead.
 Every object is a 4 KiB regular file of non-zero bytes (mke2fs -d would turn zero blocks into
 holes, and a hole frees nothing when culled), without the kernel's xattr (the kernel's `cull`
 removes such files too). The 9p volume is deliberately not `9p,fscached,`: a real 9p mount of
 tag fscached acquires that volume, and the kernel buries a volume directory that lacks its xattr,
 objects and all. <rank> is decimal, 0..N-1, and is also the LRU order:
-atime = mtime = 1600000000 + rank seconds, so rank 0 is the oldest object. Ranks are spread over
-the 256 fanout directories by a multiplicative hash, so the oldest objects are not all in one
-directory.
+atime = mtime = 1600000000 + rank seconds, so rank 0 is the oldest object.
 
 OUTDIR/disk-size (bytes, a MiB multiple) and OUTDIR/inodes are what the disk should be made with:
 the objects take about 85 % of the data blocks, and there are 2N + 4096 inodes (so the files
@@ -27,19 +30,21 @@ import os
 import shutil
 import sys
 
+import cachenames
+
 BASE_ATIME = 1_600_000_000
 OBJECT_SIZE = 4096
-VERSION = "prefilled-cache v2"
-
-
-def fanout(rank: int) -> str:
-    return "@%02x" % (((rank * 2654435761) >> 12) & 0xFF)
+VERSION = "prefilled-cache v3 (kernel fan-out)"
+NINEP_VOLUME = b"9p,prefilled,"
+EROFS_VOLUME = b"erofs,bench"
 
 
 def object_path(rank: int) -> str:
-    if rank % 8 == 7:
-        return "cache/Ierofs,bench/%s/D%d," % (fanout(rank), rank)
-    return "cache/I9p,prefilled,/%s/T%d," % (fanout(rank), rank)
+    if rank % 8 != 7:
+        key = int(str(rank), 16).to_bytes(8, "little")
+        if cachenames.object_name(key) == "T%d," % rank:
+            return cachenames.object_path(NINEP_VOLUME, key)
+    return cachenames.object_path(EROFS_VOLUME, b"%d," % rank)
 
 
 def main() -> int:
@@ -64,9 +69,10 @@ def main() -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     tree = os.path.join(tmp, "tree")
     os.makedirs(os.path.join(tree, "graveyard"))
-    for vol in ("I9p,prefilled,", "Ierofs,bench"):
+    # The kernel makes all 256 fan-out directories with the volume.
+    for vol in (NINEP_VOLUME, EROFS_VOLUME):
         for i in range(256):
-            os.makedirs(os.path.join(tree, "cache", vol, "@%02x" % i))
+            os.makedirs(os.path.join(tree, "cache", cachenames.volume_dir(vol), "@%02x" % i))
     for rank in range(n):
         line = b"object %09d\n" % rank  # 17 bytes
         data = (line * (OBJECT_SIZE // len(line) + 1))[:OBJECT_SIZE]

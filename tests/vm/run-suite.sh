@@ -43,21 +43,9 @@ repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 vmdir=$target/vm
 log() { echo "run-suite: $*" >&2; }
+# shellcheck source=SCRIPTDIR/lib/scenario.sh
+. "$here/lib/scenario.sh"
 
-# header FILE KEY: the value of the first "# vm-KEY: value" line of a scenario script.
-header() { sed -n "s/^# vm-$2: *\([^ ]*\).*/\1/p" "$1" | head -n 1; }
-if [ $# -gt 0 ]; then
-  scenarios=("$@")
-else
-  scenarios=()
-  for f in "$here"/scenarios/*.sh; do
-    if [ "$(header "$f" default)" = no ]; then
-      log "not in the default run: $(basename "$f" .sh) (run it by name)"
-      continue
-    fi
-    scenarios+=("$(basename "$f" .sh)")
-  done
-fi
 # Where a scenario's script lives (VM_EXTRA_SCENARIOS: see build-initramfs.sh).
 script_of() {
   if [ -f "$here/scenarios/$1.sh" ]; then
@@ -66,9 +54,26 @@ script_of() {
     echo "$VM_EXTRA_SCENARIOS/$1.sh"
   fi
 }
-for s in "${scenarios[@]}"; do
-  [ -n "$(script_of "$s")" ] || { log "no such scenario: $s (tests/vm/scenarios/$s.sh)"; exit 2; }
-done
+# Every header is parsed once, here; the steps below ask `hdr NAME KEY`.
+if [ $# -gt 0 ]; then
+  scenarios=("$@")
+  for s in "${scenarios[@]}"; do
+    f=$(script_of "$s")
+    [ -n "$f" ] || { log "no such scenario: $s (tests/vm/scenarios/$s.sh)"; exit 2; }
+    scenario_headers "$s" "$f" || exit 2
+  done
+else
+  scenarios=()
+  for f in "$here"/scenarios/*.sh; do
+    s=$(basename "$f" .sh)
+    scenario_headers "$s" "$f" || exit 2
+    if [ "$(hdr "$s" default)" = no ]; then
+      log "not in the default run: $s (run it by name)"
+      continue
+    fi
+    scenarios+=("$s")
+  done
+fi
 
 # 1. Kernel. build-kernel.sh prints the bzImage path as its last stdout line.
 if [ -n "${KERNEL:-}" ]; then
@@ -109,7 +114,7 @@ fi
 mkdir -p "$vmdir"
 extra_bins=${VM_EXTRA_BINS:-}
 for s in "${scenarios[@]}"; do
-  if [ "$(header "$(script_of "$s")" needs)" = c-cachefilesd ] && [[ " $extra_bins" != *:cachefilesd-c* ]]; then
+  if [ "$(hdr "$s" needs)" = c-cachefilesd ] && [[ " $extra_bins" != *:cachefilesd-c* ]]; then
     if c_daemon=$("$here/fetch-c-cachefilesd.sh" | tail -n 1) && [ -x "$c_daemon" ]; then
       extra_bins="$extra_bins $c_daemon:cachefilesd-c"
       # The test kernel has no dnotify, which the C daemon needs (see the shim's comment).
@@ -127,32 +132,32 @@ for s in "${scenarios[@]}"; do
     fi
   fi
 done
+# The 9p test files first: the initramfs carries the kernel's names of their cache objects.
+"$here/make-fscached-data.sh" "$vmdir/fscached"
 initrd=$vmdir/initramfs.cpio.gz
-VM_EXTRA_BINS=$extra_bins "$here/build-initramfs.sh" "$initrd" ${bins[@]+"${bins[@]}"}
+VM_EXTRA_BINS=$extra_bins VM_FSCACHED=$vmdir/fscached \
+  "$here/build-initramfs.sh" "$initrd" ${bins[@]+"${bins[@]}"}
 
 # 4. The scenarios.
-"$here/make-fscached-data.sh" "$vmdir/fscached"
-# Text helpers for the table; they must never fail (set -e, pipefail).
-last_line() { { grep -v '^[[:space:]]*$' "$1" 2>/dev/null || true; } | tail -n 1 | tr -d '\r'; }
-first_fail() { { grep -m 1 'FAIL:' "$1" 2>/dev/null || true; } | sed 's/^\[[0-9. ]*\] *//' | tr -d '\r'; }
 declare -A result seconds reason
 any_fail=0
 for s in "${scenarios[@]}"; do
   results=$vmdir/$s
   rm -rf "$results"
   mkdir -p "$results"
-  timeout=${VM_TIMEOUT:-$(header "$(script_of "$s")" timeout)}
+  timeout=${VM_TIMEOUT:-$(hdr "$s" timeout)}
   timeout=${timeout:-300}
   # "# vm-smp: N" in a scenario pins its CPU count (VM_SMP overrides every scenario).
-  smp=${VM_SMP:-$(header "$(script_of "$s")" smp)}
+  smp=${VM_SMP:-$(hdr "$s" smp)}
   smp=${smp:-2}
   # "# vm-disk: prefilled-N": a cache disk pre-filled on the host (make-prefilled-cache.py).
-  disk=${VM_DISK:-$(header "$(script_of "$s")" disk)}
-  copies=${VM_DISK_COPIES:-$(header "$(script_of "$s")" disk-copies)}
+  disk=${VM_DISK:-$(hdr "$s" disk)}
+  copies=${VM_DISK_COPIES:-$(hdr "$s" disk-copies)}
   disk_args=(--disk-copies "${copies:-1}")
   # "# vm-mem: 2048M" and "# vm-disk-size: 1G" for scenarios that need more than the defaults.
-  mem=${VM_MEM:-$(header "$(script_of "$s")" mem)}
-  disk_size=$(header "$(script_of "$s")" disk-size)
+  mem=${VM_MEM:-$(hdr "$s" mem)}
+  disk_size=$(hdr "$s" disk-size)
+  disk_append=
   case "$disk" in
     '') [ -z "$disk_size" ] || disk_args+=(--disk-size "$disk_size") ;;
     prefilled-[0-9]*)
@@ -171,34 +176,12 @@ for s in "${scenarios[@]}"; do
     --fscached "$vmdir/fscached" --timeout "$timeout" --smp "$smp" --mem "${mem:-1024M}" \
     "${disk_args[@]}" ${VM_DATA:+--data "$VM_DATA"} \
     --append "${VM_APPEND:-}${disk:+ $disk_append}"
-  rc=$?
   set -e
   seconds[$s]=$(( $(date +%s) - start ))
-  # The status file written by the guest is the source of truth; run-vm.sh's exit code adds the
-  # timeout case.
-  status=$(tr -d '[:space:]' 2>/dev/null <"$results/status" || true)
-  if [ "$rc" = 124 ]; then
+  # run-vm.sh wrote the result (scenarios/lib/status.sh maps the guest's status).
+  if ! IFS=$'\t' read -r "result[$s]" "reason[$s]" <"$results/result" 2>/dev/null; then
     result[$s]=FAIL
-    reason[$s]="timeout after ${timeout}s (guest status: ${status:-none})"
-  elif [ "$status" = 0 ]; then
-    result[$s]=PASS
-    reason[$s]=""
-  elif [ "$status" = 77 ]; then
-    result[$s]=SKIP
-    reason[$s]=$(last_line "$results/output.log")
-  elif [ "$status" = 124 ]; then
-    result[$s]=FAIL
-    reason[$s]="timed out in the guest (init watchdog fired before the host timeout)"
-  elif [ -z "$status" ]; then
-    result[$s]=FAIL
-    reason[$s]="no status file (guest crashed or never ran the scenario)"
-  else
-    result[$s]=FAIL
-    # The first "FAIL:" line the scenario printed, if any.
-    reason[$s]="status $status: $(first_fail "$results/output.log")"
-  fi
-  if [ "${result[$s]}" = FAIL ] && grep -qE 'kernel BUG|Oops' "$results/dmesg.txt" 2>/dev/null; then
-    reason[$s]="${reason[$s]} [kernel BUG/oops in dmesg.txt]"
+    reason[$s]="run-vm.sh wrote no result (see its messages above)"
   fi
   if [ "${result[$s]}" = FAIL ]; then
     any_fail=1

@@ -20,16 +20,20 @@
 #   9p `data`     --data DIR, read-only, mounted by /init at /data (only with --data).
 # Serial console goes to DIR/console.log (VM_CONSOLE=1 also shows it live).
 #
-# Exit status: 0 if DIR/status says 0; 77 if it says 77 (scenario skipped); 124 if qemu was
-# killed by the timeout; 1 otherwise, in particular when there is no status file at all.
+# The result (PASS, SKIP or FAIL and why: scenarios/lib/status.sh, scenario_result) goes to
+# DIR/result as "RESULT<TAB>DETAIL"; the exit status is 0 for PASS, 77 for SKIP, 1 for FAIL (a
+# missing status file or a timeout included).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 log() { echo "run-vm: $*" >&2; }
+# shellcheck source=SCRIPTDIR/scenarios/lib/status.sh
+. "$here/scenarios/lib/status.sh"
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
-kernel= initrd= scenario= results= data= fscached= timeout=300 smp=2 mem=1024M disk_size=256M extra_append=
-disk_from= disk_inodes= disk_copies=1
+kernel='' initrd='' scenario='' results='' data='' fscached='' extra_append=''
+timeout=300 smp=2 mem=1024M disk_size=256M
+disk_from='' disk_inodes='' disk_copies=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --kernel) kernel=$2; shift 2 ;;
@@ -50,7 +54,7 @@ while [ $# -gt 0 ]; do
     *) log "unknown argument: $1"; usage ;;
   esac
 done
-[ -n "$kernel" ] && [ -n "$initrd" ] && [ -n "$scenario" ] && [ -n "$results" ] || usage
+if [ -z "$kernel" ] || [ -z "$initrd" ] || [ -z "$scenario" ] || [ -z "$results" ]; then usage; fi
 [ -f "$kernel" ] || { log "no kernel at $kernel"; exit 1; }
 [ -f "$initrd" ] || { log "no initramfs at $initrd"; exit 1; }
 [ -z "$data" ] || [ -d "$data" ] || { log "--data $data is not a directory"; exit 1; }
@@ -61,7 +65,7 @@ case "$disk_copies" in [1-9]) ;; *) log "--disk-copies wants 1..9"; exit 2 ;; es
 mkdir -p "$results"
 results=$(cd "$results" && pwd)
 # Results of an earlier run must not be mistaken for this one's.
-rm -f "$results"/{status,output.log,dmesg.txt,console.log,cache.img,cachefilesd.log} "$results"/cache-[0-9].img
+rm -f "$results"/{status,result,output.log,dmesg.txt,console.log,cache.img,cachefilesd.log} "$results"/cache-[0-9].img
 
 fscached=${fscached:-$repo/target/vm/fscached}
 "$here/make-fscached-data.sh" "$fscached"
@@ -120,16 +124,14 @@ qemu_rc=$?
 set -e
 wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 echo "$wall" >"$results/wall-seconds"
-
-status=$(tr -d '[:space:]' 2>/dev/null <"$results/status" || true)
-if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
-  log "scenario $scenario: TIMEOUT after ${wall}s (qemu killed; guest status '${status:-none}')"
-  exit 124
-fi
-[ "$qemu_rc" = 0 ] || log "qemu exited with $qemu_rc"
-log "scenario $scenario: boot-to-result ${wall}s, status '${status:-missing}'"
-case "$status" in
-  0) exit 0 ;;
-  77) exit 77 ;;
-  *) exit 1 ;;
+host_timeout=
+case "$qemu_rc" in
+  0) ;;
+  124 | 137) host_timeout=1 ;;
+  *) log "qemu exited with $qemu_rc" ;;
 esac
+
+read -r result detail < <(scenario_result "$results" ${host_timeout:+"$timeout"}) || true
+printf '%s\t%s\n' "$result" "$detail" >"$results/result"
+log "scenario $scenario: boot-to-result ${wall}s, $result${detail:+ ($detail)}"
+exit "$(exit_code_of "$result")"

@@ -30,10 +30,10 @@ on_fail() {
   echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
   echo "--- df"; df "$cache" 2>/dev/null
   echo "--- cache tree: $(find "$cache/cache" -type f 2>/dev/null | wc -l) files;" \
-    "graveyard: $(ls -A "$cache/graveyard" 2>/dev/null | wc -l) entries"
+    "graveyard: $(find "$cache/graveyard" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l) entries"
   find "$cache/cache" -maxdepth 1 2>/dev/null
   echo "--- dmesg (tail)"; dmesg | tail -n 30
-  echo "--- processes (no kernel threads)"; ps | grep -v ' \['
+  echo "--- processes (no kernel threads)"; show_processes
 }
 
 count_objects() { find "$cache"/cache/I9p*/@* -type f 2>/dev/null | wc -l; }
@@ -91,12 +91,12 @@ check "umount 9p" umount /mnt
 # Phase 3: culling. Hold one file open on a fresh mount; its object must survive.
 check "remount 9p" mount_9p
 held=d0/f020.bin
-held_ino=$(stat -c %i "/mnt/$held")
-held_name=$(ninep_object_name "$held_ino")
+held_path=$(ninep_object_path "/mnt/$held") ||
+  fail "no object name for /mnt/$held (inode $(stat -c %i "/mnt/$held")) in $object_names"
+held_obj=$cache/$held_path
 exec 4<"/mnt/$held"
-held_obj=$(find "$cache"/cache/I9p*/@* -name "$held_name" 2>/dev/null | head -n 1)
-say "holding /mnt/$held open (inode $held_ino, object $held_name at ${held_obj:-?})"
-check "the held file's object exists before culling" test -n "$held_obj" -a -f "$held_obj"
+say "holding /mnt/$held open (object $held_path)"
+check "the held file's object is where the kernel's naming puts it, before culling" test -f "$held_obj"
 
 avail=$(bavail)
 target=$(threshold "$blocks" $fill_to)
@@ -138,7 +138,7 @@ say "final: $(count_objects) objects, $(bavail) blocks available"
 
 # Stop: SIGTERM must end the daemon with status 0 (stop_daemon SIGKILLs it after 30 s).
 # The operator's view: the daemon's own status over its control socket.
-show_status "$conf" "culling: "
+show_status "$conf" classic
 stop_daemon "$daemon_pid"
 check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 daemon_pid=

@@ -25,12 +25,14 @@
 # must reach brun and keep LRU order (checks); the C daemon's results are reported, not checked.
 # Result lines start with "BENCH" (and "RATIO"); results/cachefilesd-c*.log and
 # results/cachefilesd.log hold the daemons' stderr.
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
 cache=/var/cache/fscache
 conf=/etc/cachefilesd.conf
 ours=/usr/sbin/cachefilesd
 c_daemon=/usr/sbin/cachefilesd-c
+# shellcheck source=SCRIPTDIR/lib/prefilled.sh
 . /scenarios/lib/prefilled.sh
 
 [ -x "$ours" ] || fail "no $ours in the initramfs"
@@ -142,6 +144,7 @@ floor_run() {
   rm -f /tmp/victims.*
   awk -v ways="$2" '{ print > ("/tmp/victims." (NR % ways)) }' /tmp/victims
   # A background job's stdin is /dev/null: the lists are redirected inside the command.
+  # shellcheck disable=SC2016 # expanded by the inner sh
   run_to_brun "floor-$2" "$limit" sh -c 'for l in /tmp/victims.*; do unlink-list <"$l" & done; wait'
   floor_cs=$run_cs
   report "floor-$2" 1

@@ -16,7 +16,7 @@
 on_fail() {
   echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
   echo "--- dmesg (tail)"; dmesg | tail -n 30
-  echo "--- processes"; ps | grep -v ' \['
+  echo "--- processes"; show_processes
 }
 
 # worker_of PID: the supervisor's child process.

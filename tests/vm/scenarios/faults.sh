@@ -17,7 +17,7 @@ on_fail() {
   echo 0 >"$inject" 2>/dev/null
   echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
   echo "--- dmesg (tail)"; dmesg | tail -n 30
-  echo "--- processes"; ps | grep -v ' \['
+  echo "--- processes"; show_processes
 }
 
 check "error injection is available ($inject)" test -w "$inject"

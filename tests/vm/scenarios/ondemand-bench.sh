@@ -22,14 +22,14 @@ done
 check "mkfs.erofs a $mb MiB image" sh -c "mkfs.erofs --quiet /srv/erofs/big /tmp/tree >/dev/null 2>&1"
 rm -rf /tmp/tree
 say "image: $(stat -c %s /srv/erofs/big) bytes"
-printf "[[source]]\npath = \"/srv/erofs/{fsid}\"\n[fetch]\nworkers = 4\nreadahead = ${READAHEAD:-2097152}\n" >"$map"
+printf '[[source]]\npath = "/srv/erofs/{fsid}"\n[fetch]\nworkers = 4\nreadahead = %s\n' "${READAHEAD:-2097152}" >"$map"
 printf 'dir %s\ntag mycache\nondemand %s\ncontrol none\n' "$cache" "$map" >"$conf"
 
 now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
-read_all() { find /mnt -type f | xargs cat >/dev/null; }
+read_all() { find /mnt -type f -exec cat {} + >/dev/null; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
-loop_ms= daemon_ms=
+loop_ms='' daemon_ms=
 r=1
 while [ $r -le 3 ]; do
   drop_caches
@@ -50,13 +50,16 @@ while [ $r -le 3 ]; do
   t1=$(now_ms); daemon_ms="$daemon_ms $((t1 - t0))"
   stop_daemon "$pid"
   dmesg -c >/dev/null
-  say "run $r: loop $(echo $loop_ms | awk '{print $NF}') ms, daemon $(echo $daemon_ms | awk '{print $NF}') ms"
+  say "run $r: loop ${loop_ms##* } ms, daemon ${daemon_ms##* } ms"
   r=$((r + 1))
 done
 median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | sed -n 2p; }
-lm=$(median $loop_ms); dm=$(median $daemon_ms)
+# shellcheck disable=SC2086 # the lists are split into their numbers
+lm=$(median $loop_ms)
+# shellcheck disable=SC2086
+dm=$(median $daemon_ms)
 ratio=$(awk -v l="$lm" -v d="$dm" 'BEGIN { printf "%.2f", l / d }')
-say "RESULT: $mb MiB cold read: loop mount median $lm ms ($(awk -v m=$mb -v t=$lm 'BEGIN{printf "%.0f", m*1000/t}') MiB/s), daemon median $dm ms ($(awk -v m=$mb -v t=$dm 'BEGIN{printf "%.0f", m*1000/t}') MiB/s), daemon/loop throughput $ratio"
+say "RESULT: $mb MiB cold read: loop mount median $lm ms ($(awk -v m="$mb" -v t="$lm" 'BEGIN{printf "%.0f", m*1000/t}') MiB/s), daemon median $dm ms ($(awk -v m="$mb" -v t="$dm" 'BEGIN{printf "%.0f", m*1000/t}') MiB/s), daemon/loop throughput $ratio"
 check "measured both ($loop_ms / $daemon_ms)" test -n "$lm" -a -n "$dm"
 check "umount the cache disk" umount "$cache"
 pass

@@ -26,7 +26,7 @@ wait_for 30 "the daemon bound the cache" bound_or_dead
 
 read_blob() { # NAME: mount, read and check, umount (commits the object)
   timeout -s KILL 60 mount -t erofs none -o "fsid=$1" /mnt || return 1
-  [ "$(sha256sum /mnt/data | cut -d' ' -f1)" = "$(cat /tmp/$1.sum)" ] || { umount /mnt; return 1; }
+  [ "$(sha256sum /mnt/data | cut -d' ' -f1)" = "$(cat "/tmp/$1.sum")" ] || { umount /mnt; return 1; }
   umount /mnt
 }
 for b in blob1 blob2 blob3; do

@@ -1,5 +1,8 @@
 #!/bin/sh
 # vm-timeout: 300
+# vm-object: erofs,testblob str:testblob
+# vm-object: erofs,dom1 str:testblob
+# vm-object: erofs,dom1 str:second
 # The daemon in on-demand mode serving EROFS over fscache.
 #   1. build a tree of 500+ files (mixed sizes, empty files, one file of 32 MiB + a bit) in /tmp
 #      with deterministic content, and mkfs.erofs it into /srv/erofs/testblob,
@@ -21,7 +24,7 @@ on_fail() {
   echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
   echo "--- cache tree"; find "$cache/cache" -type f 2>/dev/null | head -n 20
   echo "--- dmesg (tail)"; dmesg | tail -n 30
-  echo "--- processes (no kernel threads)"; ps | grep -v ' \['
+  echo "--- processes (no kernel threads)"; show_processes
 }
 
 
@@ -97,18 +100,19 @@ check "mount -t erofs none -o fsid=testblob /mnt" erofs_mount testblob
 check "the mount shows all $files files" same_file_count
 check "first read: every file has the source's sha256" verify_sums /tmp/tree.sha
 check "umount" umount /mnt
-backing=$(find "$cache/cache/Ierofs,testblob" -name Dtestblob -type f 2>/dev/null | head -n 1)
-check "backing file cache/Ierofs,testblob/@xx/Dtestblob exists" test -n "$backing"
+backing_path=$(object_path erofs,testblob str:testblob) || fail "no erofs,testblob in $object_names"
+backing=$cache/$backing_path
+check "the kernel made the backing file at $backing_path (cachenames.py)" test -f "$backing"
 say "backing file: $backing, $(du -k "$backing" | cut -f1) KiB allocated"
 
-# The daemon logs a statistics line on SIGUSR1; "reads N" counts READ requests received.
-reads_before=$(daemon_reads)
+# READ requests received so far, from the daemon's report over its control socket.
+reads_before=$(daemon_field ondemand.reads) || fail "the daemon's status has no ondemand.reads"
 say "READ requests so far: $reads_before"
 check "reads were served on the first pass" test "${reads_before:-0}" -gt 0
 check "mount again" erofs_mount testblob
 check "second read: every file has the source's sha256" verify_sums /tmp/tree.sha
 check "umount" umount /mnt
-reads_after=$(daemon_reads)
+reads_after=$(daemon_field ondemand.reads) || fail "the daemon's status has no ondemand.reads"
 check "the second pass was served from the cache: 0 READ requests (before $reads_before, after $reads_after)" test "$reads_after" = "$reads_before"
 
 # Two images in one shared domain: both mounted at once, one volume cache/Ierofs,dom1.
@@ -121,7 +125,10 @@ check "domain dom1, fsid second: every file has the source's sha256" verify_sums
 check "umount /mnt" umount /mnt
 check "umount /mnt2" umount /mnt2
 # Objects are linked into the tree when the cookie is committed, i.e. at umount.
-check "both objects live in one volume cache/Ierofs,dom1" sh -c "test \$(find '$cache/cache/Ierofs,dom1' -type f -name 'D*' | wc -l) -eq 2"
+dom1_testblob=$(object_path erofs,dom1 str:testblob) || fail "no erofs,dom1 testblob in $object_names"
+dom1_second=$(object_path erofs,dom1 str:second) || fail "no erofs,dom1 second in $object_names"
+check "both objects live in one volume: $dom1_testblob and $dom1_second" \
+  test -f "$cache/$dom1_testblob" -a -f "$cache/$dom1_second"
 
 # A source that shrinks while served: the reads past its new end fail with EIO, quickly, and
 # the daemon goes on serving.
@@ -146,7 +153,7 @@ grep -q ' /mnt ' /proc/mounts && umount /mnt
 check "cachefilesd is still running" alive "$daemon_pid"
 
 # The operator's view: the daemon's own status over its control socket.
-show_status "$conf" "on-demand: "
+show_status "$conf" on-demand
 stop_daemon "$daemon_pid"
 check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 check "umount the cache disk" umount "$cache"

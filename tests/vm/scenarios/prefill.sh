@@ -1,5 +1,7 @@
 #!/bin/sh
 # vm-timeout: 240
+# vm-object: erofs,pre str:pre
+# vm-object: erofs,fresh str:fresh
 # cachefilesctl against the real kernel: a blob prefilled offline must be taken by EROFS over
 # fscache as a valid, complete cache object.
 #   1. mkfs.erofs a tree of a few dozen files into /srv/erofs/pre (and a second one, fresh),
@@ -7,9 +9,10 @@
 #      made ext4 cache, before any daemon binds; `check` must call that tree clean,
 #   3. cachefilesd in on-demand mode binds; while it runs, cachefilesctl must refuse to write,
 #   4. `mount -o fsid=pre`: every file must have its sha256, and the daemon must have received
-#      zero READ requests (SIGUSR1 stats line, `reads 0`): everything came from the prefilled
-#      file, which the kernel kept (same inode),
-#   5. `mount -o fsid=fresh` (not prefilled) lets the kernel make an object itself,
+#      zero READ requests (`cachefilesctl status --json`: ondemand.reads 0): everything came
+#      from the prefilled file, which the kernel kept (same inode),
+#   5. `mount -o fsid=fresh` (not prefilled) lets the kernel make an object itself, at the path
+#      the suite's model of the kernel's naming gives (cachenames.py, as for the prefilled one),
 #   6. after the daemon stops: `check` is clean (exit 0) on the tree the kernel made, and `ls`
 #      shows volume erofs,pre with key pre (and erofs,fresh with key fresh) at the paths the
 #      kernel used.
@@ -54,8 +57,9 @@ check "mount the ext4 cache disk /dev/vda at $cache" mount -t ext4 /dev/vda "$ca
 ctl_ok() { "$ctl" "$@" >/tmp/ctl.out 2>&1; _rc=$?; sed 's/^/    /' /tmp/ctl.out; return "$_rc"; }
 check "cachefilesctl prefill --volume erofs,pre --key pre --from /srv/erofs/pre" \
   ctl_ok prefill --dir "$cache" --volume erofs,pre --key pre --from /srv/erofs/pre
-obj=$(find "$cache/cache/Ierofs,pre" -name Dpre -type f)
-check "the prefilled object exists ($obj)" test -n "$obj"
+pre_path=$(object_path erofs,pre str:pre) || fail "no erofs,pre in $object_names"
+obj=$cache/$pre_path
+check "prefill put the object where the kernel will look for it ($pre_path)" test -f "$obj"
 ino_before=$(stat -c %i "$obj")
 check "cachefilesctl check on the prefilled tree: clean" ctl_ok check --dir "$cache"
 
@@ -87,15 +91,15 @@ fi
 check "mount -t erofs none -o fsid=pre /mnt" erofs_mount pre
 check "every file of pre has its sha256" verify_sums /tmp/pre.sha
 
-reads=$(daemon_reads)
-say "daemon stats: $(grep 'reads [0-9]' "$daemon_log" | tail -n 1 | sed 's/.*on-demand: //')"
+reads=$(daemon_field ondemand.reads) || fail "the daemon's status has no ondemand.reads"
+say "daemon status: opens $(daemon_field ondemand.opens), reads $reads"
 check "the daemon received 0 READ requests for the prefilled blob (reads $reads)" test "$reads" = 0
 check "umount" umount /mnt
 check "the kernel kept the prefilled file (inode $ino_before)" test "$(stat -c %i "$obj")" = "$ino_before"
 
 check "mount -t erofs none -o fsid=fresh /mnt (not prefilled)" erofs_mount fresh
 check "every file of fresh has its sha256" verify_sums /tmp/fresh.sha
-reads=$(daemon_reads)
+reads=$(daemon_field ondemand.reads) || fail "the daemon's status has no ondemand.reads"
 check "the fresh blob was read through the daemon (reads $reads > 0)" test "$reads" -gt 0
 check "umount" umount /mnt
 
@@ -104,10 +108,8 @@ check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemo
 
 check "cachefilesctl check on the cache the kernel made: clean (exit 0)" ctl_ok check --dir "$cache"
 check "cachefilesctl ls" ctl_ok ls --dir "$cache"
-pre_path=${obj#"$cache"/}
-fresh_obj=$(find "$cache/cache/Ierofs,fresh" -name Dfresh -type f)
-fresh_path=${fresh_obj#"$cache"/}
-say "kernel paths: $pre_path, $fresh_path"
+fresh_path=$(object_path erofs,fresh str:fresh) || fail "no erofs,fresh in $object_names"
+check "the kernel made the fresh object at $fresh_path" test -f "$cache/$fresh_path"
 check "ls shows volume erofs,pre" grep -q '^volume erofs,pre ' /tmp/ctl.out
 check "ls shows key pre at the kernel's path $pre_path, object size $blob_size" \
   grep -q "^  $pre_path  key=pre  size=$blob_size " /tmp/ctl.out

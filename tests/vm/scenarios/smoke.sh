@@ -55,15 +55,28 @@ check "an empty cache does not want culling (cull=0)" $ok
 # 9p with cache=fscache against this cache. Objects are linked into the tree only when their
 # cookie is committed, i.e. at umount (or LRU expiry), so read, umount, then look.
 check "mount 9p tag fscached with cache=fscache" mount_9p
-cd /mnt
+cd /mnt || fail "cd /mnt"
 check "20 files read through the cache have the manifest's sha256" \
   sh -c 'head -n 20 SHA256SUMS | sha256sum -c -s'
+# Where the kernel will link their objects, by the suite's model of its naming (cachenames.py).
+head -n 20 SHA256SUMS | while read -r _ file; do
+  ninep_object_path "$file" || echo "none-for-$file"
+done >/tmp/expected-objects
 cd /
 check "umount the 9p mount" umount /mnt
 objects=$(find "$cache"/cache/I9p*/@* -type f 2>/dev/null | wc -l)
 say "objects in the cache after umount: $objects"
 find "$cache/cache" -maxdepth 1
 check "at least 20 data objects under cache/I9p*/@xx/" test "$objects" -ge 20
+objects_where_expected() {
+  _missing=0
+  while read -r _path; do
+    [ -f "$cache/$_path" ] || { say "    not made by the kernel: $_path"; _missing=1; }
+  done </tmp/expected-objects
+  [ "$_missing" = 0 ]
+}
+check "the kernel made the 20 objects at the paths cachenames.py gives (volume, fan-out, name)" \
+  objects_where_expected
 
 check "remount and read the same files again" sh -c \
   'mount -t 9p -o trans=virtio,version=9p2000.L,cache=fscache fscached /mnt && cd /mnt && head -n 20 SHA256SUMS | sha256sum -c -s'

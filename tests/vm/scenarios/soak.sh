@@ -53,6 +53,7 @@ while [ $r -le "$runs" ]; do
     ( cd /mnt && timeout -s KILL 120 sha256sum -c /tmp/tree.sha >/tmp/v$n.out 2>&1; echo $? >/tmp/v$n.rc ) &
     pids="$pids $!"; n=$((n + 1))
   done
+  # shellcheck disable=SC2086 # a list of pids
   wait $pids
   n=0
   while [ $n -lt 4 ]; do

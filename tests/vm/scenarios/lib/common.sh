@@ -1,12 +1,16 @@
+# shellcheck shell=sh
 # Helpers shared by the scenario scripts (sourced; busybox sh). Not a scenario itself: run-suite
 # only runs scenarios/*.sh.
 #
-# Conventions: print what is checked; exit 1 on the first failed check (after running the
-# scenario's on_fail hook, if it defines one); exit 77 with the reason as the last line of stdout
-# to skip; `pass` refuses to report success if no check ran.
+# Conventions: print what is checked; exit with status_fail on the first failed check (after
+# running the scenario's on_fail hook, if it defines one); exit with status_skip with the reason
+# as the last line of stdout to skip; `pass` refuses to report success if no check ran. The
+# codes are lib/status.sh's.
+# shellcheck source=SCRIPTDIR/status.sh
+. /scenarios/lib/status.sh
 
 # The guest's paths, the same in every daemon scenario (a scenario may set its own after sourcing
-# this file). daemon_pid is the running daemon's pid (bound_or_dead, daemon_reads use it).
+# this file). daemon_pid is the running daemon's pid (bound_or_dead uses it).
 # shellcheck disable=SC2034 # used by the scenarios that source this file
 {
   cache=/var/cache/fscache
@@ -31,7 +35,7 @@ fail() {
     trap - EXIT
     on_fail || true
   fi
-  exit 1
+  exit "$status_fail"
 }
 
 # check DESCRIPTION COMMAND [ARG...]: runs the command, counts and reports the check.
@@ -46,7 +50,7 @@ check() {
   fi
 }
 
-skip() { echo "SKIP: $*"; exit 77; }
+skip() { echo "SKIP: $*"; exit "$status_skip"; }
 
 # Kernel trouble (BUG, oops, WARN) fails a scenario even if all its own checks passed.
 kernel_log_clean() { ! dmesg | grep -qE 'kernel BUG|Oops|WARNING: CPU|general protection|Call Trace'; }
@@ -55,7 +59,7 @@ pass() {
   [ "$checks" -gt 0 ] || fail "scenario ran no checks"
   check "no kernel BUG/oops/warning in dmesg" kernel_log_clean
   say "PASS: $checks checks"
-  exit 0
+  exit "$status_pass"
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND [ARG...]: polls the command every 0.2 s until it succeeds;
@@ -81,35 +85,33 @@ fs_bavail() { stat -f -c %a "$1"; }
 fs_bsize() { stat -f -c %S "$1"; }
 
 # The kernel's absolute threshold for PCT percent of TOTAL (fs/cachefiles/cache.c: total/100*pct).
+# shellcheck disable=SC2017 # the kernel's rounding, on purpose
 threshold() { echo $(( $1 / 100 * $2 )); }
 
-# Name cachefiles gives the data object of a 9p inode (fs/cachefiles/key.c, cachefiles_cook_key):
-# the 9p cookie key is the 8-byte little-endian qid.path, and on 64-bit i_ino = qid.path + 2
-# (fs/9p/v9fs_vfs.h QID2INO). Such a key is never printable (its high bytes are 0 for any real
-# inode number), so the name is "S"/"T" + comma separated hex words (zero words empty) when that
-# is shorter than the 14-character base64 form; "S" (big-endian words) wins ties.
-ninep_object_name() { # INODE
-  _path=$(( $1 - 2 ))
-  _lo=$(( _path & 0xffffffff ))
-  _hi=$(( (_path >> 32) & 0xffffffff ))
-  _blo=$(bswap32 "$_lo")
-  _bhi=$(bswap32 "$_hi")
-  _nle=$(( 2 + $(hexdigits "$_lo") + $(hexdigits "$_hi") ))
-  _nbe=$(( 2 + $(hexdigits "$_blo") + $(hexdigits "$_bhi") ))
-  # base64 form: 2 + 4*ceil(8/3) = 14 characters; words are used only when shorter.
-  if [ "$_nbe" -ge 14 ] && [ "$_nle" -ge 14 ]; then
-    echo "base64-name-not-supported"
-    return
-  fi
-  if [ "$_nbe" -le "$_nle" ]; then
-    echo "S$(hexword "$_blo"),$(hexword "$_bhi")"
-  else
-    echo "T$(hexword "$_lo"),$(hexword "$_hi")"
-  fi
+# Where the kernel puts a cache object, relative to the cache directory: looked up in the table
+# that build-initramfs.sh made with cachenames.py, the suite's own model of the kernel's naming
+# (independent of the daemon under test; checked there against names a real kernel made).
+object_names=/etc/vm/object-names
+tab=$(printf '\t')
+# object_path VOLUME KEY: prints the path (KEY: str:TEXT, or le64:N for a 9p qid.path); fails if
+# the table lacks it (a scenario names the EROFS objects it looks up in "# vm-object:" headers;
+# every file of the 9p tag fscached is in the table).
+object_path() {
+  awk -F "$tab" -v v="$1" -v k="$2" '$1 == v && $2 == k { print $3; found = 1; exit }
+    END { exit !found }' "$object_names"
 }
-bswap32() { echo $(( (($1 & 0xff) << 24) | (($1 & 0xff00) << 8) | (($1 >> 8) & 0xff00) | (($1 >> 24) & 0xff) )); }
-hexword() { [ "$1" -eq 0 ] || printf '%x' "$1"; }
-hexdigits() { if [ "$1" -eq 0 ]; then echo 0; else printf '%x' "$1" | wc -c; fi; }
+# ninep_object_path FILE: the object of FILE on the 9p mount of tag fscached. The 9p cookie key
+# is the 8-byte little-endian qid.path, and on 64-bit i_ino = qid.path + 2 (fs/9p/v9fs_vfs.h
+# QID2INO).
+ninep_object_path() {
+  _ino=$(stat -c %i "$1") || return 1
+  object_path "9p,fscached," "le64:$((_ino - 2))"
+}
+
+# show_processes: every process but the kernel threads (their names are in brackets), with its
+# state (D: waiting in the kernel).
+# shellcheck disable=SC2009 # filtering ps's listing, not looking for a process
+show_processes() { ps -o pid,stat,args | grep -v ' \['; }
 
 # alive PID: the process exists and is not a zombie (kill -0 succeeds on an unreaped zombie, so it
 # cannot tell that a daemon started with & has died).
@@ -120,6 +122,7 @@ alive() {
 
 # stop_daemon PID: SIGTERM, wait up to 30 s (then SIGKILL), reap; sets daemon_rc to the exit
 # status (128+signal if it was killed).
+# shellcheck disable=SC2034 # daemon_rc is this function's result, read by the scenarios
 stop_daemon() {
   kill -TERM "$1" 2>/dev/null
   _n=0
@@ -146,27 +149,68 @@ bound_or_dead() {
   return 1
 }
 
-# daemon_reads: N of the daemon's "reads N" statistic (READ requests received so far), after
-# asking it ($daemon_pid, logging to $daemon_log) for a fresh stats line with SIGUSR1.
-daemon_reads() {
-  _before=$(grep -c 'reads [0-9]' "$daemon_log")
-  kill -USR1 "$daemon_pid"
-  _n=0
-  while [ "$(grep -c 'reads [0-9]' "$daemon_log")" -le "$_before" ] && [ $_n -lt 100 ]; do
-    sleep 0.1
-    _n=$((_n + 1))
-  done
-  grep -o 'reads [0-9]*' "$daemon_log" | tail -n 1 | cut -d' ' -f2
+# json_field PATH: the value at PATH (dotted keys, array elements by index: ondemand.reads,
+# ondemand.sources.0.errors) of the JSON document on stdin; strings without their quotes. Fails
+# if there is no such scalar. A small tokenizer in awk (busybox has no JSON tool): it follows
+# the nesting, so a key is found only at its place and the layout (pretty or compact) is free.
+json_field() {
+  awk -v want="$1" '
+    function value(v,   p, k) {
+      p = ""
+      for (k = 1; k <= d; k++) p = p (k > 1 ? "." : "") key[k]
+      if (p == want) { print v; found = 1 }
+    }
+    { s = s $0 "\n" }
+    END {
+      n = length(s); i = 1; d = 0
+      while (i <= n && !found) {
+        c = substr(s, i, 1)
+        if (c == "{" || c == "[") {
+          d++; kind[d] = c; key[d] = (c == "[") ? 0 : ""; wantkey[d] = (c == "{"); i++
+        } else if (c == "}" || c == "]") {
+          d--; i++
+        } else if (c == ",") {
+          if (kind[d] == "[") key[d]++; else wantkey[d] = 1
+          i++
+        } else if (index(": \t\r\n", c)) {
+          i++
+        } else if (c == "\"") {
+          j = i + 1
+          while (j <= n && (cj = substr(s, j, 1)) != "\"") j += (cj == "\\") ? 2 : 1
+          tok = substr(s, i + 1, j - i - 1); i = j + 1
+          if (kind[d] == "{" && wantkey[d]) { key[d] = tok; wantkey[d] = 0 } else value(tok)
+        } else {
+          j = i
+          while (j <= n && !index(",}] \t\r\n", substr(s, j, 1))) j++
+          value(substr(s, i, j - i)); i = j
+        }
+      }
+      exit !found
+    }'
 }
 
-# show_status CONF EXPECT: prints `cachefilesctl status` and checks it has a line starting
-# with EXPECT, and that `metrics` answers in the Prometheus format (if cachefilesctl exists).
+# daemon_field PATH [CONF]: one field of the running daemon's report, as `cachefilesctl status
+# --json` gets it over the control socket of CONF (default $conf); the field names are those of
+# src/report.rs (ondemand.reads, culling.skipped_in_use, ...). Fails if the daemon does not
+# answer or the report has no such field; use as `x=$(daemon_field P) || fail ...`.
+daemon_field() {
+  if ! "$ctl" -f "${2:-$conf}" status --json >/tmp/status.json 2>/tmp/status.err; then
+    say "cachefilesctl status --json failed: $(cat /tmp/status.err)" >&2
+    return 1
+  fi
+  json_field "$1" </tmp/status.json
+}
+
+# show_status CONF MODE: prints `cachefilesctl status` (the operator's view) and checks that the
+# daemon reports MODE (classic or on-demand) over its control socket and that `metrics` answers
+# in the Prometheus format (if cachefilesctl exists).
 show_status() {
-  [ -x /usr/sbin/cachefilesctl ] || return 0
-  /usr/sbin/cachefilesctl -f "$1" status >/tmp/status.txt 2>&1
+  [ -x "$ctl" ] || return 0
+  "$ctl" -f "$1" status >/tmp/status.txt 2>&1
   say "cachefilesctl status:"; sed 's/^/    /' /tmp/status.txt
-  check "cachefilesctl status answers ($2)" grep -q "^$2" /tmp/status.txt
-  /usr/sbin/cachefilesctl -f "$1" metrics >/tmp/metrics.txt 2>&1
+  _mode=$(daemon_field mode "$1")
+  check "cachefilesctl status --json answers: mode $2 (got '$_mode')" test "$_mode" = "$2"
+  "$ctl" -f "$1" metrics >/tmp/metrics.txt 2>&1
   check "cachefilesctl metrics answers in Prometheus format" grep -q '^cachefilesd_uptime_seconds ' /tmp/metrics.txt
 }
 

@@ -1,3 +1,5 @@
+# shellcheck shell=sh
+# shellcheck disable=SC2154 # cache and conf: set by lib/common.sh, sourced first
 # Helpers for the scenarios that start from a cache disk pre-filled on the host
 # (make-prefilled-cache.py; "# vm-disk: prefilled-N" header): culling.sh and cullbench.sh.
 # Sourced after common.sh. The disk holds N 4 KiB objects named <T|D><rank>, (rank 0..N-1 in
@@ -31,13 +33,14 @@ prefilled_mount() {
   survey
   check "the disk holds the $N planted objects (found $left)" test "$left" -eq "$N"
   check "the graveyard is empty" test -z "$(ls -A "$cache/graveyard")"
-  _t0=$(stat -c %X "$(find "$cache/cache/I9p,prefilled," -name 'T0,' | head -n 1)")
+  _t0=$(stat -c %X "$(head -n 1 /tmp/survey | cut -d' ' -f2)")
   check "mke2fs -d kept the planted atimes (rank 0: $_t0 = 1600000000)" test "$_t0" = 1600000000
   blocks=$(fs_blocks "$cache")
   brun_blocks=$(threshold "$blocks" $brun)
   bcull_blocks=$(threshold "$blocks" $bcull)
   bstop_blocks=$(threshold "$blocks" $bstop)
   _avail=$(fs_bavail "$cache")
+  # shellcheck disable=SC2017 # whole permille steps of the disk, as the figures were taken
   _target=$(( blocks / 1000 * fill_permille ))
   [ "$_avail" -gt "$_target" ] || fail "free space ($_avail blocks) already below the fill target ($_target)"
   check "filler: $(( (_avail - _target) * 4 / 1024 )) MiB, down to $fill_permille permille free" \
@@ -62,6 +65,7 @@ cpu_ticks() {
   cpu_user=0 cpu_sys=0
   _st=
   { read -r _st <"/proc/$1/stat"; } 2>/dev/null || return 0
+  # shellcheck disable=SC2086 # split the fields after the command name
   set -- ${_st##*) }
   shift 11
   cpu_user=$1 cpu_sys=$2
@@ -73,6 +77,7 @@ cpu_ticks() {
 # (brun|exited|timeout), run_cs (centiseconds from the start to that event), run_cpu_cs (the
 # daemon's CPU time then) and run_cpu_split ("user+sys" seconds), run_rc (exit status if it
 # exited; 0 CPU then, the process is gone).
+# shellcheck disable=SC2034 # run_* are this function's results, read by the scenarios
 run_to_brun() {
   _label=$1 _limit=$2
   shift 2
