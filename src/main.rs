@@ -119,11 +119,21 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
         None => None,
     };
     if options.check_config {
+        for w in &config.warnings {
+            eprintln!("cachefilesd: warning: {w}");
+        }
         println!(
             "cachefilesd: {}: configuration OK",
             options.config.display()
         );
         return Ok(0);
+    }
+    // Up before the device is opened, as the C daemon's is before `bind`: the config's
+    // warnings and the bind messages admins' log monitors look for go to the daemon's log.
+    cachefilesd_rs::logging::init(options.stderr, options.debug);
+    logging.set(true);
+    for w in &config.warnings {
+        log::warn!("{w}");
     }
 
     raise_fd_limit();
@@ -197,17 +207,28 @@ fn run(options: &Options, logging: &std::cell::Cell<bool>) -> Result<u8, Failure
     }
     drop_privileges()?;
     service::ready(device.as_fd(), "cache bound");
+    log::info!("Daemon Started");
     let result = serve(&config, options, &mut device, source_map);
     service::stopping();
     remove_pidfile(&pidfile);
+    if result.is_ok() {
+        log::info!("Daemon Terminated");
+    }
     result.map(|()| 0)
 }
 
 fn configure(config: &Config, device: &mut CachefilesDevice) -> Result<(), Failure> {
     for command in config.commands() {
+        let bind = matches!(command, Command::Bind { .. });
+        if bind {
+            log::info!("About to bind cache");
+        }
         device
             .send(&command)
             .map_err(|e| bind_failure(config, &command, e))?;
+        if bind {
+            log::info!("Bound cache");
+        }
     }
     Ok(())
 }
@@ -346,6 +367,9 @@ fn bind_failure(config: &Config, command: &Command, e: DeviceError) -> Failure {
             line,
             format!("the kernel refused `{command}`: {}", errno.unwrap()),
         );
+    }
+    if matches!(command, Command::Bind { .. }) {
+        return Failure::Os(anyhow::anyhow!("CacheFiles bind failed: {e}{hint}"));
     }
     Failure::Os(anyhow::anyhow!("{e}{hint}"))
 }
