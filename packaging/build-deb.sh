@@ -25,6 +25,18 @@ fi
 rm -f target/debian/cachefilesd-rs_*.deb
 cargo deb "${args[@]}"
 deb=$(ls -t target/debian/cachefilesd-rs_*.deb | head -n1)
+# cargo-deb writes no DEBIAN/md5sums, so dpkg --verify could not tell a changed file from an
+# intact one: add it (for every file but conffiles, which dpkg tracks itself, as dh_md5sums).
+pkgdir=$(mktemp -d)
+dpkg-deb -R "$deb" "$pkgdir/pkg"
+(
+  cd "$pkgdir/pkg"
+  find . -path ./DEBIAN -prune -o -type f -printf '%P\n' | LC_ALL=C sort |
+    grep -vxF -f <(sed 's|^/||' DEBIAN/conffiles 2>/dev/null || true) |
+    tr '\n' '\0' | xargs -0 md5sum >DEBIAN/md5sums
+)
+dpkg-deb --root-owner-group -Zxz -b "$pkgdir/pkg" "$deb" >/dev/null
+rm -rf "$pkgdir"
 echo "built $deb"
 dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
 dpkg-deb --contents "$deb"
