@@ -11,6 +11,7 @@ use cachefilesd_rs::ondemand::sourcemap::SourceMap;
 use cachefilesd_rs::proto::Command;
 use cachefilesd_rs::{service, supervise};
 use nix::errno::Errno;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -62,7 +63,10 @@ fn main() -> ExitCode {
             };
             if logging.get() {
                 log::error!("{message}");
-            } else {
+            }
+            // Logging starts before the device is opened: an administrator starting the daemon
+            // by hand still sees why it did not start.
+            if !logging.get() || (!options.stderr && std::io::stderr().is_terminal()) {
                 eprintln!("cachefilesd: {message}");
             }
             ExitCode::from(failure.exit_code())
