@@ -1,10 +1,17 @@
 //! cachefilesd.conf(5): parsed, validated, with every error naming file:line.
 //!
-//! Compatible with cachefilesd 0.10.10: the same keywords, `#` comments and blank lines, a
-//! `bind` line refused. Differences a user would only notice as kindness: trailing whitespace
-//! is trimmed, and unknown keywords are reported at their line instead of by the kernel.
+//! Accepts what cachefilesd 0.10.10 accepts: the same keywords, `#` comments and blank lines,
+//! a `bind` line refused, any bytes in comments and in paths (the C daemon hands lines to the
+//! kernel verbatim, so a Latin-1 comment or directory name works there), and a keyword given
+//! again (lines appended with `tee -a`): the last one wins, with a warning naming both lines.
+//! Differences a user would only notice as kindness: surrounding whitespace is trimmed, a last
+//! line without a newline is read, unknown keywords are reported at their line instead of by
+//! the kernel, and `dir`/`tag`/`secctx` given twice (the kernel refuses the second one, so the
+//! C daemon exits) follow the same last-wins rule as every other keyword.
 
 use crate::proto::{Command, Limit};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +21,10 @@ pub const DEFAULT_PATH: &str = "/etc/cachefilesd.conf";
 pub const DEFAULT_CULLTABLE: u8 = 12;
 /// cachefilesd's default: rescan after 5 released files; blocks ignored.
 pub const DEFAULT_RESUME_FILES: u64 = 5;
+/// The kernel rejects a write of a page or more; the C daemon refuses such a line too.
+const MAX_LINE: usize = 4095;
+/// cachefilesd's limit on the cache path: PATH_MAX - 10, room for the names below it.
+const MAX_DIR: usize = 4096 - 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Located<T> {
@@ -24,9 +35,11 @@ pub struct Located<T> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub path: PathBuf,
+    /// Any bytes but NUL and newline, as the kernel takes them.
     pub dir: Located<PathBuf>,
     pub tag: Option<String>,
-    pub secctx: Option<String>,
+    /// An LSM label; bytes, passed to the kernel as written.
+    pub secctx: Option<OsString>,
     pub debug: Option<u32>,
     /// Limits set in the file, in percent; unset ones keep the kernel's defaults.
     pub limits: [Option<Located<u8>>; 6],
@@ -39,6 +52,9 @@ pub struct Config {
     pub ondemand: Option<Located<PathBuf>>,
     /// Daemon-only: the control socket (`control PATH`, or `control none`).
     pub control: Option<PathBuf>,
+    /// What the file says that the daemon accepts but the administrator should know about:
+    /// to be logged at warning level once logging is up.
+    pub warnings: Vec<ConfigWarning>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,6 +75,280 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A line the daemon accepts with a caveat, e.g. a keyword that overrides an earlier line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+/// Bytes from the file, quoted for a message: as `{:?}` shows text, with bytes that are not
+/// UTF-8 as `\xNN`.
+fn quoted(bytes: &[u8]) -> String {
+    let mut out = String::from('"');
+    for chunk in bytes.utf8_chunks() {
+        out.extend(chunk.valid().escape_debug());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The C daemon's isspace() in the "C" locale.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !is_space(*first) {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., last] = s {
+        if !is_space(*last) {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+fn path_from(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(bytes))
+}
+
+/// The settings as read so far: a later line overwrites an earlier one.
+#[derive(Default)]
+struct Builder {
+    dir: Option<Located<PathBuf>>,
+    tag: Option<String>,
+    secctx: Option<OsString>,
+    debug: Option<u32>,
+    limits: [Option<Located<u8>>; 6],
+    culltable: Option<u8>,
+    nocull: bool,
+    resume: Option<(Option<u64>, Option<u64>)>,
+    ondemand: Option<Located<PathBuf>>,
+    control: Option<Option<PathBuf>>,
+    /// The line each keyword was last given on, to name it when it comes again.
+    seen: HashMap<&'static str, usize>,
+    warnings: Vec<ConfigWarning>,
+}
+
+/// One non-comment line: its number, keyword and (trimmed) argument.
+struct Line<'a> {
+    no: usize,
+    keyword: &'static str,
+    arg: &'a [u8],
+    path: &'a Path,
+}
+
+impl Line<'_> {
+    fn err(&self, message: String) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            line: self.no,
+            message,
+        }
+    }
+
+    fn need_arg(&self, what: &str) -> Result<&[u8], ConfigError> {
+        if self.arg.is_empty() {
+            Err(self.err(format!("{} needs {what}", self.keyword)))
+        } else {
+            Ok(self.arg)
+        }
+    }
+
+    /// A numeric argument: only ASCII can spell one.
+    fn text_arg(&self, what: &str) -> Result<&str, ConfigError> {
+        let arg = self.need_arg(what)?;
+        std::str::from_utf8(arg)
+            .ok()
+            .filter(|s| s.is_ascii())
+            .ok_or_else(|| self.err(format!("{} {} is not {what}", self.keyword, quoted(arg))))
+    }
+
+    fn absolute_path(&self, what: &str) -> Result<PathBuf, ConfigError> {
+        let p = self.need_arg(what)?;
+        if !p.starts_with(b"/") {
+            return Err(self.err(format!(
+                "{} {} must be an absolute path",
+                self.keyword,
+                quoted(p)
+            )));
+        }
+        Ok(path_from(p))
+    }
+}
+
+const KEYWORDS: [&str; 16] = [
+    "dir",
+    "tag",
+    "secctx",
+    "debug",
+    "culltable",
+    "nocull",
+    "resume_thresholds",
+    "ondemand",
+    "control",
+    "bind",
+    "brun",
+    "bcull",
+    "bstop",
+    "frun",
+    "fcull",
+    "fstop",
+];
+
+impl Builder {
+    fn line(&mut self, line: &Line) -> Result<(), ConfigError> {
+        if line.keyword != "bind" {
+            if let Some(before) = self.seen.insert(line.keyword, line.no) {
+                self.warnings.push(ConfigWarning {
+                    path: line.path.to_path_buf(),
+                    line: line.no,
+                    message: format!(
+                        "{} given again (before at {}:{before}): the later line is used",
+                        line.keyword,
+                        line.path.display()
+                    ),
+                });
+            }
+        }
+        match line.keyword {
+            "dir" => {
+                let value = line.absolute_path("a directory")?;
+                if line.arg.len() > MAX_DIR {
+                    return Err(line.err("dir path is too long".into()));
+                }
+                self.dir = Some(Located {
+                    value,
+                    line: line.no,
+                });
+            }
+            "tag" => {
+                let arg = line.need_arg("a name")?;
+                // Carried as text in reports and metrics.
+                let tag = std::str::from_utf8(arg)
+                    .map_err(|_| line.err(format!("tag {} is not valid UTF-8", quoted(arg))))?;
+                self.tag = Some(tag.to_string());
+            }
+            "secctx" => {
+                let arg = line.need_arg("a security context")?;
+                self.secctx = Some(OsStr::from_bytes(arg).to_owned());
+            }
+            "debug" => {
+                let a = line.text_arg("a mask")?;
+                self.debug = Some(
+                    parse_c_number(a)
+                        .ok_or_else(|| line.err(format!("debug mask {a:?} is not a number")))?,
+                );
+            }
+            "culltable" => {
+                let a = line.text_arg("a size (log2, 12..20)")?;
+                let v: u8 = a
+                    .parse()
+                    .map_err(|_| line.err(format!("culltable {a:?} is not a number")))?;
+                if !(12..=20).contains(&v) {
+                    return Err(line.err(format!("culltable {v} is out of range 12..20")));
+                }
+                self.culltable = Some(v);
+            }
+            "nocull" => {
+                if !line.arg.is_empty() {
+                    return Err(line.err(format!(
+                        "nocull takes no argument, found {}",
+                        quoted(line.arg)
+                    )));
+                }
+                self.nocull = true;
+            }
+            "resume_thresholds" => self.resume = Some(resume_thresholds(line)?),
+            "ondemand" => {
+                let p = line.need_arg("the path of a TOML source map")?;
+                self.ondemand = Some(Located {
+                    value: path_from(p),
+                    line: line.no,
+                });
+            }
+            "control" => {
+                self.control = Some(if line.need_arg("a socket path or none")? == b"none" {
+                    None
+                } else {
+                    Some(line.absolute_path("a socket path or none").map_err(|_| {
+                        line.err(format!(
+                            "control {} must be an absolute path or none",
+                            quoted(line.arg)
+                        ))
+                    })?)
+                });
+            }
+            "bind" => {
+                return Err(line.err(
+                    "bind must not be given in the config: the daemon binds the cache itself"
+                        .into(),
+                ));
+            }
+            word => {
+                let limit = Limit::from_keyword(word).expect("KEYWORDS lists only known words");
+                let a = line.text_arg("a percentage like 10%").ok();
+                let pct = a
+                    .and_then(|a| a.strip_suffix('%'))
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|n| n.parse::<u8>().ok())
+                    .filter(|&n| n < 100);
+                let Some(pct) = pct else {
+                    line.need_arg("a percentage like 10%")?;
+                    return Err(line.err(format!(
+                        "{word} {} must be a percentage from 0% to 99%",
+                        quoted(line.arg)
+                    )));
+                };
+                self.limits[limit as usize] = Some(Located {
+                    value: pct,
+                    line: line.no,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resume_thresholds(line: &Line) -> Result<(Option<u64>, Option<u64>), ConfigError> {
+    let a = line.text_arg("two values: <blocks|-> <files|->")?;
+    let parts: Vec<&str> = a.split_ascii_whitespace().collect();
+    if parts.len() != 2 {
+        return Err(line.err(format!(
+            "resume_thresholds needs two values <blocks|-> <files|->, found {a:?}"
+        )));
+    }
+    let value = |s: &str, what: &str| -> Result<Option<u64>, ConfigError> {
+        if s == "-" {
+            return Ok(None);
+        }
+        match s.parse::<u64>() {
+            Ok(0) => Err(line.err(format!("resume_thresholds {what} must not be 0"))),
+            Ok(v) => Ok(Some(v)),
+            Err(_) => Err(line.err(format!(
+                "resume_thresholds {what} {s:?} is not a number or -"
+            ))),
+        }
+    };
+    Ok((value(parts[0], "blocks")?, value(parts[1], "files")?))
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let bytes = std::fs::read(path).map_err(|e| ConfigError {
@@ -75,208 +365,60 @@ impl Config {
             line,
             message,
         };
-        let mut dir: Option<Located<PathBuf>> = None;
-        let mut tag = None;
-        let mut secctx = None;
-        let mut debug = None;
-        let mut limits: [Option<Located<u8>>; 6] = Default::default();
-        let mut culltable = None;
-        let mut nocull = false;
-        let mut resume: Option<(Option<u64>, Option<u64>)> = None;
-        let mut ondemand = None;
-        let mut control: Option<Option<PathBuf>> = None;
-
+        let mut b = Builder::default();
         let mut lines = bytes.split(|&b| b == b'\n').enumerate().peekable();
         while let Some((index, raw)) = lines.next() {
-            let line_no = index + 1;
+            let no = index + 1;
             if raw.is_empty() && lines.peek().is_none() {
                 break;
             }
             if raw.contains(&0) {
-                return Err(err(line_no, "line contains a NUL byte".into()));
+                return Err(err(no, "line contains a NUL byte".into()));
             }
-            if raw.len() >= 4096 {
-                return Err(err(line_no, "line is longer than 4095 bytes".into()));
+            if raw.len() >= MAX_LINE {
+                return Err(err(
+                    no,
+                    format!("line is longer than {} bytes", MAX_LINE - 1),
+                ));
             }
-            let text = std::str::from_utf8(raw)
-                .map_err(|_| err(line_no, "line is not valid UTF-8".into()))?
-                .trim();
-            if text.is_empty() || text.starts_with('#') {
+            let text = trim(raw);
+            if text.is_empty() || text.starts_with(b"#") {
                 continue;
             }
-            let (keyword, arg) = match text.split_once(char::is_whitespace) {
-                Some((k, a)) => (k, a.trim_start()),
-                None => (text, ""),
+            let (word, arg) = match text.iter().position(|&c| is_space(c)) {
+                Some(i) => (&text[..i], trim(&text[i..])),
+                None => (text, &text[text.len()..]),
             };
-            let need_arg = |what: &str| -> Result<&str, ConfigError> {
-                if arg.is_empty() {
-                    Err(err(line_no, format!("{keyword} needs {what}")))
-                } else {
-                    Ok(arg)
-                }
+            let Some(keyword) = KEYWORDS.into_iter().find(|k| k.as_bytes() == word) else {
+                return Err(err(no, format!("unknown keyword {}", quoted(word))));
             };
-            let no_arg = || -> Result<(), ConfigError> {
-                if arg.is_empty() {
-                    Ok(())
-                } else {
-                    Err(err(
-                        line_no,
-                        format!("{keyword} takes no argument, found {arg:?}"),
-                    ))
-                }
-            };
-            let once = |set: bool| -> Result<(), ConfigError> {
-                if set {
-                    Err(err(line_no, format!("{keyword} given twice")))
-                } else {
-                    Ok(())
-                }
-            };
-            match keyword {
-                "dir" => {
-                    once(dir.is_some())?;
-                    let p = need_arg("a directory")?;
-                    if !p.starts_with('/') {
-                        return Err(err(line_no, format!("dir {p:?} must be an absolute path")));
-                    }
-                    if p.len() > 4096 - 10 {
-                        return Err(err(line_no, "dir path is too long".into()));
-                    }
-                    dir = Some(Located {
-                        value: PathBuf::from(p),
-                        line: line_no,
-                    });
-                }
-                "tag" => {
-                    once(tag.is_some())?;
-                    tag = Some(need_arg("a name")?.to_string());
-                }
-                "secctx" => {
-                    once(secctx.is_some())?;
-                    secctx = Some(need_arg("a security context")?.to_string());
-                }
-                "debug" => {
-                    once(debug.is_some())?;
-                    let a = need_arg("a mask")?;
-                    debug = Some(parse_c_number(a).ok_or_else(|| {
-                        err(line_no, format!("debug mask {a:?} is not a number"))
-                    })?);
-                }
-                "culltable" => {
-                    once(culltable.is_some())?;
-                    let a = need_arg("a size (log2, 12..20)")?;
-                    let v: u8 = a
-                        .parse()
-                        .map_err(|_| err(line_no, format!("culltable {a:?} is not a number")))?;
-                    if !(12..=20).contains(&v) {
-                        return Err(err(
-                            line_no,
-                            format!("culltable {v} is out of range 12..20"),
-                        ));
-                    }
-                    culltable = Some(v);
-                }
-                "nocull" => {
-                    no_arg()?;
-                    nocull = true;
-                }
-                "resume_thresholds" => {
-                    once(resume.is_some())?;
-                    let a = need_arg("two values: <blocks|-> <files|->")?;
-                    let parts: Vec<&str> = a.split_whitespace().collect();
-                    if parts.len() != 2 {
-                        return Err(err(line_no, format!("resume_thresholds needs two values <blocks|-> <files|->, found {a:?}")));
-                    }
-                    let value = |s: &str, what: &str| -> Result<Option<u64>, ConfigError> {
-                        if s == "-" {
-                            return Ok(None);
-                        }
-                        match s.parse::<u64>() {
-                            Ok(0) => Err(err(
-                                line_no,
-                                format!("resume_thresholds {what} must not be 0"),
-                            )),
-                            Ok(v) => Ok(Some(v)),
-                            Err(_) => Err(err(
-                                line_no,
-                                format!("resume_thresholds {what} {s:?} is not a number or -"),
-                            )),
-                        }
-                    };
-                    resume = Some((value(parts[0], "blocks")?, value(parts[1], "files")?));
-                }
-                "ondemand" => {
-                    once(ondemand.is_some())?;
-                    let p = need_arg("the path of a TOML source map")?;
-                    ondemand = Some(Located {
-                        value: PathBuf::from(p),
-                        line: line_no,
-                    });
-                }
-                "control" => {
-                    once(control.is_some())?;
-                    let p = need_arg("a socket path or none")?;
-                    if p == "none" {
-                        control = Some(None);
-                    } else if p.starts_with('/') {
-                        control = Some(Some(PathBuf::from(p)));
-                    } else {
-                        return Err(err(
-                            line_no,
-                            format!("control {p:?} must be an absolute path or none"),
-                        ));
-                    }
-                }
-                "bind" => {
-                    return Err(err(
-                        line_no,
-                        "bind must not be given in the config: the daemon binds the cache itself"
-                            .into(),
-                    ));
-                }
-                word => {
-                    let Some(limit) = Limit::from_keyword(word) else {
-                        return Err(err(line_no, format!("unknown keyword {word:?}")));
-                    };
-                    let idx = limit as usize;
-                    once(limits[idx].is_some())?;
-                    let a = need_arg("a percentage like 10%")?;
-                    let pct = a
-                        .strip_suffix('%')
-                        .and_then(|n| {
-                            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(n)
-                        })
-                        .and_then(|n| n.parse::<u8>().ok())
-                        .filter(|&n| n < 100)
-                        .ok_or_else(|| {
-                            err(
-                                line_no,
-                                format!("{word} {a:?} must be a percentage from 0% to 99%"),
-                            )
-                        })?;
-                    limits[idx] = Some(Located {
-                        value: pct,
-                        line: line_no,
-                    });
-                }
-            }
+            b.line(&Line {
+                no,
+                keyword,
+                arg,
+                path,
+            })?;
         }
 
-        let dir =
-            dir.ok_or_else(|| err(0, "no dir line: the cache directory must be given".into()))?;
+        let dir = b
+            .dir
+            .ok_or_else(|| err(0, "no dir line: the cache directory must be given".into()))?;
         let config = Config {
             path: path.to_path_buf(),
             dir,
-            tag,
-            secctx,
-            debug,
-            limits,
-            culltable: culltable.unwrap_or(DEFAULT_CULLTABLE),
-            nocull,
-            resume_blocks: resume.and_then(|r| r.0),
-            resume_files: resume.map_or(Some(DEFAULT_RESUME_FILES), |r| r.1),
-            ondemand,
-            control: control.unwrap_or_else(|| Some(PathBuf::from(crate::control::DEFAULT_PATH))),
+            tag: b.tag,
+            secctx: b.secctx,
+            debug: b.debug,
+            limits: b.limits,
+            culltable: b.culltable.unwrap_or(DEFAULT_CULLTABLE),
+            nocull: b.nocull,
+            resume_blocks: b.resume.and_then(|r| r.0),
+            resume_files: b.resume.map_or(Some(DEFAULT_RESUME_FILES), |r| r.1),
+            ondemand: b.ondemand,
+            control: b
+                .control
+                .unwrap_or_else(|| Some(PathBuf::from(crate::control::DEFAULT_PATH))),
+            warnings: b.warnings,
         };
         config.check_limits()?;
         Ok(config)
@@ -328,7 +470,7 @@ impl Config {
             out.push(Command::Tag(tag.clone()));
         }
         if let Some(secctx) = &self.secctx {
-            out.push(Command::Secctx(secctx.clone()));
+            out.push(Command::Secctx(secctx.as_bytes().to_vec()));
         }
         if let Some(debug) = self.debug {
             out.push(Command::Debug(debug));
@@ -385,6 +527,7 @@ mod tests {
         assert_eq!(c.dir.value, PathBuf::from("/var/cache/fscache"));
         assert_eq!(c.tag.as_deref(), Some("mycache"));
         assert_eq!(c.secctx, None);
+        assert!(c.warnings.is_empty());
         assert_eq!(Limit::ALL.map(|l| c.limit(l)), [10, 7, 3, 10, 7, 3]);
         assert_eq!(c.culltable, 12);
         assert_eq!((c.resume_blocks, c.resume_files), (None, Some(5)));
@@ -471,7 +614,6 @@ mod tests {
             ("dir /c\nbrun\n", "/etc/cachefilesd.conf:2: brun needs a percentage like 10%"),
             ("dir /c\nbind\n", "/etc/cachefilesd.conf:2: bind must not be given in the config: the daemon binds the cache itself"),
             ("dir /c\n\nfoo bar\n", "/etc/cachefilesd.conf:3: unknown keyword \"foo\""),
-            ("dir /c\ndir /d\n", "/etc/cachefilesd.conf:2: dir given twice"),
             ("dir c\n", "/etc/cachefilesd.conf:1: dir \"c\" must be an absolute path"),
             ("tag x\n", "/etc/cachefilesd.conf: no dir line: the cache directory must be given"),
             ("dir /c\nculltable 11\n", "/etc/cachefilesd.conf:2: culltable 11 is out of range 12..20"),
@@ -490,11 +632,123 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(error(text), expected, "for {text:?}");
         }
-        let not_utf8 =
-            Config::parse(Path::new("/etc/cachefilesd.conf"), b"dir /c\ntag \xff\n").unwrap_err();
+        let bytes_cases: [(&[u8], &str); 4] = [
+            (
+                b"dir /c\ntag \xff\n",
+                "/etc/cachefilesd.conf:2: tag \"\\xff\" is not valid UTF-8",
+            ),
+            (
+                b"dir /c\nbr\xfcn 5%\n",
+                "/etc/cachefilesd.conf:2: unknown keyword \"br\\xfcn\"",
+            ),
+            (
+                b"dir /c\nbrun 5\xff\n",
+                "/etc/cachefilesd.conf:2: brun \"5\\xff\" must be a percentage from 0% to 99%",
+            ),
+            (
+                b"dir /c\nculltable 1\xb2\n",
+                "/etc/cachefilesd.conf:2: culltable \"1\\xb2\" is not a size (log2, 12..20)",
+            ),
+        ];
+        for (bytes, expected) in bytes_cases {
+            let e = Config::parse(Path::new("/etc/cachefilesd.conf"), bytes).unwrap_err();
+            assert_eq!(e.to_string(), expected, "for {bytes:?}");
+        }
+    }
+
+    /// An administrator's file as `tee -a` leaves it: a limit and the cache directory given
+    /// again further down. The C daemon passes every line to the kernel, so the last limit
+    /// is the one in force; we do the same, and say so.
+    #[test]
+    fn repeated_keyword_last_wins_with_a_warning_naming_both_lines() {
+        let c = parse(
+            "dir /var/cache/fscache\ntag mycache\nbrun 10%\nbcull 7%\nbstop 3%\n\
+             brun 20%\nnocull\nnocull\ndir /srv/fscache\nbrun 25%\nculltable 13\nculltable 14\n",
+        )
+        .unwrap();
+        assert_eq!(c.limit(Limit::Brun), 25);
+        assert_eq!(c.limits[Limit::Brun as usize].as_ref().unwrap().line, 10);
         assert_eq!(
-            not_utf8.to_string(),
-            "/etc/cachefilesd.conf:2: line is not valid UTF-8"
+            c.dir,
+            Located {
+                value: PathBuf::from("/srv/fscache"),
+                line: 9
+            }
+        );
+        assert_eq!(c.culltable, 14);
+        assert!(c.nocull);
+        let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            warnings,
+            [
+                "/etc/cachefilesd.conf:6: brun given again (before at /etc/cachefilesd.conf:3): the later line is used",
+                "/etc/cachefilesd.conf:8: nocull given again (before at /etc/cachefilesd.conf:7): the later line is used",
+                "/etc/cachefilesd.conf:9: dir given again (before at /etc/cachefilesd.conf:1): the later line is used",
+                "/etc/cachefilesd.conf:10: brun given again (before at /etc/cachefilesd.conf:6): the later line is used",
+                "/etc/cachefilesd.conf:12: culltable given again (before at /etc/cachefilesd.conf:11): the later line is used",
+            ]
+        );
+        let cmds: Vec<String> = c.commands().iter().map(|c| c.to_string()).collect();
+        assert_eq!(cmds[0], "dir /srv/fscache");
+        assert!(cmds.contains(&"brun 25%".to_string()), "{cmds:?}");
+        assert!(!cmds.contains(&"brun 20%".to_string()), "{cmds:?}");
+        // The range check sees the values in force, not an overridden one.
+        assert_eq!(
+            error("dir /c\nbrun 10%\nbcull 7%\nbrun 6%\n"),
+            "/etc/cachefilesd.conf:4: bcull 7% must be below brun 6%"
+        );
+        assert!(parse("dir /c\nbcull 9%\nbrun 8%\nbrun 12%\n").is_ok());
+    }
+
+    #[test]
+    fn comments_may_hold_any_bytes() {
+        let c = Config::parse(
+            Path::new("/etc/cachefilesd.conf"),
+            b"# Cache f\xfcr die Workstation (Latin-1)\n  #\xff\xfe\ndir /c\n\t# caf\xe9\nbrun 9%\n",
+        )
+        .unwrap();
+        assert_eq!(c.dir.value, PathBuf::from("/c"));
+        assert_eq!(c.limit(Limit::Brun), 9);
+        assert!(c.warnings.is_empty());
+    }
+
+    /// The kernel takes the cache path and the security label as bytes; so does the C daemon.
+    #[test]
+    fn paths_and_secctx_are_bytes() {
+        let c = Config::parse(
+            Path::new("/etc/cachefilesd.conf"),
+            b"dir /srv/caf\xe9\nsecctx system_u:object_r:\xe9_t:s0\nondemand /etc/m\xe4p.toml\ncontrol /run/s\xf6ck\n",
+        )
+        .unwrap();
+        assert_eq!(c.dir.value.as_os_str().as_bytes(), b"/srv/caf\xe9");
+        assert_eq!(
+            c.secctx.as_deref().map(OsStr::as_bytes),
+            Some(&b"system_u:object_r:\xe9_t:s0"[..])
+        );
+        assert_eq!(
+            c.ondemand.unwrap().value.as_os_str().as_bytes(),
+            b"/etc/m\xe4p.toml"
+        );
+        assert_eq!(c.control.unwrap().as_os_str().as_bytes(), b"/run/s\xf6ck");
+        let c = Config::parse(
+            Path::new("/etc/cachefilesd.conf"),
+            b"dir /srv/caf\xe9\nsecctx l\xe9\n",
+        )
+        .unwrap();
+        let bytes: Vec<Vec<u8>> = c.commands().iter().map(|c| c.to_bytes().unwrap()).collect();
+        assert_eq!(
+            bytes,
+            [
+                b"dir /srv/caf\xe9".to_vec(),
+                b"secctx l\xe9".to_vec(),
+                b"bind".to_vec()
+            ]
+        );
+        assert_eq!(
+            Config::parse(Path::new("/etc/cachefilesd.conf"), b"dir caf\xe9\n")
+                .unwrap_err()
+                .to_string(),
+            "/etc/cachefilesd.conf:1: dir \"caf\\xe9\" must be an absolute path"
         );
     }
 

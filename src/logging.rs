@@ -122,6 +122,39 @@ pub fn log_panics() {
     });
 }
 
+/// Syslog output whose pid is the process's at each record: logging starts before the
+/// daemon forks (the bind messages must reach the log), and the lines after the fork must
+/// carry the daemon's pid, not its parent's.
+struct SyslogLogger(std::sync::Mutex<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>);
+
+impl Log for SyslogLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        let message = record.args().to_string();
+        let mut logger = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        logger.formatter.pid = std::process::id();
+        // A lost log line is no reason to fail: there is nowhere left to report it.
+        let _ = match record.level() {
+            Level::Error => logger.err(message),
+            Level::Warn => logger.warning(message),
+            Level::Info => logger.info(message),
+            Level::Debug | Level::Trace => logger.debug(message),
+        };
+    }
+
+    fn flush(&self) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backend
+            .flush();
+    }
+}
+
 /// Sets up the log output and the panic hook.
 pub fn init(stderr: bool, debug: u8) {
     init_logger(stderr, debug);
@@ -139,8 +172,10 @@ fn init_logger(stderr: bool, debug: u8) {
         };
         match syslog::unix(formatter) {
             Ok(logger) => {
-                if log::set_boxed_logger(Box::new(Filtered(syslog::BasicLogger::new(logger))))
-                    .is_ok()
+                if log::set_boxed_logger(Box::new(Filtered(SyslogLogger(std::sync::Mutex::new(
+                    logger,
+                )))))
+                .is_ok()
                 {
                     log::set_max_level(level);
                 }

@@ -4,6 +4,7 @@
 use cachefilesd_rs::cli::{self, Action};
 use cachefilesd_rs::exit::Exit;
 use cachefilesd_rs::start;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -31,7 +32,10 @@ fn main() -> ExitCode {
         Err(e) => {
             if logging.get() {
                 log::error!("{e}");
-            } else {
+            }
+            // Logging starts before the device is opened: an administrator starting the daemon
+            // by hand still sees why it did not start.
+            if !logging.get() || (!options.stderr && std::io::stderr().is_terminal()) {
                 eprintln!("cachefilesd: {e}");
             }
             e.exit().into()

@@ -64,7 +64,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Device(#[from] DeviceError),
-    #[error("{error}{hint}")]
+    /// Worded as the C daemon's, which admins' log monitors look for.
+    #[error("CacheFiles bind failed: {error}{hint}")]
     Bind {
         error: DeviceError,
         hint: &'static str,
@@ -110,11 +111,21 @@ pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> 
         None => None,
     };
     if options.check_config {
+        for w in &config.warnings {
+            eprintln!("cachefilesd: warning: {w}");
+        }
         println!(
             "cachefilesd: {}: configuration OK",
             options.config.display()
         );
         return Ok(Exit::Ok);
+    }
+    // Up before the device is opened, as the C daemon's is before `bind`: the config's
+    // warnings and the bind messages admins' log monitors look for go to the daemon's log.
+    crate::logging::init(options.stderr, options.debug);
+    logging.set(true);
+    for w in &config.warnings {
+        log::warn!("{w}");
     }
     raise_fd_limit();
     let inherited = service::inherited_device()?;
@@ -130,22 +141,18 @@ pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> 
         .then(|| lock_cache_dir(&config.dir.value))
         .transpose()?;
     if start == Start::Supervise {
-        return run_supervisor(&config, options, logging);
+        return run_supervisor(&config, options);
     }
     let device = inherited.map(|Inherited { fd, .. }| fd);
-    run_daemon(&config, options, logging, start, device, source_map)
+    run_daemon(&config, options, start, device, source_map)
 }
 
 /// The supervisor binds the cache itself, before dropping privileges: the kernel takes the
 /// cache's credentials from the process that binds. Every worker takes it over.
-fn run_supervisor(
-    config: &Config,
-    options: &Options,
-    logging: &Cell<bool>,
-) -> Result<Exit, StartError> {
+fn run_supervisor(config: &Config, options: &Options) -> Result<Exit, StartError> {
     let mut device = open_device()?;
     configure(config, &mut device)?;
-    let pidfile = start_service(options, logging)?;
+    let pidfile = start_service(options)?;
     drop_privileges()?;
     let exe = std::env::current_exe().map_err(StartError::Supervisor)?;
     let args = worker_args(std::env::args_os());
@@ -167,7 +174,6 @@ pub fn worker_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 fn run_daemon(
     config: &Config,
     options: &Options,
-    logging: &Cell<bool>,
     start: Start,
     handed: Option<std::os::fd::OwnedFd>,
     source_map: Option<SourceMap>,
@@ -183,10 +189,8 @@ fn run_daemon(
         }
     };
     let pidfile = if start.owns_the_service() {
-        start_service(options, logging)?
+        start_service(options)?
     } else {
-        crate::logging::init(options.stderr, options.debug);
-        logging.set(true);
         None
     };
     if bound {
@@ -194,9 +198,13 @@ fn run_daemon(
     }
     drop_privileges()?;
     service::ready(device.as_fd(), "cache bound");
+    log::info!("Daemon Started");
     let result = serve(config, options, &mut device, source_map);
     service::stopping();
     remove_pidfile(pidfile);
+    if result.is_ok() {
+        log::info!("Daemon Terminated");
+    }
     result.map(|()| Exit::Ok)
 }
 
@@ -263,9 +271,16 @@ fn raise_fd_limit() {
 
 fn configure(config: &Config, device: &mut CachefilesDevice) -> Result<(), StartError> {
     for command in config.commands() {
+        let bind = matches!(command, Command::Bind { .. });
+        if bind {
+            log::info!("About to bind cache");
+        }
         device
             .send(&command)
             .map_err(|e| bind_failure(config, &command, e))?;
+        if bind {
+            log::info!("Bound cache");
+        }
     }
     Ok(())
 }
@@ -285,8 +300,8 @@ fn open_device() -> Result<CachefilesDevice, StartError> {
     Ok(CachefilesDevice::open(Path::new(DEVICE_PATH))?)
 }
 
-/// Daemonises unless -n, starts logging and writes the pid file.
-fn start_service(options: &Options, logging: &Cell<bool>) -> Result<Option<PidFile>, StartError> {
+/// Daemonises unless -n and writes the pid file.
+fn start_service(options: &Options) -> Result<Option<PidFile>, StartError> {
     let pidfile = options
         .pidfile
         .clone()
@@ -295,8 +310,6 @@ fn start_service(options: &Options, logging: &Cell<bool>) -> Result<Option<PidFi
         // Forking is safe here: no thread exists yet (workers start in Daemon::new).
         nix::unistd::daemon(false, options.stderr).map_err(StartError::Daemonise)?;
     }
-    crate::logging::init(options.stderr, options.debug);
-    logging.set(true);
     Ok(pidfile
         .map(|p| PidFile::write(&p, std::process::id()))
         .transpose()?)

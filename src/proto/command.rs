@@ -54,7 +54,8 @@ impl Limit {
 pub enum Command {
     Dir(Vec<u8>),
     Tag(String),
-    Secctx(String),
+    /// An LSM label, as bytes: the kernel takes any but NUL and newline.
+    Secctx(Vec<u8>),
     Debug(u32),
     Limit(Limit, u8),
     Bind {
@@ -120,7 +121,8 @@ impl Command {
         out.extend_from_slice(kw.as_bytes());
         let arg: Vec<u8> = match self {
             Command::Dir(path) => checked_arg(kw, path)?.to_vec(),
-            Command::Tag(s) | Command::Secctx(s) => checked_arg(kw, s.as_bytes())?.to_vec(),
+            Command::Tag(s) => checked_arg(kw, s.as_bytes())?.to_vec(),
+            Command::Secctx(s) => checked_arg(kw, s)?.to_vec(),
             Command::Debug(mask) => mask.to_string().into_bytes(),
             Command::Limit(_, pct) => {
                 if *pct >= 100 {
