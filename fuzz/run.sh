@@ -11,7 +11,8 @@ cd "$(dirname "$0")"
 seconds=${1:-60}
 [ $# -eq 0 ] || shift
 # The parsers are safe Rust (no `unsafe` in src/proto, src/config.rs, src/ondemand/sourcemap.rs,
-# src/layout.rs, src/control.rs):
+# src/cachedir/layout.rs, src/cachedir/names.rs, src/ondemand/sources/head.rs,
+# src/control.rs):
 # without AddressSanitizer a target runs 4-9x more inputs, and nothing needs a nightly feature,
 # so the stable toolchain builds it.
 flags=(--sanitizer none)
