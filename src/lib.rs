@@ -12,7 +12,6 @@ pub mod events;
 pub mod exit;
 pub mod fake;
 /// The kernel's naming and xattr formats, kept at their old path for existing users.
-pub use cachedir::layout;
 pub mod lock;
 pub mod logging;
 pub mod ondemand;

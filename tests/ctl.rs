@@ -2,8 +2,8 @@
 //! damage for `check --repair`. Trees live under CARGO_TARGET_TMPDIR (the worktree's
 //! filesystem) because they need user xattrs.
 
+use cachefilesd_rs::cachedir::layout::{self, Content, ObjectXattr};
 use cachefilesd_rs::cachedir::xattr;
-use cachefilesd_rs::layout::{self, Content, ObjectXattr};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

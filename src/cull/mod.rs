@@ -8,12 +8,11 @@
 //! scan threads of its own).
 
 pub mod driver;
-pub mod graveyard;
 pub mod scan;
 pub mod signal;
-pub mod tree;
 pub mod worker;
 
+use crate::cachedir::{graveyard, tree};
 use crate::device::{Device, DeviceError};
 use crate::proto::{Command, Status};
 use nix::dir::Dir;

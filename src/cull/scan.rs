@@ -362,7 +362,7 @@ impl Walker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cull::tree::dir_flags;
+    use crate::cachedir::tree::dir_flags;
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
     use std::fs;

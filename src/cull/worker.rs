@@ -1,7 +1,8 @@
 //! The cull worker thread: scans and graveyard reaping run off the loop thread (they need only
 //! dirfds, not the process's cwd); each result wakes the loop.
 
-use super::{graveyard, scan};
+use super::scan;
+use crate::cachedir::graveyard;
 use nix::dir::Dir;
 use std::sync::mpsc;
 

@@ -1,5 +1,5 @@
 //! cachefilesctl's library side: inspecting, checking and editing a cache directory offline,
-//! laid out exactly as the kernel does (see [`crate::layout`]).
+//! laid out exactly as the kernel does (see [`crate::cachedir::layout`]).
 //!
 //! Every path below the cache root goes through the cache-directory layer ([`crate::cachedir`]):
 //! names from the command line are validated names before they touch the tree, nothing is
