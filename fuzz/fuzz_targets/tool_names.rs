@@ -24,11 +24,16 @@ fn is_component(name: &[u8]) -> bool {
 }
 
 fn args(words: &[&[u8]]) -> Vec<OsString> {
-    words.iter().map(|w| OsString::from_vec(w.to_vec())).collect()
+    words
+        .iter()
+        .map(|w| OsString::from_vec(w.to_vec()))
+        .collect()
 }
 
 fn hex(b: &[u8]) -> Vec<u8> {
-    b.iter().flat_map(|x| format!("{x:02x}").into_bytes()).collect()
+    b.iter()
+        .flat_map(|x| format!("{x:02x}").into_bytes())
+        .collect()
 }
 
 /// What the tools would touch for `volume` and `key`: it must stay below the root.
@@ -48,7 +53,10 @@ fn check_path(volume: &VolumeName, key: &[u8]) {
     assert!(p.starts_with(root));
     let below: Vec<Component> = p.strip_prefix(root).unwrap().components().collect();
     assert_eq!(below.len(), 4, "{p:?}");
-    assert!(below.iter().all(|c| matches!(c, Component::Normal(_))), "{p:?}");
+    assert!(
+        below.iter().all(|c| matches!(c, Component::Normal(_))),
+        "{p:?}"
+    );
 }
 
 use std::os::unix::ffi::OsStrExt;
@@ -64,7 +72,15 @@ fuzz_target!(|data: &[u8]| {
         vec![b"ls", b"--volume", vol],
         vec![b"invalidate", b"--volume", vol, b"--key", key],
         vec![b"invalidate", b"--volume", vol, b"--key-hex", &hexkey],
-        vec![b"prefill", b"--volume", vol, b"--key", key, b"--from", b"/f"],
+        vec![
+            b"prefill",
+            b"--volume",
+            vol,
+            b"--key",
+            key,
+            b"--from",
+            b"/f",
+        ],
     ];
     for words in runs {
         let Ok(inv) = parse(args(&words)) else {
@@ -72,7 +88,9 @@ fuzz_target!(|data: &[u8]| {
         };
         let (volume, key) = match &inv.command {
             Command::Purge { volume } => (volume, None),
-            Command::Ls { volume: Some(v), .. } => (v, None),
+            Command::Ls {
+                volume: Some(v), ..
+            } => (v, None),
             Command::Invalidate { volume, key } | Command::Prefill { volume, key, .. } => {
                 (volume, Some(key))
             }
