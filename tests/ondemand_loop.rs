@@ -391,3 +391,41 @@ fn a_duplicate_open_naming_an_owned_fd_is_ignored() {
     assert!(stats.contains("reads 1 (0 failed)"), "{stats}");
     assert!(stats.contains("1 bad messages"), "{stats}");
 }
+
+/// A damaged re-delivery (an undecodable message) of an OPEN that is still in flight, with a
+/// fresh fd of its own: its copen comes from the pending reply. Answering it at once as a bad
+/// message gave msg_id 1 two copens, the second for whatever request the kernel had given that
+/// id by then.
+#[test]
+fn a_damaged_redelivery_of_an_open_in_flight_gets_no_second_copen() {
+    let port = hostile_http_server();
+    let s = start(&format!(
+        "[[source]]\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n[fetch]\nretries = 0\nreadahead = 0\n"
+    ));
+    let (fd1, inspect1) = anon_file(&s.kernel, &s.root, "anon1");
+    let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
+    s.kernel.with(|k| {
+        // Its HEAD takes a second: msg_id 1 is in flight when its damaged twin arrives.
+        k.messages
+            .push_back(encode_open(1, 1, b"erofs,x", b"slow", fd1));
+        let mut bad = encode_open(1, 1, b"erofs,x", b"slow", fd2);
+        bad[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        k.messages.push_back(bad);
+    });
+    wait_for("a copen", || !copens(&s.kernel).is_empty());
+    // The slow HEAD answers after a second; give the pending reply time to answer too.
+    std::thread::sleep(Duration::from_millis(1500));
+    s.kernel
+        .with(|k| k.messages.push_back(encode_read(2, 1, 0, 8192)));
+    wait_for("completion of READ 2", || {
+        s.kernel.with(|k| k.completed.contains(&2))
+    });
+    let stats = s.daemon.stop_expecting_ok();
+    assert_eq!(copens(&s.kernel), vec!["copen 1,8192"], "{stats}");
+    let mut got = vec![0u8; 8192];
+    inspect1.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(got, vec![6u8; 8192]);
+    // The damaged delivery's own fd was the kernel's gift to this daemon: closed, not leaked.
+    assert!(nix::fcntl::fcntl(fd2 as i32, nix::fcntl::FcntlArg::F_GETFD).is_err());
+    assert!(stats.contains("1 bad messages"), "{stats}");
+}

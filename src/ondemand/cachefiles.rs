@@ -250,6 +250,9 @@ impl Engine<Cachefiles> {
             },
         );
         match (e.msg_id, e.opcode) {
+            // A damaged re-delivery of an OPEN still being answered: its pending reply sends
+            // the one copen (a second would answer whatever request next gets this id).
+            (Some(msg_id), Some(msg::OP_OPEN)) if self.is_duplicate(msg_id.into()) => Ok(()),
             (Some(msg_id), Some(msg::OP_OPEN)) => {
                 let reply = self.open_reply(OpenTicket { msg_id, fd });
                 *guarded = true;
@@ -262,7 +265,8 @@ impl Engine<Cachefiles> {
 
     /// A message whose handling panicked. If a reply owned its answer, the reply was dropped
     /// while unwinding and is answered from `drain_done`; otherwise an OPEN is refused here
-    /// (its fd, of unknown ownership, is left alone). Either way the loop goes on.
+    /// (its fd, of unknown ownership, is left alone), unless it re-delivers one whose reply
+    /// is still pending. Either way the loop goes on.
     fn after_panic(
         &mut self,
         device: &mut dyn Device,
@@ -279,7 +283,10 @@ impl Engine<Cachefiles> {
             return Ok(());
         }
         match MsgHeader::ref_from_prefix(message) {
-            Ok((header, _)) if header.opcode.get() == msg::OP_OPEN => {
+            Ok((header, _))
+                if header.opcode.get() == msg::OP_OPEN
+                    && !self.is_in_flight(header.msg_id.get().into()) =>
+            {
                 let msg_id = header.msg_id.get();
                 let reply = self.open_reply(OpenTicket { msg_id, fd: None });
                 reply.answer(device, Err(Errno::EIO)).map(drop)
