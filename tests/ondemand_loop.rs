@@ -429,3 +429,50 @@ fn a_damaged_redelivery_of_an_open_in_flight_gets_no_second_copen() {
     assert!(nix::fcntl::fcntl(fd2 as i32, nix::fcntl::FcntlArg::F_GETFD).is_err());
     assert!(stats.contains("1 bad messages"), "{stats}");
 }
+
+/// A read of the device that fails without killing the cache (the kernel fails an OPEN whose
+/// fd it cannot install with EMFILE, and drops that request) must not strand the requests
+/// queued behind it: the device is edge-triggered, and the kernel signals only new requests,
+/// so before the fix they waited for the next request to arrive (a reader blocked on one of
+/// them waited for ever).
+#[test]
+fn requests_behind_a_failed_device_read_are_still_served() {
+    let s = start("[[source]]\npath = \"ROOT/blobs/{fsid}\"\n[fetch]\nreadahead = 0\n");
+    fs::write(s.root.join("blobs/one"), blob(4096, 1)).unwrap();
+    let (fd0, _) = anon_file(&s.kernel, &s.root, "anon0");
+    let (fd1, _) = anon_file(&s.kernel, &s.root, "anon1");
+    let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
+    // The loop is running and has read everything: one wake-up is one edge from here on.
+    s.kernel.with(|k| {
+        k.messages
+            .push_back(encode_open(0, 3, b"erofs,x", b"one", fd0))
+    });
+    wait_for("copen 0", || copens(&s.kernel).len() == 1);
+    std::thread::sleep(Duration::from_millis(100));
+    s.kernel.with(|k| {
+        k.fail_next_read = Some(nix::errno::Errno::EMFILE);
+        k.messages
+            .push_back(encode_open(1, 1, b"erofs,x", b"one", fd1));
+        k.messages
+            .push_back(encode_open(2, 2, b"erofs,x", b"one", fd2));
+    });
+    // Looked at without `with`, which would wake the daemon as a new request does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let answered = loop {
+        let c = s.kernel.state.lock().unwrap().commands.clone();
+        if c.iter().any(|c| c.starts_with("copen 2,")) {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stats = s.daemon.stop_expecting_ok();
+    assert!(answered, "OPEN 2 stranded behind the failed read: {stats}");
+    assert_eq!(
+        copens(&s.kernel),
+        vec!["copen 0,4096", "copen 2,4096"],
+        "{stats}"
+    );
+}

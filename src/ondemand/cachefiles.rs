@@ -103,15 +103,28 @@ impl Engine<Cachefiles> {
     /// Reads and dispatches every pending request: the kernel returns 0, not EAGAIN, when
     /// none is left.
     pub fn drain_device(&mut self, device: &mut dyn Device) -> Result<(), DeviceError> {
+        /// Failed reads in a row before the rest is left to the next tick.
+        const MAX_READ_ERRORS: u32 = 16;
         let mut buf = [0u8; MSG_MAX_SIZE];
+        let mut errors = 0;
         loop {
             let n = match device.read(&mut buf) {
                 Ok(0) => return Ok(()),
-                Ok(n) => n,
+                Ok(n) => {
+                    errors = 0;
+                    n
+                }
                 Err(e) if e.cache_is_dead() => return Err(e),
                 Err(e) => {
+                    // The kernel fails and drops the request whose read failed (an OPEN whose
+                    // fd it could not install: EMFILE) and keeps the others. The device only
+                    // signals new requests, so those are read now, not at the next one.
                     log::warn!("{e}");
-                    return Ok(());
+                    errors += 1;
+                    if errors >= MAX_READ_ERRORS {
+                        return Ok(());
+                    }
+                    continue;
                 }
             };
             let message = &buf[..n];
