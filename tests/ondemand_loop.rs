@@ -476,3 +476,43 @@ fn requests_behind_a_failed_device_read_are_still_served() {
         "{stats}"
     );
 }
+
+/// A damaged READ (a short body, `off + len` overflowing) for an object that is open is
+/// answerable: it is completed without data, so the reader gets EIO. Left unanswered, the
+/// kernel's reader waited for ever (killable only).
+#[test]
+fn a_damaged_read_for_an_open_object_is_completed() {
+    let s = start("[[source]]\npath = \"ROOT/blobs/{fsid}\"\n[fetch]\nreadahead = 0\n");
+    fs::write(s.root.join("blobs/one"), blob(8192, 2)).unwrap();
+    let (fd1, inspect1) = anon_file(&s.kernel, &s.root, "anon1");
+    s.kernel.with(|k| {
+        k.messages
+            .push_back(encode_open(0, 1, b"erofs,x", b"one", fd1))
+    });
+    wait_for("copen 0", || copens(&s.kernel).len() == 1);
+    s.kernel.with(|k| {
+        k.messages.push_back(encode_read(5, 1, u64::MAX - 1, 10));
+        let mut short = encode_read(6, 1, 0, 4096);
+        short.truncate(short.len() - 4);
+        let n = short.len() as u32;
+        short[8..12].copy_from_slice(&n.to_le_bytes());
+        k.messages.push_back(short);
+        // Damaged, for an object that is not open: nothing to complete it through.
+        let mut other = encode_read(7, 9, 0, 4096);
+        other.truncate(other.len() - 4);
+        let n = other.len() as u32;
+        other[8..12].copy_from_slice(&n.to_le_bytes());
+        k.messages.push_back(other);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while s.kernel.with(|k| k.completed.len()) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = s.daemon.stop_expecting_ok();
+    let mut done = s.kernel.with(|k| k.completed.clone());
+    done.sort();
+    assert_eq!(done, vec![5, 6], "{stats}");
+    assert_eq!(inspect1.metadata().unwrap().len(), 0, "nothing written");
+    assert!(stats.contains("3 bad messages"), "{stats}");
+}

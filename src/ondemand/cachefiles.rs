@@ -271,7 +271,26 @@ impl Engine<Cachefiles> {
                 *guarded = true;
                 reply.answer(device, Err(Errno::EINVAL)).map(drop)
             }
-            // Nothing to answer a damaged READ or CLOSE with, and any fd is closed.
+            // A damaged READ for an open object is completed without data (the reader gets
+            // EIO): the kernel would wait for it for ever. One still in flight is answered by
+            // its pending reply.
+            (Some(msg_id), Some(msg::OP_READ)) => {
+                let Some(fd) = e
+                    .object_id
+                    .and_then(|id| self.objects().get(&id))
+                    .map(|o| o.fd.clone())
+                else {
+                    return Ok(());
+                };
+                if self.is_duplicate(msg_id.into()) {
+                    return Ok(());
+                }
+                let reply = self.read_reply(ReadTicket { msg_id, fd });
+                *guarded = true;
+                reply.answer(device, Err(Errno::EINVAL))
+            }
+            // Nothing to answer a damaged CLOSE with (nor a READ for an object not open), and
+            // any fd is closed.
             _ => Ok(()),
         }
     }
