@@ -40,7 +40,6 @@ pub(crate) struct Engine<'d> {
     pub cull: CullDriver,
     started: Instant,
     dir: PathBuf,
-    graveyard: PathBuf,
     tag: String,
     /// The effective limit percentages, indexed by `Limit`.
     limits: [u8; 6],
@@ -55,7 +54,7 @@ pub(crate) struct CacheDirs {
     pub cache: Dir,
     /// Any fd on the cache's filesystem, for statfs.
     pub statfs: std::fs::File,
-    /// The graveyard, whose entries the report counts.
+    /// The graveyard's path, for its inotify watch.
     pub graveyard: PathBuf,
 }
 
@@ -108,7 +107,6 @@ impl<'d> Engine<'d> {
             cull,
             started: Instant::now(),
             dir: config.dir.value.clone(),
-            graveyard: dirs.graveyard,
             tag: config.tag.clone().unwrap_or_else(|| "CacheFiles".into()),
             limits,
         })
@@ -181,7 +179,13 @@ impl<'d> Engine<'d> {
             uptime_seconds: self.started.elapsed().as_secs(),
             space: Space::new(self.cull.space(), self.limits),
             culling: Culling::new(self.cull.culler(), self.cull.culling()),
-            graveyard_entries: std::fs::read_dir(&self.graveyard).map_or(0, |d| d.count() as u64),
+            // Through the cache-directory layer: a symlink in place of graveyard/ is not
+            // followed.
+            graveyard_entries: crate::cachedir::CacheDir::open(&self.dir)
+                .ok()
+                .and_then(|root| root.graveyard().ok())
+                .and_then(|g| crate::cachedir::graveyard::count(&g).ok())
+                .unwrap_or(0),
             graveyard_entries_removed: self.cull.reaped,
             ondemand,
         }

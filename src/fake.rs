@@ -38,6 +38,9 @@ pub struct FakeState {
     pub anon_fds: std::collections::HashMap<RawFd, FileId>,
     /// The next `is_anon_fd` call panics, as a bug in the loop thread's handling would.
     pub panic_in_next_fd_check: bool,
+    /// The next message read fails with this errno and is gone, as an OPEN is when the
+    /// kernel cannot install its fd (EMFILE): the kernel fails that request itself.
+    pub fail_next_read: Option<Errno>,
 }
 
 #[derive(Clone)]
@@ -151,7 +154,13 @@ impl Device for FakeDevice {
             match st.messages.front() {
                 None => return Ok(0),
                 Some(m) if m.len() > buf.len() => return Err(DeviceError::Read(Errno::EMSGSIZE)),
-                Some(_) => st.messages.pop_front().expect("checked"),
+                Some(_) => {
+                    let m = st.messages.pop_front().expect("checked");
+                    if let Some(errno) = st.fail_next_read.take() {
+                        return Err(DeviceError::Read(errno));
+                    }
+                    m
+                }
             }
         } else {
             let s = st.status;

@@ -4,6 +4,7 @@
 
 use crate::cull::Culler;
 use crate::ondemand::sourcemap::Location;
+use crate::ondemand::sources::head::redact;
 use crate::ondemand::OnDemand;
 use serde::Serialize;
 use std::fmt::Write;
@@ -167,12 +168,13 @@ impl OnDemandReport {
                 let per = od.per_source.get(&src.index).cloned().unwrap_or_default();
                 SourceReport {
                     index: src.index,
+                    // URLs as the logs show them: no user info, query or fragment.
                     location: match &src.location {
                         Location::Path(p) => p.display().to_string(),
-                        Location::Url(u) => u.clone(),
+                        Location::Url(u) => redact(u),
                         Location::Registry {
                             base, repository, ..
-                        } => format!("{base} {repository}"),
+                        } => format!("{} {repository}", redact(base)),
                     },
                     reads: per.reads,
                     bytes: per.bytes,
@@ -562,6 +564,29 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    /// SECURITY.md: `status` names URLs without user info or query (a pre-signed URL carries
+    /// its signature there). The source list showed the source map's URLs as written.
+    #[test]
+    fn source_urls_are_shown_without_secrets() {
+        let map = crate::ondemand::sourcemap::SourceMap::parse(
+            "t.toml",
+            "[[source]]\nurl = \"https://user:hunter2@blobs.test/{fsid}?X-Sig=hunter2\"\n\
+             [[source]]\nregistry = \"https://robot:hunter2@registry.test\"\nrepository = \"lib/img\"\n",
+        )
+        .unwrap();
+        let od = OnDemand::new(map, std::sync::Arc::new(|| {}));
+        let report = Report {
+            ondemand: Some(OnDemandReport::new(&od)),
+            ..sample()
+        };
+        for shown in [report.text(), report.json(), report.metrics()] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        let text = report.text();
+        assert!(text.contains("https://blobs.test/{fsid}"), "{text}");
+        assert!(text.contains("https://registry.test lib/img"), "{text}");
     }
 
     /// The VM scenarios read `cachefilesctl status --json`: fields may be added, never renamed.

@@ -248,3 +248,27 @@ fn names_the_kernel_never_makes_are_neither_culled_nor_rescanned_at_once() {
     assert_eq!(stat(&stats, "objects in last scan "), 0, "{stats}");
     assert_eq!(stat(&stats, "refused "), 0, "{stats}");
 }
+
+/// The report counts `graveyard/` without following a symlink swapped in for it (the daemon
+/// opens nothing outside the cache root); it listed the link's target by path.
+#[test]
+fn the_graveyard_count_never_follows_a_symlink() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("fscache");
+    for d in ["cache", "graveyard"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("graveyard/0000000100000001"), b"x").unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    for i in 0..3 {
+        fs::write(outside.join(format!("secret{i}")), b"x").unwrap();
+    }
+    let (kernel, mut device) = FakeKernel::new();
+    kernel.with(|s| s.commands.push("bind".into()));
+    let daemon = Daemon::new(&config(&root, "nocull\n"), &mut device, true, None, None).unwrap();
+    assert_eq!(daemon.report().graveyard_entries, 1);
+    fs::rename(root.join("graveyard"), t.path().join("old-graveyard")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("graveyard")).unwrap();
+    assert_eq!(daemon.report().graveyard_entries, 0);
+}

@@ -828,8 +828,10 @@ fn a_digest_mismatch_fails_the_read_and_poisons_the_blob() {
     }
 
     // Reads from the end backwards (as several workers may finish them): the one that
-    // closes the gap at the start finds the mismatch.
+    // closes the gap at the start finds the mismatch. (Another claimed digest: the first is
+    // refused at OPEN from now on.)
     let agent = sources::agent(&s);
+    let claimed = sha256_hex(b"something else again");
     let blob = RegistryBlob::open(&base, "app", &claimed, agent, &s).unwrap();
     let mut chunks: Vec<u64> = (0..content.len() as u64).step_by(1 << 20).collect();
     chunks.reverse();
@@ -842,6 +844,44 @@ fn a_digest_mismatch_fails_the_read_and_poisons_the_blob() {
     let e = blob.read_exact_at(last, &mut piece).unwrap_err();
     assert!(e.to_string().contains("integrity error"), "{e}");
     assert!(blob.read_exact_at(4096, &mut buf).is_err());
+}
+
+/// A blob found not to match its digest is refused at its next OPEN. Poisoning was per open
+/// object: the kernel keeps what was served in the cache file, so on the next mount it asks
+/// only for the ranges still missing, their reads run ahead of a hash that never starts, and
+/// the blob (short of the one failed read) was served again without a word.
+#[test]
+fn a_blob_that_failed_its_digest_is_refused_when_opened_again() {
+    let content = data(2 * 1024 * 1024 + 5);
+    let claimed = sha256_hex(b"a lie told once");
+    let port = lying_registry(content.clone());
+    let s = settings(5000, 0);
+    let base = format!("http://127.0.0.1:{port}");
+    let blob = RegistryBlob::open(&base, "app", &claimed, sources::agent(&s), &s).unwrap();
+    let (_file, fd) = write_target();
+    let e = serve_read(&blob, &fd, 0, content.len() as u64, 0).unwrap_err();
+    assert!(e.contains("integrity error"), "{e}");
+    drop(blob);
+    // The next mount: the first MiB is cached, the read is for the rest.
+    let e = RegistryBlob::open(&base, "app", &claimed, sources::agent(&s), &s)
+        .err()
+        .expect("a blob that failed its digest opened again");
+    assert!(matches!(e, FetchError::Integrity(_)), "{e:?}");
+    assert_eq!(e.errno(), nix::errno::Errno::EIO);
+    // The same under verify = "digest", and another digest of the same server still opens.
+    use cachefilesd_rs::ondemand::sourcemap::Verify;
+    let again = RegistryBlob::open_with(
+        &base,
+        "app",
+        &claimed,
+        sources::agent(&s),
+        &s,
+        Verify::Digest,
+    );
+    assert!(matches!(again, Err(FetchError::Integrity(_))));
+    assert!(
+        RegistryBlob::open(&base, "app", &sha256_hex(&content), sources::agent(&s), &s).is_ok()
+    );
 }
 
 #[test]
@@ -857,14 +897,15 @@ fn verify_digest_never_serves_a_mismatching_blob() {
     let agent = sources::agent(&s);
     let base = format!("http://127.0.0.1:{port}");
     let before = sources::integrity_failures();
-    let claimed = sha256_hex(b"something else entirely");
+    let claimed = sha256_hex(b"not this blob at all");
     let e = RegistryBlob::open_with(&base, "app", &claimed, agent.clone(), &s, Verify::Digest)
         .err()
         .unwrap();
     assert!(matches!(e, FetchError::Integrity(_)), "{e:?}");
     assert_eq!(e.errno(), nix::errno::Errno::EIO);
     assert!(sources::integrity_failures() > before);
-    // The streaming mode counts its mismatches too.
+    // The streaming mode counts its mismatches too (another digest: that one is refused now).
+    let claimed = sha256_hex(b"nor this one");
     let streamed = RegistryBlob::open(&base, "app", &claimed, agent.clone(), &s).unwrap();
     let (_file, fd) = write_target();
     let counted = sources::integrity_failures();

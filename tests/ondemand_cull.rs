@@ -85,3 +85,52 @@ fn statfs_below_the_cull_limit_culls_on_demand_caches() {
         assert!(left, "{held} was held and must stay");
     }
 }
+
+/// The device polls writable while the kernel's CULLING flag is set, and the kernel clears it
+/// only at its next write once space is back: a hint that statfs contradicts (above the run
+/// limits) is stale. Each one used to start culling anyway, and the first cull's refresh
+/// stopped it: one object culled for nothing per device event.
+#[test]
+fn a_stale_kernel_hint_culls_nothing_while_statfs_shows_room() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    make_ondemand_tree(root);
+    let st = nix::sys::statfs::statfs(root).unwrap();
+    if st.blocks_available() * 100 < st.blocks() * 12 || st.files_free() * 100 < st.files() * 12 {
+        eprintln!(
+            "the filesystem under {} is under 12% free: nothing to show",
+            root.display()
+        );
+        return;
+    }
+    for i in 0..10i64 {
+        let p = root.join(format!("cache/Ierofs,x/@{:02x}/Dblob{i}", i % 3));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, vec![1u8; 4096]).unwrap();
+    }
+    let cfg = Config::parse(
+        Path::new("t.conf"),
+        format!(
+            "dir {}\nondemand /unused.toml\ncontrol none\nbrun 10%\nbcull 7%\nbstop 3%\nfrun 10%\nfcull 7%\nfstop 3%\n",
+            root.display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let map = SourceMap::parse(
+        "t.toml",
+        &format!("[[source]]\npath = \"{}/blobs/{{fsid}}\"\n", root.display()),
+    )
+    .unwrap();
+    // The fake device always polls writable, as the real one does while CULLING is set.
+    let (kernel, device) = FakeKernel::new();
+    kernel.with(|s| s.commands.push("bind ondemand".into()));
+    let daemon = DaemonThread::start(cfg, device, Some(map));
+    for _ in 0..10 {
+        kernel.wake();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stats = daemon.stop_expecting_ok();
+    let culled = kernel.with(|s| s.culled.len());
+    assert_eq!(culled, 0, "{stats}");
+}

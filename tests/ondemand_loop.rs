@@ -391,3 +391,128 @@ fn a_duplicate_open_naming_an_owned_fd_is_ignored() {
     assert!(stats.contains("reads 1 (0 failed)"), "{stats}");
     assert!(stats.contains("1 bad messages"), "{stats}");
 }
+
+/// A damaged re-delivery (an undecodable message) of an OPEN that is still in flight, with a
+/// fresh fd of its own: its copen comes from the pending reply. Answering it at once as a bad
+/// message gave msg_id 1 two copens, the second for whatever request the kernel had given that
+/// id by then.
+#[test]
+fn a_damaged_redelivery_of_an_open_in_flight_gets_no_second_copen() {
+    let port = hostile_http_server();
+    let s = start(&format!(
+        "[[source]]\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n[fetch]\nretries = 0\nreadahead = 0\n"
+    ));
+    let (fd1, inspect1) = anon_file(&s.kernel, &s.root, "anon1");
+    let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
+    s.kernel.with(|k| {
+        // Its HEAD takes a second: msg_id 1 is in flight when its damaged twin arrives.
+        k.messages
+            .push_back(encode_open(1, 1, b"erofs,x", b"slow", fd1));
+        let mut bad = encode_open(1, 1, b"erofs,x", b"slow", fd2);
+        bad[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        k.messages.push_back(bad);
+    });
+    wait_for("a copen", || !copens(&s.kernel).is_empty());
+    // The slow HEAD answers after a second; give the pending reply time to answer too.
+    std::thread::sleep(Duration::from_millis(1500));
+    s.kernel
+        .with(|k| k.messages.push_back(encode_read(2, 1, 0, 8192)));
+    wait_for("completion of READ 2", || {
+        s.kernel.with(|k| k.completed.contains(&2))
+    });
+    let stats = s.daemon.stop_expecting_ok();
+    assert_eq!(copens(&s.kernel), vec!["copen 1,8192"], "{stats}");
+    let mut got = vec![0u8; 8192];
+    inspect1.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(got, vec![6u8; 8192]);
+    // The damaged delivery's own fd was the kernel's gift to this daemon: closed, not leaked.
+    assert!(nix::fcntl::fcntl(fd2 as i32, nix::fcntl::FcntlArg::F_GETFD).is_err());
+    assert!(stats.contains("1 bad messages"), "{stats}");
+}
+
+/// A read of the device that fails without killing the cache (the kernel fails an OPEN whose
+/// fd it cannot install with EMFILE, and drops that request) must not strand the requests
+/// queued behind it: the device is edge-triggered, and the kernel signals only new requests,
+/// so before the fix they waited for the next request to arrive (a reader blocked on one of
+/// them waited for ever).
+#[test]
+fn requests_behind_a_failed_device_read_are_still_served() {
+    let s = start("[[source]]\npath = \"ROOT/blobs/{fsid}\"\n[fetch]\nreadahead = 0\n");
+    fs::write(s.root.join("blobs/one"), blob(4096, 1)).unwrap();
+    let (fd0, _) = anon_file(&s.kernel, &s.root, "anon0");
+    let (fd1, _) = anon_file(&s.kernel, &s.root, "anon1");
+    let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
+    // The loop is running and has read everything: one wake-up is one edge from here on.
+    s.kernel.with(|k| {
+        k.messages
+            .push_back(encode_open(0, 3, b"erofs,x", b"one", fd0))
+    });
+    wait_for("copen 0", || copens(&s.kernel).len() == 1);
+    std::thread::sleep(Duration::from_millis(100));
+    s.kernel.with(|k| {
+        k.fail_next_read = Some(nix::errno::Errno::EMFILE);
+        k.messages
+            .push_back(encode_open(1, 1, b"erofs,x", b"one", fd1));
+        k.messages
+            .push_back(encode_open(2, 2, b"erofs,x", b"one", fd2));
+    });
+    // Looked at without `with`, which would wake the daemon as a new request does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let answered = loop {
+        let c = s.kernel.state.lock().unwrap().commands.clone();
+        if c.iter().any(|c| c.starts_with("copen 2,")) {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stats = s.daemon.stop_expecting_ok();
+    assert!(answered, "OPEN 2 stranded behind the failed read: {stats}");
+    assert_eq!(
+        copens(&s.kernel),
+        vec!["copen 0,4096", "copen 2,4096"],
+        "{stats}"
+    );
+}
+
+/// A damaged READ (a short body, `off + len` overflowing) for an object that is open is
+/// answerable: it is completed without data, so the reader gets EIO. Left unanswered, the
+/// kernel's reader waited for ever (killable only).
+#[test]
+fn a_damaged_read_for_an_open_object_is_completed() {
+    let s = start("[[source]]\npath = \"ROOT/blobs/{fsid}\"\n[fetch]\nreadahead = 0\n");
+    fs::write(s.root.join("blobs/one"), blob(8192, 2)).unwrap();
+    let (fd1, inspect1) = anon_file(&s.kernel, &s.root, "anon1");
+    s.kernel.with(|k| {
+        k.messages
+            .push_back(encode_open(0, 1, b"erofs,x", b"one", fd1))
+    });
+    wait_for("copen 0", || copens(&s.kernel).len() == 1);
+    s.kernel.with(|k| {
+        k.messages.push_back(encode_read(5, 1, u64::MAX - 1, 10));
+        let mut short = encode_read(6, 1, 0, 4096);
+        short.truncate(short.len() - 4);
+        let n = short.len() as u32;
+        short[8..12].copy_from_slice(&n.to_le_bytes());
+        k.messages.push_back(short);
+        // Damaged, for an object that is not open: nothing to complete it through.
+        let mut other = encode_read(7, 9, 0, 4096);
+        other.truncate(other.len() - 4);
+        let n = other.len() as u32;
+        other[8..12].copy_from_slice(&n.to_le_bytes());
+        k.messages.push_back(other);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while s.kernel.with(|k| k.completed.len()) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = s.daemon.stop_expecting_ok();
+    let mut done = s.kernel.with(|k| k.completed.clone());
+    done.sort();
+    assert_eq!(done, vec![5, 6], "{stats}");
+    assert_eq!(inspect1.metadata().unwrap().len(), 0, "nothing written");
+    assert!(stats.contains("3 bad messages"), "{stats}");
+}

@@ -120,7 +120,7 @@ impl CullDriver {
 
     /// The device polled writable: on demand, the kernel asks for culling.
     pub fn kernel_hint(&mut self) {
-        if self.signal.on_kernel_hint() {
+        if self.signal.on_kernel_hint(self.space().as_ref()) {
             log::info!("kernel requests culling");
         }
     }

@@ -103,15 +103,27 @@ impl CullSignal {
     }
 
     /// The kernel's hint that it wants culling (the device polls writable, on demand only):
-    /// culling starts now, and stops when statfs says the run limits are reached.
-    pub fn on_kernel_hint(&mut self) -> bool {
-        match self {
-            CullSignal::Statfs { culling, .. } if !*culling => {
-                *culling = true;
-                true
-            }
-            _ => false,
+    /// culling starts now, and stops when statfs says the run limits are reached. The kernel
+    /// clears its flag only at its next write once space is back, so a hint while `space`
+    /// (when known) is at or above both run limits is stale and ignored: it would cull for
+    /// nothing.
+    pub fn on_kernel_hint(&mut self, space: Option<&Space>) -> bool {
+        let CullSignal::Statfs { limits, culling } = self else {
+            return false;
+        };
+        if *culling {
+            return false;
         }
+        if let Some(space) = space {
+            let count = |l: Limit| space.limit_count(l, limits[l as usize]);
+            if space.blocks_available >= count(Limit::Brun)
+                && space.files_free >= count(Limit::Frun)
+            {
+                return false;
+            }
+        }
+        *culling = true;
+        true
     }
 
     /// What culling must free to get above both run limits (zero when not short). In classic
@@ -177,11 +189,23 @@ mod tests {
     #[test]
     fn the_kernel_hint_starts_statfs_culling_until_run_is_reached() {
         let mut s = statfs_signal();
-        assert!(s.on_kernel_hint());
-        assert!(!s.on_kernel_hint(), "already culling");
+        assert!(
+            s.on_kernel_hint(Some(&space(90, 500))),
+            "between cull and run"
+        );
+        assert!(!s.on_kernel_hint(None), "already culling");
         assert!(!s.on_space(&space(90, 500)));
         assert!(s.culling());
         assert!(s.on_space(&space(100, 500)));
+        // Space is back: the kernel's flag is stale until its next write.
+        assert!(!s.on_kernel_hint(Some(&space(100, 500))));
+        assert!(!s.culling());
+        assert!(s.on_kernel_hint(Some(&space(500, 99))), "files below frun");
+        let mut s = statfs_signal();
+        assert!(
+            s.on_kernel_hint(None),
+            "without statfs the kernel is believed"
+        );
     }
 
     #[test]
@@ -197,7 +221,7 @@ mod tests {
         assert!(!s.on_status(wants));
         // Neither statfs nor the hint override the kernel.
         assert!(!s.on_space(&space(1000, 1000)));
-        assert!(!s.on_kernel_hint());
+        assert!(!s.on_kernel_hint(None));
         assert!(s.culling());
         assert!(s.on_status(Status::default()));
     }

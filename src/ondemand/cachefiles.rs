@@ -103,15 +103,28 @@ impl Engine<Cachefiles> {
     /// Reads and dispatches every pending request: the kernel returns 0, not EAGAIN, when
     /// none is left.
     pub fn drain_device(&mut self, device: &mut dyn Device) -> Result<(), DeviceError> {
+        /// Failed reads in a row before the rest is left to the next tick.
+        const MAX_READ_ERRORS: u32 = 16;
         let mut buf = [0u8; MSG_MAX_SIZE];
+        let mut errors = 0;
         loop {
             let n = match device.read(&mut buf) {
                 Ok(0) => return Ok(()),
-                Ok(n) => n,
+                Ok(n) => {
+                    errors = 0;
+                    n
+                }
                 Err(e) if e.cache_is_dead() => return Err(e),
                 Err(e) => {
+                    // The kernel fails and drops the request whose read failed (an OPEN whose
+                    // fd it could not install: EMFILE) and keeps the others. The device only
+                    // signals new requests, so those are read now, not at the next one.
                     log::warn!("{e}");
-                    return Ok(());
+                    errors += 1;
+                    if errors >= MAX_READ_ERRORS {
+                        return Ok(());
+                    }
+                    continue;
                 }
             };
             let message = &buf[..n];
@@ -250,19 +263,42 @@ impl Engine<Cachefiles> {
             },
         );
         match (e.msg_id, e.opcode) {
+            // A damaged re-delivery of an OPEN still being answered: its pending reply sends
+            // the one copen (a second would answer whatever request next gets this id).
+            (Some(msg_id), Some(msg::OP_OPEN)) if self.is_duplicate(msg_id.into()) => Ok(()),
             (Some(msg_id), Some(msg::OP_OPEN)) => {
                 let reply = self.open_reply(OpenTicket { msg_id, fd });
                 *guarded = true;
                 reply.answer(device, Err(Errno::EINVAL)).map(drop)
             }
-            // Nothing to answer a damaged READ or CLOSE with, and any fd is closed.
+            // A damaged READ for an open object is completed without data (the reader gets
+            // EIO): the kernel would wait for it for ever. One still in flight is answered by
+            // its pending reply.
+            (Some(msg_id), Some(msg::OP_READ)) => {
+                let Some(fd) = e
+                    .object_id
+                    .and_then(|id| self.objects().get(&id))
+                    .map(|o| o.fd.clone())
+                else {
+                    return Ok(());
+                };
+                if self.is_duplicate(msg_id.into()) {
+                    return Ok(());
+                }
+                let reply = self.read_reply(ReadTicket { msg_id, fd });
+                *guarded = true;
+                reply.answer(device, Err(Errno::EINVAL))
+            }
+            // Nothing to answer a damaged CLOSE with (nor a READ for an object not open), and
+            // any fd is closed.
             _ => Ok(()),
         }
     }
 
     /// A message whose handling panicked. If a reply owned its answer, the reply was dropped
     /// while unwinding and is answered from `drain_done`; otherwise an OPEN is refused here
-    /// (its fd, of unknown ownership, is left alone). Either way the loop goes on.
+    /// (its fd, of unknown ownership, is left alone), unless it re-delivers one whose reply
+    /// is still pending. Either way the loop goes on.
     fn after_panic(
         &mut self,
         device: &mut dyn Device,
@@ -279,7 +315,10 @@ impl Engine<Cachefiles> {
             return Ok(());
         }
         match MsgHeader::ref_from_prefix(message) {
-            Ok((header, _)) if header.opcode.get() == msg::OP_OPEN => {
+            Ok((header, _))
+                if header.opcode.get() == msg::OP_OPEN
+                    && !self.is_in_flight(header.msg_id.get().into()) =>
+            {
                 let msg_id = header.msg_id.get();
                 let reply = self.open_reply(OpenTicket { msg_id, fd: None });
                 reply.answer(device, Err(Errno::EIO)).map(drop)

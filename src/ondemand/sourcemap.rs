@@ -3,6 +3,7 @@
 //! substituted only after validation, so a mount option can never steer the daemon outside
 //! the configured place.
 
+use super::sources::head::redact;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,16 +171,19 @@ impl SourceMap {
                 (None, Some(u), None, None) => {
                     if !(u.starts_with("http://") || u.starts_with("https://")) {
                         return Err(err(format!(
-                            "source {n}: url {u:?} must start with http:// or https://"
+                            "source {n}: url {:?} must start with http:// or https://",
+                            redact(&u)
                         )));
                     }
-                    check_template(&u).map_err(|m| err(format!("source {n}: url {u:?}: {m}")))?;
+                    check_template(&u)
+                        .map_err(|m| err(format!("source {n}: url {:?}: {m}", redact(&u))))?;
                     Location::Url(u)
                 }
                 (None, None, Some(r), Some(repo)) => {
                     if !(r.starts_with("http://") || r.starts_with("https://")) {
                         return Err(err(format!(
-                            "source {n}: registry {r:?} must start with http:// or https://"
+                            "source {n}: registry {:?} must start with http:// or https://",
+                            redact(&r)
                         )));
                     }
                     if repo.is_empty() || repo.split('/').any(|c| !is_safe_name(c.as_bytes())) {
@@ -321,6 +325,21 @@ fn check_template(t: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Load errors reach the terminal and the log: a URL in them is shown without user info
+    /// or query, as everywhere else (SECURITY.md, "Secrets in output").
+    #[test]
+    fn errors_never_quote_a_urls_secrets() {
+        for map in [
+            "[[source]]\nurl = \"https://u:hunter2@h.test/{bad}?sig=hunter2\"\n",
+            "[[source]]\nurl = \"ftp://u:hunter2@h.test/{fsid}?sig=hunter2\"\n",
+            "[[source]]\nregistry = \"ftp://u:hunter2@r.test\"\nrepository = \"a\"\n",
+        ] {
+            let e = SourceMap::parse("t.toml", map).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("h.test") || e.contains("r.test"), "{e}");
+        }
+    }
 
     const EXAMPLE: &str = r#"
 [[source]]

@@ -7,9 +7,10 @@
 //!
 //! The digest: with `verify = "digest"` the whole blob is fetched into an unlinked spool file
 //! and its sha256 compared before the OPEN succeeds, so no unverified byte is ever served.
-//! Otherwise bytes are hashed in blob order as reads pass (reads ahead of the hashed prefix
-//! wait, bounded), and once the whole blob is hashed a mismatch fails that READ and poisons
-//! the blob: every later read fails too.
+//! Otherwise bytes are hashed in blob order as reads pass (the bytes of reads ahead of the
+//! hashed prefix are kept, bounded, until the gap closes; the reads themselves are served at
+//! once), and once the whole blob is hashed a mismatch fails that READ and poisons the digest:
+//! every later read of the blob fails, and so does every later OPEN of it.
 
 use super::head::{self, Origin};
 use super::http::{head_size, read_range, send, Answer, Auth, Method};
@@ -32,6 +33,19 @@ static INTEGRITY_FAILURES: AtomicU64 = AtomicU64::new(0);
 /// How many registry blobs failed their digest check so far.
 pub fn integrity_failures() -> u64 {
     INTEGRITY_FAILURES.load(Ordering::Relaxed)
+}
+
+/// Digests whose blob failed its check, refused at every later OPEN: the bytes served before
+/// the mismatch stay in the kernel's cache file, so a later mount would ask only for the
+/// missing ranges, never hash the blob again, and serve it without a word.
+static POISONED: LazyLock<Mutex<std::collections::HashSet<String>>> =
+    LazyLock::new(Default::default);
+
+fn poisoned(digest: &str) -> bool {
+    POISONED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(digest)
 }
 
 /// `sha256:<hex>` from an fsid written either way.
@@ -307,6 +321,12 @@ impl RegistryBlob {
     ) -> Result<RegistryBlob, FetchError> {
         let digest = digest_from_fsid(fsid).ok_or(FetchError::NotFound)?;
         let url = format!("{base}/v2/{repository}/blobs/{digest}");
+        if poisoned(&digest) {
+            return Err(FetchError::Integrity(format!(
+                "{} failed its digest check before; refused",
+                head::redact(&url)
+            )));
+        }
         let origin = head::origin(&url).map_err(FetchError::Protocol)?;
         let mut blob = RegistryBlob {
             agent,
@@ -420,6 +440,10 @@ impl RegistryBlob {
 
     fn mismatch(&self, got: &str) -> FetchError {
         INTEGRITY_FAILURES.fetch_add(1, Ordering::Relaxed);
+        POISONED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.digest.clone());
         FetchError::Integrity(format!(
             "{} has digest {got}, expected {}",
             head::redact(&self.url),
