@@ -1,4 +1,6 @@
 //! cachefilesd-rs: a drop-in replacement for the Linux cachefilesd daemon.
+//!
+//! The map of the modules, threads and message flow is ARCHITECTURE.md at the top of the repo.
 
 pub mod cachedir;
 pub mod cli;

@@ -1,6 +1,7 @@
-//! What the daemon tells about itself: one `Report`, rendered as the stats line (logged on
-//! SIGUSR1 and at exit), systemd's one-line STATUS=, text for people, JSON for tools and the
-//! Prometheus text exposition format for scrapers.
+//! What the daemon tells about itself: one `Report`, rendered five ways.
+//!
+//! The stats line (logged on SIGUSR1 and at exit), systemd's one-line STATUS=, text for
+//! people, JSON for tools and the Prometheus text exposition format for scrapers.
 
 use crate::cull::Culler;
 use crate::ondemand::sourcemap::Location;

@@ -1,6 +1,8 @@
-//! The on-disk layout of a cachefiles cache (Linux 5.17+), as pure functions: the fscache
-//! hashes that pick the `@xx` fanout, the key→file-name encoding of `cachefiles_cook_key`
-//! and its inverse, and the `user.CacheFiles.cache` xattrs. No I/O here.
+//! The kernel's naming of cache objects and their xattrs, as pure functions (no I/O).
+//!
+//! The on-disk layout of a cachefiles cache (Linux 5.17+): the fscache hashes that pick the
+//! `@xx` fanout, the key→file-name encoding of `cachefiles_cook_key` and its inverse, and the
+//! `user.CacheFiles.cache` xattrs.
 //!
 //! Everything is checked against Linux 6.12: fs/netfs/fscache_main.c (`fscache_hash`),
 //! fs/netfs/fscache_volume.c and fscache_cookie.c (what is hashed), fs/cachefiles/key.c (names)

@@ -1,7 +1,9 @@
-//! Scanning the cache tree for cull candidates: a depth-first walk with dirfds that keeps only
-//! the N least recently used objects (a max-heap on atime), so memory is bounded by the
-//! culltable size whatever the size of the cache. No `inuse` writes: the kernel refuses to
-//! cull an object in use (EBUSY) and that answer is taken at cull time.
+//! The cull scan: a bounded LRU walk of the cache tree with dirfds, run on the worker thread.
+//!
+//! A depth-first walk that keeps only the N least recently used objects (a max-heap on atime),
+//! so memory is bounded by the culltable size whatever the size of the cache. No `inuse`
+//! writes: the kernel refuses to cull an object in use (EBUSY) and that answer is taken at
+//! cull time.
 
 use crate::cachedir::layout::decode_name;
 use crate::cachedir::names::show_path;

@@ -1,7 +1,8 @@
-//! The on-demand source map: an ordered list of `[[source]]` entries in a TOML file; the first
-//! whose `domain` and `fsid` globs match serves the blob. `{fsid}` and `{domain}` are
-//! substituted only after validation, so a mount option can never steer the daemon outside
-//! the configured place.
+//! The on-demand source map: which `[[source]]` serves a blob, matched on domain and fsid.
+//!
+//! An ordered list of `[[source]]` entries in a TOML file; the first whose `domain` and `fsid`
+//! globs match serves the blob. `{fsid}` and `{domain}` are substituted only after validation,
+//! so a mount option can never steer the daemon outside the configured place.
 
 use super::sources::head::redact;
 use serde::Deserialize;

@@ -1,5 +1,6 @@
-//! cachefilesctl's command line: parsing into [`Invocation`] and running it. Exit status:
-//! 0 done / clean, 1 problems found or a failure, 2 usage.
+//! cachefilesctl's command line: parsing into [`Invocation`] and running it.
+//!
+//! Exit status: 0 done / clean, 1 problems found or a failure, 2 usage.
 
 use super::check::check;
 use super::inventory::{usage, walk, Finding, Keep};

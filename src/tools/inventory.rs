@@ -1,5 +1,7 @@
-//! One walk over a cache tree that both lists what is there (`ls`, `du`) and records
-//! everything the kernel would not have made or would refuse (`check`). Read-only.
+//! One read-only walk over a cache tree for `ls`, `du` and `check`.
+//!
+//! It both lists what is there (`ls`, `du`) and records everything the kernel would not have
+//! made or would refuse (`check`).
 //!
 //! A walk keeps only what its command prints ([`Keep`]): `du` aggregates while walking, so its
 //! memory is per volume, not per object; `ls` keeps no findings and `check` no objects.

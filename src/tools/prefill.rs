@@ -1,5 +1,7 @@
-//! `prefill`: puts a blob into the cache as the object an EROFS-over-fscache mount will look up,
-//! so that the mount finds it valid and fully present and sends no READ to the daemon.
+//! `prefill`: puts a blob into the cache so that its EROFS mount finds it whole and reads none.
+//!
+//! The blob becomes the object an EROFS-over-fscache mount will look up, so that the mount
+//! finds it valid and fully present and sends no READ to the daemon.
 //!
 //! What the kernel checks (fs/cachefiles/namei.c cachefiles_open_file → xattr.c
 //! cachefiles_check_auxdata, after the daemon's `copen` set the cookie's object size):
