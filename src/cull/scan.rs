@@ -179,6 +179,13 @@ pub fn scan_with_threads(root: &Dir, capacity: usize, threads: usize) -> ScanRep
         }
         walkers
     });
+    let mut report = merge(&mut walkers, capacity);
+    report.duration = start.elapsed();
+    report
+}
+
+/// The threads' tables merged into the `capacity` oldest of their union, and their counts summed.
+fn merge(walkers: &mut [Walker], capacity: usize) -> ScanReport {
     let mut report = ScanReport::default();
     let mut candidates = Vec::new();
     for w in walkers.iter_mut() {
@@ -199,7 +206,6 @@ pub fn scan_with_threads(root: &Dir, capacity: usize, threads: usize) -> ScanRep
         candidates.truncate(capacity);
     }
     report.candidates = candidates;
-    report.duration = start.elapsed();
     report
 }
 
