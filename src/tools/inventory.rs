@@ -471,27 +471,7 @@ impl Walker<'_> {
                 Ok(x) => {
                     obj.object_size = Some(x.object_size);
                     obj.content = Some(x.content);
-                    if x.kind != layout::TYPE_DATA {
-                        problems.push(Problem::ObjectXattrBad(format!(
-                            "type {} is not data (1)",
-                            x.kind
-                        )));
-                    }
-                    match x.content {
-                        Content::Dirty => problems.push(Problem::ObjectXattrBad(
-                            "content is dirty (the kernel discards such an object)".into(),
-                        )),
-                        Content::Unknown(n) => problems.push(Problem::ObjectXattrBad(format!(
-                            "unknown content state {n}"
-                        ))),
-                        _ => {}
-                    }
-                    if obj.file_size > layout::round_up_dio(x.object_size) {
-                        problems.push(Problem::SizeMismatch {
-                            file: obj.file_size,
-                            object: x.object_size,
-                        });
-                    }
+                    check_object_xattr(&x, obj.file_size, &mut problems);
                 }
                 Err(e) => problems.push(Problem::ObjectXattrBad(e.to_string())),
             },
@@ -499,6 +479,32 @@ impl Walker<'_> {
             Err(e) => problems.push(Problem::Unreadable(e)),
         }
         (obj, problems)
+    }
+}
+
+/// What the kernel would refuse in a decoded object xattr: not data, dirty or unknown content,
+/// or a file longer than the object size rounded up as the kernel does.
+fn check_object_xattr(x: &ObjectXattr, file_size: u64, problems: &mut Vec<Problem>) {
+    if x.kind != layout::TYPE_DATA {
+        problems.push(Problem::ObjectXattrBad(format!(
+            "type {} is not data (1)",
+            x.kind
+        )));
+    }
+    match x.content {
+        Content::Dirty => problems.push(Problem::ObjectXattrBad(
+            "content is dirty (the kernel discards such an object)".into(),
+        )),
+        Content::Unknown(n) => problems.push(Problem::ObjectXattrBad(format!(
+            "unknown content state {n}"
+        ))),
+        _ => {}
+    }
+    if file_size > layout::round_up_dio(x.object_size) {
+        problems.push(Problem::SizeMismatch {
+            file: file_size,
+            object: x.object_size,
+        });
     }
 }
 
