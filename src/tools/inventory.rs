@@ -48,6 +48,23 @@ pub struct VolumeInfo {
     pub usage: Usage,
 }
 
+impl VolumeInfo {
+    /// A volume directory's record before its fanouts are walked.
+    fn empty(volume: &VolumeName, name: &Name) -> VolumeInfo {
+        let shown = show_bytes(volume.key());
+        VolumeInfo {
+            usage: Usage {
+                volume: shown.clone(),
+                ..Usage::default()
+            },
+            volume: shown,
+            path: format!("{}/{}", layout::CACHE_DIR, String::from_utf8_lossy(name)),
+            fanouts: 0,
+            objects: Vec::new(),
+        }
+    }
+}
+
 /// What `check` reports; the Display text is the message shown to the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
@@ -311,17 +328,7 @@ impl Walker<'_> {
             let ino = (repair == Repair::Bury).then_some(st.st_ino);
             self.find(parent, name, problem, repair, ino);
         }
-        let shown = show_bytes(volume.key());
-        let mut info = VolumeInfo {
-            usage: Usage {
-                volume: shown.clone(),
-                ..Usage::default()
-            },
-            volume: shown,
-            path: format!("{}/{}", layout::CACHE_DIR, String::from_utf8_lossy(name)),
-            fanouts: 0,
-            objects: Vec::new(),
-        };
+        let mut info = VolumeInfo::empty(&volume, name);
         let here = [CACHE, name.clone()];
         let entries = match list(&mut dir) {
             Ok(n) => n,
@@ -331,28 +338,7 @@ impl Walker<'_> {
             }
         };
         for entry in entries {
-            let Ok(est) = stat(&dir, &entry) else {
-                continue;
-            };
-            let Some(index) = layout::parse_fanout_name(&entry) else {
-                self.find(
-                    &here,
-                    &entry,
-                    Problem::StrayName,
-                    Repair::Bury,
-                    Some(est.st_ino),
-                );
-                continue;
-            };
-            if file_type(&est) != SFlag::S_IFDIR {
-                self.not_a_dir(&here, &entry, &est, "fanout directories");
-                continue;
-            }
-            info.fanouts += 1;
-            match open_dir(&dir, &entry) {
-                Ok(fan) => self.fanout(fan, &volume, index, &here, &entry, &mut info),
-                Err(e) => self.find(&here, &entry, Problem::Unreadable(e), Repair::None, None),
-            }
+            self.volume_entry(&dir, &volume, &here, &entry, &mut info);
         }
         if info.fanouts < 256 {
             self.find(
@@ -366,6 +352,39 @@ impl Walker<'_> {
             );
         }
         self.survey.volumes.push(info);
+    }
+
+    /// One entry of a volume directory: a fanout directory, walked, or a finding.
+    fn volume_entry(
+        &mut self,
+        dir: &Dir,
+        volume: &VolumeName,
+        here: &[Name],
+        entry: &Name,
+        info: &mut VolumeInfo,
+    ) {
+        let Ok(est) = stat(dir, entry) else {
+            return;
+        };
+        let Some(index) = layout::parse_fanout_name(entry) else {
+            self.find(
+                here,
+                entry,
+                Problem::StrayName,
+                Repair::Bury,
+                Some(est.st_ino),
+            );
+            return;
+        };
+        if file_type(&est) != SFlag::S_IFDIR {
+            self.not_a_dir(here, entry, &est, "fanout directories");
+            return;
+        }
+        info.fanouts += 1;
+        match open_dir(dir, entry) {
+            Ok(fan) => self.fanout(fan, volume, index, here, entry, info),
+            Err(e) => self.find(here, entry, Problem::Unreadable(e), Repair::None, None),
+        }
     }
 
     fn fanout(
