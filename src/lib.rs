@@ -13,7 +13,6 @@ mod engine;
 pub mod events;
 pub mod exit;
 pub mod fake;
-/// The kernel's naming and xattr formats, kept at their old path for existing users.
 pub mod lock;
 pub mod logging;
 pub mod ondemand;
