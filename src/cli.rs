@@ -1,6 +1,8 @@
-//! The command line of cachefilesd(8): `-d` (repeatable) `-s` `-n` `-N` `-f FILE` `-p FILE`
-//! `-v`/`--version` `--help`, plus `-t` (check the config and exit). Short options may be
-//! bundled (`-dns`) and take their argument attached or separate, as getopt allows.
+//! The command line of cachefilesd(8), parsed as its getopt does.
+//!
+//! `-d` (repeatable) `-s` `-n` `-N` `-f FILE` `-p FILE` `-v`/`--version` `--help`, plus `-t`
+//! (check the config and exit). Short options may be bundled (`-dns`) and take their argument
+//! attached or separate, as getopt allows.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;

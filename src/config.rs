@@ -212,39 +212,65 @@ const KEYWORDS: [&str; 16] = [
     "fstop",
 ];
 
+/// One raw line as (keyword, argument); `None` for a blank or comment line.
+fn split_line(raw: &[u8]) -> Result<Option<(&'static str, &[u8])>, String> {
+    if raw.contains(&0) {
+        return Err("line contains a NUL byte".into());
+    }
+    if raw.len() >= MAX_LINE {
+        return Err(format!("line is longer than {} bytes", MAX_LINE - 1));
+    }
+    let text = trim(raw);
+    if text.is_empty() || text.starts_with(b"#") {
+        return Ok(None);
+    }
+    let (word, arg) = match text.iter().position(|&c| is_space(c)) {
+        Some(i) => (&text[..i], trim(&text[i..])),
+        None => (text, &text[text.len()..]),
+    };
+    let Some(keyword) = KEYWORDS.into_iter().find(|k| k.as_bytes() == word) else {
+        return Err(format!("unknown keyword {}", quoted(word)));
+    };
+    Ok(Some((keyword, arg)))
+}
+
 impl Builder {
+    /// The config the lines gave, with the defaults for what they left out.
+    fn finish(self, path: &Path) -> Result<Config, ConfigError> {
+        let dir = self.dir.ok_or_else(|| ConfigError {
+            path: path.to_path_buf(),
+            line: 0,
+            message: "no dir line: the cache directory must be given".into(),
+        })?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            dir,
+            tag: self.tag,
+            secctx: self.secctx,
+            debug: self.debug,
+            limits: self.limits,
+            culltable: self.culltable.unwrap_or(DEFAULT_CULLTABLE),
+            nocull: self.nocull,
+            resume_blocks: self.resume.and_then(|r| r.0),
+            resume_files: self.resume.map_or(Some(DEFAULT_RESUME_FILES), |r| r.1),
+            ondemand: self.ondemand,
+            control: self
+                .control
+                .unwrap_or_else(|| Some(PathBuf::from(crate::control::DEFAULT_PATH))),
+            warnings: self.warnings,
+        })
+    }
+
     fn line(&mut self, line: &Line) -> Result<(), ConfigError> {
-        if line.keyword != "bind" {
-            if let Some(before) = self.seen.insert(line.keyword, line.no) {
-                self.warnings.push(ConfigWarning {
-                    path: line.path.to_path_buf(),
-                    line: line.no,
-                    message: format!(
-                        "{} given again (before at {}:{before}): the later line is used",
-                        line.keyword,
-                        line.path.display()
-                    ),
-                });
-            }
-        }
+        self.warn_if_repeated(line);
         match line.keyword {
             "dir" => {
-                let value = line.absolute_path("a directory")?;
-                if line.arg.len() > MAX_DIR {
-                    return Err(line.err("dir path is too long".into()));
-                }
                 self.dir = Some(Located {
-                    value,
+                    value: dir(line)?,
                     line: line.no,
                 });
             }
-            "tag" => {
-                let arg = line.need_arg("a name")?;
-                // Carried as text in reports and metrics.
-                let tag = std::str::from_utf8(arg)
-                    .map_err(|_| line.err(format!("tag {} is not valid UTF-8", quoted(arg))))?;
-                self.tag = Some(tag.to_string());
-            }
+            "tag" => self.tag = Some(tag(line)?),
             "secctx" => {
                 let arg = line.need_arg("a security context")?;
                 self.secctx = Some(OsStr::from_bytes(arg).to_owned());
@@ -256,16 +282,7 @@ impl Builder {
                         .ok_or_else(|| line.err(format!("debug mask {a:?} is not a number")))?,
                 );
             }
-            "culltable" => {
-                let a = line.text_arg("a size (log2, 12..20)")?;
-                let v: u8 = a
-                    .parse()
-                    .map_err(|_| line.err(format!("culltable {a:?} is not a number")))?;
-                if !(12..=20).contains(&v) {
-                    return Err(line.err(format!("culltable {v} is out of range 12..20")));
-                }
-                self.culltable = Some(v);
-            }
+            "culltable" => self.culltable = Some(culltable(line)?),
             "nocull" => {
                 if !line.arg.is_empty() {
                     return Err(line.err(format!(
@@ -283,18 +300,7 @@ impl Builder {
                     line: line.no,
                 });
             }
-            "control" => {
-                self.control = Some(if line.need_arg("a socket path or none")? == b"none" {
-                    None
-                } else {
-                    Some(line.absolute_path("a socket path or none").map_err(|_| {
-                        line.err(format!(
-                            "control {} must be an absolute path or none",
-                            quoted(line.arg)
-                        ))
-                    })?)
-                });
-            }
+            "control" => self.control = Some(control(line)?),
             "bind" => {
                 return Err(line.err(
                     "bind must not be given in the config: the daemon binds the cache itself"
@@ -303,27 +309,92 @@ impl Builder {
             }
             word => {
                 let limit = Limit::from_keyword(word).expect("KEYWORDS lists only known words");
-                let a = line.text_arg("a percentage like 10%").ok();
-                let pct = a
-                    .and_then(|a| a.strip_suffix('%'))
-                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|n| n.parse::<u8>().ok())
-                    .filter(|&n| n < 100);
-                let Some(pct) = pct else {
-                    line.need_arg("a percentage like 10%")?;
-                    return Err(line.err(format!(
-                        "{word} {} must be a percentage from 0% to 99%",
-                        quoted(line.arg)
-                    )));
-                };
                 self.limits[limit as usize] = Some(Located {
-                    value: pct,
+                    value: percentage(line)?,
                     line: line.no,
                 });
             }
         }
         Ok(())
     }
+
+    /// A keyword given again: the later line wins, as in the C daemon, with a warning.
+    fn warn_if_repeated(&mut self, line: &Line) {
+        if line.keyword == "bind" {
+            return;
+        }
+        if let Some(before) = self.seen.insert(line.keyword, line.no) {
+            self.warnings.push(ConfigWarning {
+                path: line.path.to_path_buf(),
+                line: line.no,
+                message: format!(
+                    "{} given again (before at {}:{before}): the later line is used",
+                    line.keyword,
+                    line.path.display()
+                ),
+            });
+        }
+    }
+}
+
+fn dir(line: &Line) -> Result<PathBuf, ConfigError> {
+    let value = line.absolute_path("a directory")?;
+    if line.arg.len() > MAX_DIR {
+        return Err(line.err("dir path is too long".into()));
+    }
+    Ok(value)
+}
+
+fn tag(line: &Line) -> Result<String, ConfigError> {
+    let arg = line.need_arg("a name")?;
+    // Carried as text in reports and metrics.
+    let tag = std::str::from_utf8(arg)
+        .map_err(|_| line.err(format!("tag {} is not valid UTF-8", quoted(arg))))?;
+    Ok(tag.to_string())
+}
+
+fn culltable(line: &Line) -> Result<u8, ConfigError> {
+    let a = line.text_arg("a size (log2, 12..20)")?;
+    let v: u8 = a
+        .parse()
+        .map_err(|_| line.err(format!("culltable {a:?} is not a number")))?;
+    if !(12..=20).contains(&v) {
+        return Err(line.err(format!("culltable {v} is out of range 12..20")));
+    }
+    Ok(v)
+}
+
+/// `control PATH` or `control none` (no socket).
+fn control(line: &Line) -> Result<Option<PathBuf>, ConfigError> {
+    if line.need_arg("a socket path or none")? == b"none" {
+        return Ok(None);
+    }
+    let path = line.absolute_path("a socket path or none").map_err(|_| {
+        line.err(format!(
+            "control {} must be an absolute path or none",
+            quoted(line.arg)
+        ))
+    })?;
+    Ok(Some(path))
+}
+
+/// A limit's `N%`, 0 to 99.
+fn percentage(line: &Line) -> Result<u8, ConfigError> {
+    let a = line.text_arg("a percentage like 10%").ok();
+    let pct = a
+        .and_then(|a| a.strip_suffix('%'))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u8>().ok())
+        .filter(|&n| n < 100);
+    let Some(pct) = pct else {
+        line.need_arg("a percentage like 10%")?;
+        return Err(line.err(format!(
+            "{} {} must be a percentage from 0% to 99%",
+            line.keyword,
+            quoted(line.arg)
+        )));
+    };
+    Ok(pct)
 }
 
 fn resume_thresholds(line: &Line) -> Result<(Option<u64>, Option<u64>), ConfigError> {
@@ -372,25 +443,8 @@ impl Config {
             if raw.is_empty() && lines.peek().is_none() {
                 break;
             }
-            if raw.contains(&0) {
-                return Err(err(no, "line contains a NUL byte".into()));
-            }
-            if raw.len() >= MAX_LINE {
-                return Err(err(
-                    no,
-                    format!("line is longer than {} bytes", MAX_LINE - 1),
-                ));
-            }
-            let text = trim(raw);
-            if text.is_empty() || text.starts_with(b"#") {
+            let Some((keyword, arg)) = split_line(raw).map_err(|message| err(no, message))? else {
                 continue;
-            }
-            let (word, arg) = match text.iter().position(|&c| is_space(c)) {
-                Some(i) => (&text[..i], trim(&text[i..])),
-                None => (text, &text[text.len()..]),
-            };
-            let Some(keyword) = KEYWORDS.into_iter().find(|k| k.as_bytes() == word) else {
-                return Err(err(no, format!("unknown keyword {}", quoted(word))));
             };
             b.line(&Line {
                 no,
@@ -399,27 +453,7 @@ impl Config {
                 path,
             })?;
         }
-
-        let dir = b
-            .dir
-            .ok_or_else(|| err(0, "no dir line: the cache directory must be given".into()))?;
-        let config = Config {
-            path: path.to_path_buf(),
-            dir,
-            tag: b.tag,
-            secctx: b.secctx,
-            debug: b.debug,
-            limits: b.limits,
-            culltable: b.culltable.unwrap_or(DEFAULT_CULLTABLE),
-            nocull: b.nocull,
-            resume_blocks: b.resume.and_then(|r| r.0),
-            resume_files: b.resume.map_or(Some(DEFAULT_RESUME_FILES), |r| r.1),
-            ondemand: b.ondemand,
-            control: b
-                .control
-                .unwrap_or_else(|| Some(PathBuf::from(crate::control::DEFAULT_PATH))),
-            warnings: b.warnings,
-        };
+        let config = b.finish(path)?;
         config.check_limits()?;
         Ok(config)
     }

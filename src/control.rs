@@ -1,7 +1,8 @@
-//! The control socket: a root-only Unix stream socket on which the daemon answers `status`,
-//! `status json` and `metrics`, one request per connection. Served from the event loop without
-//! ever blocking it: every connection is non-blocking, bounded in size and in time, so a
-//! client that connects and never reads cannot stall the daemon.
+//! The control socket: `status`, `status json` and `metrics`, served on the loop thread.
+//!
+//! A root-only Unix stream socket, one request per connection. Served from the event loop
+//! without ever blocking it: every connection is non-blocking, bounded in size and in time, so
+//! a client that connects and never reads cannot stall the daemon.
 
 use crate::reactor::Registrar;
 use mio::net::{UnixListener, UnixStream};

@@ -1,7 +1,8 @@
-//! The daemon: composes the event sources on one reactor — the device, the completions of the
-//! cull worker and the on-demand pools, signals, the graveyard watch, the control socket and
-//! the tick — and runs the loop. Handler errors are logged and counted by the sources; only a
-//! dead cache (EIO) or a broken loop ends it.
+//! The daemon: composes the event sources on one reactor and runs the loop, nothing else.
+//!
+//! The sources: the device, the completions of the cull worker and the on-demand pools,
+//! signals, the graveyard watch, the control socket and the tick. Handler errors are logged and
+//! counted by the sources; only a dead cache (EIO) or a broken loop ends it.
 
 use crate::config::Config;
 use crate::control::ControlServer;

@@ -1,4 +1,6 @@
-//! The /dev/cachefiles character device: opening it, one command per write(), reads, and the
+//! The /dev/cachefiles device behind the `Device` trait: commands, reads, READ_COMPLETE.
+//!
+//! Opening it, one command per write(), one message or status line per read(), and the
 //! READ_COMPLETE ioctl on on-demand anonymous fds. Everything else talks to a `Device`.
 
 use crate::proto::{Command, CommandError};

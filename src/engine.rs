@@ -1,5 +1,7 @@
-//! The daemon's engine: the device, the mode (classic, or on demand with its request engine)
-//! and the cull driver; what the event sources act on and what the report describes.
+//! The daemon's engine: the device, the `Mode` (classic or on demand) and the cull driver.
+//!
+//! What the event sources act on and what the report describes; on demand the mode holds the
+//! request engine.
 
 use crate::config::Config;
 use crate::control::Request;

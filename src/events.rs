@@ -1,5 +1,6 @@
-//! The daemon's small event sources: the signal pipes, the graveyard's inotify watch and the
-//! completions waker. Each registers itself with the reactor and recognises its own tokens.
+//! The daemon's small event sources: signal pipes, the graveyard watch, the completions waker.
+//!
+//! Each registers itself with the reactor and recognises its own tokens.
 
 use crate::reactor::Registrar;
 use mio::unix::SourceFd;

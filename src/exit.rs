@@ -1,5 +1,6 @@
-//! The exit statuses of cachefilesd, shared by the daemon and its `--supervise` parent (which
-//! reads its worker's status to decide whether a restart can help).
+//! The exit statuses of cachefilesd, shared by the daemon and its `--supervise` parent.
+//!
+//! The parent reads its worker's status to decide whether a restart can help.
 
 /// 0 on a clean stop, 1 for an OS error (including a dead cache), 2 for a usage or config
 /// error, 3 for an internal error.

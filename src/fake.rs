@@ -1,4 +1,5 @@
 //! A scriptable, pollable stand-in for /dev/cachefiles, for fast tests of the whole loop.
+//!
 //! It imitates the kernel's observable rules (one command per write, `cull` relative to the
 //! process's cwd, EBUSY for objects in use, status line format, one message per read, 0 when
 //! none is pending). It is not the proof: the VM suite runs the real kernel.

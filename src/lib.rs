@@ -1,4 +1,6 @@
 //! cachefilesd-rs: a drop-in replacement for the Linux cachefilesd daemon.
+//!
+//! The map of the modules, threads and message flow is ARCHITECTURE.md at the top of the repo.
 
 pub mod cachedir;
 pub mod cli;
@@ -11,7 +13,6 @@ mod engine;
 pub mod events;
 pub mod exit;
 pub mod fake;
-/// The kernel's naming and xattr formats, kept at their old path for existing users.
 pub mod lock;
 pub mod logging;
 pub mod ondemand;

@@ -1,6 +1,7 @@
-//! The cache directory lock: an exclusive `flock` on the cache directory itself, held by the
-//! daemon for as long as it runs and taken by every tool that writes into the cache, so the two
-//! never work on the same tree at once.
+//! The cache directory lock: an exclusive `flock` held by the daemon and by writing tools.
+//!
+//! Taken on the cache directory itself, held by the daemon for as long as it runs and taken by
+//! every tool that writes into the cache, so the two never work on the same tree at once.
 //!
 //! flock locks belong to the open file description: the lock lives exactly as long as the
 //! returned [`CacheLock`] (and any fd dup'ed from it), and the kernel drops it when the holder

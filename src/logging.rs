@@ -1,4 +1,5 @@
 //! Log output: syslog (facility daemon, ident cachefilesd) by default, stderr with `-s`.
+//!
 //! On stderr under systemd (JOURNAL_STREAM names our stderr) each line carries a `<N>`
 //! priority prefix and no timestamp, which journald turns into the entry's priority.
 //! Panics are logged too: after daemon() stderr is /dev/null, and a dying thread must not go

@@ -1,5 +1,6 @@
-//! cachefilesd: the cache daemon. Parses the command line and hands over to `start::run`;
-//! exit statuses are `exit::Exit` (0 clean stop, 1 OS error, 2 usage or config, 3 internal).
+//! cachefilesd, the cache daemon: parses the command line and hands over to `start::run`.
+//!
+//! Exit statuses are `exit::Exit` (0 clean stop, 1 OS error, 2 usage or config, 3 internal).
 
 use cachefilesd_rs::cli::{self, Action};
 use cachefilesd_rs::exit::Exit;

@@ -1,5 +1,7 @@
-//! The pid file (`-p FILE`): written as root, possibly in a directory others can write, so it is
-//! created without following a symlink and without opening a file someone else placed there.
+//! The pid file (`-p FILE`), created without following a symlink or reusing a planted file.
+//!
+//! Written as root, possibly in a directory others can write, so it is created without
+//! following a symlink and without opening a file someone else placed there.
 
 use nix::errno::Errno;
 use std::path::{Path, PathBuf};

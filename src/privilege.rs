@@ -1,8 +1,10 @@
-//! Least privilege: once the device is open (the only step that needs CAP_SYS_ADMIN; the
-//! kernel then works with the credentials it captured at open), the daemon keeps just the
-//! file-access capabilities it needs to walk, stat and cull a 0700 cache tree whatever its
-//! ownership, and drops everything else from all sets, including the bounding set, so a
-//! re-exec'd worker cannot regain them.
+//! Least privilege: after opening the device, keep only the file-access capabilities.
+//!
+//! Opening the device is the only step that needs CAP_SYS_ADMIN (the kernel then works with
+//! the credentials it captured at open). The daemon keeps just the file-access capabilities
+//! it needs to walk, stat and cull a 0700 cache tree whatever its ownership, and drops
+//! everything else from all sets, including the bounding set, so a re-exec'd worker cannot
+//! regain them.
 
 use caps::{CapSet, Capability, CapsHashSet};
 

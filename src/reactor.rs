@@ -1,6 +1,7 @@
-//! The event loop's plumbing: one mio `Poll`, a token allocator (every registration gets a
-//! fresh token, so no source owns a range by convention), and the idle tick. The sources
-//! themselves register through a `Registrar` and handle their own events.
+//! The event loop's plumbing: one mio `Poll`, a token allocator and the idle tick.
+//!
+//! Every registration gets a fresh token, so no source owns a range by convention. The
+//! sources themselves register through a `Registrar` and handle their own events.
 
 use mio::event::Source;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};

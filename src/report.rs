@@ -1,6 +1,7 @@
-//! What the daemon tells about itself: one `Report`, rendered as the stats line (logged on
-//! SIGUSR1 and at exit), systemd's one-line STATUS=, text for people, JSON for tools and the
-//! Prometheus text exposition format for scrapers.
+//! What the daemon tells about itself: one `Report`, rendered five ways.
+//!
+//! The stats line (logged on SIGUSR1 and at exit), systemd's one-line STATUS=, text for
+//! people, JSON for tools and the Prometheus text exposition format for scrapers.
 
 use crate::cull::Culler;
 use crate::ondemand::sourcemap::Location;
@@ -304,7 +305,8 @@ impl Report {
             )],
         };
         let mut all = vec![info];
-        all.extend(self.space_and_culling_metrics());
+        all.extend(self.space_metrics());
+        all.extend(self.culling_metrics());
         if let Some(od) = &self.ondemand {
             all.extend(od.metrics());
         }
@@ -319,8 +321,8 @@ impl Report {
         o
     }
 
-    fn space_and_culling_metrics(&self) -> Vec<Metric> {
-        let (s, c) = (&self.space, &self.culling);
+    fn space_metrics(&self) -> Vec<Metric> {
+        let s = &self.space;
         vec![
             gauge(
                 "uptime_seconds",
@@ -352,6 +354,12 @@ impl Report {
                 "Inodes of the cache filesystem.",
                 s.files_total,
             ),
+        ]
+    }
+
+    fn culling_metrics(&self) -> Vec<Metric> {
+        let c = &self.culling;
+        vec![
             gauge(
                 "culling_active",
                 "1 while the kernel asks for culling.",

@@ -1,6 +1,8 @@
-//! Service-manager integration: sd_notify (READY, STATUS, WATCHDOG, the device fd kept in
-//! systemd's fd store) and taking over a device fd that is already bound, handed to us by
-//! systemd (LISTEN_FDS, name `cachefiles`) or by our own `--supervise` parent.
+//! Service-manager integration: sd_notify, the fd store, and taking over a bound device fd.
+//!
+//! sd_notify: READY, STATUS, WATCHDOG, and the device fd kept in systemd's fd store. A device
+//! fd that is already bound is handed to us by systemd (LISTEN_FDS, name `cachefiles`) or by
+//! our own `--supervise` parent.
 //!
 //! Keeping the device fd open across a daemon restart is what stops the kernel from
 //! withdrawing the cache (and, on demand, from failing every pending read with EIO).

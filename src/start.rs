@@ -1,4 +1,6 @@
-//! Startup: from the command line and what the process was handed (a bound device fd from our
+//! Startup: `Start::{Supervise, Worker, Takeover, Fresh}`, chosen purely, then carried out.
+//!
+//! From the command line and what the process was handed (a bound device fd from our
 //! supervisor or from systemd's fd store) to a running daemon, supervisor or worker. `Start`
 //! is the decision, made by a pure function; `run` carries it out.
 

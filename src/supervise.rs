@@ -1,9 +1,10 @@
-//! `cachefilesd --supervise`: a tiny parent that holds the device fd and restarts the worker
-//! with it when the worker dies, so the cache survives a crash without systemd's fd store.
-//! The kernel keeps the cache bound while any process holds the fd; on demand, the restarted
-//! worker writes `restore` and the kernel re-delivers every outstanding request. A worker that
-//! keeps crashing is restarted with a growing delay and given up on, as systemd's
-//! StartLimitBurst does.
+//! `cachefilesd --supervise`: a parent that holds the device fd and restarts the worker.
+//!
+//! It restarts the worker with the fd when the worker dies, so the cache survives a crash
+//! without systemd's fd store. The kernel keeps the cache bound while any process holds the
+//! fd; on demand, the restarted worker writes `restore` and the kernel re-delivers every
+//! outstanding request. A worker that keeps crashing is restarted with a growing delay and
+//! given up on, as systemd's StartLimitBurst does.
 
 use crate::exit::Exit;
 use crate::service::ENV_DEVICE_FD;

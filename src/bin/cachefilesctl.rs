@@ -1,6 +1,7 @@
-//! cachefilesctl: offline inspection and maintenance of a cachefiles cache directory
-//! (ls, du, check, prefill, invalidate, purge). Exit status: 0 ok, 1 problems found or
-//! failure, 2 usage.
+//! cachefilesctl: offline inspection and maintenance of a cache directory (over `tools`).
+//!
+//! Commands: ls, du, check, prefill, invalidate, purge. Exit status: 0 ok, 1 problems found
+//! or failure, 2 usage.
 
 use cachefilesd_rs::tools::cli::{self, USAGE};
 use std::process::ExitCode;

@@ -1,9 +1,11 @@
-//! The graveyard: the kernel renames directories it wants gone into `graveyard/` and leaves
-//! their deletion to the daemon; the tools bury entries the same way. Removal uses dirfds and
-//! unlinkat only: a symlink inside is removed as a link, never followed.
+//! The graveyard: entries buried in `graveyard/`, reaped with dirfds and no link followed.
+//!
+//! The kernel renames directories it wants gone into `graveyard/` and leaves their deletion to
+//! the daemon; the tools bury entries the same way. Removal uses dirfds and unlinkat only: a
+//! symlink inside is removed as a link, never followed.
 //!
 //! A tree of any depth is emptied with a bounded number of fds and stack frames: a directory
-//! nested deeper than [`HOIST_DEPTH`] is renamed up to the graveyard's top level and emptied
+//! nested deeper than `HOIST_DEPTH` is renamed up to the graveyard's top level and emptied
 //! from there in a later round, instead of being left behind with an error.
 
 use super::names::{show_path, Name};

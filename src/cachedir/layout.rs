@@ -1,6 +1,8 @@
-//! The on-disk layout of a cachefiles cache (Linux 5.17+), as pure functions: the fscache
-//! hashes that pick the `@xx` fanout, the key→file-name encoding of `cachefiles_cook_key`
-//! and its inverse, and the `user.CacheFiles.cache` xattrs. No I/O here.
+//! The kernel's naming of cache objects and their xattrs, as pure functions (no I/O).
+//!
+//! The on-disk layout of a cachefiles cache (Linux 5.17+): the fscache hashes that pick the
+//! `@xx` fanout, the key→file-name encoding of `cachefiles_cook_key` and its inverse, and the
+//! `user.CacheFiles.cache` xattrs.
 //!
 //! Everything is checked against Linux 6.12: fs/netfs/fscache_main.c (`fscache_hash`),
 //! fs/netfs/fscache_volume.c and fscache_cookie.c (what is hashed), fs/cachefiles/key.c (names)
@@ -241,6 +243,51 @@ pub struct DecodedName {
     pub key: Vec<u8>,
 }
 
+/// The words of an `S` (big-endian) or `T` (little-endian) name: comma-separated lowercase hex,
+/// at most 8 digits each.
+fn decode_words(big: bool, rest: &[u8]) -> Result<DecodedName, NameError> {
+    let mut key = Vec::new();
+    for word in rest.split(|&b| b == b',') {
+        if word.len() > 8 || !word.iter().all(|&b| is_lower_hex(b)) {
+            return Err(NameError::BadWord);
+        }
+        let x = word
+            .iter()
+            .fold(0u32, |acc, &b| (acc << 4) | u32::from(hex_val(b)));
+        key.extend_from_slice(&if big {
+            x.to_be_bytes()
+        } else {
+            x.to_le_bytes()
+        });
+    }
+    Ok(DecodedName {
+        encoding: if big {
+            KeyEncoding::BigEndianWords
+        } else {
+            KeyEncoding::LittleEndianWords
+        },
+        key,
+    })
+}
+
+/// The key of an `E` name: the pad count (`0`..`2`), then the kernel's base64 in groups of 4.
+fn decode_base64(rest: &[u8]) -> Result<Vec<u8>, NameError> {
+    let (&pad, body) = rest.split_first().ok_or(NameError::BadBase64)?;
+    if !(b'0'..=b'2').contains(&pad) || body.is_empty() || !body.len().is_multiple_of(4) {
+        return Err(NameError::BadBase64);
+    }
+    let mut key = Vec::with_capacity(body.len() / 4 * 3);
+    for group in body.chunks_exact(4) {
+        let mut acc = 0u32;
+        for (i, &c) in group.iter().enumerate() {
+            acc |= charmap_index(c).ok_or(NameError::BadChar(KeyEncoding::Base64))? << (6 * i);
+        }
+        key.extend_from_slice(&acc.to_le_bytes()[..3]);
+    }
+    key.truncate(key.len() - usize::from(pad - b'0'));
+    Ok(key)
+}
+
 /// The inverse of [`encode_key`]: accepts exactly the names the kernel makes.
 pub fn decode_name(name: &[u8]) -> Result<DecodedName, NameError> {
     let (&prefix, rest) = name.split_first().ok_or(NameError::Empty)?;
@@ -254,51 +301,11 @@ pub fn decode_name(name: &[u8]) -> Result<DecodedName, NameError> {
                 key: rest.to_vec(),
             }
         }
-        b'S' | b'T' => {
-            let big = prefix == b'S';
-            let mut key = Vec::new();
-            for word in rest.split(|&b| b == b',') {
-                if word.len() > 8 || !word.iter().all(|&b| is_lower_hex(b)) {
-                    return Err(NameError::BadWord);
-                }
-                let x = word
-                    .iter()
-                    .fold(0u32, |acc, &b| (acc << 4) | u32::from(hex_val(b)));
-                key.extend_from_slice(&if big {
-                    x.to_be_bytes()
-                } else {
-                    x.to_le_bytes()
-                });
-            }
-            DecodedName {
-                encoding: if big {
-                    KeyEncoding::BigEndianWords
-                } else {
-                    KeyEncoding::LittleEndianWords
-                },
-                key,
-            }
-        }
-        b'E' => {
-            let (&pad, body) = rest.split_first().ok_or(NameError::BadBase64)?;
-            if !(b'0'..=b'2').contains(&pad) || body.is_empty() || !body.len().is_multiple_of(4) {
-                return Err(NameError::BadBase64);
-            }
-            let mut key = Vec::with_capacity(body.len() / 4 * 3);
-            for group in body.chunks_exact(4) {
-                let mut acc = 0u32;
-                for (i, &c) in group.iter().enumerate() {
-                    acc |=
-                        charmap_index(c).ok_or(NameError::BadChar(KeyEncoding::Base64))? << (6 * i);
-                }
-                key.extend_from_slice(&acc.to_le_bytes()[..3]);
-            }
-            key.truncate(key.len() - usize::from(pad - b'0'));
-            DecodedName {
-                encoding: KeyEncoding::Base64,
-                key,
-            }
-        }
+        b'S' | b'T' => decode_words(prefix == b'S', rest)?,
+        b'E' => DecodedName {
+            encoding: KeyEncoding::Base64,
+            key: decode_base64(rest)?,
+        },
         _ => return Err(NameError::UnknownPrefix),
     };
     // Many byte strings decode; only the one the kernel would produce is a real object name

@@ -1,7 +1,9 @@
-//! The cache directory as one layer, shared by the daemon, the cull scan and cachefilesctl: the
-//! root ([`CacheDir`]), the validated names every path component is built from ([`names`]),
-//! the kernel's naming and xattr formats ([`layout`]), no-follow tree operations ([`tree`]),
-//! the xattrs ([`xattr`]) and the graveyard ([`graveyard`]).
+//! The cache-directory layer: root, validated names, no-follow tree ops, xattrs, graveyard.
+//!
+//! Shared by the daemon, the cull scan and cachefilesctl: the root ([`CacheDir`]), the
+//! validated names every path component is built from ([`names`]), the kernel's naming and
+//! xattr formats ([`layout`]), no-follow tree operations ([`tree`]), the xattrs ([`xattr`])
+//! and the graveyard ([`graveyard`]).
 //!
 //! Nothing below the root is reached by a path string: every step is a dirfd-relative call
 //! with a [`names::Name`], and no symlink is followed, so neither a name typed by a user nor

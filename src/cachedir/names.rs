@@ -1,6 +1,8 @@
-//! Validated names: every path component below the cache root is built from one of these types,
-//! so a string from the command line or from disk becomes a path only after passing a check
-//! that it is one component (no `/`, no NUL, not `.`/`..`, at most NAME_MAX bytes).
+//! Validated names: the only way a string becomes a path component below the cache root.
+//!
+//! Every path component below the cache root is built from one of these types, so a string
+//! from the command line or from disk becomes a path only after passing a check that it is one
+//! component (no `/`, no NUL, not `.`/`..`, at most NAME_MAX bytes).
 
 use super::layout::{self, DecodedName, KeyEncoding, NameError, MAX_VOLUME_KEY, NAME_MAX};
 use std::borrow::Cow;

@@ -1,7 +1,9 @@
-//! Directory access that never follows a symlink: every path under the cache root is opened
-//! from a dirfd with O_NOFOLLOW (several components at once with openat2 RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS where the kernel has it, else one at a time), and every name is a
-//! validated [`Name`], so nothing found on disk or typed by a user can lead outside the root.
+//! No-follow tree operations: dirfd-relative opens and stats of validated names.
+//!
+//! Every path under the cache root is opened from a dirfd with O_NOFOLLOW (several components
+//! at once with openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS where the kernel has it, else one
+//! at a time), and every name is a validated [`Name`], so nothing found on disk or typed by a
+//! user can lead outside the root.
 
 use super::names::Name;
 use nix::dir::Dir;

@@ -1,5 +1,6 @@
-//! The `user.CacheFiles.cache` xattrs, read and written through an fd (never a path, so a link
-//! swapped in cannot redirect them), with rustix.
+//! The `user.CacheFiles.cache` xattrs, read and written through an fd, with rustix.
+//!
+//! Never through a path, so a link swapped in cannot redirect them.
 
 use super::layout::XATTR_NAME;
 use super::tree::{borrow, errno};

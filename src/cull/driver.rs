@@ -1,6 +1,7 @@
-//! The cull driver: follows the cull signal, starts scans and graveyard reaps on the worker,
-//! and culls the table in batches through the device, pausing when the kernel fails a cull on a
-//! live cache. The event loop calls it; it never blocks.
+//! The cull driver: what the loop calls to scan, reap and cull in batches; it never blocks.
+//!
+//! It follows the cull signal, starts scans and graveyard reaps on the worker, and culls the
+//! table in batches through the device, pausing when the kernel fails a cull on a live cache.
 
 use super::signal::{CullSignal, Space};
 use super::worker::{Job, JobDone, Worker};

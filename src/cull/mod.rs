@@ -1,6 +1,8 @@
-//! Culling, end to end: the cull signal (`signal`), the scan of the cache tree (`scan`, run
-//! on the `worker` thread with graveyard reaping), the table of the oldest objects (`Culler`,
-//! here) and the `driver` the event loop calls to cull them until there is room again.
+//! Culling end to end: signal, scan, worker, the table of oldest objects (`Culler`), driver.
+//!
+//! The cull signal (`signal`), the scan of the cache tree (`scan`, run on the `worker` thread
+//! with graveyard reaping), the table of the oldest objects (`Culler`, here) and the `driver`
+//! the event loop calls to cull them until there is room again.
 //!
 //! `cull NAME` is resolved against the process's current directory, so only the event-loop
 //! thread may call `cull_one` (it `fchdir`s into the object's directory). Scans and graveyard

@@ -1,7 +1,9 @@
-//! Scanning the cache tree for cull candidates: a depth-first walk with dirfds that keeps only
-//! the N least recently used objects (a max-heap on atime), so memory is bounded by the
-//! culltable size whatever the size of the cache. No `inuse` writes: the kernel refuses to
-//! cull an object in use (EBUSY) and that answer is taken at cull time.
+//! The cull scan: a bounded LRU walk of the cache tree with dirfds, run on the worker thread.
+//!
+//! A depth-first walk that keeps only the N least recently used objects (a max-heap on atime),
+//! so memory is bounded by the culltable size whatever the size of the cache. No `inuse`
+//! writes: the kernel refuses to cull an object in use (EBUSY) and that answer is taken at
+//! cull time.
 
 use crate::cachedir::layout::decode_name;
 use crate::cachedir::names::show_path;
@@ -177,6 +179,13 @@ pub fn scan_with_threads(root: &Dir, capacity: usize, threads: usize) -> ScanRep
         }
         walkers
     });
+    let mut report = merge(&mut walkers, capacity);
+    report.duration = start.elapsed();
+    report
+}
+
+/// The threads' tables merged into the `capacity` oldest of their union, and their counts summed.
+fn merge(walkers: &mut [Walker], capacity: usize) -> ScanReport {
     let mut report = ScanReport::default();
     let mut candidates = Vec::new();
     for w in walkers.iter_mut() {
@@ -197,7 +206,6 @@ pub fn scan_with_threads(root: &Dir, capacity: usize, threads: usize) -> ScanRep
         candidates.truncate(capacity);
     }
     report.candidates = candidates;
-    report.duration = start.elapsed();
     report
 }
 
@@ -228,6 +236,66 @@ fn note(report: &mut ScanReport, path: &[Box<[u8]>], name: &[u8], what: &'static
     }
 }
 
+/// A directory entry as the walk sees it.
+enum Entry {
+    File(nix::sys::stat::FileStat),
+    Dir,
+    /// Left alone and reported: a link or a special file.
+    Odd(&'static str),
+    Vanished,
+}
+
+/// What the entry `name` of the directory `fd` is: from its d_type where that settles it, else
+/// (and for every regular file, whose atime is needed) from a stat that follows no link.
+fn classify(d_type: Option<Type>, fd: std::os::fd::RawFd, name: &[u8]) -> Entry {
+    match d_type {
+        Some(Type::Directory) => return Entry::Dir,
+        Some(Type::Symlink) => return Entry::Odd("symbolic link"),
+        Some(Type::File) | None => {}
+        Some(_) => return Entry::Odd("special file"),
+    }
+    let Ok(st) = stat_at(&RawDir(fd), name) else {
+        return Entry::Vanished;
+    };
+    match file_type(&st) {
+        SFlag::S_IFREG => Entry::File(st),
+        SFlag::S_IFDIR => Entry::Dir,
+        SFlag::S_IFLNK => Entry::Odd("symbolic link"),
+        _ => Entry::Odd("special file"),
+    }
+}
+
+/// Counts an object and keeps it in `heap` while it is among the `capacity` oldest seen.
+fn count_object(
+    heap: &mut BinaryHeap<Candidate>,
+    capacity: usize,
+    report: &mut ScanReport,
+    st: &nix::sys::stat::FileStat,
+    here: &Arc<DirPath>,
+    name: &[u8],
+) {
+    report.objects += 1;
+    let allocated = (st.st_blocks as u64).saturating_mul(512);
+    report.allocated = report.allocated.saturating_add(allocated);
+    let atime = (st.st_atime, st.st_atime_nsec);
+    if heap.len() >= capacity {
+        report.table_overflowed = true;
+        match heap.peek() {
+            Some(youngest) if atime < youngest.atime => {
+                heap.pop();
+            }
+            _ => return,
+        }
+    }
+    heap.push(Candidate {
+        atime,
+        ino: st.st_ino,
+        allocated,
+        dir: here.clone(),
+        name: name.into(),
+    });
+}
+
 impl Walker {
     /// Walks `dir` (at `path`) depth first. With `split`, the directories at `SPLIT_DEPTH`
     /// are not walked but listed there for the scan threads.
@@ -235,7 +303,7 @@ impl Walker {
         &mut self,
         mut dir: Dir,
         path: &mut Vec<Box<[u8]>>,
-        mut split: Option<&mut Vec<Vec<Box<[u8]>>>>,
+        split: Option<&mut Vec<Vec<Box<[u8]>>>>,
     ) {
         let report = &mut self.report;
         let heap = &mut self.heap;
@@ -253,44 +321,21 @@ impl Walker {
             if name == b"." || name == b".." {
                 continue;
             }
-            let kind = match entry.file_type() {
-                Some(Type::Directory) => Some(SFlag::S_IFDIR),
-                Some(Type::File) => Some(SFlag::S_IFREG),
-                Some(Type::Symlink) => Some(SFlag::S_IFLNK),
-                Some(_) => Some(SFlag::S_IFIFO),
-                None => None,
-            };
-            if kind == Some(SFlag::S_IFDIR) {
-                subdirs.push(name.into());
-                continue;
-            }
-            if matches!(kind, Some(SFlag::S_IFLNK)) {
-                note(report, path, name, "symbolic link");
-                continue;
-            }
-            if matches!(kind, Some(SFlag::S_IFIFO)) {
-                note(report, path, name, "special file");
-                continue;
-            }
-            let Ok(st) = stat_at(&RawDir(fd), name) else {
-                report.vanished += 1;
-                continue;
-            };
-            match file_type(&st) {
-                SFlag::S_IFREG => {}
-                SFlag::S_IFDIR => {
+            let st = match classify(entry.file_type(), fd, name) {
+                Entry::File(st) => st,
+                Entry::Dir => {
                     subdirs.push(name.into());
                     continue;
                 }
-                SFlag::S_IFLNK => {
-                    note(report, path, name, "symbolic link");
+                Entry::Odd(what) => {
+                    note(report, path, name, what);
                     continue;
                 }
-                _ => {
-                    note(report, path, name, "special file");
+                Entry::Vanished => {
+                    report.vanished += 1;
                     continue;
                 }
-            }
+            };
             if path.is_empty() || !is_object_name(name) {
                 note(
                     report,
@@ -300,31 +345,24 @@ impl Walker {
                 );
                 continue;
             }
-            report.objects += 1;
-            let allocated = (st.st_blocks as u64).saturating_mul(512);
-            report.allocated = report.allocated.saturating_add(allocated);
-            let atime = (st.st_atime, st.st_atime_nsec);
-            if heap.len() >= capacity {
-                report.table_overflowed = true;
-                match heap.peek() {
-                    Some(youngest) if atime < youngest.atime => {
-                        heap.pop();
-                    }
-                    _ => continue,
-                }
-            }
-            heap.push(Candidate {
-                atime,
-                ino: st.st_ino,
-                allocated,
-                dir: here.clone(),
-                name: name.into(),
-            });
+            count_object(heap, capacity, report, &st, &here, name);
         }
+        self.descend(fd, path, subdirs, split);
+    }
+
+    /// Walks the subdirectories of the directory `fd` (at `path`), or with `split` lists those
+    /// at `SPLIT_DEPTH` for the scan threads.
+    fn descend(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        path: &mut Vec<Box<[u8]>>,
+        subdirs: Vec<Box<[u8]>>,
+        mut split: Option<&mut Vec<Vec<Box<[u8]>>>>,
+    ) {
         if path.len() >= MAX_DEPTH {
             for name in subdirs {
                 note(
-                    report,
+                    &mut self.report,
                     path,
                     &name,
                     "directory nested deeper than the kernel makes",

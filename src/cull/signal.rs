@@ -1,6 +1,8 @@
-//! When to cull and how much: the cull signal, pure and testable without a filesystem. In
-//! classic mode the kernel decides and says so in its status line; on demand it only hints (the
-//! device turns writable), so the daemon decides from statfs with the kernel's own hysteresis.
+//! The cull signal, pure: when to cull and how much, from the status line or from statfs.
+//!
+//! Testable without a filesystem. In classic mode the kernel decides and says so in its status
+//! line; on demand it only hints (the device turns writable), so the daemon decides from
+//! statfs with the kernel's own hysteresis.
 
 use super::Deficit;
 use crate::proto::{Limit, Status};

@@ -1,5 +1,6 @@
-//! The cull worker thread: scans and graveyard reaping run off the loop thread (they need only
-//! dirfds, not the process's cwd); each result wakes the loop.
+//! The cull worker thread: scans and graveyard reaps, off the loop thread.
+//!
+//! They need only dirfds, not the process's cwd; each result wakes the loop.
 
 use super::scan;
 use crate::cachedir::graveyard;

@@ -1,7 +1,7 @@
 //! Filling cache files: page-aligned writes of a blob's bytes, readahead that skips cached chunks.
 //!
-//! Front-end neutral: any fd the engine writes through (the cachefiles anon fd today, a
-//! blob's sparse file under fanotify next).
+//! Front-end neutral: it writes through whatever fd the front end gives the object (the
+//! cachefiles anon fd; for a fanotify front end, the blob's sparse file).
 
 use super::sources::Blob;
 use nix::errno::Errno;

@@ -1,4 +1,4 @@
-//! On-demand mode: the engine that serves blobs into cache files, and its kernel front ends.
+//! On-demand mode: the front-end-neutral lazy-fill engine and its kernel front ends.
 //!
 //! Every request the kernel waits on is answered exactly once, whatever the source does.
 //!

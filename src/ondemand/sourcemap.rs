@@ -1,7 +1,8 @@
-//! The on-demand source map: an ordered list of `[[source]]` entries in a TOML file; the first
-//! whose `domain` and `fsid` globs match serves the blob. `{fsid}` and `{domain}` are
-//! substituted only after validation, so a mount option can never steer the daemon outside
-//! the configured place.
+//! The on-demand source map: which `[[source]]` serves a blob, matched on domain and fsid.
+//!
+//! An ordered list of `[[source]]` entries in a TOML file; the first whose `domain` and `fsid`
+//! globs match serves the blob. `{fsid}` and `{domain}` are substituted only after validation,
+//! so a mount option can never steer the daemon outside the configured place.
 
 use super::sources::head::redact;
 use serde::Deserialize;
@@ -129,6 +130,144 @@ pub fn is_safe_name(name: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"-._~:+,=@".contains(&b))
 }
 
+impl RawSource {
+    /// The `n`th `[[source]]` (from 1), checked; the error names it.
+    fn validate(self, n: usize) -> Result<Source, String> {
+        let pattern = |what: &str, p: &str| {
+            glob::Pattern::new(p).map_err(|e| format!("source {n}: {what} pattern {p:?}: {e}"))
+        };
+        if self.verify.is_some() && self.registry.is_none() {
+            return Err(format!(
+                "source {n}: verify applies to registry sources only"
+            ));
+        }
+        let location = match (self.path, self.url, self.registry, self.repository) {
+            (Some(p), None, None, None) => path_location(n, p)?,
+            (None, Some(u), None, None) => url_location(n, u)?,
+            (None, None, Some(r), Some(repo)) => {
+                registry_location(n, r, repo, self.verify.as_deref())?
+            }
+            (None, None, Some(_), None) => {
+                return Err(format!("source {n}: registry needs a repository"))
+            }
+            (None, None, None, Some(_)) => {
+                return Err(format!("source {n}: repository needs a registry"))
+            }
+            (None, None, None, None) => {
+                return Err(format!("source {n}: needs one of path, url or registry"))
+            }
+            _ => {
+                return Err(format!(
+                    "source {n}: give only one of path, url or registry"
+                ))
+            }
+        };
+        Ok(Source {
+            index: n,
+            domain: pattern("domain", &self.domain)?,
+            fsid: pattern("fsid", &self.fsid)?,
+            location,
+        })
+    }
+}
+
+fn path_location(n: usize, p: String) -> Result<Location, String> {
+    if !p.starts_with('/') {
+        return Err(format!("source {n}: path {p:?} must be absolute"));
+    }
+    check_template(&p).map_err(|m| format!("source {n}: path {p:?}: {m}"))?;
+    Ok(Location::Path(PathBuf::from(p)))
+}
+
+fn url_location(n: usize, u: String) -> Result<Location, String> {
+    if !(u.starts_with("http://") || u.starts_with("https://")) {
+        return Err(format!(
+            "source {n}: url {:?} must start with http:// or https://",
+            redact(&u)
+        ));
+    }
+    check_template(&u).map_err(|m| format!("source {n}: url {:?}: {m}", redact(&u)))?;
+    Ok(Location::Url(u))
+}
+
+fn registry_location(
+    n: usize,
+    r: String,
+    repo: String,
+    verify: Option<&str>,
+) -> Result<Location, String> {
+    if !(r.starts_with("http://") || r.starts_with("https://")) {
+        return Err(format!(
+            "source {n}: registry {:?} must start with http:// or https://",
+            redact(&r)
+        ));
+    }
+    if repo.is_empty() || repo.split('/').any(|c| !is_safe_name(c.as_bytes())) {
+        return Err(format!(
+            "source {n}: repository {repo:?} is not a valid repository name"
+        ));
+    }
+    if let Err(e) = super::sources::head::origin(&r) {
+        return Err(format!("source {n}: registry: {e}"));
+    }
+    let verify = match verify {
+        None | Some("in-order") => Verify::InOrder,
+        Some("digest") => Verify::Digest,
+        Some(v) => {
+            return Err(format!(
+                "source {n}: verify {v:?} must be \"digest\" or \"in-order\""
+            ))
+        }
+    };
+    Ok(Location::Registry {
+        base: r.trim_end_matches('/').to_string(),
+        repository: repo,
+        verify,
+    })
+}
+
+impl RawFetch {
+    /// The `[fetch]` table, checked, over the defaults.
+    fn validate(self) -> Result<FetchSettings, String> {
+        let mut fetch = FetchSettings::default();
+        if let Some(w) = self.workers {
+            if !(1..=256).contains(&w) {
+                return Err(format!("fetch.workers {w} must be 1..256"));
+            }
+            fetch.workers = w as usize;
+        }
+        if let Some(r) = self.readahead {
+            if r % 4096 != 0 || r > 64 << 20 {
+                return Err(format!(
+                    "fetch.readahead {r} must be a multiple of 4096 up to 64 MiB"
+                ));
+            }
+            fetch.readahead = r;
+        }
+        if let Some(t) = self.timeout {
+            if !(t > 0.0 && t <= 3600.0) {
+                return Err(format!(
+                    "fetch.timeout {t} must be between 0 and 3600 seconds"
+                ));
+            }
+            fetch.timeout = Duration::from_secs_f64(t);
+        }
+        if let Some(r) = self.retries {
+            if r > 10 {
+                return Err(format!("fetch.retries {r} must be at most 10"));
+            }
+            fetch.retries = r;
+        }
+        if let Some(d) = self.spool {
+            if !d.starts_with('/') {
+                return Err(format!("fetch.spool {d:?} must be absolute"));
+            }
+            fetch.spool = Some(PathBuf::from(d));
+        }
+        Ok(fetch)
+    }
+}
+
 impl SourceMap {
     pub fn load(path: &Path) -> Result<SourceMap, SourceMapError> {
         let text = std::fs::read_to_string(path).map_err(|e| SourceMapError {
@@ -150,126 +289,12 @@ impl SourceMap {
         }
         let mut sources = Vec::new();
         for (i, s) in raw.source.into_iter().enumerate() {
-            let n = i + 1;
-            let pattern = |what: &str, p: &str| {
-                glob::Pattern::new(p)
-                    .map_err(|e| err(format!("source {n}: {what} pattern {p:?}: {e}")))
-            };
-            if s.verify.is_some() && s.registry.is_none() {
-                return Err(err(format!(
-                    "source {n}: verify applies to registry sources only"
-                )));
-            }
-            let location = match (s.path, s.url, s.registry, s.repository) {
-                (Some(p), None, None, None) => {
-                    if !p.starts_with('/') {
-                        return Err(err(format!("source {n}: path {p:?} must be absolute")));
-                    }
-                    check_template(&p).map_err(|m| err(format!("source {n}: path {p:?}: {m}")))?;
-                    Location::Path(PathBuf::from(p))
-                }
-                (None, Some(u), None, None) => {
-                    if !(u.starts_with("http://") || u.starts_with("https://")) {
-                        return Err(err(format!(
-                            "source {n}: url {:?} must start with http:// or https://",
-                            redact(&u)
-                        )));
-                    }
-                    check_template(&u)
-                        .map_err(|m| err(format!("source {n}: url {:?}: {m}", redact(&u))))?;
-                    Location::Url(u)
-                }
-                (None, None, Some(r), Some(repo)) => {
-                    if !(r.starts_with("http://") || r.starts_with("https://")) {
-                        return Err(err(format!(
-                            "source {n}: registry {:?} must start with http:// or https://",
-                            redact(&r)
-                        )));
-                    }
-                    if repo.is_empty() || repo.split('/').any(|c| !is_safe_name(c.as_bytes())) {
-                        return Err(err(format!(
-                            "source {n}: repository {repo:?} is not a valid repository name"
-                        )));
-                    }
-                    if let Err(e) = super::sources::head::origin(&r) {
-                        return Err(err(format!("source {n}: registry: {e}")));
-                    }
-                    let verify = match s.verify.as_deref() {
-                        None | Some("in-order") => Verify::InOrder,
-                        Some("digest") => Verify::Digest,
-                        Some(v) => {
-                            return Err(err(format!(
-                                "source {n}: verify {v:?} must be \"digest\" or \"in-order\""
-                            )))
-                        }
-                    };
-                    Location::Registry {
-                        base: r.trim_end_matches('/').to_string(),
-                        repository: repo,
-                        verify,
-                    }
-                }
-                (None, None, Some(_), None) => {
-                    return Err(err(format!("source {n}: registry needs a repository")))
-                }
-                (None, None, None, Some(_)) => {
-                    return Err(err(format!("source {n}: repository needs a registry")))
-                }
-                (None, None, None, None) => {
-                    return Err(err(format!(
-                        "source {n}: needs one of path, url or registry"
-                    )))
-                }
-                _ => {
-                    return Err(err(format!(
-                        "source {n}: give only one of path, url or registry"
-                    )))
-                }
-            };
-            sources.push(Source {
-                index: n,
-                domain: pattern("domain", &s.domain)?,
-                fsid: pattern("fsid", &s.fsid)?,
-                location,
-            });
+            sources.push(s.validate(i + 1).map_err(err)?);
         }
-        let mut fetch = FetchSettings::default();
-        if let Some(f) = raw.fetch {
-            if let Some(w) = f.workers {
-                if !(1..=256).contains(&w) {
-                    return Err(err(format!("fetch.workers {w} must be 1..256")));
-                }
-                fetch.workers = w as usize;
-            }
-            if let Some(r) = f.readahead {
-                if r % 4096 != 0 || r > 64 << 20 {
-                    return Err(err(format!(
-                        "fetch.readahead {r} must be a multiple of 4096 up to 64 MiB"
-                    )));
-                }
-                fetch.readahead = r;
-            }
-            if let Some(t) = f.timeout {
-                if !(t > 0.0 && t <= 3600.0) {
-                    return Err(err(format!(
-                        "fetch.timeout {t} must be between 0 and 3600 seconds"
-                    )));
-                }
-                fetch.timeout = Duration::from_secs_f64(t);
-            }
-            if let Some(r) = f.retries {
-                if r > 10 {
-                    return Err(err(format!("fetch.retries {r} must be at most 10")));
-                }
-                fetch.retries = r;
-            }
-            if let Some(d) = f.spool {
-                if !d.starts_with('/') {
-                    return Err(err(format!("fetch.spool {d:?} must be absolute")));
-                }
-                fetch.spool = Some(PathBuf::from(d));
-            }
-        }
+        let fetch = match raw.fetch {
+            Some(f) => f.validate().map_err(err)?,
+            None => FetchSettings::default(),
+        };
         Ok(SourceMap { sources, fetch })
     }
 

@@ -1,5 +1,6 @@
-//! The kernel's /dev/cachefiles wire formats, as pure functions over bytes: no fds, no I/O,
-//! no logging, so that every parser here can be fuzzed and golden-tested.
+//! The kernel's /dev/cachefiles wire formats, as pure functions over bytes.
+//!
+//! No fds, no I/O, no logging, so that every parser here can be fuzzed and golden-tested.
 
 pub mod command;
 pub mod msg;

@@ -149,54 +149,60 @@ pub fn decode(buf: &[u8]) -> Result<Request<'_>, DecodeError> {
             },
         );
     }
-    match opcode {
-        OP_OPEN => {
-            let Ok((open, data)) = OpenBody::ref_from_prefix(body) else {
-                return fail(err, DecodeErrorKind::ShortBody("OPEN"));
-            };
-            let volume = open.volume_key_size.get();
-            let cookie = open.cookie_key_size.get();
-            let key_sizes = DecodeErrorKind::KeySizes {
-                volume,
-                cookie,
-                available: data.len(),
-            };
-            let total = (volume as usize).checked_add(cookie as usize);
-            if volume == 0 || total.is_none_or(|t| t > data.len()) {
-                return fail(err, key_sizes);
-            }
-            let (volume_key, rest) = data.split_at(volume as usize);
-            let cookie_key = &rest[..cookie as usize];
-            let Some((&0, volume_key)) = volume_key.split_last() else {
-                return fail(err, DecodeErrorKind::VolumeKeyNotTerminated);
-            };
-            Ok(Request::Open {
-                msg_id,
-                object_id,
-                volume_key,
-                cookie_key,
-                fd: open.fd.get(),
-                flags: open.flags.get(),
-            })
-        }
+    let decoded = match opcode {
+        OP_OPEN => decode_open(msg_id, object_id, body),
         OP_CLOSE => Ok(Request::Close { msg_id, object_id }),
-        OP_READ => {
-            let Ok((read, _)) = ReadBody::ref_from_prefix(body) else {
-                return fail(err, DecodeErrorKind::ShortBody("READ"));
-            };
-            let (off, len) = (read.off.get(), read.len.get());
-            if off.checked_add(len).is_none() {
-                return fail(err, DecodeErrorKind::ReadOverflow { off, len });
-            }
-            Ok(Request::Read {
-                msg_id,
-                object_id,
-                off,
-                len,
-            })
-        }
-        other => fail(err, DecodeErrorKind::UnknownOpcode(other)),
+        OP_READ => decode_read(msg_id, object_id, body),
+        other => Err(DecodeErrorKind::UnknownOpcode(other)),
+    };
+    decoded.or_else(|kind| fail(err, kind))
+}
+
+/// An OPEN's body: the fixed part, then the NUL-terminated volume key and the cookie key.
+fn decode_open(msg_id: u32, object_id: u32, body: &[u8]) -> Result<Request<'_>, DecodeErrorKind> {
+    let Ok((open, data)) = OpenBody::ref_from_prefix(body) else {
+        return Err(DecodeErrorKind::ShortBody("OPEN"));
+    };
+    let volume = open.volume_key_size.get();
+    let cookie = open.cookie_key_size.get();
+    let key_sizes = DecodeErrorKind::KeySizes {
+        volume,
+        cookie,
+        available: data.len(),
+    };
+    let total = (volume as usize).checked_add(cookie as usize);
+    if volume == 0 || total.is_none_or(|t| t > data.len()) {
+        return Err(key_sizes);
     }
+    let (volume_key, rest) = data.split_at(volume as usize);
+    let cookie_key = &rest[..cookie as usize];
+    let Some((&0, volume_key)) = volume_key.split_last() else {
+        return Err(DecodeErrorKind::VolumeKeyNotTerminated);
+    };
+    Ok(Request::Open {
+        msg_id,
+        object_id,
+        volume_key,
+        cookie_key,
+        fd: open.fd.get(),
+        flags: open.flags.get(),
+    })
+}
+
+fn decode_read(msg_id: u32, object_id: u32, body: &[u8]) -> Result<Request<'_>, DecodeErrorKind> {
+    let Ok((read, _)) = ReadBody::ref_from_prefix(body) else {
+        return Err(DecodeErrorKind::ShortBody("READ"));
+    };
+    let (off, len) = (read.off.get(), read.len.get());
+    if off.checked_add(len).is_none() {
+        return Err(DecodeErrorKind::ReadOverflow { off, len });
+    }
+    Ok(Request::Read {
+        msg_id,
+        object_id,
+        off,
+        len,
+    })
 }
 
 /// Builds the bytes of a message as the kernel would; for tests and the fake device.

@@ -1,4 +1,5 @@
-//! The classic-mode status line that read() returns:
+//! The classic-mode status line that read() returns, parsed.
+//!
 //! `cull=<0|1> frun=<hex> fcull=<hex> fstop=<hex> brun=<hex> bcull=<hex> bstop=<hex> freleased=<hex> breleased=<hex>`.
 
 /// The kernel's view of the cache. Thresholds are absolute counts (files, or blocks of the

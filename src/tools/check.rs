@@ -1,5 +1,6 @@
-//! `check [--repair]`: what the kernel would not have made or would refuse, and the repair:
-//! broken entries are renamed into the graveyard (as cachefiles_bury_object does) and the
+//! `check [--repair]`: what the kernel would not have made or would refuse, and the repair.
+//!
+//! Broken entries are renamed into the graveyard (as cachefiles_bury_object does) and the
 //! graveyard is reaped. The caller holds the cache lock for a repair.
 
 use super::inventory::{walk, Finding, Keep, Repair, Survey};

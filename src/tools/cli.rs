@@ -1,5 +1,6 @@
-//! cachefilesctl's command line: parsing into [`Invocation`] and running it. Exit status:
-//! 0 done / clean, 1 problems found or a failure, 2 usage.
+//! cachefilesctl's command line: parsing into [`Invocation`] and running it.
+//!
+//! Exit status: 0 done / clean, 1 problems found or a failure, 2 usage.
 
 use super::check::check;
 use super::inventory::{usage, walk, Finding, Keep};
@@ -114,13 +115,58 @@ fn key(k: Vec<u8>) -> Result<Vec<u8>, UsageError> {
     Ok(k)
 }
 
+/// Options given, by name, with their value if they take one; each is taken by the command
+/// it applies to, and one left over is an error.
+type Opts = Vec<(String, Option<Vec<u8>>)>;
+
+/// The arguments, sorted: global options, the words (command and extra), the command's options.
+struct Args {
+    dir: Option<PathBuf>,
+    conf: Option<PathBuf>,
+    words: Vec<Vec<u8>>,
+    opts: Opts,
+}
+
 /// Parses the arguments after the program name. Global options may come anywhere.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, UsageError> {
+    let Args {
+        dir,
+        conf,
+        words,
+        mut opts,
+    } = sort_args(args)?;
+    if dir.is_some() && conf.is_some() {
+        return Err(usage_err("give --dir or -f, not both"));
+    }
+    let dir = match dir {
+        Some(d) => DirSource::Dir(d),
+        None => DirSource::Config(conf.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))),
+    };
+    let Some(word) = words.first() else {
+        return Err(usage_err("no command given"));
+    };
+    if words.len() > 1 && word != b"help" {
+        return Err(usage_err(format!(
+            "unexpected argument {}",
+            String::from_utf8_lossy(&words[1])
+        )));
+    }
+    let command = command(word, &mut opts)?;
+    if let Some((name, _)) = opts.first() {
+        return Err(usage_err(format!(
+            "{name} does not apply to {}",
+            String::from_utf8_lossy(word)
+        )));
+    }
+    Ok(Invocation { dir, command })
+}
+
+fn sort_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, UsageError> {
     let mut args = args.into_iter().map(OsString::into_vec);
     let mut dir = None;
     let mut conf = None;
     let mut words: Vec<Vec<u8>> = Vec::new();
-    let mut opts: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let mut opts: Opts = Vec::new();
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
             args.next()
@@ -145,22 +191,16 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
             _ => words.push(a),
         }
     }
-    if dir.is_some() && conf.is_some() {
-        return Err(usage_err("give --dir or -f, not both"));
-    }
-    let dir = match dir {
-        Some(d) => DirSource::Dir(d),
-        None => DirSource::Config(conf.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))),
-    };
-    let Some(word) = words.first() else {
-        return Err(usage_err("no command given"));
-    };
-    if words.len() > 1 && word != b"help" {
-        return Err(usage_err(format!(
-            "unexpected argument {}",
-            String::from_utf8_lossy(&words[1])
-        )));
-    }
+    Ok(Args {
+        dir,
+        conf,
+        words,
+        opts,
+    })
+}
+
+/// The command `word` names, with the options it takes out of `opts`.
+fn command(word: &[u8], opts: &mut Opts) -> Result<Command, UsageError> {
     let mut take = |name: &str| -> Option<Option<Vec<u8>>> {
         let i = opts.iter().position(|(n, _)| n == name)?;
         Some(opts.remove(i).1)
@@ -170,7 +210,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
             .filter(|v| !v.is_empty())
             .ok_or_else(|| usage_err(format!("{name} is required")))
     };
-    let command = match word.as_slice() {
+    Ok(match word {
         b"help" => Command::Help,
         b"ls" => Command::Ls {
             volume: take("--volume").flatten().map(|v| volume(&v)).transpose()?,
@@ -185,7 +225,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
         b"prefill" => Command::Prefill {
             volume: volume(&need(take("--volume"), "--volume")?)?,
             key: key(need(take("--key"), "--key")?)?,
-            from: PathBuf::from(OsString::from_vec(need(take("--from"), "--from")?)),
+            from: os_path(need(take("--from"), "--from")?),
         },
         b"invalidate" => {
             let volume = volume(&need(take("--volume"), "--volume")?)?;
@@ -203,14 +243,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
         },
         b"status" => Command::Status {
             json: take("--json").is_some(),
-            socket: take("--socket")
-                .flatten()
-                .map(|v| PathBuf::from(OsString::from_vec(v))),
+            socket: take("--socket").flatten().map(os_path),
         },
         b"metrics" => Command::Metrics {
-            socket: take("--socket")
-                .flatten()
-                .map(|v| PathBuf::from(OsString::from_vec(v))),
+            socket: take("--socket").flatten().map(os_path),
         },
         other => {
             return Err(usage_err(format!(
@@ -218,14 +254,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
                 String::from_utf8_lossy(other)
             )))
         }
-    };
-    if let Some((name, _)) = opts.first() {
-        return Err(usage_err(format!(
-            "{name} does not apply to {}",
-            String::from_utf8_lossy(word)
-        )));
-    }
-    Ok(Invocation { dir, command })
+    })
+}
+
+fn os_path(v: Vec<u8>) -> PathBuf {
+    PathBuf::from(OsString::from_vec(v))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,113 +345,9 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
         Command::Help | Command::Status { .. } | Command::Metrics { .. } => {
             unreachable!("handled above")
         }
-        Command::Ls { volume, json } => {
-            let s = walk(&root, volume.as_ref(), Keep::LS)?;
-            if *json {
-                serde_json::to_writer_pretty(&mut *out, &s.volumes)
-                    .map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                for v in &s.volumes {
-                    writeln!(
-                        out,
-                        "volume {}  {}  ({} fanouts, {} objects)",
-                        v.volume,
-                        Escaped(v.path.as_bytes()),
-                        v.fanouts,
-                        v.objects.len()
-                    )?;
-                    for o in &v.objects {
-                        writeln!(
-                            out,
-                            "  {}  key={}  size={}  allocated={}  content={}  atime={}",
-                            Escaped(o.path.as_bytes()),
-                            o.key.as_deref().unwrap_or("?"),
-                            o.object_size.map_or("?".into(), |n| n.to_string()),
-                            o.allocated,
-                            o.content.map_or("?".into(), |c| c.to_string()),
-                            utc(o.atime)
-                        )?;
-                    }
-                }
-            }
-            Ok(true)
-        }
-        Command::Du { json } => {
-            let (per, total) = usage(&root)?;
-            if *json {
-                let v = serde_json::json!({ "volumes": per, "total": total });
-                serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                writeln!(
-                    out,
-                    "{:>10} {:>14} {:>14}  volume",
-                    "objects", "object-bytes", "allocated"
-                )?;
-                for u in per.iter().chain([&total]) {
-                    writeln!(
-                        out,
-                        "{:>10} {:>14} {:>14}  {}",
-                        u.objects, u.object_bytes, u.allocated_bytes, u.volume
-                    )?;
-                }
-            }
-            Ok(true)
-        }
-        Command::Check { repair } => {
-            let r = check(&root, *repair)?;
-            let show = |out: &mut dyn Write, f: &Finding| -> std::io::Result<()> {
-                let tag = if f.is_problem() { "problem" } else { "note" };
-                let problem = f.problem.to_string();
-                writeln!(out, "{tag}: {}: {}", f.show(), Escaped(problem.as_bytes()))
-            };
-            for f in &r.found.findings {
-                show(out, f)?;
-            }
-            if let Some((report, after)) = &r.repaired {
-                for p in &report.buried {
-                    writeln!(out, "repaired: {p}: moved into the graveyard")?;
-                }
-                for p in &report.skipped {
-                    writeln!(out, "skipped: {p}: gone or replaced since the check")?;
-                }
-                writeln!(
-                    out,
-                    "repaired: graveyard: {} entries deleted",
-                    report.reaped
-                )?;
-                for f in after.findings.iter().filter(|f| f.is_problem()) {
-                    let problem = f.problem.to_string();
-                    writeln!(
-                        out,
-                        "remaining {}: {}",
-                        f.show(),
-                        Escaped(problem.as_bytes())
-                    )?;
-                }
-            }
-            let objects: u64 = r.found.volumes.iter().map(|v| v.usage.objects).sum();
-            let problems = r.found.findings.iter().filter(|f| f.is_problem()).count();
-            writeln!(
-                out,
-                "{}: {} volumes, {objects} objects, {problems} problems{}",
-                Escaped(root.path().as_os_str().as_encoded_bytes()),
-                r.found.volumes.len(),
-                if r.repaired.is_some() {
-                    if r.clean() {
-                        ", all repaired"
-                    } else {
-                        ", some remain"
-                    }
-                } else if problems == 0 {
-                    ": clean"
-                } else {
-                    ""
-                }
-            )?;
-            Ok(r.clean())
-        }
+        Command::Ls { volume, json } => ls(&root, volume.as_ref(), *json, out),
+        Command::Du { json } => du(&root, *json, out),
+        Command::Check { repair } => check_and_show(&root, *repair, out),
         Command::Prefill { volume, key, from } => {
             let o = prefill(&root, &Prefill { volume, key, from })?;
             writeln!(
@@ -446,6 +375,123 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
             Ok(true)
         }
     }
+}
+
+/// `ls`: volumes and their objects, as text or JSON.
+fn ls(
+    root: &CacheDir,
+    volume: Option<&VolumeName>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<bool, RunError> {
+    let s = walk(root, volume, Keep::LS)?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &s.volumes).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        for v in &s.volumes {
+            writeln!(
+                out,
+                "volume {}  {}  ({} fanouts, {} objects)",
+                v.volume,
+                Escaped(v.path.as_bytes()),
+                v.fanouts,
+                v.objects.len()
+            )?;
+            for o in &v.objects {
+                writeln!(
+                    out,
+                    "  {}  key={}  size={}  allocated={}  content={}  atime={}",
+                    Escaped(o.path.as_bytes()),
+                    o.key.as_deref().unwrap_or("?"),
+                    o.object_size.map_or("?".into(), |n| n.to_string()),
+                    o.allocated,
+                    o.content.map_or("?".into(), |c| c.to_string()),
+                    utc(o.atime)
+                )?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// `du`: totals per volume and in all, as text or JSON.
+fn du(root: &CacheDir, json: bool, out: &mut dyn Write) -> Result<bool, RunError> {
+    let (per, total) = usage(root)?;
+    if json {
+        let v = serde_json::json!({ "volumes": per, "total": total });
+        serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{:>10} {:>14} {:>14}  volume",
+            "objects", "object-bytes", "allocated"
+        )?;
+        for u in per.iter().chain([&total]) {
+            writeln!(
+                out,
+                "{:>10} {:>14} {:>14}  {}",
+                u.objects, u.object_bytes, u.allocated_bytes, u.volume
+            )?;
+        }
+    }
+    Ok(true)
+}
+
+/// `check [--repair]`: each finding, what the repair did and what remains, then a summary.
+fn check_and_show(root: &CacheDir, repair: bool, out: &mut dyn Write) -> Result<bool, RunError> {
+    let r = check(root, repair)?;
+    let show = |out: &mut dyn Write, f: &Finding| -> std::io::Result<()> {
+        let tag = if f.is_problem() { "problem" } else { "note" };
+        let problem = f.problem.to_string();
+        writeln!(out, "{tag}: {}: {}", f.show(), Escaped(problem.as_bytes()))
+    };
+    for f in &r.found.findings {
+        show(out, f)?;
+    }
+    if let Some((report, after)) = &r.repaired {
+        for p in &report.buried {
+            writeln!(out, "repaired: {p}: moved into the graveyard")?;
+        }
+        for p in &report.skipped {
+            writeln!(out, "skipped: {p}: gone or replaced since the check")?;
+        }
+        writeln!(
+            out,
+            "repaired: graveyard: {} entries deleted",
+            report.reaped
+        )?;
+        for f in after.findings.iter().filter(|f| f.is_problem()) {
+            let problem = f.problem.to_string();
+            writeln!(
+                out,
+                "remaining {}: {}",
+                f.show(),
+                Escaped(problem.as_bytes())
+            )?;
+        }
+    }
+    let objects: u64 = r.found.volumes.iter().map(|v| v.usage.objects).sum();
+    let problems = r.found.findings.iter().filter(|f| f.is_problem()).count();
+    writeln!(
+        out,
+        "{}: {} volumes, {objects} objects, {problems} problems{}",
+        Escaped(root.path().as_os_str().as_encoded_bytes()),
+        r.found.volumes.len(),
+        if r.repaired.is_some() {
+            if r.clean() {
+                ", all repaired"
+            } else {
+                ", some remain"
+            }
+        } else if problems == 0 {
+            ": clean"
+        } else {
+            ""
+        }
+    )?;
+    Ok(r.clean())
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (days-to-civil from Howard Hinnant's date algorithms).

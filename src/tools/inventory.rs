@@ -1,5 +1,7 @@
-//! One walk over a cache tree that both lists what is there (`ls`, `du`) and records
-//! everything the kernel would not have made or would refuse (`check`). Read-only.
+//! One read-only walk over a cache tree for `ls`, `du` and `check`.
+//!
+//! It both lists what is there (`ls`, `du`) and records everything the kernel would not have
+//! made or would refuse (`check`).
 //!
 //! A walk keeps only what its command prints ([`Keep`]): `du` aggregates while walking, so its
 //! memory is per volume, not per object; `ls` keeps no findings and `check` no objects.
@@ -44,6 +46,23 @@ pub struct VolumeInfo {
     pub objects: Vec<ObjectInfo>,
     #[serde(skip)]
     pub usage: Usage,
+}
+
+impl VolumeInfo {
+    /// A volume directory's record before its fanouts are walked.
+    fn empty(volume: &VolumeName, name: &Name) -> VolumeInfo {
+        let shown = show_bytes(volume.key());
+        VolumeInfo {
+            usage: Usage {
+                volume: shown.clone(),
+                ..Usage::default()
+            },
+            volume: shown,
+            path: format!("{}/{}", layout::CACHE_DIR, String::from_utf8_lossy(name)),
+            fanouts: 0,
+            objects: Vec::new(),
+        }
+    }
 }
 
 /// What `check` reports; the Display text is the message shown to the user.
@@ -309,17 +328,7 @@ impl Walker<'_> {
             let ino = (repair == Repair::Bury).then_some(st.st_ino);
             self.find(parent, name, problem, repair, ino);
         }
-        let shown = show_bytes(volume.key());
-        let mut info = VolumeInfo {
-            usage: Usage {
-                volume: shown.clone(),
-                ..Usage::default()
-            },
-            volume: shown,
-            path: format!("{}/{}", layout::CACHE_DIR, String::from_utf8_lossy(name)),
-            fanouts: 0,
-            objects: Vec::new(),
-        };
+        let mut info = VolumeInfo::empty(&volume, name);
         let here = [CACHE, name.clone()];
         let entries = match list(&mut dir) {
             Ok(n) => n,
@@ -329,28 +338,7 @@ impl Walker<'_> {
             }
         };
         for entry in entries {
-            let Ok(est) = stat(&dir, &entry) else {
-                continue;
-            };
-            let Some(index) = layout::parse_fanout_name(&entry) else {
-                self.find(
-                    &here,
-                    &entry,
-                    Problem::StrayName,
-                    Repair::Bury,
-                    Some(est.st_ino),
-                );
-                continue;
-            };
-            if file_type(&est) != SFlag::S_IFDIR {
-                self.not_a_dir(&here, &entry, &est, "fanout directories");
-                continue;
-            }
-            info.fanouts += 1;
-            match open_dir(&dir, &entry) {
-                Ok(fan) => self.fanout(fan, &volume, index, &here, &entry, &mut info),
-                Err(e) => self.find(&here, &entry, Problem::Unreadable(e), Repair::None, None),
-            }
+            self.volume_entry(&dir, &volume, &here, &entry, &mut info);
         }
         if info.fanouts < 256 {
             self.find(
@@ -364,6 +352,39 @@ impl Walker<'_> {
             );
         }
         self.survey.volumes.push(info);
+    }
+
+    /// One entry of a volume directory: a fanout directory, walked, or a finding.
+    fn volume_entry(
+        &mut self,
+        dir: &Dir,
+        volume: &VolumeName,
+        here: &[Name],
+        entry: &Name,
+        info: &mut VolumeInfo,
+    ) {
+        let Ok(est) = stat(dir, entry) else {
+            return;
+        };
+        let Some(index) = layout::parse_fanout_name(entry) else {
+            self.find(
+                here,
+                entry,
+                Problem::StrayName,
+                Repair::Bury,
+                Some(est.st_ino),
+            );
+            return;
+        };
+        if file_type(&est) != SFlag::S_IFDIR {
+            self.not_a_dir(here, entry, &est, "fanout directories");
+            return;
+        }
+        info.fanouts += 1;
+        match open_dir(dir, entry) {
+            Ok(fan) => self.fanout(fan, volume, index, here, entry, info),
+            Err(e) => self.find(here, entry, Problem::Unreadable(e), Repair::None, None),
+        }
     }
 
     fn fanout(
@@ -469,27 +490,7 @@ impl Walker<'_> {
                 Ok(x) => {
                     obj.object_size = Some(x.object_size);
                     obj.content = Some(x.content);
-                    if x.kind != layout::TYPE_DATA {
-                        problems.push(Problem::ObjectXattrBad(format!(
-                            "type {} is not data (1)",
-                            x.kind
-                        )));
-                    }
-                    match x.content {
-                        Content::Dirty => problems.push(Problem::ObjectXattrBad(
-                            "content is dirty (the kernel discards such an object)".into(),
-                        )),
-                        Content::Unknown(n) => problems.push(Problem::ObjectXattrBad(format!(
-                            "unknown content state {n}"
-                        ))),
-                        _ => {}
-                    }
-                    if obj.file_size > layout::round_up_dio(x.object_size) {
-                        problems.push(Problem::SizeMismatch {
-                            file: obj.file_size,
-                            object: x.object_size,
-                        });
-                    }
+                    check_object_xattr(&x, obj.file_size, &mut problems);
                 }
                 Err(e) => problems.push(Problem::ObjectXattrBad(e.to_string())),
             },
@@ -497,6 +498,32 @@ impl Walker<'_> {
             Err(e) => problems.push(Problem::Unreadable(e)),
         }
         (obj, problems)
+    }
+}
+
+/// What the kernel would refuse in a decoded object xattr: not data, dirty or unknown content,
+/// or a file longer than the object size rounded up as the kernel does.
+fn check_object_xattr(x: &ObjectXattr, file_size: u64, problems: &mut Vec<Problem>) {
+    if x.kind != layout::TYPE_DATA {
+        problems.push(Problem::ObjectXattrBad(format!(
+            "type {} is not data (1)",
+            x.kind
+        )));
+    }
+    match x.content {
+        Content::Dirty => problems.push(Problem::ObjectXattrBad(
+            "content is dirty (the kernel discards such an object)".into(),
+        )),
+        Content::Unknown(n) => problems.push(Problem::ObjectXattrBad(format!(
+            "unknown content state {n}"
+        ))),
+        _ => {}
+    }
+    if file_size > layout::round_up_dio(x.object_size) {
+        problems.push(Problem::SizeMismatch {
+            file: file_size,
+            object: x.object_size,
+        });
     }
 }
 

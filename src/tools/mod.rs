@@ -1,6 +1,6 @@
-//! cachefilesctl's library side: inspecting, checking and editing a cache directory offline,
-//! laid out exactly as the kernel does (see [`crate::cachedir::layout`]).
+//! cachefilesctl's library side: inspecting, checking and editing a cache directory offline.
 //!
+//! The tree is laid out exactly as the kernel does (see [`crate::cachedir::layout`]).
 //! Every path below the cache root goes through the cache-directory layer ([`crate::cachedir`]):
 //! names from the command line are validated names before they touch the tree, nothing is
 //! followed, and removals are renames into `graveyard/` followed by the

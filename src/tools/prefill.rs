@@ -1,5 +1,7 @@
-//! `prefill`: puts a blob into the cache as the object an EROFS-over-fscache mount will look up,
-//! so that the mount finds it valid and fully present and sends no READ to the daemon.
+//! `prefill`: puts a blob into the cache so that its EROFS mount finds it whole and reads none.
+//!
+//! The blob becomes the object an EROFS-over-fscache mount will look up, so that the mount
+//! finds it valid and fully present and sends no READ to the daemon.
 //!
 //! What the kernel checks (fs/cachefiles/namei.c cachefiles_open_file → xattr.c
 //! cachefiles_check_auxdata, after the daemon's `copen` set the cookie's object size):
@@ -105,10 +107,6 @@ fn open_source(from: &Path) -> Result<File, ToolError> {
 pub fn prefill(root: &CacheDir, req: &Prefill) -> Result<PrefillOutcome, ToolError> {
     let object = validate(req)?;
     let name = object.name();
-    let source_err = |source| ToolError::Source {
-        path: req.from.to_path_buf(),
-        source,
-    };
     let mut src = open_source(req.from)?;
 
     let cache = root.ensure_cache()?;
@@ -136,11 +134,43 @@ pub fn prefill(root: &CacheDir, req: &Prefill) -> Result<PrefillOutcome, ToolErr
 
     let mut tmp = open_tmpfile(&fan)
         .map_err(|e| ToolError::os(root, "cannot make an O_TMPFILE in", &rel[..3], e))?;
+    let size = write_object(root, &rel, req.from, &mut src, &mut tmp)?;
+
+    let temp = grave_name();
+    link_tmpfile(&tmp, &graveyard, &temp)
+        .map_err(|e| ToolError::os(root, "cannot link the new object into", &[&GRAVEYARD], e))?;
+    rename(&graveyard, &temp, &fan, name, false)
+        .map_err(|e| ToolError::os(root, "cannot rename the new object to", &rel, e))?;
+    for d in [&fan, &graveyard] {
+        nix::unistd::fsync(d.as_raw_fd())
+            .map_err(|e| ToolError::os(root, "cannot fsync", &rel[..3], e))?;
+    }
+    Ok(PrefillOutcome {
+        path: show_path(rel),
+        object_size: size,
+        volume_created,
+        replaced,
+    })
+}
+
+/// Copies the blob into the unnamed new object, zero-fills it up to the size the kernel
+/// truncates to, sets its xattr and syncs it. Returns the blob's size.
+fn write_object(
+    root: &CacheDir,
+    rel: &[&[u8]; 4],
+    from: &Path,
+    src: &mut File,
+    tmp: &mut File,
+) -> Result<u64, ToolError> {
+    let source_err = |source| ToolError::Source {
+        path: from.to_path_buf(),
+        source,
+    };
     let tmp_err = |e: std::io::Error| {
         ToolError::os(
             root,
             "cannot write the new object for",
-            &rel,
+            rel,
             Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)),
         )
     };
@@ -167,25 +197,10 @@ pub fn prefill(root: &CacheDir, req: &Prefill) -> Result<PrefillOutcome, ToolErr
         content: layout::Content::NoData,
         aux: Vec::new(),
     };
-    xattr::set(&tmp, &xattr.encode())
-        .map_err(|e| ToolError::os(root, "cannot set the xattr on the new object for", &rel, e))?;
+    xattr::set(tmp, &xattr.encode())
+        .map_err(|e| ToolError::os(root, "cannot set the xattr on the new object for", rel, e))?;
     tmp.sync_all().map_err(tmp_err)?;
-
-    let temp = grave_name();
-    link_tmpfile(&tmp, &graveyard, &temp)
-        .map_err(|e| ToolError::os(root, "cannot link the new object into", &[&GRAVEYARD], e))?;
-    rename(&graveyard, &temp, &fan, name, false)
-        .map_err(|e| ToolError::os(root, "cannot rename the new object to", &rel, e))?;
-    for d in [&fan, &graveyard] {
-        nix::unistd::fsync(d.as_raw_fd())
-            .map_err(|e| ToolError::os(root, "cannot fsync", &rel[..3], e))?;
-    }
-    Ok(PrefillOutcome {
-        path: show_path(rel),
-        object_size: size,
-        volume_created,
-        replaced,
-    })
+    Ok(size)
 }
 
 fn link_tmpfile(tmp: &File, dir: &Dir, name: &Name) -> Result<(), Errno> {

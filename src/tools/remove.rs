@@ -1,8 +1,10 @@
-//! `invalidate` (one object) and `purge` (a whole volume): the entry is renamed into the
-//! graveyard and the graveyard reaped, so a crash half-way leaves only graveyard contents
-//! the daemon deletes. The caller holds the cache lock. Both take validated names only: the
-//! volume is a [`VolumeName`] and the object name is made from the key by the kernel's
-//! encoding, so neither can name anything but an entry of its own directory.
+//! `invalidate` (one object) and `purge` (a whole volume), by burial in the graveyard.
+//!
+//! The entry is renamed into the graveyard and the graveyard reaped, so a crash half-way
+//! leaves only graveyard contents the daemon deletes. The caller holds the cache lock. Both
+//! take validated names only: the volume is a [`VolumeName`] and the object name is made from
+//! the key by the kernel's encoding, so neither can name anything but an entry of its own
+//! directory.
 
 use super::{reap, ToolError};
 use crate::cachedir::graveyard::bury;

@@ -1,7 +1,8 @@
-//! The parts of an HTTP response head the sources act on (sizes, ranges, redirects, token
-//! challenges), parsed by pure functions so that each can be fuzzed on its own
-//! (`fuzz/fuzz_targets/http_head.rs`). Everything here answers `None`/`Err` for input it does
-//! not fully understand; nothing panics, whatever the server sent.
+//! The parts of an HTTP response head the sources act on, as pure, fuzzable functions.
+//!
+//! Sizes, ranges, redirects and token challenges, each parsed on its own so that it can be
+//! fuzzed (`fuzz/fuzz_targets/http_head.rs`). Everything here answers `None`/`Err` for input
+//! it does not fully understand; nothing panics, whatever the server sent.
 
 use ureq::http::Uri;
 

@@ -1,8 +1,10 @@
-//! HTTP(S) exchanges and the plain-URL blob. ureq never follows a redirect itself: every
-//! `Location` goes through [`head::redirect_target`] (http/https only, a host, no user info,
-//! never https → http, at most [`head::MAX_REDIRECTS`]), and credentials are attached only to
-//! requests for the origin they belong to. Any answer ureq cannot make sense of is an error
-//! for that request; a panic inside the client is caught and becomes one too.
+//! HTTP(S) exchanges and the plain-URL blob, with redirects and credentials checked here.
+//!
+//! ureq never follows a redirect itself: every `Location` goes through
+//! [`head::redirect_target`] (http/https only, a host, no user info, never https → http, at
+//! most [`head::MAX_REDIRECTS`]), and credentials are attached only to requests for the origin
+//! they belong to. Any answer ureq cannot make sense of is an error for that request; a panic
+//! inside the client is caught and becomes one too.
 
 use super::head::{self, Origin};
 use super::{with_retries, Blob, FetchError};

@@ -1,7 +1,9 @@
-//! Local file blobs. Only regular files are served: a FIFO would block the worker in `open`
-//! until a writer appears (forever, holding the OPEN), a device could have side effects on
-//! open and has no fixed size. The path is checked before it is opened and the opened file
-//! again, with `O_NONBLOCK` so that a FIFO swapped in between cannot block either.
+//! Local file blobs: regular files only, opened so that nothing can block the worker.
+//!
+//! A FIFO would block the worker in `open` until a writer appears (forever, holding the OPEN),
+//! a device could have side effects on open and has no fixed size. The path is checked before
+//! it is opened and the opened file again, with `O_NONBLOCK` so that a FIFO swapped in between
+//! cannot block either.
 
 use super::head;
 use super::{Blob, FetchError};

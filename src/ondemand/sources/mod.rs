@@ -1,7 +1,9 @@
-//! Blob sources: a local file, an HTTP(S) URL read with Range requests, or an OCI registry
-//! blob (bearer tokens, redirects to blob storage, digest checks). All of them answer "how
-//! big" and "give me exactly these bytes"; anything less, and anything a hostile server
-//! answers, is an error for that OPEN or READ, never a panic or a hang.
+//! Blob sources: a local file, an HTTP(S) URL, or an OCI registry blob, behind `Blob`.
+//!
+//! HTTP(S) URLs are read with Range requests; registry blobs come with bearer tokens,
+//! redirects to blob storage and digest checks. All of them answer "how big" and "give me
+//! exactly these bytes"; anything less, and anything a hostile server answers, is an error for
+//! that OPEN or READ, never a panic or a hang.
 
 pub mod head;
 mod http;

@@ -1,5 +1,4 @@
-//! OCI registry blobs: `/v2/<repository>/blobs/<digest>` with the bearer-token handshake and
-//! the digest check.
+//! OCI registry blobs: `/v2/<repository>/blobs/<digest>`, bearer tokens, the digest check.
 //!
 //! Tokens live in one process-wide cache keyed by (registry origin, repository, scope), shared
 //! by every blob; a token is used until shortly before its `expires_in` runs out, and a 401
