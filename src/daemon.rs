@@ -8,9 +8,9 @@ use crate::config::Config;
 use crate::control::ControlServer;
 use crate::cull::driver::CullError;
 use crate::device::{Device, DeviceError};
+pub use crate::engine::Serving;
 use crate::engine::{CacheDirs, Engine};
 use crate::events::{Completions, GraveyardWatch, Signal, Signals};
-use crate::ondemand::sourcemap::SourceMap;
 use crate::reactor::{Reactor, Ready, Ticker};
 use crate::report::Report;
 use nix::dir::Dir;
@@ -107,7 +107,7 @@ impl<'d> Daemon<'d> {
         device: &'d mut dyn Device,
         nocull: bool,
         signals: Option<SignalPipes>,
-        source_map: Option<SourceMap>,
+        serving: Serving,
     ) -> Result<Daemon<'d>, DaemonError> {
         let mut reactor = Reactor::new()?;
         let mut reg = reactor.registrar();
@@ -124,14 +124,17 @@ impl<'d> Daemon<'d> {
                     path: e.path,
                     errno: e.errno,
                 })?,
-            graveyard: config.dir.value.join("graveyard"),
+            graveyard: crate::cachedir::CacheDir::path_of(
+                &config.dir.value,
+                &crate::cachedir::GRAVEYARD,
+            ),
         };
         let graveyard_path = dirs.graveyard.clone();
         let engine = Engine::new(
             config,
             device,
             nocull,
-            source_map,
+            serving,
             &completions,
             dirs,
             &mut reg,

@@ -24,6 +24,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What the configuration asks the daemon to serve: chosen once at start, from whether the
+/// config names a source map.
+pub enum Serving {
+    /// Culling only.
+    Classic,
+    /// `bind ondemand`, with the sources of this map.
+    OnDemand(SourceMap),
+}
+
+impl Serving {
+    /// The mode's name as the logs and reports spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Serving::Classic => "classic",
+            Serving::OnDemand(_) => "on-demand",
+        }
+    }
+}
+
 /// The mode the cache is bound in.
 pub enum Mode {
     /// Culling only: the device reads return the kernel's status line.
@@ -67,19 +86,19 @@ impl<'d> Engine<'d> {
         config: &Config,
         device: &'d mut dyn Device,
         nocull: bool,
-        source_map: Option<SourceMap>,
+        serving: Serving,
         completions: &Completions,
         dirs: CacheDirs,
         reg: &mut Registrar,
     ) -> std::io::Result<Engine<'d>> {
         let limits = Limit::ALL.map(|l| config.limit(l));
-        let (mode, signal, interest) = match source_map {
-            None => (
+        let (mode, signal, interest) = match serving {
+            Serving::Classic => (
                 Mode::Classic,
                 CullSignal::StatusLine(Status::default()),
                 Interest::READABLE,
             ),
-            Some(map) => (
+            Serving::OnDemand(map) => (
                 Mode::OnDemand(Box::new(OnDemand::new(
                     map,
                     Arc::new(completions.waker_fn()),

@@ -208,7 +208,7 @@ impl Device for FakeDevice {
 }
 
 /// Which file an fd is open on: (device, inode).
-pub type FileId = (libc::dev_t, libc::ino_t);
+pub type FileId = (u64, u64);
 
 /// The file `fd` is open on; `None` when it is not open.
 fn file_id(fd: RawFd) -> Option<FileId> {

@@ -8,6 +8,7 @@ use crate::cli::{self, Options};
 use crate::config::{Config, ConfigError};
 use crate::daemon::{Daemon, DaemonError, SignalPipes};
 use crate::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
+use crate::engine::Serving;
 use crate::exit::Exit;
 use crate::lock::{lock_cache_dir, LockError};
 use crate::ondemand::sourcemap::SourceMap;
@@ -105,12 +106,12 @@ impl StartError {
 pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> {
     let config = Config::load(&options.config)?;
     check_dir(&config)?;
-    let source_map = match &config.ondemand {
-        Some(path) => Some(
+    let serving = match &config.ondemand {
+        Some(path) => Serving::OnDemand(
             SourceMap::load(&path.value)
                 .map_err(|e| config_error(&config, path.line, e.to_string()))?,
         ),
-        None => None,
+        None => Serving::Classic,
     };
     if options.check_config {
         for w in &config.warnings {
@@ -146,7 +147,7 @@ pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> 
         return run_supervisor(&config, options);
     }
     let device = inherited.map(|Inherited { fd, .. }| fd);
-    run_daemon(&config, options, start, device, source_map)
+    run_daemon(&config, options, start, device, serving)
 }
 
 /// The supervisor binds the cache itself, before dropping privileges: the kernel takes the
@@ -178,7 +179,7 @@ fn run_daemon(
     options: &Options,
     start: Start,
     handed: Option<std::os::fd::OwnedFd>,
-    source_map: Option<SourceMap>,
+    serving: Serving,
 ) -> Result<Exit, StartError> {
     let handed = handed.and_then(take_over_or_reopen);
     let bound = handed.is_some();
@@ -196,12 +197,12 @@ fn run_daemon(
         None
     };
     if bound {
-        restore(config, &mut device)?;
+        restore(config, &serving, &mut device)?;
     }
     drop_privileges()?;
     service::ready(device.as_fd(), "cache bound");
     log::info!("Daemon Started");
-    let result = serve(config, options, &mut device, source_map);
+    let result = serve(config, options, &mut device, serving);
     service::stopping();
     remove_pidfile(pidfile);
     if result.is_ok() {
@@ -225,9 +226,13 @@ fn take_over_or_reopen(fd: std::os::fd::OwnedFd) -> Option<CachefilesDevice> {
 
 /// Taking over a bound cache: on demand, the kernel re-delivers every outstanding request;
 /// READs on objects whose fd died with the old daemon come back as fresh OPENs.
-fn restore(config: &Config, device: &mut CachefilesDevice) -> Result<(), StartError> {
+fn restore(
+    config: &Config,
+    serving: &Serving,
+    device: &mut CachefilesDevice,
+) -> Result<(), StartError> {
     log::info!("taking over the bound cache {}", config.dir.value.display());
-    if config.ondemand.is_none() {
+    if let Serving::Classic = serving {
         return Ok(());
     }
     match device.send(&Command::Restore) {
@@ -327,18 +332,14 @@ fn serve(
     config: &Config,
     options: &Options,
     device: &mut CachefilesDevice,
-    source_map: Option<SourceMap>,
+    serving: Serving,
 ) -> Result<(), StartError> {
     let signals = SignalPipes::install().map_err(StartError::Signals)?;
-    let mut daemon = Daemon::new(config, device, options.nocull, Some(signals), source_map)?;
+    let mode = serving.name();
+    let mut daemon = Daemon::new(config, device, options.nocull, Some(signals), serving)?;
     log::info!(
-        "cache {} bound in {} mode{}",
+        "cache {} bound in {mode} mode{}",
         config.dir.value.display(),
-        if config.ondemand.is_some() {
-            "on-demand"
-        } else {
-            "classic"
-        },
         if config.nocull || options.nocull {
             " (culling disabled)"
         } else {

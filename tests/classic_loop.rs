@@ -4,6 +4,7 @@
 mod common;
 
 use cachefilesd_rs::config::Config;
+use cachefilesd_rs::daemon::Serving;
 use cachefilesd_rs::daemon::{Daemon, DaemonError};
 use cachefilesd_rs::fake::FakeKernel;
 use common::fake_daemon::{wait_for, DaemonThread};
@@ -127,7 +128,7 @@ fn a_dead_cache_ends_the_loop_with_an_error() {
     fs::create_dir_all(t.path().join("graveyard")).unwrap();
     let (kernel, mut device) = FakeKernel::new();
     let cfg = config(t.path(), "");
-    let mut daemon = Daemon::new(&cfg, &mut device, false, None, None).unwrap();
+    let mut daemon = Daemon::new(&cfg, &mut device, false, None, Serving::Classic).unwrap();
     kernel.with(|s| s.dead = true);
     let err = daemon.run().unwrap_err();
     assert!(matches!(err, DaemonError::CacheDead(_)), "{err}");
@@ -145,7 +146,7 @@ fn nocull_never_culls() {
         s.cull_until = 1;
     });
     let cfg = config(t.path(), "nocull\n");
-    let mut daemon = Daemon::new(&cfg, &mut device, false, None, None).unwrap();
+    let mut daemon = Daemon::new(&cfg, &mut device, false, None, Serving::Classic).unwrap();
     let stop = daemon.stop_handle();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(500));
@@ -266,7 +267,14 @@ fn the_graveyard_count_never_follows_a_symlink() {
     }
     let (kernel, mut device) = FakeKernel::new();
     kernel.with(|s| s.commands.push("bind".into()));
-    let daemon = Daemon::new(&config(&root, "nocull\n"), &mut device, true, None, None).unwrap();
+    let daemon = Daemon::new(
+        &config(&root, "nocull\n"),
+        &mut device,
+        true,
+        None,
+        Serving::Classic,
+    )
+    .unwrap();
     assert_eq!(daemon.report().graveyard_entries, 1);
     fs::rename(root.join("graveyard"), t.path().join("old-graveyard")).unwrap();
     std::os::unix::fs::symlink(&outside, root.join("graveyard")).unwrap();

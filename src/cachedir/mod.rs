@@ -21,6 +21,7 @@ use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// A failed operation in the cache tree, with the path (escaped) it was about.
@@ -58,6 +59,11 @@ impl CacheDir {
             path: path.to_path_buf(),
             dir,
         })
+    }
+
+    /// `<root>/<name>`, for the calls that take a path only (an inotify watch).
+    pub fn path_of(root: &Path, name: &Name) -> PathBuf {
+        root.join(std::ffi::OsStr::from_bytes(name.as_bytes()))
     }
 
     pub fn path(&self) -> &Path {

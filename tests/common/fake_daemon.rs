@@ -2,6 +2,7 @@
 //! on-demand bench run it.
 
 use cachefilesd_rs::config::Config;
+use cachefilesd_rs::daemon::Serving;
 use cachefilesd_rs::daemon::{Daemon, StopHandle};
 use cachefilesd_rs::fake::{FakeDevice, FakeKernel};
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
@@ -23,7 +24,8 @@ impl DaemonThread {
     pub fn start(cfg: Config, mut device: FakeDevice, source_map: Option<SourceMap>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let mut daemon = Daemon::new(&cfg, &mut device, false, None, source_map).unwrap();
+            let serving = source_map.map_or(Serving::Classic, Serving::OnDemand);
+            let mut daemon = Daemon::new(&cfg, &mut device, false, None, serving).unwrap();
             tx.send(daemon.stop_handle()).unwrap();
             let result = daemon.run().map_err(|e| e.to_string());
             (result, daemon.stats_line())

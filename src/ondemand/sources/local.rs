@@ -7,6 +7,7 @@
 
 use super::head;
 use super::{Blob, FetchError};
+use nix::fcntl::OFlag;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -54,7 +55,7 @@ impl LocalBlob {
         }
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
             .open(&path)
             .map_err(io)?;
         let meta = file.metadata().map_err(io)?;

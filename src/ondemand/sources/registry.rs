@@ -15,6 +15,8 @@ use super::head::{self, Origin};
 use super::http::{head_size, read_range, send, Answer, Auth, Method};
 use super::{with_retries, Blob, FetchError};
 use crate::ondemand::sourcemap::{FetchSettings, Verify};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
@@ -496,12 +498,12 @@ fn spool_file(dir: &Path) -> Result<File, FetchError> {
         .read(true)
         .write(true)
         .mode(0o600)
-        .custom_flags(libc::O_TMPFILE)
+        .custom_flags(OFlag::O_TMPFILE.bits())
         .open(dir)
     {
         Ok(f) => return Ok(f),
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+        Err(e) if e.raw_os_error() == Some(Errno::EOPNOTSUPP as i32) => {}
+        Err(e) if e.raw_os_error() == Some(Errno::EISDIR as i32) => {}
         Err(e) => return Err(err(e)),
     }
     static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -515,7 +517,7 @@ fn spool_file(dir: &Path) -> Result<File, FetchError> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(&name)
         .map_err(err)?;
     std::fs::remove_file(&name).map_err(err)?;
