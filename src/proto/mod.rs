@@ -2,6 +2,7 @@
 //! no logging, so that every parser here can be fuzzed and golden-tested.
 
 pub mod command;
+pub mod fanotify;
 pub mod msg;
 pub mod status;
 
