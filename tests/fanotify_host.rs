@@ -258,3 +258,19 @@ fn a_fill_that_panics_is_eio_through_the_dropped_reply() {
     assert_eq!(h.engine.stats.reads_failed, 1);
     assert_eq!(h.engine.in_flight(), 0);
 }
+
+#[test]
+fn a_detached_blob_raises_no_more_events() {
+    let Some(mut h) = harness(0) else { return };
+    std::fs::write(h.src.join("gone"), pattern(64 << 10, 3)).unwrap();
+    let (id, file) = h.attach("gone");
+    h.engine.detach(&mut h.group, id);
+    assert!(!h.engine.objects().contains_key(&id));
+    assert!(h.engine.fds().is_empty(), "the blob's fd was closed");
+    let out = h.run(Command::new("cat").arg(&file));
+    assert!(out.status.success());
+    // Unmarked, the file is what it is on disk: a hole.
+    assert_eq!(out.stdout, vec![0u8; 64 << 10]);
+    assert_eq!(h.group.stats.events, 0);
+    assert_eq!(h.engine.stats.bytes_written, 0);
+}
