@@ -58,6 +58,18 @@ impl FdTable {
         })
     }
 
+    /// Registers an fd the daemon opened itself (the fanotify front end's blob files), so the
+    /// engine holds it like a kernel fd. Its number cannot be in the table already: the table
+    /// holds only numbers that are open, each through exactly one `OwnedFd`.
+    pub fn own(&self, fd: OwnedFd) -> KernelFd {
+        let newly = self.lock().insert(fd.as_raw_fd());
+        debug_assert!(newly, "an open fd number was registered twice");
+        KernelFd {
+            fd: Some(fd),
+            table: self.clone(),
+        }
+    }
+
     /// Whether the engine owns fd number `fd` right now.
     pub fn owns(&self, fd: RawFd) -> bool {
         self.lock().contains(&fd)

@@ -12,16 +12,19 @@
 //! - `stats`: counters and latency histograms for the report.
 //! - `cachefiles`: the front end for `/dev/cachefiles` in `bind ondemand` mode (OPEN, READ,
 //!   CLOSE; `copen`, READ_COMPLETE).
+//! - `fanotify`: the front end for kernels without on-demand cachefiles (7.2+): a sparse file
+//!   per attached blob with a FAN_PRE_ACCESS mark; events answered FAN_ALLOW once filled, or
+//!   FAN_DENY with EIO.
 //!
-//! Adding a front end (e.g. fanotify pre-content events, FAN_PRE_ACCESS answered with
-//! FAN_ALLOW / FAN_DENY): implement `reply::FrontEnd` for a new type with tickets that carry
-//! what its answer needs (the event fd), and give `Engine<ThatType>` a method that reads the
-//! kernel's events and calls `open`/`read`/`close` with replies from `open_reply`/
-//! `read_reply`, as `cachefiles.rs` does. The engine, pools, fill code and replies stay as
+//! Adding a front end: implement `reply::FrontEnd` for a new type with tickets that carry
+//! what its answer needs, and give `Engine<ThatType>` a method that reads the kernel's events
+//! and calls `open`/`read`/`close` with replies from `open_reply`/`read_reply`, as
+//! `cachefiles.rs` and `fanotify.rs` do. The engine, pools, fill code and replies stay as
 //! they are.
 
 pub mod cachefiles;
 pub mod engine;
+pub mod fanotify;
 pub mod fds;
 pub mod fill;
 mod pool;

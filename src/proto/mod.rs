@@ -3,6 +3,7 @@
 //! No fds, no I/O, no logging, so that every parser here can be fuzzed and golden-tested.
 
 pub mod command;
+pub mod fanotify;
 pub mod msg;
 pub mod status;
 

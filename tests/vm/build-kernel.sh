@@ -1,33 +1,43 @@
 #!/usr/bin/env bash
-# Builds (or reuses) the test kernel: Debian's linux-source-6.12 from trixie, fetched with a
-# private apt state so the system's apt never sees trixie, tinyconfig + kernel.config.
+# Builds (or reuses) a test kernel: Debian's linux-source-SERIES, fetched with a private apt state
+# so the system's apt never sees trixie, tinyconfig + that series' fragment.
+# Usage: build-kernel.sh [SERIES]
+#   6.12 (default): trixie, kernel.config (cachefiles on-demand, EROFS over fscache)
+#   7.3: trixie-backports, kernel-7.3.config (fanotify pre-content, file-backed EROFS)
 # Prints the path of the cached bzImage on stdout; everything else goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${CACHEFILESD_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cachefilesd-rs}
-fragment=$here/kernel.config
+series=${1:-6.12}
+case "$series" in
+  6.12) suite=trixie fragment=$here/kernel.config ;;
+  7.3) suite=trixie-backports fragment=$here/kernel-7.3.config ;;
+  *) echo "build-kernel: unknown kernel series '$series' (6.12 or 7.3)" >&2; exit 2 ;;
+esac
+pkg=linux-source-$series
 jobs=${JOBS:-$(nproc)}
 log() { echo "build-kernel: $*" >&2; }
 
 apt_state=$cache/apt
 mkdir -p "$apt_state/lists/partial" "$apt_state/archives/partial"
 mirror=${CACHEFILESD_DEBIAN_MIRROR:-$("$here/debian-mirror.sh")}
-echo "deb $mirror trixie main" >"$apt_state/trixie.list"
-apt_opts=(-o "Dir::Etc::SourceList=$apt_state/trixie.list" -o Dir::Etc::SourceParts=/dev/null
+echo "deb $mirror $suite main" >"$apt_state/$suite.list"
+apt_opts=(-o "Dir::Etc::SourceList=$apt_state/$suite.list" -o Dir::Etc::SourceParts=/dev/null
   -o "Dir::State::Lists=$apt_state/lists" -o "Dir::Cache::Archives=$apt_state/archives"
   -o "Dir::Cache=$apt_state" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
   -o APT::Get::List-Cleanup=false)
 
-# The key uses the package version when apt can tell it; offline, the newest cached source wins.
+# The key uses the package version when apt can tell it; offline, the newest cached source of
+# this series wins (every Debian version of linux-source-X.Y starts with "X.Y.").
 version=""
 if [ -z "${CACHEFILESD_VM_OFFLINE:-}" ]; then
   if apt-get "${apt_opts[@]}" -qq update >&2; then
-    version=$(apt-cache "${apt_opts[@]}" show linux-source-6.12 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n1)
+    version=$(apt-cache "${apt_opts[@]}" show "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n1)
   fi
 fi
 if [ -z "$version" ]; then
-  version=$(find "$cache/src" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1)
-  [ -n "$version" ] || { log "cannot determine linux-source-6.12 version (no network and no cached source)"; exit 1; }
+  version=$(find "$cache/src" -mindepth 1 -maxdepth 1 -name "$series.*" -printf '%f\n' 2>/dev/null | sort -V | tail -n1)
+  [ -n "$version" ] || { log "cannot determine $pkg version (no network and no cached source)"; exit 1; }
 fi
 frag_hash=$(sha256sum "$fragment" | cut -c1-16)
 key="$version-$frag_hash"
@@ -40,12 +50,12 @@ fi
 
 src=$cache/src/$version
 if [ ! -f "$src/Makefile" ]; then
-  log "fetching linux-source-6.12 $version"
+  log "fetching $pkg $version"
   tmp=$(mktemp -d "$cache/dl.XXXXXX")
-  (cd "$tmp" && apt-get "${apt_opts[@]}" -qq download "linux-source-6.12=$version" >&2)
-  dpkg-deb --fsys-tarfile "$tmp"/linux-source-6.12_*.deb | tar -x -C "$tmp" ./usr/src/linux-source-6.12.tar.xz
+  (cd "$tmp" && apt-get "${apt_opts[@]}" -qq download "$pkg=$version" >&2)
+  dpkg-deb --fsys-tarfile "$tmp/${pkg}_"*.deb | tar -x -C "$tmp" "./usr/src/$pkg.tar.xz"
   mkdir -p "$src.tmp"
-  tar -xJf "$tmp/usr/src/linux-source-6.12.tar.xz" -C "$src.tmp" --strip-components=1
+  tar -xJf "$tmp/usr/src/$pkg.tar.xz" -C "$src.tmp" --strip-components=1
   rm -rf "$tmp" "$src"
   mv "$src.tmp" "$src"
 fi

@@ -1,0 +1,467 @@
+//! The fanotify front end: FAN_PRE_ACCESS events on each attached blob's sparse file, answered
+//! FAN_ALLOW once the range is in the file, or FAN_DENY with EIO when it cannot be.
+//!
+//! Attaching a blob opens (or creates) its sparse file for writing *before* marking it:
+//! whether an open file raises pre-content events is decided when it is opened, so the
+//! engine's fills through that fd raise none. Then the file is sized and gets an inode mark
+//! of FAN_PRE_ACCESS. Each event names the range a reader is about to see; a range already in
+//! the file (SEEK_HOLE) is allowed at once, any other is filled through the engine (the same
+//! pools, sources and fill code as the cachefiles front end) and then allowed. Every event is
+//! answered exactly once: from the moment its fd is adopted it is held by a `ReadReply`,
+//! which a dropped job or a panic turns into FAN_DENY with EIO. Never zeros, never a hang.
+//!
+//! The group must outlive every mark: closing it allows all pending events (readers would see
+//! zeros in holes). Keeping it across a worker crash is the daemon's job (fd store), not this
+//! module's.
+
+use super::engine::{Engine, OpenRequest};
+use super::fds::{AdoptError, KernelFd};
+use super::pool::panic_message;
+use super::reply::{FrontEnd, ReadReply, Ticket};
+use crate::device::DeviceError;
+use crate::proto::fanotify::{self as wire, Event, Response, Verdict, FAN_PRE_ACCESS};
+use nix::errno::Errno;
+use nix::sys::fanotify::{EventFFlags, Fanotify as NixGroup, InitFlags, MarkFlags, MaskFlags};
+use nix::sys::stat::fstat;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use zerocopy::IntoBytes;
+
+/// Blob files are sized to whole pages: the fill code writes whole pages, as the cachefiles
+/// front end's cache files need, and a write past the end would grow the file.
+const PAGE: u64 = 4096;
+
+/// Open tickets and event tickets share the engine's in-flight set: opens are keyed above
+/// every fd number.
+const OPEN_KEY_BASE: u64 = 1 << 32;
+
+/// The fanotify pre-content protocol as a front end of the engine.
+pub struct Fanotify;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanotifyError {
+    /// EINVAL from fanotify_init: a kernel without pre-content groups (before 6.14, or
+    /// without CONFIG_FANOTIFY_ACCESS_PERMISSIONS); EPERM: no CAP_SYS_ADMIN.
+    #[error("cannot create a fanotify pre-content group: {0}")]
+    Init(Errno),
+    #[error("reading fanotify events failed: {0}")]
+    Read(Errno),
+    #[error("{path}: {source}")]
+    BlobFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the group did without the engine (the engine counts fills and failures).
+#[derive(Debug, Default, Clone)]
+pub struct GroupStats {
+    pub events: u64,
+    /// Ranges already in the file, allowed at once.
+    pub present: u64,
+    /// Events of our own process (a fill through an fd that raises events), allowed at once.
+    pub own: u64,
+    /// Events for a file no attached blob has: denied.
+    pub unknown: u64,
+    pub bad_events: u64,
+}
+
+/// A fanotify pre-content group and the blobs marked in it. Register its fd (`as_fd`) with
+/// the loop for readability and call `Engine::drain_group` when it is readable.
+pub struct Group {
+    fan: NixGroup,
+    /// (st_dev, st_ino) of each attached blob's file: its object id.
+    blobs: HashMap<(u64, u64), u32>,
+    next_id: u32,
+    /// Our pid, as events report it (the thread group id).
+    pid: i32,
+    pub stats: GroupStats,
+}
+
+impl AsFd for Group {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fan.as_fd()
+    }
+}
+
+impl Group {
+    pub fn new() -> Result<Group, FanotifyError> {
+        // An unlimited queue: a pre-content event must never be lost while a reader waits.
+        let fan = NixGroup::init(
+            InitFlags::FAN_CLASS_PRE_CONTENT
+                | InitFlags::FAN_CLOEXEC
+                | InitFlags::FAN_NONBLOCK
+                | InitFlags::FAN_UNLIMITED_QUEUE,
+            EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+        )
+        .map_err(FanotifyError::Init)?;
+        Ok(Group {
+            fan,
+            blobs: HashMap::new(),
+            next_id: 1,
+            pid: std::process::id() as i32,
+            stats: GroupStats::default(),
+        })
+    }
+
+    /// The object id of the blob attached with this file, if any.
+    pub fn attached(&self, fd: impl AsFd) -> Option<u32> {
+        inode_key(fd.as_fd())
+            .ok()
+            .and_then(|k| self.blobs.get(&k).copied())
+    }
+
+    fn mark(&self, flags: MarkFlags, fd: BorrowedFd<'_>) -> nix::Result<()> {
+        self.fan.mark(
+            flags | MarkFlags::FAN_MARK_INODE,
+            MaskFlags::from_bits_retain(FAN_PRE_ACCESS),
+            Some(fd.as_raw_fd()),
+            None::<&Path>,
+        )
+    }
+
+    /// Writes the answer to the event named by fd number `fd`. An error means the kernel no
+    /// longer waits for it (ENOENT) or the group is broken; either way nothing can be
+    /// answered again, so it is logged.
+    fn respond(&self, fd: i32, verdict: Verdict) {
+        let response = Response::new(fd, verdict);
+        loop {
+            match nix::unistd::write(&self.fan, response.as_bytes()) {
+                Ok(_) => return,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("fanotify response {verdict:?} for event fd {fd}: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn inode_key(fd: BorrowedFd<'_>) -> nix::Result<(u64, u64)> {
+    let st = fstat(fd.as_raw_fd())?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// An attach waiting for the blob's size: then the file is sized and marked.
+pub struct AttachTicket {
+    object_id: u32,
+    file: KernelFd,
+    path: PathBuf,
+}
+
+/// A pre-content event waiting for its answer. Its fd is closed only after the answer: the
+/// kernel finds the pending event by this fd number.
+pub struct EventTicket {
+    fd: KernelFd,
+}
+
+impl Ticket for AttachTicket {
+    fn key(&self) -> u64 {
+        OPEN_KEY_BASE + u64::from(self.object_id)
+    }
+}
+
+impl Ticket for EventTicket {
+    fn key(&self) -> u64 {
+        self.fd.as_fd().as_raw_fd() as u64
+    }
+}
+
+/// The errnos FAN_DENY_ERRNO takes for a reader's read; anything else is reported as EIO.
+fn deny_errno(errno: Errno) -> u8 {
+    match errno {
+        Errno::EIO | Errno::ENOSPC | Errno::EDQUOT | Errno::EAGAIN | Errno::EPERM => errno as u8,
+        _ => Errno::EIO as u8,
+    }
+}
+
+impl FrontEnd for Fanotify {
+    type Kernel<'k> = Group;
+    type Open = AttachTicket;
+    type Read = EventTicket;
+
+    fn answer_open(
+        group: &mut Group,
+        open: AttachTicket,
+        result: Result<u64, Errno>,
+    ) -> Result<Option<Arc<KernelFd>>, DeviceError> {
+        let AttachTicket {
+            object_id,
+            file,
+            path,
+        } = open;
+        let size = match result {
+            Ok(size) => size,
+            Err(errno) => {
+                log::warn!("{}: not attached: {errno}", path.display());
+                return Ok(None);
+            }
+        };
+        let len = size.div_ceil(PAGE).saturating_mul(PAGE);
+        let fd = file.as_fd();
+        let prepared = (|| {
+            let current = fstat(fd.as_raw_fd())?.st_size as u64;
+            if current != len {
+                // Another blob's bytes, or a different version of this one: start empty.
+                nix::unistd::ftruncate(fd, 0)?;
+                nix::unistd::ftruncate(fd, len as i64)?;
+            }
+            // Sized before the mark: a truncate of a marked file raises an event itself.
+            group.mark(MarkFlags::FAN_MARK_ADD, fd)?;
+            inode_key(fd)
+        })();
+        match prepared {
+            Ok(key) => {
+                group.blobs.insert(key, object_id);
+                Ok(Some(Arc::new(file)))
+            }
+            Err(e) => {
+                // EOPNOTSUPP: a filesystem without pre-content support (tmpfs, 9p, ...).
+                log::warn!("{}: not attached: {e}", path.display());
+                Ok(None)
+            }
+        }
+    }
+
+    fn answer_read(
+        group: &mut Group,
+        read: EventTicket,
+        result: Result<u64, Errno>,
+    ) -> Result<(), DeviceError> {
+        let verdict = match result {
+            Ok(_) => Verdict::Allow,
+            Err(errno) => Verdict::Deny(deny_errno(errno)),
+        };
+        group.respond(read.fd.as_fd().as_raw_fd(), verdict);
+        // Answered first, closed now.
+        drop(read);
+        Ok(())
+    }
+}
+
+impl Engine<Fanotify> {
+    /// Attaches the blob `fsid` (in `domain`, which is the fsid itself for a blob named
+    /// without one, as EROFS's volume keys have it) with its sparse file at `path` (created if
+    /// missing; never through a symlink). Returns the object id at once; the blob is served
+    /// once `objects()` holds it (after the source told its size), or not at all when the
+    /// source fails (logged, counted as a failed open). A file attached already keeps its id.
+    pub fn attach(
+        &mut self,
+        group: &mut Group,
+        path: &Path,
+        domain: &[u8],
+        fsid: &[u8],
+    ) -> Result<u32, FanotifyError> {
+        let blob_file = |source| FanotifyError::BlobFile {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(blob_file)?;
+        if let Some(id) = group.attached(&file) {
+            return Ok(id);
+        }
+        let object_id = self.free_object_id(group);
+        let file = self.fds().own(OwnedFd::from(file));
+        let reply = self.open_reply(AttachTicket {
+            object_id,
+            file,
+            path: path.to_owned(),
+        });
+        let request = OpenRequest {
+            object_id,
+            volume: b"fanotify",
+            domain,
+            fsid,
+        };
+        if let Err(e) = self.open(group, request, reply) {
+            log::warn!("{}: {e}", path.display());
+        }
+        Ok(object_id)
+    }
+
+    fn free_object_id(&self, group: &mut Group) -> u32 {
+        loop {
+            let id = group.next_id;
+            group.next_id = group.next_id.wrapping_add(1).max(1);
+            let pending = self.is_in_flight(OPEN_KEY_BASE + u64::from(id));
+            if !pending && !self.objects().contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Removes a blob's mark and forgets it. Fills in flight finish into the file; events
+    /// already read are answered as usual.
+    pub fn detach(&mut self, group: &mut Group, object_id: u32) {
+        let Some(object) = self.objects().get(&object_id) else {
+            return;
+        };
+        if let Err(e) = group.mark(MarkFlags::FAN_MARK_REMOVE, object.fd.as_fd()) {
+            log::warn!("removing the mark of object {object_id}: {e}");
+        }
+        group.blobs.retain(|_, id| *id != object_id);
+        self.close(object_id);
+    }
+
+    /// Reads and dispatches every pending event (the group is non-blocking).
+    pub fn drain_group(&mut self, group: &mut Group) -> Result<(), FanotifyError> {
+        // Events are 48 bytes: one read takes hundreds.
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            let n = match nix::unistd::read(group.fan.as_fd().as_raw_fd(), &mut buf) {
+                Ok(0) | Err(Errno::EAGAIN) => return Ok(()),
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(FanotifyError::Read(e)),
+            };
+            for item in wire::events(&buf[..n]) {
+                group.stats.events += 1;
+                match item {
+                    Ok(event) => self.dispatch(group, event),
+                    Err(e) => {
+                        group.stats.bad_events += 1;
+                        log::warn!("bad fanotify event: {e}");
+                        // Framed, so its fd is the kernel's: deny it, then close it.
+                        if let Some(fd) = e.fd {
+                            self.refuse(group, fd, e.mask.unwrap_or(0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one event under `catch_unwind`: a panic fails that event, never the loop.
+    fn dispatch(&mut self, group: &mut Group, event: Event) {
+        let mut guarded = false;
+        let handled = catch_unwind(AssertUnwindSafe(|| {
+            self.on_event(group, event, &mut guarded)
+        }));
+        if let Err(panic) = handled {
+            group.stats.bad_events += 1;
+            log::error!(
+                "handling a fanotify event panicked ({}); failing it",
+                panic_message(&*panic)
+            );
+            // A reply that held it was dropped while unwinding and answers in `drain_done`.
+            if !guarded && event.fd != wire::FAN_NOFD && event.mask & FAN_PRE_ACCESS != 0 {
+                group.respond(event.fd, Verdict::Deny(Errno::EIO as u8));
+            }
+        }
+    }
+
+    fn adopt(&self, fd: i32) -> Result<KernelFd, AdoptError> {
+        // Only a pre-content watched file is ever in an event of this group: a regular file.
+        self.fds().adopt(fd as u32, |fd| {
+            fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+        })
+    }
+
+    /// Denies an event that cannot be served, and closes its fd when it is ours.
+    fn refuse(&mut self, group: &mut Group, fd: i32, mask: u64) {
+        match self.adopt(fd) {
+            Ok(owned) => {
+                if mask & FAN_PRE_ACCESS != 0 {
+                    let reply = self.read_reply(EventTicket { fd: owned });
+                    let _ = reply.answer(group, Err(Errno::EIO));
+                }
+            }
+            Err(e) => {
+                // Not ours to close; answering by number still releases the reader.
+                log::warn!("{e}");
+                if mask & FAN_PRE_ACCESS != 0 {
+                    group.respond(fd, Verdict::Deny(Errno::EIO as u8));
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, group: &mut Group, event: Event, guarded: &mut bool) {
+        if event.fd == wire::FAN_NOFD {
+            // A queue overflow; permission events are never among the lost ones.
+            log::warn!("fanotify event without a file (mask {:#x})", event.mask);
+            return;
+        }
+        if event.mask & FAN_PRE_ACCESS == 0 {
+            // Only FAN_PRE_ACCESS is asked for; anything else needs no answer.
+            log::warn!("unexpected fanotify event (mask {:#x})", event.mask);
+            drop(self.adopt(event.fd));
+            return;
+        }
+        let fd = match self.adopt(event.fd) {
+            Ok(fd) => fd,
+            Err(_) => return self.refuse(group, event.fd, event.mask),
+        };
+        let key = inode_key(fd.as_fd());
+        let reply = self.read_reply(EventTicket { fd });
+        *guarded = true;
+        if event.pid == group.pid {
+            // Our own fill through an fd opened after the mark: allowing it is what lets the
+            // fill complete (it waits for this very answer).
+            group.stats.own += 1;
+            let _ = reply.answer(group, Ok(0));
+            return;
+        }
+        let object = key
+            .ok()
+            .and_then(|k| group.blobs.get(&k).copied())
+            .and_then(|id| self.objects().get(&id).map(|o| (id, o.fd.clone())));
+        let Some((object_id, file)) = object else {
+            group.stats.unknown += 1;
+            log::warn!("fanotify event for a file no attached blob has; denying it");
+            let _ = reply.answer(group, Err(Errno::EIO));
+            return;
+        };
+        self.serve(group, object_id, &file, event.range, reply);
+    }
+
+    /// Allows a range already in the file at once; starts filling any other.
+    fn serve(
+        &mut self,
+        group: &mut Group,
+        object_id: u32,
+        file: &KernelFd,
+        range: Option<wire::Range>,
+        reply: ReadReply<Fanotify>,
+    ) {
+        let len = match fstat(file.as_fd().as_raw_fd()) {
+            Ok(st) => st.st_size as u64,
+            Err(e) => {
+                log::warn!("object {object_id}: fstat: {e}; failing the read");
+                let _ = reply.answer(group, Err(Errno::EIO));
+                return;
+            }
+        };
+        // No range: the access may touch anything (an open for write, a truncate).
+        let (off, count) = range.map_or((0, len), |r| (r.offset, r.count));
+        let end = off.saturating_add(count).min(len);
+        if off >= end || is_present(file.as_fd(), off, end) {
+            group.stats.present += 1;
+            let _ = reply.answer(group, Ok(0));
+            return;
+        }
+        self.read(object_id, off, end - off, reply);
+    }
+}
+
+/// Whether `[off, end)` of the file holds data throughout (SEEK_HOLE finds no hole before
+/// `end`). Any error just means "fill it".
+fn is_present(fd: BorrowedFd<'_>, off: u64, end: u64) -> bool {
+    matches!(
+        nix::unistd::lseek(fd.as_raw_fd(), off as i64, nix::unistd::Whence::SeekHole),
+        Ok(hole) if hole as u64 >= end
+    )
+}
