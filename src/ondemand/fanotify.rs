@@ -22,7 +22,7 @@ use crate::device::DeviceError;
 use crate::proto::fanotify::{self as wire, Event, Response, Verdict, FAN_PRE_ACCESS};
 use nix::errno::Errno;
 use nix::sys::fanotify::{EventFFlags, Fanotify as NixGroup, InitFlags, MarkFlags, MaskFlags};
-use nix::sys::stat::fstat;
+use nix::sys::stat::{fstat, SFlag};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -267,7 +267,7 @@ impl Engine<Fanotify> {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)
             .map_err(blob_file)?;
         if let Some(id) = group.attached(&file) {
@@ -366,7 +366,9 @@ impl Engine<Fanotify> {
     fn adopt(&self, fd: i32) -> Result<KernelFd, AdoptError> {
         // Only a pre-content watched file is ever in an event of this group: a regular file.
         self.fds().adopt(fd as u32, |fd| {
-            fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            fstat(fd).is_ok_and(|st| {
+                SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
+            })
         })
     }
 
