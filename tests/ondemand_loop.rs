@@ -304,14 +304,20 @@ fn hostile_http_server() -> u16 {
     port
 }
 
+/// The daemon with one URL source on [`hostile_http_server`], no retries and no readahead
+/// (each READ is exactly the range asked for); `fetch` adds `[fetch]` lines.
+fn start_behind_hostile_server(fetch: &str) -> Setup {
+    let port = hostile_http_server();
+    start(&format!(
+        "[[source]]\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n[fetch]\n{fetch}retries = 0\nreadahead = 0\n"
+    ))
+}
+
 /// A fetch job that panics (here: inside the HTTP client, on a hostile redirect) answers its
 /// OPEN or READ with an error, and the only worker goes on serving the next request.
 #[test]
 fn a_panicking_fetch_is_answered_and_its_worker_survives() {
-    let port = hostile_http_server();
-    let s = start(&format!(
-        "[[source]]\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n[fetch]\nworkers = 1\nretries = 0\nreadahead = 0\n"
-    ));
+    let s = start_behind_hostile_server("workers = 1\n");
     let (fd1, _) = anon_file(&s.kernel, &s.root, "anon1");
     let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
     let (fd3, inspect3) = anon_file(&s.kernel, &s.root, "anon3");
@@ -352,10 +358,7 @@ fn a_panicking_fetch_is_answered_and_its_worker_survives() {
 /// answered, but naming a live object's fd, neither closes that fd nor gets a second copen.
 #[test]
 fn a_duplicate_open_naming_an_owned_fd_is_ignored() {
-    let port = hostile_http_server();
-    let s = start(&format!(
-        "[[source]]\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n[fetch]\nretries = 0\nreadahead = 0\n"
-    ));
+    let s = start_behind_hostile_server("");
     let (fd1, inspect1) = anon_file(&s.kernel, &s.root, "anon1");
     let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
     s.kernel.with(|k| {
@@ -398,10 +401,7 @@ fn a_duplicate_open_naming_an_owned_fd_is_ignored() {
 /// id by then.
 #[test]
 fn a_damaged_redelivery_of_an_open_in_flight_gets_no_second_copen() {
-    let port = hostile_http_server();
-    let s = start(&format!(
-        "[[source]]\nurl = \"http://127.0.0.1:{port}/{{fsid}}\"\n[fetch]\nretries = 0\nreadahead = 0\n"
-    ));
+    let s = start_behind_hostile_server("");
     let (fd1, inspect1) = anon_file(&s.kernel, &s.root, "anon1");
     let (fd2, _) = anon_file(&s.kernel, &s.root, "anon2");
     s.kernel.with(|k| {
