@@ -10,13 +10,12 @@ mod common;
 use cachefilesd_rs::ondemand::serve_read;
 use cachefilesd_rs::ondemand::sourcemap::FetchSettings;
 use cachefilesd_rs::ondemand::sources::{self, Blob, FetchError, HttpBlob, RegistryBlob};
-use common::servers::{find_binary, free_port, start_nginx, LocalServer};
+use common::servers::{start_nginx, start_registry, LocalServer};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// nginx on a temp dir, with the locations the tests below request besides `/blobs/`.
@@ -245,17 +244,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 #[test]
 fn registry_blobs_by_digest() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let conf = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: 127.0.0.1:{port}\n",
-        dir.path().display()
-    );
-    std::fs::write(dir.path().join("config.yml"), conf).unwrap();
-    let server = LocalServer::spawn(
-        Command::new(find_binary("docker-registry", "docker-registry"))
-            .args(["serve", &format!("{}/config.yml", dir.path().display())]),
-        port,
-    );
+    let server = start_registry(dir.path());
+    let port = server.port;
 
     let content = data(3 * 1024 * 1024 + 5);
     let hex = sha256_hex(&content);
@@ -934,17 +924,8 @@ fn verify_digest_never_serves_a_mismatching_blob() {
 fn verify_digest_against_the_registry_serves_from_the_spool() {
     use cachefilesd_rs::ondemand::sourcemap::Verify;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let conf = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: 127.0.0.1:{port}\n",
-        dir.path().display()
-    );
-    std::fs::write(dir.path().join("config.yml"), conf).unwrap();
-    let server = LocalServer::spawn(
-        Command::new(find_binary("docker-registry", "docker-registry"))
-            .args(["serve", &format!("{}/config.yml", dir.path().display())]),
-        port,
-    );
+    let server = start_registry(dir.path());
+    let port = server.port;
     let content = data(5 * 1024 * 1024 + 77);
     upload_blob(port, "test/app", &content);
     let spool = tempfile::tempdir().unwrap();

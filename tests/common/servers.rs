@@ -108,3 +108,19 @@ http {{
         port,
     )
 }
+
+/// Debian's docker-registry (the CNCF distribution registry) on a free port, its storage and
+/// config in `dir`.
+pub fn start_registry(dir: &Path) -> LocalServer {
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    );
+    std::fs::write(dir.join("config.yml"), conf).unwrap();
+    LocalServer::spawn(
+        Command::new(find_binary("docker-registry", "docker-registry"))
+            .args(["serve", &format!("{d}/config.yml")]),
+        port,
+    )
+}
