@@ -123,10 +123,60 @@ pub fn log_panics() {
     });
 }
 
+type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+
+/// Where syslog is reached: the system's socket (`/dev/log`, found by the syslog crate), or a
+/// given one (tests).
+enum SyslogSocket {
+    System,
+    #[cfg_attr(not(test), allow(dead_code))]
+    At(std::path::PathBuf),
+}
+
+impl SyslogSocket {
+    fn connect(&self) -> syslog::Result<Syslog> {
+        let formatter = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_DAEMON,
+            hostname: None,
+            process: "cachefilesd".into(),
+            pid: std::process::id(),
+        };
+        match self {
+            SyslogSocket::System => syslog::unix(formatter),
+            SyslogSocket::At(path) => syslog::unix_custom(formatter, path),
+        }
+    }
+}
+
 /// Syslog output whose pid is the process's at each record: logging starts before the
 /// daemon forks (the bind messages must reach the log), and the lines after the fork must
 /// carry the daemon's pid, not its parent's.
-struct SyslogLogger(std::sync::Mutex<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>);
+///
+/// A datagram socket stays connected to the syslog daemon that was listening when it was
+/// made: once rsyslog or journald restarts, every send fails. A failed send reconnects and
+/// is tried once more, so a long-running daemon does not go silent after a log rotation or
+/// a syslog upgrade.
+struct SyslogLogger {
+    socket: SyslogSocket,
+    logger: std::sync::Mutex<Syslog>,
+}
+
+impl SyslogLogger {
+    fn new(socket: SyslogSocket) -> syslog::Result<SyslogLogger> {
+        let logger = std::sync::Mutex::new(socket.connect()?);
+        Ok(SyslogLogger { socket, logger })
+    }
+
+    fn send(logger: &mut Syslog, level: Level, message: &str) -> syslog::Result<()> {
+        logger.formatter.pid = std::process::id();
+        match level {
+            Level::Error => logger.err(message),
+            Level::Warn => logger.warning(message),
+            Level::Info => logger.info(message),
+            Level::Debug | Level::Trace => logger.debug(message),
+        }
+    }
+}
 
 impl Log for SyslogLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
@@ -135,20 +185,21 @@ impl Log for SyslogLogger {
 
     fn log(&self, record: &Record) {
         let message = record.args().to_string();
-        let mut logger = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        logger.formatter.pid = std::process::id();
-        // A lost log line is no reason to fail: there is nowhere left to report it.
-        let _ = match record.level() {
-            Level::Error => logger.err(message),
-            Level::Warn => logger.warning(message),
-            Level::Info => logger.info(message),
-            Level::Debug | Level::Trace => logger.debug(message),
-        };
+        let mut logger = self.logger.lock().unwrap_or_else(|e| e.into_inner());
+        if Self::send(&mut logger, record.level(), &message).is_ok() {
+            return;
+        }
+        // A lost log line is no reason to fail: there is nowhere left to report it. Without
+        // a new connection the old one is kept, and the next record tries again.
+        if let Ok(fresh) = self.socket.connect() {
+            *logger = fresh;
+            let _ = Self::send(&mut logger, record.level(), &message);
+        }
     }
 
     fn flush(&self) {
         let _ = self
-            .0
+            .logger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .backend
@@ -165,19 +216,9 @@ pub fn init(stderr: bool, debug: u8) {
 fn init_logger(stderr: bool, debug: u8) {
     let level = level_for(debug);
     if !stderr {
-        let formatter = syslog::Formatter3164 {
-            facility: syslog::Facility::LOG_DAEMON,
-            hostname: None,
-            process: "cachefilesd".into(),
-            pid: std::process::id(),
-        };
-        match syslog::unix(formatter) {
+        match SyslogLogger::new(SyslogSocket::System) {
             Ok(logger) => {
-                if log::set_boxed_logger(Box::new(Filtered(SyslogLogger(std::sync::Mutex::new(
-                    logger,
-                )))))
-                .is_ok()
-                {
+                if log::set_boxed_logger(Box::new(Filtered(logger))).is_ok() {
                     log::set_max_level(level);
                 }
                 return;
@@ -191,5 +232,75 @@ fn init_logger(stderr: bool, debug: u8) {
     .is_ok()
     {
         log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    fn listen(path: &std::path::Path) -> UnixDatagram {
+        let socket = UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket
+    }
+
+    fn log_line(logger: &SyslogLogger, text: &str) {
+        logger.log(
+            &Record::builder()
+                .args(format_args!("{text}"))
+                .level(Level::Warn)
+                .target("cachefilesd::test")
+                .build(),
+        );
+    }
+
+    fn received(socket: &UnixDatagram) -> String {
+        let mut buf = [0u8; 1024];
+        let n = socket.recv(&mut buf).expect("no syslog datagram arrived");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[test]
+    fn syslog_survives_a_restart_of_the_syslog_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let first = listen(&path);
+        let logger = SyslogLogger::new(SyslogSocket::At(path.clone())).unwrap();
+        log_line(&logger, "before the restart");
+        let line = received(&first);
+        assert!(line.contains("before the restart"), "{line}");
+        // <28>: facility daemon (3 << 3) + warning (4), and the process's own pid.
+        assert!(line.starts_with("<28>"), "{line}");
+        assert!(
+            line.contains(&format!("cachefilesd[{}]", std::process::id())),
+            "{line}"
+        );
+
+        // What rsyslog does when it restarts: a new socket at the same path.
+        drop(first);
+        std::fs::remove_file(&path).unwrap();
+        let second = listen(&path);
+        log_line(&logger, "after the restart");
+        let line = received(&second);
+        assert!(line.contains("after the restart"), "{line}");
+    }
+
+    #[test]
+    fn a_record_with_no_syslog_listening_is_dropped_and_the_next_one_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let first = listen(&path);
+        let logger = SyslogLogger::new(SyslogSocket::At(path.clone())).unwrap();
+        drop(first);
+        std::fs::remove_file(&path).unwrap();
+        log_line(&logger, "nobody listens");
+        let second = listen(&path);
+        log_line(&logger, "listening again");
+        assert!(received(&second).contains("listening again"));
     }
 }
