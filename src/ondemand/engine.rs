@@ -7,6 +7,7 @@
 use super::fds::{FdTable, KernelFd};
 use super::fill::serve_read;
 use super::pool::{Job, Pool};
+use super::readahead::Readahead;
 use super::reply::{FrontEnd, OpenReply, Orphan, Orphans, ReadReply, Ticket, Wake};
 use super::sourcemap::{Location, SourceMap};
 use super::sources::{self, Blob, FetchError};
@@ -28,6 +29,8 @@ pub struct Object {
     pub volume: String,
     pub fsid: String,
     pub source: usize,
+    /// How far beyond each READ to fetch: grows while this object is read sequentially.
+    readahead: Readahead,
 }
 
 /// An open as the front end decoded it: the names a source is chosen by.
@@ -181,10 +184,10 @@ impl<F: FrontEnd> Engine<F> {
         Ok(())
     }
 
-    /// Starts filling `[off, off+len)` (plus readahead) of an object's cache file. For an
-    /// object not open the reply is dropped, which fails the read.
+    /// Starts filling `[off, off+len)` (plus the object's adaptive readahead) of an object's
+    /// cache file. For an object not open the reply is dropped, which fails the read.
     pub fn read(&mut self, object_id: u32, off: u64, len: u64, reply: ReadReply<F>) {
-        let Some(object) = self.objects.get(&object_id) else {
+        let Some(object) = self.objects.get_mut(&object_id) else {
             log::warn!("read for object {object_id}, which is not open; failing it");
             return;
         };
@@ -192,7 +195,7 @@ impl<F: FrontEnd> Engine<F> {
         let fd = object.fd.clone();
         let blob = object.blob.clone();
         let source = object.source;
-        let readahead = self.map.fetch.readahead;
+        let readahead = object.readahead.on_read(off, len);
         let remote = blob.is_remote();
         let job: Job<Done<F>> = Box::new(move || {
             let started = Instant::now();
@@ -289,6 +292,7 @@ impl<F: FrontEnd> Engine<F> {
                     volume,
                     fsid,
                     source,
+                    readahead: Readahead::new(self.map.fetch.readahead),
                 };
                 self.objects.insert(object_id, object);
             }
