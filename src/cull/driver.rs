@@ -138,16 +138,24 @@ impl CullDriver {
             && self.paused_until.is_none_or(|t| Instant::now() >= t)
     }
 
-    /// Hands a scan to the worker if the culler wants one; its table covers the deficit.
+    /// Hands a scan to the worker if the culler wants one; its table covers the deficit, or
+    /// while the cache is healthy, what the kernel will want freed when it asks.
     /// `culling`: what remains to free while culling is wanted.
     fn start_scan_if_wanted(&mut self, now: Instant, culling: Option<Deficit>) {
+        if !self
+            .culler
+            .as_ref()
+            .is_some_and(|c| c.wants_scan(culling, now))
+        {
+            return;
+        }
+        let deficit = culling.unwrap_or_else(|| {
+            self.space()
+                .map_or_else(Deficit::default, |s| self.signal.warm_deficit(&s))
+        });
         let Some(culler) = self.culler.as_mut() else {
             return;
         };
-        if !culler.wants_scan(culling, now) {
-            return;
-        }
-        let deficit = culling.unwrap_or_default();
         let capacity = culler.scan_capacity(deficit);
         if capacity > culler.capacity() {
             log::info!(
@@ -157,7 +165,12 @@ impl CullDriver {
                 deficit.files
             );
         }
-        if self.worker.send(Job::Scan(capacity)) {
+        let job = if culling.is_some() {
+            Job::Scan(capacity)
+        } else {
+            Job::Refresh(capacity)
+        };
+        if self.worker.send(job) {
             culler.scan_started(capacity);
         }
     }

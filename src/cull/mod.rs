@@ -107,6 +107,13 @@ const MAX_OPEN_DIRS: usize = 1024;
 /// A scan that found nothing to cull is not repeated sooner than this without releases.
 const IDLE_RESCAN: Duration = Duration::from_secs(5);
 
+/// While the cache is healthy the table is rescanned in the background so that it is current
+/// when the kernel asks (culling then starts from it at once): not more often than this...
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// ...nor than once per this many times the last scan's duration: an idle daemon spends at most
+/// 1/20 of its time scanning (on one thread, see `worker::Job::Refresh`).
+const REFRESH_DUTY: u32 = 20;
+
 /// The pause after a table whose every candidate was refused, doubled for each such table in
 /// a row up to `MAX_FRUITLESS_PAUSE`: rescanning at once would only find the same objects.
 const FRUITLESS_PAUSE: Duration = Duration::from_secs(1);
@@ -221,6 +228,13 @@ impl Culler {
                 return true;
             }
         }
+        if culling.is_none()
+            && self
+                .last_scan_end
+                .is_some_and(|t| now.duration_since(t) >= self.refresh_interval())
+        {
+            return true;
+        }
         // Background refresh, throttled to a tenth of the time at most.
         let rested = self.last_scan_end.is_none_or(|t| {
             now.duration_since(t)
@@ -229,6 +243,11 @@ impl Culler {
         rested
             && (released_enough
                 || (self.last_scan_overflowed && self.ready.len() <= self.table_capacity / 2))
+    }
+
+    /// How long a healthy cache's table may age before it is rescanned.
+    pub fn refresh_interval(&self) -> Duration {
+        REFRESH_EVERY.max(self.stats.last_scan_duration.saturating_mul(REFRESH_DUTY))
     }
 
     pub fn scan_started(&mut self, table_capacity: usize) {
@@ -509,6 +528,32 @@ mod tests {
             assert!(c.wants_scan(culling, t0 + pause), "round {round}");
         }
         assert_eq!(c.rescan_not_before, Some(t0 + MAX_FRUITLESS_PAUSE));
+    }
+
+    #[test]
+    fn a_healthy_cache_is_rescanned_at_a_bounded_pace() {
+        let mut c = Culler::new(12, None, None);
+        let t0 = Instant::now();
+        assert!(c.wants_scan(None, t0), "the first scan");
+        for (took, every) in [
+            (Duration::from_millis(10), REFRESH_EVERY),
+            (Duration::from_secs(9), Duration::from_secs(9 * 20)),
+        ] {
+            c.scan_started(4096);
+            c.scan_finished(
+                ScanReport {
+                    candidates: (0..10).map(candidate).collect(),
+                    duration: took,
+                    ..ScanReport::default()
+                },
+                t0,
+            );
+            assert_eq!(c.refresh_interval(), every);
+            assert!(!c.wants_scan(None, t0 + every - Duration::from_millis(1)));
+            assert!(c.wants_scan(None, t0 + every), "scan of {took:?}");
+        }
+        // While culling from a table that covers the deficit, no refresh: culls go on.
+        assert!(!c.wants_scan(Some(deficit(4096, 1, 4096)), t0 + Duration::from_secs(3600)));
     }
 
     #[test]

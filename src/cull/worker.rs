@@ -10,6 +10,9 @@ use std::sync::mpsc;
 pub enum Job {
     /// Scan keeping this many candidates.
     Scan(usize),
+    /// The same, on one thread: a background refresh while the cache is healthy, whose cost
+    /// is bounded (one CPU at most, and `Culler::refresh_interval` between refreshes).
+    Refresh(usize),
     Reap,
 }
 
@@ -42,6 +45,10 @@ impl Worker {
                     let result = match job {
                         Job::Scan(capacity) => JobDone::Scan(
                             guarded(|| scan::scan(&cache, capacity)).unwrap_or_default(),
+                        ),
+                        Job::Refresh(capacity) => JobDone::Scan(
+                            guarded(|| scan::scan_with_threads(&cache, capacity, 1))
+                                .unwrap_or_default(),
                         ),
                         Job::Reap => {
                             JobDone::Reap(guarded(|| graveyard::reap(&grave)).unwrap_or_default())
