@@ -139,7 +139,7 @@ impl CullDriver {
     }
 
     /// Hands a scan to the worker if the culler wants one; its table covers the deficit, or
-    /// while the cache is healthy, what the kernel will want freed when it asks.
+    /// while the cache is healthy, the most the kernel can ask to free (`warm_deficit`).
     /// `culling`: what remains to free while culling is wanted.
     fn start_scan_if_wanted(&mut self, now: Instant, culling: Option<Deficit>) {
         if !self
