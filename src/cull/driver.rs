@@ -9,6 +9,8 @@ use super::{CullOutcome, Culler, Deficit};
 use crate::device::{Device, DeviceError};
 use crate::proto::{Status, StatusError};
 use nix::dir::Dir;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Culls per loop turn before events are looked at again.
@@ -38,6 +40,8 @@ pub struct CullDriver {
     /// Graveyard entries removed so far.
     pub reaped: u64,
     paused_until: Option<Instant>,
+    /// Set while culling: a paced background scan then runs at full speed.
+    hurry: Arc<AtomicBool>,
 }
 
 impl CullDriver {
@@ -58,6 +62,7 @@ impl CullDriver {
             reap_again: false,
             reaped: 0,
             paused_until: None,
+            hurry: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -165,10 +170,11 @@ impl CullDriver {
                 deficit.files
             );
         }
-        let job = if culling.is_some() {
+        let job = if culling.is_some() || culler.stats.scans == 0 {
             Job::Scan(capacity)
         } else {
-            Job::Refresh(capacity)
+            self.hurry.store(false, Ordering::Relaxed);
+            Job::Refresh(capacity, self.hurry.clone())
         };
         if self.worker.send(job) {
             culler.scan_started(capacity);
@@ -212,6 +218,9 @@ impl CullDriver {
         }
         let now = Instant::now();
         let culling = self.culling().then(|| self.deficit());
+        if culling.is_some() {
+            self.hurry.store(true, Ordering::Relaxed);
+        }
         self.start_scan_if_wanted(now, culling);
         let Some(mut owed) = culling else {
             return Ok(());

@@ -98,6 +98,8 @@ pub struct Culler {
     fruitless_tables: u32,
     /// After a fruitless table, no rescan before this: the next table would be the same.
     rescan_not_before: Option<Instant>,
+    /// What the last scan cost: its duration without the pauses of a paced scan.
+    last_scan_busy: Duration,
     pub stats: CullStats,
 }
 
@@ -110,8 +112,8 @@ const IDLE_RESCAN: Duration = Duration::from_secs(5);
 /// While the cache is healthy the table is rescanned in the background so that it is current
 /// when the kernel asks (culling then starts from it at once): not more often than this...
 const REFRESH_EVERY: Duration = Duration::from_secs(60);
-/// ...nor than once per this many times the last scan's duration: an idle daemon spends at most
-/// 1/20 of its time scanning (on one thread, see `worker::Job::Refresh`).
+/// ...nor than once per this many times the last scan's busy time: an idle daemon spends at most
+/// 1/20 of its time scanning (on one thread, paced: see `worker::Job::Refresh`).
 const REFRESH_DUTY: u32 = 20;
 
 /// The pause after a table whose every candidate was refused, doubled for each such table in
@@ -145,6 +147,7 @@ impl Culler {
             table_culled: 0,
             fruitless_tables: 0,
             rescan_not_before: None,
+            last_scan_busy: Duration::ZERO,
             stats: CullStats::default(),
         }
     }
@@ -247,7 +250,7 @@ impl Culler {
 
     /// How long a healthy cache's table may age before it is rescanned.
     pub fn refresh_interval(&self) -> Duration {
-        REFRESH_EVERY.max(self.stats.last_scan_duration.saturating_mul(REFRESH_DUTY))
+        REFRESH_EVERY.max(self.last_scan_busy.saturating_mul(REFRESH_DUTY))
     }
 
     pub fn scan_started(&mut self, table_capacity: usize) {
@@ -266,6 +269,7 @@ impl Culler {
         self.stats.scans += 1;
         self.stats.objects_last_scan = report.objects;
         self.stats.last_scan_duration = report.duration;
+        self.last_scan_busy = report.duration.saturating_sub(report.paused);
         self.stats.oddities_last_scan = report.oddities_seen;
         if let Some(average) = report.allocated.checked_div(report.objects) {
             self.average_object = Some(average);
@@ -543,7 +547,9 @@ mod tests {
             c.scan_finished(
                 ScanReport {
                     candidates: (0..10).map(candidate).collect(),
-                    duration: took,
+                    // A paced scan: the pauses are not its cost.
+                    duration: took * 2,
+                    paused: took,
                     ..ScanReport::default()
                 },
                 t0,
