@@ -9,6 +9,8 @@ use super::{CullOutcome, Culler, Deficit};
 use crate::device::{Device, DeviceError};
 use crate::proto::{Status, StatusError};
 use nix::dir::Dir;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Culls per loop turn before events are looked at again.
@@ -38,6 +40,8 @@ pub struct CullDriver {
     /// Graveyard entries removed so far.
     pub reaped: u64,
     paused_until: Option<Instant>,
+    /// Set while culling: a paced background scan then runs at full speed.
+    hurry: Arc<AtomicBool>,
 }
 
 impl CullDriver {
@@ -58,6 +62,7 @@ impl CullDriver {
             reap_again: false,
             reaped: 0,
             paused_until: None,
+            hurry: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -138,16 +143,24 @@ impl CullDriver {
             && self.paused_until.is_none_or(|t| Instant::now() >= t)
     }
 
-    /// Hands a scan to the worker if the culler wants one; its table covers the deficit.
+    /// Hands a scan to the worker if the culler wants one; its table covers the deficit, or
+    /// while the cache is healthy, the most the kernel can ask to free (`warm_deficit`).
     /// `culling`: what remains to free while culling is wanted.
     fn start_scan_if_wanted(&mut self, now: Instant, culling: Option<Deficit>) {
+        if !self
+            .culler
+            .as_ref()
+            .is_some_and(|c| c.wants_scan(culling, now))
+        {
+            return;
+        }
+        let deficit = culling.unwrap_or_else(|| {
+            self.space()
+                .map_or_else(Deficit::default, |s| self.signal.warm_deficit(&s))
+        });
         let Some(culler) = self.culler.as_mut() else {
             return;
         };
-        if !culler.wants_scan(culling, now) {
-            return;
-        }
-        let deficit = culling.unwrap_or_default();
         let capacity = culler.scan_capacity(deficit);
         if capacity > culler.capacity() {
             log::info!(
@@ -157,7 +170,13 @@ impl CullDriver {
                 deficit.files
             );
         }
-        if self.worker.send(Job::Scan(capacity)) {
+        let job = if culling.is_some() || culler.stats.scans == 0 {
+            Job::Scan(capacity)
+        } else {
+            self.hurry.store(false, Ordering::Relaxed);
+            Job::Refresh(capacity, self.hurry.clone())
+        };
+        if self.worker.send(job) {
             culler.scan_started(capacity);
         }
     }
@@ -199,6 +218,9 @@ impl CullDriver {
         }
         let now = Instant::now();
         let culling = self.culling().then(|| self.deficit());
+        if culling.is_some() {
+            self.hurry.store(true, Ordering::Relaxed);
+        }
         self.start_scan_if_wanted(now, culling);
         let Some(mut owed) = culling else {
             return Ok(());

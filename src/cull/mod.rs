@@ -98,6 +98,8 @@ pub struct Culler {
     fruitless_tables: u32,
     /// After a fruitless table, no rescan before this: the next table would be the same.
     rescan_not_before: Option<Instant>,
+    /// What the last scan cost: its duration without the pauses of a paced scan.
+    last_scan_busy: Duration,
     pub stats: CullStats,
 }
 
@@ -106,6 +108,13 @@ const MAX_OPEN_DIRS: usize = 1024;
 
 /// A scan that found nothing to cull is not repeated sooner than this without releases.
 const IDLE_RESCAN: Duration = Duration::from_secs(5);
+
+/// While the cache is healthy the table is rescanned in the background so that it is current
+/// when the kernel asks (culling then starts from it at once): not more often than this...
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// ...nor than once per this many times the last scan's busy time: an idle daemon spends at most
+/// 1/20 of its time scanning (on one thread, paced: see `worker::Job::Refresh`).
+const REFRESH_DUTY: u32 = 20;
 
 /// The pause after a table whose every candidate was refused, doubled for each such table in
 /// a row up to `MAX_FRUITLESS_PAUSE`: rescanning at once would only find the same objects.
@@ -138,6 +147,7 @@ impl Culler {
             table_culled: 0,
             fruitless_tables: 0,
             rescan_not_before: None,
+            last_scan_busy: Duration::ZERO,
             stats: CullStats::default(),
         }
     }
@@ -221,6 +231,13 @@ impl Culler {
                 return true;
             }
         }
+        if culling.is_none()
+            && self
+                .last_scan_end
+                .is_some_and(|t| now.duration_since(t) >= self.refresh_interval())
+        {
+            return true;
+        }
         // Background refresh, throttled to a tenth of the time at most.
         let rested = self.last_scan_end.is_none_or(|t| {
             now.duration_since(t)
@@ -229,6 +246,11 @@ impl Culler {
         rested
             && (released_enough
                 || (self.last_scan_overflowed && self.ready.len() <= self.table_capacity / 2))
+    }
+
+    /// How long a healthy cache's table may age before it is rescanned.
+    pub fn refresh_interval(&self) -> Duration {
+        REFRESH_EVERY.max(self.last_scan_busy.saturating_mul(REFRESH_DUTY))
     }
 
     pub fn scan_started(&mut self, table_capacity: usize) {
@@ -247,6 +269,7 @@ impl Culler {
         self.stats.scans += 1;
         self.stats.objects_last_scan = report.objects;
         self.stats.last_scan_duration = report.duration;
+        self.last_scan_busy = report.duration.saturating_sub(report.paused);
         self.stats.oddities_last_scan = report.oddities_seen;
         if let Some(average) = report.allocated.checked_div(report.objects) {
             self.average_object = Some(average);
@@ -509,6 +532,34 @@ mod tests {
             assert!(c.wants_scan(culling, t0 + pause), "round {round}");
         }
         assert_eq!(c.rescan_not_before, Some(t0 + MAX_FRUITLESS_PAUSE));
+    }
+
+    #[test]
+    fn a_healthy_cache_is_rescanned_at_a_bounded_pace() {
+        let mut c = Culler::new(12, None, None);
+        let t0 = Instant::now();
+        assert!(c.wants_scan(None, t0), "the first scan");
+        for (took, every) in [
+            (Duration::from_millis(10), REFRESH_EVERY),
+            (Duration::from_secs(9), Duration::from_secs(9 * 20)),
+        ] {
+            c.scan_started(4096);
+            c.scan_finished(
+                ScanReport {
+                    candidates: (0..10).map(candidate).collect(),
+                    // A paced scan: the pauses are not its cost.
+                    duration: took * 2,
+                    paused: took,
+                    ..ScanReport::default()
+                },
+                t0,
+            );
+            assert_eq!(c.refresh_interval(), every);
+            assert!(!c.wants_scan(None, t0 + every - Duration::from_millis(1)));
+            assert!(c.wants_scan(None, t0 + every), "scan of {took:?}");
+        }
+        // While culling from a table that covers the deficit, no refresh: culls go on.
+        assert!(!c.wants_scan(Some(deficit(4096, 1, 4096)), t0 + Duration::from_secs(3600)));
     }
 
     #[test]

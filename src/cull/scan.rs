@@ -13,6 +13,7 @@ use nix::sys::stat::SFlag;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,39 @@ pub struct ScanReport {
     /// Entries that vanished or could not be read while scanning (normal on a live cache).
     pub vanished: u64,
     pub duration: Duration,
+    /// Of `duration`, the time a paced scan slept.
+    pub paused: Duration,
+}
+
+/// The throttle of a background scan: after each directory it sleeps as long as it worked on
+/// it (half the time busy at most, so it never hogs a CPU or the disk), until `hurry` is set
+/// (the kernel asks for culling: the table is wanted now).
+pub struct Pace {
+    hurry: Arc<AtomicBool>,
+    mark: Instant,
+    paused: Duration,
+}
+
+/// The longest nap after one directory: a hurry is noticed within this.
+const MAX_NAP: Duration = Duration::from_millis(50);
+
+impl Pace {
+    pub fn new(hurry: Arc<AtomicBool>) -> Pace {
+        Pace {
+            hurry,
+            mark: Instant::now(),
+            paused: Duration::ZERO,
+        }
+    }
+
+    fn after_directory(&mut self) {
+        if !self.hurry.load(AtomicOrdering::Relaxed) {
+            let nap = self.mark.elapsed().min(MAX_NAP);
+            std::thread::sleep(nap);
+            self.paused += nap;
+        }
+        self.mark = Instant::now();
+    }
 }
 
 const ODDITIES_KEPT: usize = 16;
@@ -128,9 +162,19 @@ pub fn scan(root: &Dir, capacity: usize) -> ScanReport {
 /// The N oldest of the union of per-thread N-oldest sets are the N oldest of the tree, so the
 /// result is the same as a single walk's; memory is `threads` tables at most.
 pub fn scan_with_threads(root: &Dir, capacity: usize, threads: usize) -> ScanReport {
+    walk_tree(root, capacity, threads, None)
+}
+
+/// A scan on the calling thread alone, throttled by `pace`: a background refresh.
+pub fn scan_paced(root: &Dir, capacity: usize, pace: Pace) -> ScanReport {
+    walk_tree(root, capacity, 1, Some(pace))
+}
+
+fn walk_tree(root: &Dir, capacity: usize, threads: usize, pace: Option<Pace>) -> ScanReport {
     let start = Instant::now();
     let root_fd = RawDir(root.as_raw_fd());
     let mut top = Walker::new(capacity);
+    top.pace = pace;
     let mut units = Vec::new();
     match reopen(&root_fd) {
         Ok(dir) => top.walk(dir, &mut Vec::new(), Some(&mut units)),
@@ -179,8 +223,13 @@ pub fn scan_with_threads(root: &Dir, capacity: usize, threads: usize) -> ScanRep
         }
         walkers
     });
+    let paused = walkers[0]
+        .pace
+        .as_ref()
+        .map_or(Duration::ZERO, |p| p.paused);
     let mut report = merge(&mut walkers, capacity);
     report.duration = start.elapsed();
+    report.paused = paused;
     report
 }
 
@@ -214,6 +263,7 @@ struct Walker {
     heap: BinaryHeap<Candidate>,
     capacity: usize,
     report: ScanReport,
+    pace: Option<Pace>,
 }
 
 impl Walker {
@@ -222,6 +272,7 @@ impl Walker {
             heap: BinaryHeap::with_capacity(capacity.min(1 << 16)),
             capacity,
             report: ScanReport::default(),
+            pace: None,
         }
     }
 }
@@ -347,6 +398,9 @@ impl Walker {
             }
             count_object(heap, capacity, report, &st, &here, name);
         }
+        if let Some(pace) = self.pace.as_mut() {
+            pace.after_directory();
+        }
         self.descend(fd, path, subdirs, split);
     }
 
@@ -471,6 +525,28 @@ mod tests {
             assert!(many.table_overflowed);
             assert_eq!(many.oddities, one.oddities);
         }
+    }
+
+    #[test]
+    fn a_paced_scan_finds_the_same_and_stops_pausing_when_hurried() {
+        let t = tempfile::tempdir().unwrap();
+        plant_shuffled(t.path(), 300, 3_000_000, |i| {
+            format!("Ierofs,v{}/@{:02x}/Dobj{i}", i % 2, i % 64)
+        });
+        let plain = scan_with_threads(&open(t.path()), 20, 1);
+        let paths = |r: &ScanReport| r.candidates.iter().map(Candidate::path).collect::<Vec<_>>();
+        let hurry = Arc::new(AtomicBool::new(false));
+        let paced = scan_paced(&open(t.path()), 20, Pace::new(hurry.clone()));
+        assert_eq!(paths(&paced), paths(&plain));
+        assert_eq!(paced.objects, 300);
+        assert_eq!(paced.directories, plain.directories);
+        assert!(paced.paused > Duration::ZERO, "a paced scan never paused");
+        assert!(paced.paused <= paced.duration);
+        hurry.store(true, AtomicOrdering::Relaxed);
+        let hurried = scan_paced(&open(t.path()), 20, Pace::new(hurry));
+        assert_eq!(paths(&hurried), paths(&plain));
+        assert_eq!(hurried.paused, Duration::ZERO);
+        assert_eq!(plain.paused, Duration::ZERO);
     }
 
     #[test]

@@ -141,6 +141,34 @@ impl CullSignal {
         };
         space.deficit(brun, frun)
     }
+
+    /// The most culling can have to free when the kernel asks: from the stop limits (below
+    /// them the kernel refuses to write to the cache) up to the run limits, or the current
+    /// deficit if larger. A table scanned ahead of time this large lets culling run to the
+    /// end without a scan, however far under the cull limits a writer pushed the cache.
+    pub fn warm_deficit(&self, space: &Space) -> Deficit {
+        let (brun, bstop, frun, fstop) = match self {
+            CullSignal::StatusLine(s) => (s.brun, s.bstop, s.frun, s.fstop),
+            CullSignal::Statfs { limits, .. } => {
+                let count = |l: Limit| space.limit_count(l, limits[l as usize]);
+                (
+                    count(Limit::Brun),
+                    count(Limit::Bstop),
+                    count(Limit::Frun),
+                    count(Limit::Fstop),
+                )
+            }
+        };
+        let now = self.deficit(space);
+        Deficit {
+            bytes: brun
+                .saturating_sub(bstop)
+                .saturating_mul(space.block_size)
+                .max(now.bytes),
+            files: frun.saturating_sub(fstop).max(now.files),
+            fs_average_object: now.fs_average_object,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +278,28 @@ mod tests {
                 ..Deficit::default()
             }
         );
+    }
+
+    #[test]
+    fn the_warm_deficit_is_the_gap_between_the_stop_and_run_limits() {
+        let classic = CullSignal::StatusLine(Status {
+            brun: 100,
+            bcull: 70,
+            bstop: 30,
+            frun: 10,
+            fcull: 7,
+            fstop: 3,
+            ..Status::default()
+        });
+        let d = classic.warm_deficit(&space(500, 500));
+        assert_eq!((d.bytes, d.files), (70 * 4096, 7));
+        // Already short by more than the gap (the stop limits were lowered): the deficit.
+        let d = classic.warm_deficit(&space(20, 500));
+        assert_eq!((d.bytes, d.files), (80 * 4096, 7));
+        let ondemand = statfs_signal();
+        let d = ondemand.warm_deficit(&space(500, 500));
+        assert_eq!((d.bytes, d.files), (70 * 4096, 70));
+        assert_eq!(d.fs_average_object, 500 * 4096 / 500);
     }
 
     #[test]

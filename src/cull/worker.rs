@@ -5,11 +5,16 @@
 use super::scan;
 use crate::cachedir::graveyard;
 use nix::dir::Dir;
-use std::sync::mpsc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
 
 pub enum Job {
     /// Scan keeping this many candidates.
     Scan(usize),
+    /// The same, on one thread and paced (`scan::Pace`): a background refresh while the cache
+    /// is healthy, whose cost is bounded (half of one CPU at most, and
+    /// `Culler::refresh_interval` between refreshes). Full speed once the flag is set.
+    Refresh(usize, Arc<AtomicBool>),
     Reap,
 }
 
@@ -42,6 +47,10 @@ impl Worker {
                     let result = match job {
                         Job::Scan(capacity) => JobDone::Scan(
                             guarded(|| scan::scan(&cache, capacity)).unwrap_or_default(),
+                        ),
+                        Job::Refresh(capacity, hurry) => JobDone::Scan(
+                            guarded(|| scan::scan_paced(&cache, capacity, scan::Pace::new(hurry)))
+                                .unwrap_or_default(),
                         ),
                         Job::Reap => {
                             JobDone::Reap(guarded(|| graveyard::reap(&grave)).unwrap_or_default())

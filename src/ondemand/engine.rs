@@ -7,6 +7,7 @@
 use super::fds::{FdTable, KernelFd};
 use super::fill::serve_read;
 use super::pool::{Job, Pool};
+use super::readahead::Readahead;
 use super::reply::{FrontEnd, OpenReply, Orphan, Orphans, ReadReply, Ticket, Wake};
 use super::sourcemap::{Location, SourceMap};
 use super::sources::{self, Blob, FetchError};
@@ -28,6 +29,8 @@ pub struct Object {
     pub volume: String,
     pub fsid: String,
     pub source: usize,
+    /// How far beyond each READ to fetch: grows while this object is read sequentially.
+    readahead: Readahead,
 }
 
 /// An open as the front end decoded it: the names a source is chosen by.
@@ -181,10 +184,10 @@ impl<F: FrontEnd> Engine<F> {
         Ok(())
     }
 
-    /// Starts filling `[off, off+len)` (plus readahead) of an object's cache file. For an
-    /// object not open the reply is dropped, which fails the read.
+    /// Starts filling `[off, off+len)` (plus the object's adaptive readahead) of an object's
+    /// cache file. For an object not open the reply is dropped, which fails the read.
     pub fn read(&mut self, object_id: u32, off: u64, len: u64, reply: ReadReply<F>) {
-        let Some(object) = self.objects.get(&object_id) else {
+        let Some(object) = self.objects.get_mut(&object_id) else {
             log::warn!("read for object {object_id}, which is not open; failing it");
             return;
         };
@@ -192,7 +195,7 @@ impl<F: FrontEnd> Engine<F> {
         let fd = object.fd.clone();
         let blob = object.blob.clone();
         let source = object.source;
-        let readahead = self.map.fetch.readahead;
+        let readahead = object.readahead.on_read(off, len);
         let remote = blob.is_remote();
         let job: Job<Done<F>> = Box::new(move || {
             let started = Instant::now();
@@ -289,6 +292,7 @@ impl<F: FrontEnd> Engine<F> {
                     volume,
                     fsid,
                     source,
+                    readahead: Readahead::new(self.map.fetch.readahead),
                 };
                 self.objects.insert(object_id, object);
             }
@@ -371,15 +375,21 @@ mod tests {
     /// fsid `boom-open` panics while opening, `boom-read` opens a `PanickingBlob`, anything
     /// else is a file in the temp dir (`good` holds 8 KiB of 5s).
     fn harness(workers: usize) -> Harness {
+        harness_with(workers, 0)
+    }
+
+    /// `harness`, with `[fetch] readahead` at `readahead` and a 1 MiB blob `big` of 6s.
+    fn harness_with(workers: usize, readahead: u64) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("good"), vec![5u8; 8192]).unwrap();
+        std::fs::write(dir.path().join("big"), vec![6u8; 1 << 20]).unwrap();
         let mut map = SourceMap::parse(
             "t.toml",
             &format!("[[source]]\npath = \"{}/{{fsid}}\"\n", dir.path().display()),
         )
         .unwrap();
         map.fetch.workers = workers;
-        map.fetch.readahead = 0;
+        map.fetch.readahead = readahead;
         let agent = sources::agent(&FetchSettings::default());
         let opener: Opener = Arc::new(move |location, fsid| match fsid {
             "boom-open" => panic!("test: an open that panics"),
@@ -492,6 +502,32 @@ mod tests {
         assert_eq!(h.engine.objects().len(), 1);
         // SAFETY: fd1 came from `anon` and the engine refused it, so nothing else owns it.
         drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd1 as i32) });
+    }
+
+    #[test]
+    fn readahead_grows_per_object_while_reads_are_sequential() {
+        let mut h = harness_with(1, 64 << 10);
+        let (fd1, back) = h.anon("a1");
+        h.push(encode_open(1, 1, b"erofs,x", b"big", fd1));
+        h.pump_until("a copen", copens_sent(1));
+        // Each READ where the previous one's data ends, as the kernel asks; what lands
+        // in the cache file is the READ plus the readahead the engine chose.
+        let mut off = 0;
+        let mut landed = Vec::new();
+        for id in 0..6u32 {
+            h.push(encode_read(10 + id, 1, off, 4096));
+            h.pump_until("the completion", |s| s.completed.len() > id as usize);
+            let end = back.metadata().unwrap().len();
+            landed.push(end - off);
+            off = end;
+        }
+        // 4 KiB as asked, then 8, 16, 32 and 64 KiB (the maximum) of readahead.
+        let k = 4096;
+        assert_eq!(landed, vec![k, 3 * k, 5 * k, 9 * k, 17 * k, 17 * k]);
+        // A jump elsewhere in the blob: served as asked.
+        h.push(encode_read(20, 1, 512 << 10, 4096));
+        h.pump_until("the completion", |s| s.completed.len() > 6);
+        assert_eq!(back.metadata().unwrap().len(), (512 << 10) + 4096);
     }
 
     #[test]

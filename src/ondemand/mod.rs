@@ -5,6 +5,7 @@
 //! Layers, bottom up:
 //! - `sourcemap`, `sources`: which blob serves a name, and reading it (local, HTTP, registry).
 //! - `fill`: page-aligned writes of a blob's bytes into a cache file, with readahead.
+//! - `readahead`: per object, how far beyond each READ to fetch (grows while sequential).
 //! - `fds`: the table of kernel fds the engine owns (each owned once).
 //! - `reply`: pending replies that answer exactly once, and the `FrontEnd` trait.
 //! - `pool`: worker threads for opening and fetching (a panicking job is caught).
@@ -28,6 +29,7 @@ pub mod fanotify;
 pub mod fds;
 pub mod fill;
 mod pool;
+pub mod readahead;
 pub mod reply;
 pub mod sourcemap;
 pub mod sources;

@@ -42,7 +42,8 @@ pub struct Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchSettings {
     pub workers: usize,
-    /// Bytes written beyond the asked range (a multiple of the page size).
+    /// The largest readahead, bytes beyond the asked range (a multiple of the page size):
+    /// each object's window grows up to it while read sequentially (`readahead.rs`).
     pub readahead: u64,
     pub timeout: Duration,
     pub retries: u32,
@@ -57,7 +58,8 @@ impl Default for FetchSettings {
             workers: 4,
             // Measured in the VM (ondemand-bench): a cold read of a 256 MiB image reached
             // 0.36x a loop mount's throughput with 0, 0.76x with 1 MiB, 1.10x with 2 MiB;
-            // each kernel READ asks for 128 KiB and every round trip costs.
+            // each kernel READ asks for 128 KiB and every round trip costs. Now the maximum of
+            // the adaptive window: random reads get none.
             readahead: 2 << 20,
             timeout: Duration::from_secs(30),
             retries: 3,

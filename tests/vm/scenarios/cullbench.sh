@@ -25,6 +25,16 @@
 # must reach brun and keep LRU order (checks); the C daemon's results are reported, not checked.
 # Result lines start with "BENCH" (and "RATIO"); results/cachefilesd-c*.log and
 # results/cachefilesd.log hold the daemons' stderr.
+#
+# Steady state (issue 17 item 1), VM_APPEND=CULLBENCH=steady: the daemon is started on a
+# healthy cache (12 % free: above bcull, below brun) and left for WARM seconds (default
+# 20 + N/5000) to learn its victims; then a ballast file outside cache/ takes free space down to
+# the cold case's 6.5 %, and right after it 9p cache=fscache reads give the kernel cache
+# activity (the C daemon only wakes when the kernel re-checks space on an operation; ours also
+# reads the status line every tick). The clock runs from the ballast in place to brun, for C
+# (/dev/vda), ours (/dev/vdb) and the unlink floor of ours' victims (/dev/vdc, /dev/vdd; no 9p,
+# no daemon). Result lines start with "STEADY". Give it VM_TIMEOUT for two warm-ups more.
+#   VM_APPEND=CULLBENCH=steady VM_DISK=prefilled-100000 tests/vm/run-suite.sh cullbench
 # shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
@@ -77,6 +87,115 @@ report() {
 }
 
 say "N=$N objects; limit ${limit}s per run; $(grep -c ^processor /proc/cpuinfo) CPU(s); $($c_daemon -v 2>&1 | head -n 1)"
+
+# ---- Steady state (CULLBENCH=steady) ----
+# steady_mount DEV: as prefilled_mount, but topped up only to 12 % free (healthy: above bcull).
+steady_mount() {
+  mkdir -p "$cache" "$(dirname "$conf")"
+  check "mount the pre-filled cache disk $1 at $cache" mount -t ext4 "$1" "$cache"
+  survey
+  check "the disk holds the $N planted objects (found $left)" test "$left" -eq "$N"
+  blocks=$(fs_blocks "$cache")
+  brun_blocks=$(threshold "$blocks" $brun)
+  bcull_blocks=$(threshold "$blocks" $bcull)
+  bstop_blocks=$(threshold "$blocks" $bstop)
+  _avail=$(fs_bavail "$cache")
+  # shellcheck disable=SC2017 # whole permille steps of the disk, as prefilled_mount does
+  _healthy=$(( blocks / 1000 * 120 ))
+  # shellcheck disable=SC2017
+  ballast_blocks=$(( _healthy - blocks / 1000 * fill_permille ))
+  [ "$_avail" -gt "$_healthy" ] || fail "free space ($_avail blocks) already below 12 %"
+  check "filler down to 12 % free" \
+    fallocate -l $(( (_avail - _healthy) * $(fs_bsize "$cache") )) "$cache/filler"
+  check "free space is between bcull and brun" \
+    test "$(fs_bavail "$cache")" -gt "$bcull_blocks" -a "$(fs_bavail "$cache")" -lt "$brun_blocks"
+  classic_conf $brun $bcull $bstop
+}
+# push_under_bcull ACTIVITY: the ballast (outside cache/), then, if ACTIVITY is "9p", reads of
+# uncached 9p files (cache=fscache) so that the kernel re-checks its space. Sets t0 (cs).
+push_under_bcull() {
+  now_cs
+  t0=$cs
+  fallocate -l $(( ballast_blocks * $(fs_bsize "$cache") )) "$cache/ballast" || fail "ballast"
+  if [ "$1" = 9p ]; then
+    mount_9p || fail "mount 9p with cache=fscache"
+    for _f in /mnt/d0/f000.bin /mnt/d1/f001.bin /mnt/d2/f002.bin /mnt/d3/f003.bin; do
+      cat "$_f" >/dev/null 2>&1
+    done
+  fi
+}
+# wait_brun LIMIT [PID]: polls statfs every 0.05 s from t0 until brun (or PID exits, or LIMIT s).
+# Sets run_result and run_cs (from t0).
+wait_brun() {
+  while :; do
+    now_cs
+    if [ "$(stat -f -c %a "$cache")" -ge "$brun_blocks" ]; then run_result=brun; break; fi
+    if [ -n "${2:-}" ] && ! alive "$2"; then run_result=exited; break; fi
+    if [ $(( cs - t0 )) -ge $(( $1 * 100 )) ]; then run_result=timeout; break; fi
+    sleep 0.05
+  done
+  run_cs=$(( cs - t0 ))
+}
+# steady_daemon LABEL DEV COMMAND...: the daemon on a healthy cache, WARM s, then the push.
+steady_daemon() {
+  _label=$1
+  steady_mount "$2"
+  shift 2
+  "$@" >"/results/$_label.log" 2>&1 &
+  _pid=$!
+  sleep 2
+  if ! alive "$_pid" && grep -q 'unable to set notification on graveyard: errno 22' "/results/$_label.log" && [ -f "$shim" ]; then
+    say "$_label needs dnotify, which this kernel lacks: again with LD_PRELOAD=$shim"
+    LD_PRELOAD=$shim "$@" >"/results/$_label.log" 2>&1 &
+    _pid=$!
+  fi
+  sleep "$warm"
+  alive "$_pid" || fail "$_label exited while the cache was healthy; its log: $(tail -n 5 "/results/$_label.log")"
+  cpu_ticks "$_pid"
+  _cpu0=$(( cpu_user + cpu_sys ))
+  push_under_bcull 9p
+  wait_brun "$limit" "$_pid"
+  cpu_ticks "$_pid"
+  umount /mnt 2>/dev/null
+  survey
+  say "STEADY n=$N daemon=$_label result=$run_result seconds=$(secs "$run_cs") cpu_warm=$(secs "$_cpu0") cpu_cull=$(secs $(( cpu_user + cpu_sys - _cpu0 )))" \
+    "culled=$culled lru=$( [ "$left" -eq 0 ] || [ "$min_left" -eq "$culled" ] && echo yes || echo NO) free_blocks=$(fs_bavail "$cache") brun_blocks=$brun_blocks"
+  stop_run "$_pid"
+  unmount_cache
+}
+if [ "${CULLBENCH:-cold}" = steady ]; then
+  warm=${WARM:-$(( 20 + N / 5000 ))}
+  say "steady state: ${warm}s on a healthy cache, then a ballast and 9p reads; timed to brun"
+  run_rc=
+  steady_daemon cachefilesd-c /dev/vda "$c_daemon" -n -s -f "$conf"
+  c_result=$run_result c_cs=$run_cs
+  steady_daemon cachefilesd /dev/vdb "$ours" -n -s -f "$conf"
+  ours_cs=$run_cs
+  culled_by_ours=$culled
+  check "our daemon reached brun from the warm state within ${limit}s (got: $run_result)" test "$run_result" = brun
+  check "our daemon culled oldest first" lru_in_order
+  check "our daemon exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
+  for ways in 1 2; do
+    dev=/dev/vdc
+    [ "$ways" = 2 ] && dev=/dev/vdd
+    steady_mount "$dev"
+    head -n "$culled_by_ours" /tmp/survey | cut -d' ' -f2 >/tmp/victims
+    rm -f /tmp/victims.*
+    awk -v ways="$ways" '{ print > ("/tmp/victims." (NR % ways)) }' /tmp/victims
+    push_under_bcull none
+    # shellcheck disable=SC2016 # expanded by the inner sh
+    sh -c 'for l in /tmp/victims.*; do unlink-list <"$l" & done; wait'
+    wait_brun "$limit"
+    say "STEADY n=$N daemon=floor-$ways result=$run_result seconds=$(secs "$run_cs") victims=$culled_by_ours"
+    [ "$ways" = 1 ] && floor1_cs=$run_cs
+    unmount_cache
+  done
+  floor_cs=$(( run_cs < floor1_cs ? run_cs : floor1_cs ))
+  say "STEADY-RATIO n=$N ours/floor = $(awk -v a="$ours_cs" -v b="$floor_cs" 'BEGIN { printf "%.2f", a / b }')" \
+    "(goal <= 1.3); C: $c_result after $(secs "$c_cs") s$( [ "$c_result" = brun ] && awk -v a="$ours_cs" -v b="$c_cs" 'BEGIN { printf ", ours/C = %.3f", a / b }')"
+  pass
+fi
+
 
 # 1. The C daemon on /dev/vda.
 prefilled_mount /dev/vda
