@@ -24,4 +24,5 @@ pub mod report;
 pub mod service;
 pub mod start;
 pub mod supervise;
+pub mod takeover;
 pub mod tools;
