@@ -214,8 +214,10 @@ impl<'d> Daemon<'d> {
         } else if self.graveyard.as_mut().is_some_and(|g| g.on_event(token)) {
             self.engine.cull.request_reap();
         } else if let Some(control) = self.control.as_mut() {
-            let engine = &self.engine;
-            control.on_event(&mut self.reactor.registrar(), token, &|r| engine.answer(r));
+            let engine = &mut self.engine;
+            control.on_event(&mut self.reactor.registrar(), token, &mut |r| {
+                engine.answer(r)
+            });
         }
         Ok(Flow::Continue)
     }

@@ -13,6 +13,7 @@ mod engine;
 pub mod events;
 pub mod exit;
 pub mod fake;
+pub mod live;
 pub mod lock;
 pub mod logging;
 pub mod ondemand;
