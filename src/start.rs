@@ -186,6 +186,7 @@ fn run_daemon(
     handed: Option<std::os::fd::OwnedFd>,
     serving: Serving,
 ) -> Result<Exit, StartError> {
+    let was_handed = handed.is_some();
     let handed = handed.and_then(take_over_or_reopen);
     let (mut device, bound) = match handed {
         Some(device) => {
@@ -204,7 +205,12 @@ fn run_daemon(
             (device, taken == Taken::Kept)
         }
         None => {
-            let mut device = open_device()?;
+            // A dead device just let go may still be open in the fd store for a moment.
+            let mut device = if was_handed {
+                open_when_free(open_device)?
+            } else {
+                open_device()?
+            };
             configure(config, &mut device)?;
             record_bound(config);
             (device, false)
@@ -254,7 +260,7 @@ pub fn take_over<D: Device>(
     state: &Path,
     mut device: D,
     close: impl FnOnce(D),
-    mut open: impl FnMut() -> Result<D, StartError>,
+    open: impl FnMut() -> Result<D, StartError>,
 ) -> Result<(D, Taken), StartError> {
     use crate::takeover::{self, Plan};
     let applied = match takeover::load(state) {
@@ -300,23 +306,28 @@ pub fn take_over<D: Device>(
             );
             close(device);
             takeover::forget(state);
-            let deadline = std::time::Instant::now() + REBIND_WAIT;
-            let mut device = loop {
-                match open() {
-                    Err(StartError::Device(DeviceError::Busy { .. }))
-                        if std::time::Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(std::time::Duration::from_millis(50))
-                    }
-                    other => break other?,
-                }
-            };
+            let mut device = open_when_free(open)?;
             configure(config, &mut device)?;
             if let Err(e) = takeover::record(state, config) {
                 log::warn!("{e}");
             }
             log::info!("cache rebound with the new settings");
             Ok((device, Taken::Rebound))
+        }
+    }
+}
+
+/// Opens the device once the last holder of the old one has let it go.
+fn open_when_free<D>(mut open: impl FnMut() -> Result<D, StartError>) -> Result<D, StartError> {
+    let deadline = std::time::Instant::now() + REBIND_WAIT;
+    loop {
+        match open() {
+            Err(StartError::Device(DeviceError::Busy { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            other => return other,
         }
     }
 }

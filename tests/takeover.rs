@@ -3,6 +3,7 @@
 //! `--supervise` refuses what it cannot rebind.
 
 use cachefilesd_rs::config::Config;
+use cachefilesd_rs::device::DeviceError;
 use cachefilesd_rs::fake::{FakeDevice, FakeKernel};
 use cachefilesd_rs::start::{take_over, StartError, Taken};
 use cachefilesd_rs::takeover;
@@ -77,6 +78,9 @@ fn a_changed_dir_rebinds() {
     let (new_kernel, new_device) = FakeKernel::new();
     let mut new_device = Some(new_device);
     let closed = Cell::new(false);
+    // The old cache's last holder (the fd store) lets go a little later: the kernel lets one
+    // process at a time open the device, so the first opens are refused.
+    let mut busy = 2;
     let (_device, taken) = take_over(
         &edited,
         true,
@@ -86,10 +90,19 @@ fn a_changed_dir_rebinds() {
             closed.set(true);
             drop(old);
         },
-        || Ok(new_device.take().expect("opened once")),
+        || {
+            if busy > 0 {
+                busy -= 1;
+                return Err(StartError::Device(DeviceError::Busy {
+                    path: "/dev/cachefiles".into(),
+                }));
+            }
+            Ok(new_device.take().expect("opened once"))
+        },
     )
     .unwrap();
     assert_eq!(taken, Taken::Rebound);
+    assert_eq!(busy, 0);
     assert!(
         closed.get(),
         "the old device must be let go for the kernel to unbind"
