@@ -61,7 +61,8 @@ fn scraped_over_http_and_bad_requests_get_400() {
     let url = format!("http://{addr}/metrics");
 
     // A client that connects and never sends holds a slot, not the loop.
-    let _silent = TcpStream::connect(addr).unwrap();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    let connected = std::time::Instant::now();
     let body = scrape(&url);
     assert!(body.contains("# TYPE cachefilesd_"), "{body}");
     assert!(body.contains("cachefilesd_culled_total"), "{body}");
@@ -102,5 +103,11 @@ fn scraped_over_http_and_bad_requests_get_400() {
     for _ in 0..3 {
         assert!(scrape(&url).contains("cachefilesd_culled_total"));
     }
+    // The silent client is let go at its deadline (5 s), not kept for ever.
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    assert_eq!(silent.read(&mut [0u8; 16]).unwrap(), 0);
+    assert!(connected.elapsed() >= std::time::Duration::from_secs(5));
     daemon.stop_expecting_ok();
 }
