@@ -110,15 +110,37 @@ pub fn record(path: &Path, config: &Config) -> Result<(), StateError> {
 
 /// The recorded settings, validated as a config is; `None` when there is no record.
 pub fn load(path: &Path) -> Result<Option<Config>, StateError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(Config::parse(path, &bytes)?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError::Read {
-            path: path.display().to_string(),
-            source,
-        }),
+    use std::io::Read;
+    let err = |source| StateError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    // Not followed if a link stands there; a record is a few hundred bytes, so reading more
+    // than a config can hold means it is not one.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORD + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > MAX_RECORD {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "larger than any record",
+        )));
     }
+    Ok(Some(Config::parse(path, &bytes)?))
 }
+
+/// Eleven lines of at most 4095 bytes each.
+const MAX_RECORD: u64 = 64 << 10;
 
 /// Forgets the record (the cache it describes is gone).
 pub fn forget(path: &Path) {
@@ -271,6 +293,12 @@ mod tests {
         assert!(matches!(load(&path), Err(StateError::Invalid(_))));
         std::fs::write(&path, "brun 9%\n").unwrap();
         assert!(matches!(load(&path), Err(StateError::Invalid(_))));
+        // A link in its place is not followed.
+        let target = dir.path().join("elsewhere.conf");
+        record(&target, &conf("dir /c\n")).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(matches!(load(&path), Err(StateError::Read { .. })));
     }
 
     #[test]
