@@ -272,7 +272,7 @@ pub fn take_over<D: Device>(
     };
     match takeover::plan(applied.as_ref(), config) {
         Plan::Keep { changes } => {
-            takeover::resend(config, &mut device)
+            takeover::resend(applied.as_ref(), config, &mut device)
                 .map_err(|(command, e)| bind_failure(config, &command, e))?;
             if applied.is_none() {
                 log::warn!(

@@ -230,13 +230,16 @@ pub fn plan(applied: Option<&Config>, config: &Config) -> Plan {
 }
 
 /// The commands that set a bound cache's limits (and debug mask) to `config`'s whatever they
-/// are now: per family, stop to 0 and run to 99 first (each valid from any valid state, as the
+/// are now (a debug mask the record has and the config no longer has is set back to 0): per
+/// family, stop to 0 and run to 99 first (each valid from any valid state, as the
 /// kernel checks `stop < cull < run < 100` at every command), then cull, run, stop to their
 /// targets. A record that is missing or stale cannot make the kernel refuse one.
-pub fn resend_commands(config: &Config) -> Vec<Command> {
+pub fn resend_commands(applied: Option<&Config>, config: &Config) -> Vec<Command> {
     let mut out = Vec::new();
-    if let Some(debug) = config.debug {
-        out.push(Command::Debug(debug));
+    match (config.debug, applied.and_then(|a| a.debug)) {
+        (Some(debug), _) => out.push(Command::Debug(debug)),
+        (None, Some(_)) => out.push(Command::Debug(0)),
+        (None, None) => {}
     }
     for [run, cull, stop] in FAMILIES {
         out.push(Command::Limit(stop, 0));
@@ -248,9 +251,13 @@ pub fn resend_commands(config: &Config) -> Vec<Command> {
     out
 }
 
-/// Sends `resend_commands(config)` to a bound device; on failure, the command refused.
-pub fn resend(config: &Config, device: &mut dyn Device) -> Result<(), (Command, DeviceError)> {
-    for command in resend_commands(config) {
+/// Sends `resend_commands` to a bound device; on failure, the command refused.
+pub fn resend(
+    applied: Option<&Config>,
+    config: &Config,
+    device: &mut dyn Device,
+) -> Result<(), (Command, DeviceError)> {
+    for command in resend_commands(applied, config) {
         device.send(&command).map_err(|e| (command, e))?;
     }
     Ok(())
@@ -353,13 +360,29 @@ mod tests {
     }
 
     #[test]
+    fn a_debug_mask_taken_out_of_the_config_is_cleared() {
+        let debug = |c: &[Command]| -> Vec<String> {
+            c.iter()
+                .filter(|c| matches!(c, Command::Debug(_)))
+                .map(|c| c.to_string())
+                .collect()
+        };
+        let old = conf("dir /c\ndebug 4\n");
+        let new = conf("dir /c\n");
+        assert_eq!(debug(&resend_commands(Some(&old), &new)), ["debug 0"]);
+        assert_eq!(debug(&resend_commands(Some(&new), &old)), ["debug 4"]);
+        assert!(debug(&resend_commands(Some(&new), &new)).is_empty());
+        assert!(debug(&resend_commands(None, &new)).is_empty());
+    }
+
+    #[test]
     fn the_resent_limits_are_accepted_from_any_valid_state() {
         let targets = [(7, 5, 1), (99, 98, 97), (3, 2, 0), (50, 10, 5)];
         for (r, c, s) in targets {
             let config = conf(&format!("dir /c\nbrun {r}%\nbcull {c}%\nbstop {s}%\n"));
             for start in [[7, 5, 1], [99, 98, 97], [2, 1, 0], [60, 40, 20]] {
                 let mut current = start;
-                for cmd in resend_commands(&config) {
+                for cmd in resend_commands(None, &config) {
                     if let Command::Limit(l, v) = cmd {
                         if matches!(l, Limit::Brun | Limit::Bcull | Limit::Bstop) {
                             assert!(kernel_accepts(&mut current, l, v), "{start:?} -> {cmd}");
