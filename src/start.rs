@@ -300,8 +300,14 @@ pub fn take_over<D: Device>(
         }
         Plan::Rebind { reasons } if !may_rebind => Err(StartError::CannotRebind { reasons }),
         Plan::Rebind { reasons } => {
+            // What the withdrawal costs depends on the mode the cache was bound in.
+            let cost = if applied.as_ref().is_some_and(|a| a.ondemand.is_some()) {
+                "reads of EROFS images mounted on it fail"
+            } else {
+                "filesystems using it continue uncached"
+            };
             log::warn!(
-                "rebinding the cache: {} (the kernel cannot change this on a bound cache); the old binding is withdrawn",
+                "rebinding the cache: {} (the kernel cannot change this on a bound cache); the old binding is withdrawn: {cost}",
                 reasons.join("; ")
             );
             close(device);
