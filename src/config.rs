@@ -52,6 +52,10 @@ pub struct Config {
     pub ondemand: Option<Located<PathBuf>>,
     /// Daemon-only: the control socket (`control PATH`, or `control none`).
     pub control: Option<PathBuf>,
+    /// Daemon-only: the HTTP scrape endpoint for the Prometheus metrics (`metrics_listen
+    /// ADDR:PORT`), off unless given; loopback only unless `metrics_listen_public`.
+    pub metrics_listen: Option<Located<std::net::SocketAddr>>,
+    pub metrics_listen_public: bool,
     /// What the file says that the daemon accepts but the administrator should know about:
     /// to be logged at warning level once logging is up.
     pub warnings: Vec<ConfigWarning>,
@@ -141,6 +145,8 @@ struct Builder {
     resume: Option<(Option<u64>, Option<u64>)>,
     ondemand: Option<Located<PathBuf>>,
     control: Option<Option<PathBuf>>,
+    metrics_listen: Option<Located<std::net::SocketAddr>>,
+    metrics_listen_public: bool,
     /// The line each keyword was last given on, to name it when it comes again.
     seen: HashMap<&'static str, usize>,
     warnings: Vec<ConfigWarning>,
@@ -193,7 +199,7 @@ impl Line<'_> {
     }
 }
 
-const KEYWORDS: [&str; 16] = [
+const KEYWORDS: [&str; 18] = [
     "dir",
     "tag",
     "secctx",
@@ -203,6 +209,8 @@ const KEYWORDS: [&str; 16] = [
     "resume_thresholds",
     "ondemand",
     "control",
+    "metrics_listen",
+    "metrics_listen_public",
     "bind",
     "brun",
     "bcull",
@@ -242,6 +250,18 @@ impl Builder {
             line: 0,
             message: "no dir line: the cache directory must be given".into(),
         })?;
+        if let Some(listen) = self.metrics_listen.as_ref() {
+            if !listen.value.ip().is_loopback() && !self.metrics_listen_public {
+                return Err(ConfigError {
+                    path: path.to_path_buf(),
+                    line: listen.line,
+                    message: format!(
+                        "metrics_listen {} is not a loopback address: the metrics would be open to the network; add a line `metrics_listen_public` to mean it",
+                        listen.value
+                    ),
+                });
+            }
+        }
         Ok(Config {
             path: path.to_path_buf(),
             dir,
@@ -257,6 +277,8 @@ impl Builder {
             control: self
                 .control
                 .unwrap_or_else(|| Some(PathBuf::from(crate::control::DEFAULT_PATH))),
+            metrics_listen: self.metrics_listen,
+            metrics_listen_public: self.metrics_listen_public,
             warnings: self.warnings,
         })
     }
@@ -301,6 +323,27 @@ impl Builder {
                 });
             }
             "control" => self.control = Some(control(line)?),
+            "metrics_listen" => {
+                let a = line.text_arg("ADDR:PORT, e.g. 127.0.0.1:9401")?;
+                let addr = a.parse().map_err(|_| {
+                    line.err(format!(
+                        "metrics_listen {a:?} is not ADDR:PORT (e.g. 127.0.0.1:9401 or [::1]:9401)"
+                    ))
+                })?;
+                self.metrics_listen = Some(Located {
+                    value: addr,
+                    line: line.no,
+                });
+            }
+            "metrics_listen_public" => {
+                if !line.arg.is_empty() {
+                    return Err(line.err(format!(
+                        "metrics_listen_public takes no argument, found {}",
+                        quoted(line.arg)
+                    )));
+                }
+                self.metrics_listen_public = true;
+            }
             "bind" => {
                 return Err(line.err(
                     "bind must not be given in the config: the daemon binds the cache itself"
@@ -624,6 +667,20 @@ mod tests {
         );
         assert_eq!(parse("dir /c\ndebug 010").unwrap().debug, Some(8));
         assert_eq!(parse("dir /c\ncontrol none\n").unwrap().control, None);
+        assert_eq!(parse("dir /c\n").unwrap().metrics_listen, None);
+        let m = parse("dir /c\nmetrics_listen [::1]:9401\n").unwrap();
+        assert_eq!(
+            m.metrics_listen.unwrap().value,
+            "[::1]:9401".parse().unwrap()
+        );
+        let public = "dir /c\nmetrics_listen 0.0.0.0:9401\n";
+        assert_eq!(
+            error(public),
+            "/etc/cachefilesd.conf:2: metrics_listen 0.0.0.0:9401 is not a loopback address: the metrics would be open to the network; add a line `metrics_listen_public` to mean it"
+        );
+        let c = parse(&format!("metrics_listen_public\n{public}")).unwrap();
+        assert!(c.metrics_listen_public);
+        assert!(error("dir /c\nmetrics_listen localhost\n").contains("is not ADDR:PORT"));
         assert_eq!(
             parse("dir /c\ncontrol /run/x.sock\n").unwrap().control,
             Some(PathBuf::from("/run/x.sock"))

@@ -1,4 +1,4 @@
-//! The control socket: `status`, `status json` and `metrics`, served on the loop thread.
+//! The control socket: `status`, `status json`, `metrics`, `invalidate`, `purge`, on the loop thread.
 //!
 //! A root-only Unix stream socket, one request per connection. Served from the event loop
 //! without ever blocking it: every connection is non-blocking, bounded in size and in time, so
@@ -15,17 +15,20 @@ use std::time::{Duration, Instant};
 
 pub const DEFAULT_PATH: &str = "/run/cachefilesd/control.sock";
 const MAX_CONNS: usize = 16;
-const MAX_REQUEST: usize = 256;
+/// Room for an `invalidate` line: a volume key and a cookie key, both in hex.
+const MAX_REQUEST: usize = 4096;
 const CONN_DEADLINE: Duration = Duration::from_secs(5);
 /// The largest reply `query` accepts: far above any report (a status listing 100,000
 /// on-demand objects is about 15 MB), far below what would hurt the client.
 pub const MAX_REPLY: usize = 64 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Status,
     StatusJson,
     Metrics,
+    /// `invalidate VOLUME_HEX KEY_HEX` or `purge VOLUME_HEX` (see [`crate::live`]).
+    Remove(crate::live::Target),
 }
 
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -33,11 +36,18 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         ["status"] => Ok(Request::Status),
         ["status", "json"] => Ok(Request::StatusJson),
         ["metrics"] => Ok(Request::Metrics),
+        [word @ ("invalidate" | "purge"), args @ ..] => parse_remove(word, args),
         _ => Err(format!(
-            "error: unknown request {:?} (try: status, status json, metrics)\n",
+            "error: unknown request {:?} (try: status, status json, metrics, invalidate, purge)\n",
             line.trim()
         )),
     }
+}
+
+fn parse_remove(word: &str, args: &[&str]) -> Result<Request, String> {
+    crate::live::Target::parse(word, args)
+        .map(Request::Remove)
+        .map_err(|e| format!("error: {e}\n"))
 }
 
 struct Conn {
@@ -119,7 +129,7 @@ impl ControlServer {
         &mut self,
         reg: &mut Registrar,
         token: Token,
-        answer: &dyn Fn(Request) -> String,
+        answer: &mut dyn FnMut(Request) -> String,
     ) -> bool {
         if Some(token) == self.token {
             self.accept(reg);
@@ -228,7 +238,7 @@ fn peer_is_privileged(stream: &UnixStream) -> bool {
 }
 
 /// Advances one connection; true when it is finished.
-fn serve(conn: &mut Conn, answer: &dyn Fn(Request) -> String) -> bool {
+fn serve(conn: &mut Conn, answer: &mut dyn FnMut(Request) -> String) -> bool {
     if !conn.answered {
         let mut buf = [0u8; 128];
         loop {
@@ -346,5 +356,17 @@ mod tests {
             .unwrap_err()
             .starts_with("error: unknown request"));
         assert!(parse_request("").is_err());
+        let purge = parse_request("purge 6e66732c737276").unwrap();
+        assert_eq!(
+            purge,
+            Request::Remove(crate::live::Target::Volume(
+                crate::cachedir::VolumeName::new(b"nfs,srv").unwrap()
+            ))
+        );
+        // "a/b" is no volume: refused before anything is looked up.
+        assert!(parse_request("purge 612f62")
+            .unwrap_err()
+            .starts_with("error: bad request"));
+        assert!(parse_request("invalidate 61").is_err());
     }
 }

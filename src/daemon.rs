@@ -83,6 +83,7 @@ pub struct Daemon<'d> {
     signals: Option<Signals>,
     graveyard: Option<GraveyardWatch>,
     control: Option<ControlServer>,
+    metrics: Option<crate::scrape::MetricsServer>,
     ticker: Ticker,
 }
 
@@ -113,6 +114,8 @@ impl<'d> Daemon<'d> {
         let mut reg = reactor.registrar();
         let completions = Completions::register(&mut reg)?;
         let control = (config.control.as_deref()).and_then(|p| ControlServer::start(p, &mut reg));
+        let metrics = (config.metrics_listen.as_ref())
+            .and_then(|l| crate::scrape::MetricsServer::start(l.value, &mut reg));
         let dirs = CacheDirs {
             worker_cache: open_cache_dir(config, &crate::cachedir::CACHE)?,
             worker_graveyard: open_cache_dir(config, &crate::cachedir::GRAVEYARD)?,
@@ -151,6 +154,7 @@ impl<'d> Daemon<'d> {
             signals,
             graveyard,
             control,
+            metrics,
             ticker: Ticker::new(TICK, Instant::now()),
         })
     }
@@ -213,9 +217,18 @@ impl<'d> Daemon<'d> {
             }
         } else if self.graveyard.as_mut().is_some_and(|g| g.on_event(token)) {
             self.engine.cull.request_reap();
-        } else if let Some(control) = self.control.as_mut() {
-            let engine = &self.engine;
-            control.on_event(&mut self.reactor.registrar(), token, &|r| engine.answer(r));
+        } else {
+            let engine = &mut self.engine;
+            let reg = &mut self.reactor.registrar();
+            let handled = self
+                .control
+                .as_mut()
+                .is_some_and(|c| c.on_event(reg, token, &mut |r| engine.answer(r)));
+            if !handled {
+                if let Some(m) = self.metrics.as_mut() {
+                    m.on_event(reg, token, &mut || engine.report().metrics());
+                }
+            }
         }
         Ok(Flow::Continue)
     }
@@ -224,6 +237,9 @@ impl<'d> Daemon<'d> {
         crate::service::watchdog();
         if let Some(control) = self.control.as_mut() {
             control.expire(&mut self.reactor.registrar(), Instant::now());
+        }
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.expire(&mut self.reactor.registrar(), Instant::now());
         }
         if crate::service::notifying() {
             crate::service::status(&self.report().summary());

@@ -178,12 +178,12 @@ impl<'d> Engine<'d> {
         }
     }
 
-    pub fn answer(&self, request: Request) -> String {
-        let report = self.report();
+    pub fn answer(&mut self, request: Request) -> String {
         match request {
-            Request::Status => report.text(),
-            Request::StatusJson => report.json(),
-            Request::Metrics => report.metrics(),
+            Request::Status => self.report().text(),
+            Request::StatusJson => self.report().json(),
+            Request::Metrics => self.report().metrics(),
+            Request::Remove(target) => crate::live::answer(&self.dir, &target, self.device),
         }
     }
 

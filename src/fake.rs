@@ -126,7 +126,13 @@ impl Device for FakeDevice {
                 }
                 if matches!(command, Command::Cull(_)) {
                     let cwd = std::env::current_dir().expect("cwd");
-                    std::fs::remove_file(path).map_err(|e| DeviceError::Command {
+                    // The kernel buries a culled volume directory whole.
+                    let removed = if meta.as_ref().is_ok_and(|m| m.is_dir()) {
+                        std::fs::remove_dir_all(path)
+                    } else {
+                        std::fs::remove_file(path)
+                    };
+                    removed.map_err(|e| DeviceError::Command {
                         command: command.to_string(),
                         errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
                     })?;

@@ -89,12 +89,16 @@ pub enum StartError {
     Supervisor(std::io::Error),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    /// A worker of `--supervise` cannot rebind: the supervisor holds the device, and has
+    /// dropped the privilege to open it again.
+    #[error("the config changes what a bound cache cannot change ({}); the supervisor holds the cache bound with the old settings: restart cachefilesd --supervise to bind it afresh", reasons.join("; "))]
+    CannotRebind { reasons: Vec<String> },
 }
 
 impl StartError {
     pub fn exit(&self) -> Exit {
         match self {
-            StartError::Config(_) => Exit::Config,
+            StartError::Config(_) | StartError::CannotRebind { .. } => Exit::Config,
             StartError::Signals(_) | StartError::Daemon(DaemonError::Status(_)) => Exit::Internal,
             _ => Exit::Os,
         }
@@ -155,6 +159,7 @@ pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> 
 fn run_supervisor(config: &Config, options: &Options) -> Result<Exit, StartError> {
     let mut device = open_device()?;
     configure(config, &mut device)?;
+    record_bound(config);
     let pidfile = start_service(options)?;
     drop_privileges()?;
     let exe = std::env::current_exe().map_err(StartError::Supervisor)?;
@@ -181,14 +186,34 @@ fn run_daemon(
     handed: Option<std::os::fd::OwnedFd>,
     serving: Serving,
 ) -> Result<Exit, StartError> {
+    let was_handed = handed.is_some();
     let handed = handed.and_then(take_over_or_reopen);
-    let bound = handed.is_some();
-    let mut device = match handed {
-        Some(device) => device,
+    let (mut device, bound) = match handed {
+        Some(device) => {
+            let (device, taken) = take_over(
+                config,
+                start != Start::Worker,
+                Path::new(crate::takeover::STATE_PATH),
+                device,
+                |old| {
+                    // Both copies must go for the kernel to unbind: the fd store's and ours.
+                    service::forget_stored_device();
+                    drop(old);
+                },
+                open_device,
+            )?;
+            (device, taken == Taken::Kept)
+        }
         None => {
-            let mut device = open_device()?;
+            // A dead device just let go may still be open in the fd store for a moment.
+            let mut device = if was_handed {
+                open_when_free(open_device)?
+            } else {
+                open_device()?
+            };
             configure(config, &mut device)?;
-            device
+            record_bound(config);
+            (device, false)
         }
     };
     let pidfile = if start.owns_the_service() {
@@ -209,6 +234,116 @@ fn run_daemon(
         log::info!("Daemon Terminated");
     }
     result.map(|()| Exit::Ok)
+}
+
+/// What a takeover did with the bound cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Kept bound; the limits were sent again.
+    Kept,
+    /// Unbound and bound afresh with the config.
+    Rebound,
+}
+
+/// How long a rebind waits for the old cache to go: the kernel lets one process at a time
+/// open the device, and the service manager closes its stored copy asynchronously.
+const REBIND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Applies `config` to a handed, bound `device`: the limits and debug mask are sent again and
+/// what changed since the recorded bind (`state`) is logged; a change the kernel cannot make
+/// on a bound cache (dir, tag, secctx, mode) rebinds: `close` lets the old device go, `open`
+/// opens a new one, which is configured and bound. Without `may_rebind` (a worker of
+/// `--supervise`) such a change is refused.
+pub fn take_over<D: Device>(
+    config: &Config,
+    may_rebind: bool,
+    state: &Path,
+    mut device: D,
+    close: impl FnOnce(D),
+    open: impl FnMut() -> Result<D, StartError>,
+) -> Result<(D, Taken), StartError> {
+    use crate::takeover::{self, Plan};
+    let applied = match takeover::load(state) {
+        Ok(a) => a,
+        Err(e) => {
+            log::warn!("{e}: treated as no record");
+            None
+        }
+    };
+    match takeover::plan(applied.as_ref(), config) {
+        Plan::Keep { changes } => {
+            takeover::resend(applied.as_ref(), config, &mut device)
+                .map_err(|(command, e)| bind_failure(config, &command, e))?;
+            if applied.is_none() {
+                log::warn!(
+                    "no record of the settings the cache was bound with ({}): limits sent again; a changed dir, tag or secctx cannot be detected until the next bind",
+                    state.display()
+                );
+                return Ok((device, Taken::Kept));
+            }
+            if changes.is_empty() {
+                log::info!("bound cache taken over; its settings are unchanged");
+            } else {
+                log::info!(
+                    "bound cache taken over; sent to the kernel: {}",
+                    changes.join(", ")
+                );
+                let limits_changed = changes.iter().any(|c| !c.starts_with("debug"));
+                if limits_changed && config.ondemand.is_none() {
+                    log::warn!("the kernel turns limits into block and file counts only at bind: on this bound classic cache its cull signal keeps the old counts until the cache is bound afresh (stop and start the service)");
+                }
+            }
+            if let Err(e) = takeover::record(state, config) {
+                log::warn!("{e}");
+            }
+            Ok((device, Taken::Kept))
+        }
+        Plan::Rebind { reasons } if !may_rebind => Err(StartError::CannotRebind { reasons }),
+        Plan::Rebind { reasons } => {
+            // What the withdrawal costs depends on the mode the cache was bound in.
+            let cost = if applied.as_ref().is_some_and(|a| a.ondemand.is_some()) {
+                "reads of EROFS images mounted on it fail"
+            } else {
+                "filesystems using it continue uncached"
+            };
+            log::warn!(
+                "rebinding the cache: {} (the kernel cannot change this on a bound cache); the old binding is withdrawn: {cost}",
+                reasons.join("; ")
+            );
+            close(device);
+            takeover::forget(state);
+            let mut device = open_when_free(open)?;
+            configure(config, &mut device)?;
+            if let Err(e) = takeover::record(state, config) {
+                log::warn!("{e}");
+            }
+            log::info!("cache rebound with the new settings");
+            Ok((device, Taken::Rebound))
+        }
+    }
+}
+
+/// Opens the device once the last holder of the old one has let it go.
+fn open_when_free<D>(mut open: impl FnMut() -> Result<D, StartError>) -> Result<D, StartError> {
+    let deadline = std::time::Instant::now() + REBIND_WAIT;
+    loop {
+        match open() {
+            Err(StartError::Device(DeviceError::Busy { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Records what the cache was just bound with; a failure costs only the comparison at the next
+/// takeover.
+fn record_bound(config: &Config) {
+    if let Err(e) = crate::takeover::record(Path::new(crate::takeover::STATE_PATH), config) {
+        log::warn!("{e}");
+    }
 }
 
 /// A handed device, unless it is dead: a dead cache handed back (by the fd store after the
@@ -276,7 +411,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn configure(config: &Config, device: &mut CachefilesDevice) -> Result<(), StartError> {
+fn configure(config: &Config, device: &mut dyn Device) -> Result<(), StartError> {
     for command in config.commands() {
         let bind = matches!(command, Command::Bind { .. });
         if bind {

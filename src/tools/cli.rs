@@ -9,6 +9,7 @@ use super::remove::{invalidate, purge};
 use super::{show_bytes, ToolError};
 use crate::cachedir::{CacheDir, Escaped, ObjectName, VolumeName};
 use crate::config::{Config, ConfigError, DEFAULT_PATH};
+use crate::live::Target;
 use crate::lock::lock_cache_dir;
 use std::ffi::OsString;
 use std::io::Write;
@@ -28,6 +29,8 @@ commands:
   invalidate --volume V (--key K | --key-hex HEX)
                                 remove one object
   purge --volume V              remove a whole volume
+                                (both through the running daemon when it serves this
+                                cache: objects in use are refused, not removed)
   status [--json] [--socket S]  ask the running daemon how it is doing
   metrics [--socket S]          the daemon's counters in Prometheus text format
 Writing commands refuse to run while a cachefilesd holds the cache.
@@ -273,6 +276,8 @@ pub enum RunError {
     Daemon { path: String, error: std::io::Error },
     #[error("control socket is disabled in {0} (control none)")]
     NoControl(String),
+    #[error("the daemon refused: {0}")]
+    Refused(String),
 }
 
 /// The control socket: --socket, else the config's `control`, else the default.
@@ -309,6 +314,66 @@ fn ask_daemon(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
     Ok(!reply.starts_with("error:"))
 }
 
+/// Where `invalidate`/`purge` run: in the daemon that serves the cache, if one does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Through the control socket at this path.
+    Daemon(PathBuf),
+    /// Offline, under the cache lock (a daemon without a reachable socket makes the lock
+    /// refuse, as before).
+    Offline,
+}
+
+/// A daemon answers on the control socket and serves the cache at `dir` (compared after
+/// resolving both paths): removals go through it. No socket, no answer or another cache:
+/// offline.
+pub fn route(inv: &Invocation, dir: &std::path::Path) -> Route {
+    let Ok(path) = control_socket(&inv.dir, &None) else {
+        return Route::Offline;
+    };
+    let timeout = std::time::Duration::from_secs(10);
+    let Ok(reply) = crate::control::query(&path, "status json", timeout) else {
+        return Route::Offline;
+    };
+    let served = serde_json::from_str::<serde_json::Value>(&reply)
+        .ok()
+        .and_then(|v| v.get("dir")?.as_str().map(PathBuf::from));
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    match served {
+        Some(served) if same(&served, dir) => Route::Daemon(path),
+        _ => Route::Offline,
+    }
+}
+
+/// Sends a removal to the daemon; its `removed ...` line is the output, an `error: ...` line
+/// an error.
+fn remove_live(
+    socket: &std::path::Path,
+    target: &Target,
+    out: &mut dyn Write,
+) -> Result<bool, RunError> {
+    let reply = crate::control::query(
+        socket,
+        &target.request(),
+        std::time::Duration::from_secs(30),
+    )
+    .map_err(|error| RunError::Daemon {
+        path: socket.display().to_string(),
+        error,
+    })?;
+    match reply.strip_prefix("error: ") {
+        Some(e) => Err(RunError::Refused(e.trim_end().to_string())),
+        None => {
+            out.write_all(reply.as_bytes())?;
+            Ok(true)
+        }
+    }
+}
+
 fn cache_dir(source: &DirSource) -> Result<PathBuf, ConfigError> {
     match source {
         DirSource::Dir(d) => Ok(d.clone()),
@@ -329,6 +394,19 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
         return ask_daemon(inv, out);
     }
     let path = cache_dir(&inv.dir)?;
+    let live = match &inv.command {
+        Command::Invalidate { volume, key } => Some(Target::Object {
+            volume: volume.clone(),
+            key: key.clone(),
+        }),
+        Command::Purge { volume } => Some(Target::Volume(volume.clone())),
+        _ => None,
+    };
+    if let Some(target) = live {
+        if let Route::Daemon(socket) = route(inv, &path) {
+            return remove_live(&socket, &target, out);
+        }
+    }
     let writes = match &inv.command {
         Command::Check { repair } => *repair,
         Command::Prefill { .. } | Command::Invalidate { .. } | Command::Purge { .. } => true,
