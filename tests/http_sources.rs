@@ -10,7 +10,7 @@ mod common;
 use cachefilesd_rs::ondemand::serve_read;
 use cachefilesd_rs::ondemand::sourcemap::FetchSettings;
 use cachefilesd_rs::ondemand::sources::{self, Blob, FetchError, HttpBlob, RegistryBlob};
-use common::servers::{start_nginx, start_registry, LocalServer};
+use common::servers::{sha256_hex, start_nginx, start_registry, upload_blob, LocalServer};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -182,63 +182,6 @@ fn misbehaving_servers_fail_within_the_timeout() {
         2,
         "one try plus one retry"
     );
-}
-
-/// One HTTP/1.1 request over a fresh connection with std only (the client under test is not
-/// used to set the test up): the status and the raw head of the answer.
-fn plain_request(port: u16, method: &str, target: &str, body: &[u8]) -> (u16, String) {
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    c.write_all(head.as_bytes()).unwrap();
-    c.write_all(body).unwrap();
-    let mut answer = Vec::new();
-    c.read_to_end(&mut answer).unwrap();
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, answer)
-}
-
-/// Pushes `content` as a blob of `repository`: POST opens an upload session, PUT to its
-/// Location with the digest closes it.
-fn upload_blob(port: u16, repository: &str, content: &[u8]) {
-    let (status, head) = plain_request(
-        port,
-        "POST",
-        &format!("/v2/{repository}/blobs/uploads/"),
-        b"",
-    );
-    assert_eq!(status, 202, "{head}");
-    let location = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("location")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap();
-    let location = match location.split_once("://") {
-        Some((_, rest)) => rest[rest.find('/').unwrap()..].to_string(),
-        None => location,
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let (status, head) = plain_request(
-        port,
-        "PUT",
-        &format!("{location}{sep}digest=sha256:{}", sha256_hex(content)),
-        content,
-    );
-    assert_eq!(status, 201, "{head}");
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[test]

@@ -566,11 +566,16 @@ impl RegistryBlob {
             return Err(FetchError::Status(401));
         };
         if used.as_deref() == Some(&*fresh) {
+            self.remote.credentials.refresh();
             return Err(FetchError::Status(401));
         }
         let answer = self.send_with(ep, method, range, Some(&fresh))?;
         match answer.status() {
-            401 => Err(FetchError::Status(401)),
+            401 => {
+                // Refused: whatever the files say next time is read then.
+                self.remote.credentials.refresh();
+                Err(FetchError::Status(401))
+            }
             _ => Ok(answer),
         }
     }
