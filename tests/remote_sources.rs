@@ -143,6 +143,7 @@ fn private_registries_proxies_and_mirrors() {
     tls_client_certificates_and_credentials();
     forward_proxies();
     mirrors_fail_over_and_come_back();
+    url_credentials_stay_with_their_origin();
 }
 
 fn tls_client_certificates_and_credentials() {
@@ -365,4 +366,70 @@ fn mirrors_fail_over_and_come_back() {
     assert_eq!(e0["healthy"], true, "{j}");
     assert!(e0["requests"].as_u64().unwrap() >= 2, "{j}");
     assert!(e0["latency_seconds"].as_f64().is_some(), "{j}");
+}
+
+fn url_credentials_stay_with_their_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(300 * 1024 + 1);
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(root.join("blobs")).unwrap();
+    std::fs::write(root.join("blobs/img"), &content).unwrap();
+    std::fs::write(
+        dir.path().join("htpasswd"),
+        format!("alice:{{PLAIN}}{PASSWORD}\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let nginx = start_nginx_on(
+        dir.path(),
+        port,
+        &format!(
+            "    location /private/ {{ alias {r}/blobs/; auth_basic \"t\"; auth_basic_user_file {d}/htpasswd; }}
+    location /bearer/ {{ alias {r}/blobs/; if ($http_authorization != \"Bearer {PASSWORD}\") {{ return 401; }} }}
+    location /same/ {{ return 302 /private/img; }}
+    location /away/ {{ return 302 http://localhost:{port}/private/img; }}
+",
+            r = root.display(),
+            d = dir.path().display()
+        ),
+    );
+    let pw_file = dir.path().join("password");
+    std::fs::write(&pw_file, PASSWORD).unwrap();
+    let basic = format!(
+        "username = \"alice\"\npassword_file = \"{}\"\n",
+        pw_file.display()
+    );
+    let url = |path: &str| format!("url = \"http://127.0.0.1:{}/{path}\"\n", nginx.port);
+    let mut outputs = Vec::new();
+
+    let od = engine(&url("private/{fsid}"));
+    let e = open(&od, "img").err().expect("no credentials");
+    assert_eq!(e.errno(), nix::errno::Errno::EACCES, "{e}");
+    let od = engine(&format!("{}{basic}", url("private/{fsid}")));
+    read_all(&*open(&od, "img").unwrap(), &content);
+    outputs.extend(status(&od));
+    // A redirect on the same origin keeps them; to another origin (localhost is another
+    // host name for the same server) they are not sent, so that server refuses.
+    let od = engine(&format!("{}{basic}", url("same/{fsid}")));
+    read_all(&*open(&od, "img").unwrap(), &content);
+    let od = engine(&format!("{}{basic}", url("away/{fsid}")));
+    let e = open(&od, "img")
+        .err()
+        .expect("credentials followed a redirect");
+    assert_eq!(e.errno(), nix::errno::Errno::EACCES, "{e}");
+    outputs.push(format!("{e} {e:?}"));
+
+    // A static bearer token from token_file.
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{PASSWORD}\n")).unwrap();
+    let od = engine(&url("bearer/{fsid}"));
+    assert!(open(&od, "img").is_err());
+    let od = engine(&format!(
+        "{}token_file = \"{}\"\n",
+        url("bearer/{fsid}"),
+        token.display()
+    ));
+    read_all(&*open(&od, "img").unwrap(), &content);
+    outputs.extend(status(&od));
+    assert_no_secret(&outputs);
 }
