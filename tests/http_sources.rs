@@ -933,3 +933,112 @@ fn a_registry_refusing_every_token_fails_after_one_retry() {
     assert_eq!(fetched.load(Ordering::SeqCst), 1, "one token fetched");
     assert_eq!(asked.load(Ordering::SeqCst), 2, "the request and one retry");
 }
+
+/// A token service that hands `token` out only for the credentials the test configured: an
+/// OAuth2 refresh-token POST carrying the identity token, or a GET with Basic credentials;
+/// and a registry serving `content` only with that token. Returns the registry's port.
+fn credential_token_registry(content: Vec<u8>) -> u16 {
+    let token = raw_server(|req, c| {
+        let len = req
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).unwrap();
+        let body = String::from_utf8_lossy(&body);
+        // alice:basic-pw-hunter2
+        let basic = req.lines().any(|l| {
+            l.eq_ignore_ascii_case("authorization: Basic YWxpY2U6YmFzaWMtcHctaHVudGVyMg==")
+        });
+        let refresh = req.starts_with("POST /token ")
+            && body.contains("grant_type=refresh_token")
+            && body.contains("refresh_token=id-tok-hunter2")
+            && body.contains("scope=repository%3Aapp%3Apull");
+        let reply = if (req.starts_with("GET /token?") && basic) || refresh {
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 34\r\nConnection: close\r\n\r\n{\"access_token\":\"granted-hunter2\"}"
+        } else {
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        };
+        let _ = c.write_all(reply.as_bytes());
+    });
+    raw_server(move |req, c| {
+        if !req
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("authorization: Bearer granted-hunter2"))
+        {
+            let reply = format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{token}/token\",service=\"reg\",scope=\"repository:app:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = c.write_all(reply.as_bytes());
+            return;
+        }
+        serve_body(req, &content, c);
+    })
+}
+
+#[test]
+fn identity_tokens_and_basic_credentials_get_tokens() {
+    use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+    let log_start = captured_log().lock().unwrap().len();
+    let content = data(2 * 4096 + 5);
+    let hex = sha256_hex(&content);
+    let port = credential_token_registry(content.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for (name, entry, ok) in [
+        ("none", "{}".to_string(), false),
+        (
+            "identity",
+            r#"{"identitytoken": "id-tok-hunter2"}"#.to_string(),
+            true,
+        ),
+        (
+            "basic",
+            r#"{"auth": "YWxpY2U6YmFzaWMtcHctaHVudGVyMg=="}"#.to_string(),
+            true,
+        ),
+        (
+            "wrong",
+            r#"{"username": "alice", "password": "bad-hunter2"}"#.to_string(),
+            false,
+        ),
+    ] {
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(
+            &file,
+            format!(r#"{{"auths": {{"127.0.0.1:{port}": {entry}}}}}"#),
+        )
+        .unwrap();
+        let map = SourceMap::parse(
+            "t.toml",
+            &format!(
+                "[[source]]\nregistry = \"http://127.0.0.1:{port}\"\nrepository = \"app\"\nauth_file = \"{}\"\n[fetch]\nretries = 0\ntimeout = 5\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+        let fsid = format!("sha256:{hex}");
+        let (_, location) = map.resolve(b"d", fsid.as_bytes()).unwrap();
+        match sources::open(location, &fsid, &map.fetch) {
+            Ok(blob) => {
+                assert!(ok, "{name}: served without the right credentials");
+                let mut back = vec![0u8; content.len()];
+                blob.read_exact_at(0, &mut back).unwrap();
+                assert_eq!(back, content, "{name}");
+            }
+            Err(e) => {
+                assert!(!ok, "{name}: {e}");
+                outputs.push(format!("{e} {e:?}"));
+            }
+        }
+        outputs.push(format!("{map:?}"));
+    }
+    let log = captured_log().lock().unwrap()[log_start..].join("\n");
+    for out in outputs.iter().chain([&log]) {
+        assert!(!out.contains("hunter2"), "a secret leaked: {out}");
+    }
+}

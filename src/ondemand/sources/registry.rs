@@ -5,9 +5,10 @@
 //! token from its realm (asked with the credentials, or with an identity token as an OAuth2
 //! refresh token, or anonymously). A static `token_file` is sent as is.
 //!
-//! Tokens live in one process-wide cache keyed by (registry origin, repository, scope), shared
-//! by every blob; a token is used until shortly before its `expires_in` runs out, and a 401
-//! on a request that carried one fetches a fresh token and retries that request once.
+//! Tokens live in one process-wide cache keyed by (registry origin, repository, scope, the
+//! credential they were asked with), shared by every blob; a token is used until shortly
+//! before its `expires_in` runs out, and a 401 on a request that carried one fetches a fresh
+//! token and retries that request once.
 //!
 //! The digest: with `verify = "digest"` the whole blob is fetched into an unlinked spool file
 //! and its sha256 compared before the OPEN succeeds, so no unverified byte is ever served.
@@ -81,6 +82,31 @@ struct TokenKey {
     registry: Origin,
     repository: String,
     scope: String,
+    /// sha256 of the credential the token was asked with (zero: anonymous), so a token
+    /// granted to one source's credentials never serves a source with other or none.
+    credential: [u8; 32],
+}
+
+fn credential_id(cred: Option<&Credential>) -> [u8; 32] {
+    let Some(c) = cred else { return [0; 32] };
+    let mut h = Sha256::new();
+    match c {
+        Credential::Basic { username, password } => {
+            h.update(b"basic\0");
+            h.update(username.as_bytes());
+            h.update(b"\0");
+            h.update(password.expose().as_bytes());
+        }
+        Credential::Bearer(t) => {
+            h.update(b"bearer\0");
+            h.update(t.expose().as_bytes());
+        }
+        Credential::Identity(t) => {
+            h.update(b"identity\0");
+            h.update(t.expose().as_bytes());
+        }
+    }
+    h.finalize().into()
 }
 
 /// What a registry's 401 told us: where to get a token and for what, or plain Basic.
@@ -118,6 +144,10 @@ fn token_for(
     cred: Option<&Credential>,
     stale: Option<&Secret>,
 ) -> Result<Arc<Secret>, FetchError> {
+    let key = &TokenKey {
+        credential: credential_id(cred),
+        ..key.clone()
+    };
     {
         let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = tokens.get(key) {
@@ -496,6 +526,7 @@ impl RegistryBlob {
                 registry: ep.origin.clone(),
                 repository: self.repository.clone(),
                 scope,
+                credential: [0; 32],
             },
         })
     }
