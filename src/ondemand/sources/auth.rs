@@ -2,8 +2,9 @@
 //!
 //! Every secret is a [`Secret`], whose `Debug` and `Display` print `<redacted>`, so no log
 //! line, status report or error message can carry one by accident. Credentials are read when
-//! they are first needed and again after a server refused them (the daemon has no SIGHUP
-//! path): a rotated password file or a `docker login` takes effect at the next token fetch.
+//! they are first needed, again after a server refused them and at most a minute after the
+//! last read (the daemon has no SIGHUP path): a rotated password file or a `docker login`
+//! takes effect at the next token fetch.
 
 use base64::Engine as _;
 use std::collections::HashMap;
@@ -324,14 +325,19 @@ pub fn run_helper(name: &str, registry: &str) -> Result<Option<Credential>, Auth
     }))
 }
 
-/// A source's credentials: read on first use per registry, kept until a server refuses them.
+/// A source's credentials: read on first use per registry, kept until a server refuses them
+/// or for [`CREDENTIAL_TTL`].
 #[derive(Debug, Default)]
 pub struct Credentials {
     spec: CredentialSpec,
     /// Whether the default auth files are looked at when `spec` is `Default`.
     auth_files: bool,
-    cache: Mutex<HashMap<String, Option<Credential>>>,
+    cache: Mutex<HashMap<String, (Option<Credential>, Instant)>>,
 }
+
+/// How long credentials read are used before they are read again (a token service is asked
+/// about as often: registry tokens typically live a minute or a few).
+const CREDENTIAL_TTL: Duration = Duration::from_secs(60);
 
 impl Credentials {
     pub fn new(spec: CredentialSpec, auth_files: bool) -> Credentials {
@@ -349,19 +355,21 @@ impl Credentials {
     /// The credential for `registry` (`host[:port]`) and `repository`, if any.
     pub fn get(&self, registry: &str, repository: &str) -> Result<Option<Credential>, AuthError> {
         let key = format!("{registry}/{repository}");
-        if let Some(c) = self
+        if let Some((c, read_at)) = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            return Ok(c.clone());
+            if read_at.elapsed() < CREDENTIAL_TTL {
+                return Ok(c.clone());
+            }
         }
         let c = self.read(registry, repository)?;
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, c.clone());
+            .insert(key, (c.clone(), Instant::now()));
         Ok(c)
     }
 
