@@ -1042,3 +1042,36 @@ fn identity_tokens_and_basic_credentials_get_tokens() {
         assert!(!out.contains("hunter2"), "a secret leaked: {out}");
     }
 }
+
+#[test]
+fn a_body_dripping_within_the_read_timeout_is_cut_off_at_four_times_it() {
+    // Each byte arrives well within the 300 ms read timeout, the whole never: 100 ms per
+    // byte for a 64 KiB range. The exchange is given up after 4 x 300 ms.
+    let drip = raw_server(|req, c| {
+        if req.starts_with("HEAD") {
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n");
+            return;
+        }
+        let _ = c.write_all(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-65535/65536\r\nContent-Length: 65536\r\n\r\n",
+        );
+        for _ in 0..100 {
+            if c.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let s = settings(300, 0);
+    let blob =
+        HttpBlob::open(format!("http://127.0.0.1:{drip}/b"), sources::agent(&s), &s).unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 65536];
+    let e = blob.read_exact_at(0, &mut buf).unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1100) && took < Duration::from_millis(2500),
+        "{took:?}: {e}"
+    );
+    assert!(e.to_string().contains("took too long"), "{e}");
+}

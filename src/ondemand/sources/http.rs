@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use ureq::http::Response;
 use ureq::Body;
 
-/// The client every source shares (keep-alive connections are pooled per host). Timeouts are
-/// fixed per request, so the socket timeout is set once per connection rather than before
-/// every read: `timeout` bounds each read and each write, four times it the whole exchange
-/// (a server dripping one byte per interval cannot hold a worker forever).
+/// The plain client (keep-alive connections are pooled per host); remote sources build their
+/// own from the same settings. Timeouts are fixed per read, so the socket timeout is set
+/// once per connection rather than before every read: `timeout` bounds each read and each
+/// write, four times it the whole exchange (a server dripping one byte per interval cannot
+/// hold a worker forever).
 pub fn agent(settings: &FetchSettings) -> ureq::Agent {
     agent_config(settings).build().new_agent()
 }
@@ -35,8 +36,56 @@ pub(crate) fn agent_config(
         .timeout_connect(Some(settings.timeout.min(Duration::from_secs(10))))
         .timeout_per_read(Some(settings.timeout))
         .timeout_per_write(Some(settings.timeout))
-        .timeout_per_call(Some(settings.timeout.saturating_mul(4)))
+        // Not `timeout_per_call`: a deadline that shrinks with every read makes ureq set
+        // SO_RCVTIMEO before each read and resolve every request's host on a new thread.
+        // The whole exchange is bounded by `exchange_deadline` instead, checked between
+        // reads of the body.
+        .timeout_recv_response(Some(exchange_limit(settings.timeout)))
         .user_agent(concat!("cachefilesd-rs/", env!("CARGO_PKG_VERSION")))
+}
+
+/// How long one exchange (request, redirects, answer and body) may take.
+fn exchange_limit(timeout: Duration) -> Duration {
+    timeout.saturating_mul(4)
+}
+
+/// When an exchange started now with `agent` must be over.
+pub(crate) fn exchange_deadline(agent: &ureq::Agent) -> Instant {
+    let limit = agent
+        .config()
+        .timeouts()
+        .recv_response
+        .unwrap_or(exchange_limit(FetchSettings::default().timeout));
+    Instant::now() + limit
+}
+
+/// Reads `reader` to the end into `out`, at most `max` bytes (more is an error), giving up at
+/// `deadline` (checked between reads, each of which its own timeout bounds).
+pub(crate) fn read_body(
+    mut reader: impl Read,
+    out: &mut Vec<u8>,
+    max: usize,
+    deadline: Instant,
+) -> std::io::Result<()> {
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = reader.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if out.len() + n > max {
+            return Err(std::io::Error::other(format!(
+                "body longer than {max} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk[..n]);
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the answer took too long",
+            ));
+        }
+    }
 }
 
 /// An `Authorization` header value and the one origin it may be sent to.
@@ -55,6 +104,8 @@ pub(crate) enum Method {
 pub(crate) struct Answer {
     pub resp: Response<Body>,
     pub url: String,
+    /// When reading the body must have finished.
+    pub deadline: Instant,
 }
 
 impl Answer {
@@ -77,6 +128,7 @@ pub(crate) fn send(
     auth: Option<&Auth<'_>>,
 ) -> Result<Answer, FetchError> {
     let mut url = url.to_string();
+    let deadline = exchange_deadline(agent);
     for hop in 0..=head::MAX_REDIRECTS {
         let target = head::origin(&url).map_err(FetchError::Protocol)?;
         let mut req = match method {
@@ -104,7 +156,11 @@ pub(crate) fn send(
                 )))
             }
         };
-        let answer = Answer { resp, url };
+        let answer = Answer {
+            resp,
+            url,
+            deadline,
+        };
         if !matches!(answer.status(), 301 | 302 | 303 | 307 | 308) {
             return Ok(answer);
         }
@@ -176,10 +232,32 @@ pub(crate) fn read_range(
             )));
         }
     }
+    let deadline = answer.deadline;
     let mut reader = answer.resp.into_body().into_reader();
-    reader
-        .read_exact(buf)
-        .map_err(|e| FetchError::Io(format!("{url}: body of bytes {off}-{end}: {e}")))?;
+    // Straight into `buf`, in whatever pieces ureq's 128 KiB buffer yields.
+    let mut done = 0;
+    while done < buf.len() {
+        let n = match reader.read(&mut buf[done..]) {
+            Ok(0) => {
+                return Err(FetchError::Io(format!(
+                    "{url}: body of bytes {off}-{end} ended after {done} bytes"
+                )))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(FetchError::Io(format!(
+                    "{url}: body of bytes {off}-{end}: {e}"
+                )))
+            }
+        };
+        done += n;
+        if done < buf.len() && Instant::now() > deadline {
+            return Err(FetchError::Io(format!(
+                "{url}: body of bytes {off}-{end} took too long"
+            )));
+        }
+    }
     let mut extra = [0u8; 1];
     if matches!(reader.read(&mut extra), Ok(n) if n > 0) {
         return Err(FetchError::Protocol(format!(

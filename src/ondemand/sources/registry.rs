@@ -19,7 +19,9 @@
 
 use super::auth::{Credential, Secret};
 use super::head::{self, Origin};
-use super::http::{head_size, read_range, send, Answer, Auth, Method};
+use super::http::{
+    exchange_deadline, head_size, read_body, read_range, send, Answer, Auth, Method,
+};
 use super::remote::Remote;
 use super::{with_retries, Blob, FetchError};
 use crate::ondemand::sourcemap::{FetchSettings, Verify};
@@ -28,7 +30,6 @@ use nix::fcntl::OFlag;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -186,6 +187,7 @@ fn fetch_token(
 ) -> Result<(Secret, Duration), FetchError> {
     let realm_origin = head::origin(realm).map_err(FetchError::Protocol)?;
     let shown = head::redact(realm);
+    let deadline = exchange_deadline(agent);
     let resp = match cred {
         Some(Credential::Identity(refresh)) => {
             let mut form: Vec<(&str, &str)> = vec![
@@ -215,10 +217,7 @@ fn fetch_token(
         )));
     }
     let mut body = Vec::new();
-    resp.into_body()
-        .into_reader()
-        .take(1 << 20)
-        .read_to_end(&mut body)
+    read_body(resp.into_body().into_reader(), &mut body, 1 << 20, deadline)
         .map_err(|e| FetchError::Io(format!("{shown}: token response: {e}")))?;
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| FetchError::Protocol(format!("{shown}: token response is not valid JSON")))?;
