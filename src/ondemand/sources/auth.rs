@@ -184,11 +184,20 @@ pub fn from_auth_file(
     };
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| file_error(path, format!("not JSON: {e}")))?;
+    // Docker Hub is served by registry-1.docker.io but keyed as index.docker.io (docker
+    // login) or docker.io (podman login).
+    let registry = match registry {
+        "registry-1.docker.io" | "index.docker.io" => "docker.io",
+        r => r,
+    };
     let full = format!("{registry}/{repository}");
     let mut best: Option<(usize, &serde_json::Value)> = None;
     if let Some(auths) = json.get("auths").and_then(|a| a.as_object()) {
         for (key, entry) in auths {
-            let k = normalize_key(key);
+            let k = match normalize_key(key) {
+                k if k == "index.docker.io" || k == "registry-1.docker.io" => "docker.io".into(),
+                k => k,
+            };
             let matches =
                 k == registry || (full.starts_with(&k) && full[k.len()..].starts_with('/'));
             if matches && best.is_none_or(|(len, _)| k.len() > len) {
@@ -206,8 +215,13 @@ pub fn from_auth_file(
         .and_then(|h| h.get(registry))
         .or_else(|| json.get("credsStore"))
         .and_then(|h| h.as_str());
+    // What docker asks its helpers for Docker Hub.
+    let server = match registry {
+        "docker.io" => "https://index.docker.io/v1/",
+        r => r,
+    };
     match helper {
-        Some(h) => run_helper(h, registry),
+        Some(h) => run_helper(h, server),
         None => Ok(None),
     }
 }
@@ -454,6 +468,16 @@ mod tests {
             Some(Credential::Identity(Secret::new("idtok")))
         );
         assert_eq!(from_auth_file(&f, "reg.test", "a").unwrap(), None);
+        let hub = dir.path().join("hub.json");
+        std::fs::write(
+            &hub,
+            r#"{"auths": {"https://index.docker.io/v1/": {"auth": "YWxpY2U6cHcx"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            from_auth_file(&hub, "registry-1.docker.io", "library/app").unwrap(),
+            basic("alice", "pw1")
+        );
         assert_eq!(
             from_auth_file(&dir.path().join("missing"), "reg.test", "a").unwrap(),
             None
