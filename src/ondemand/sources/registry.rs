@@ -3,7 +3,8 @@
 //!
 //! A registry's 401 says what it wants: `Basic` gets the source's credentials, `Bearer` a
 //! token from its realm (asked with the credentials, or with an identity token as an OAuth2
-//! refresh token, or anonymously). A static `token_file` is sent as is.
+//! refresh token, or anonymously). A static `token_file` is sent as is. What a registry asked
+//! for is remembered per (registry, repository), so later blobs skip the refused first try.
 //!
 //! Tokens live in one process-wide cache keyed by (registry origin, repository, scope, the
 //! credential they were asked with), shared by every blob; a token is used until shortly
@@ -252,9 +253,17 @@ struct RegEndpoint {
     origin: Origin,
     /// `host[:port]`, as auth files name the registry.
     key: String,
-    /// Learnt from the registry's first 401; `None` while it asks for nothing.
-    challenge: Mutex<Option<Arc<Challenge>>>,
+    /// Where the challenge learnt from this registry's 401 is kept for every blob.
+    challenge_key: ChallengeKey,
 }
+
+/// A registry and a repository of it.
+type ChallengeKey = (Origin, String);
+
+/// What each registry (and repository) asked for in its last 401: later requests, from any
+/// blob, carry the answer at once instead of being refused first.
+static CHALLENGES: LazyLock<Mutex<HashMap<ChallengeKey, Arc<Challenge>>>> =
+    LazyLock::new(Default::default);
 
 /// An OCI registry blob.
 pub struct RegistryBlob {
@@ -423,8 +432,8 @@ impl RegistryBlob {
             endpoints.push(RegEndpoint {
                 key: super::auth::registry_key(&origin.host, origin.port, origin.https),
                 url,
+                challenge_key: (origin.clone(), repository.to_string()),
                 origin,
-                challenge: Mutex::new(None),
             });
         }
         if poisoned(&digest) {
@@ -570,11 +579,11 @@ impl RegistryBlob {
         method: Method,
         range: Option<(u64, u64)>,
     ) -> Result<Answer, FetchError> {
-        let known = ep
-            .challenge
+        let known = CHALLENGES
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .get(&ep.challenge_key)
+            .cloned();
         let used = match &known {
             Some(_) => self.auth_header(known.as_deref(), self.credential(ep)?.as_ref(), None)?,
             None => match self.credential(ep)? {
@@ -587,7 +596,10 @@ impl RegistryBlob {
             return Ok(answer);
         }
         let ch = Arc::new(self.challenge_of(ep, &answer)?);
-        *ep.challenge.lock().unwrap_or_else(|e| e.into_inner()) = Some(ch.clone());
+        CHALLENGES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ep.challenge_key.clone(), ch.clone());
         if used.is_some() {
             self.remote.credentials.refresh();
         }
