@@ -92,6 +92,8 @@ pub struct SourceReport {
     pub latency_p50_seconds: Option<f64>,
     pub latency_p90_seconds: Option<f64>,
     pub latency_p99_seconds: Option<f64>,
+    /// A remote source's URLs or registries (mirrors after the first), each with its health.
+    pub endpoints: Vec<crate::ondemand::sources::EndpointStatus>,
 }
 
 fn pct(part: u64, total: u64) -> f64 {
@@ -172,10 +174,16 @@ impl OnDemandReport {
                     // URLs as the logs show them: no user info, query or fragment.
                     location: match &src.location {
                         Location::Path(p) => p.display().to_string(),
-                        Location::Url(u) => redact(u),
+                        Location::Url { urls, .. } => redact(&urls[0]),
                         Location::Registry {
-                            base, repository, ..
-                        } => format!("{} {repository}", redact(base)),
+                            repository, remote, ..
+                        } => format!("{} {repository}", redact(&remote.endpoints[0].url)),
+                    },
+                    endpoints: match &src.location {
+                        Location::Path(_) => Vec::new(),
+                        Location::Url { remote, .. } | Location::Registry { remote, .. } => {
+                            remote.status()
+                        }
                     },
                     reads: per.reads,
                     bytes: per.bytes,
@@ -395,6 +403,26 @@ impl Report {
     }
 }
 
+/// `m` with one sample per endpoint of every remote source.
+fn per_endpoint(
+    od: &OnDemandReport,
+    m: Metric,
+    f: fn(&crate::ondemand::sources::EndpointStatus) -> f64,
+) -> Metric {
+    Metric {
+        samples: od
+            .sources
+            .iter()
+            .flat_map(|s| {
+                s.endpoints.iter().enumerate().map(move |(i, e)| {
+                    (format!("{{source=\"{}\",endpoint=\"{i}\"}}", s.index), f(e))
+                })
+            })
+            .collect(),
+        ..m
+    }
+}
+
 /// One metric family: `cachefilesd_<name>`, its type and help, and its samples (labels, value).
 struct Metric {
     name: &'static str,
@@ -466,6 +494,21 @@ impl OnDemandReport {
                 q(src.latency_p90_seconds),
                 q(src.latency_p99_seconds)
             );
+            for (i, e) in src.endpoints.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "    endpoint {i} {}: {}, {} requests, {} errors, last latency {}",
+                    e.url,
+                    if e.healthy {
+                        "healthy".to_string()
+                    } else {
+                        format!("down ({} failures in a row)", e.failures)
+                    },
+                    e.requests,
+                    e.errors,
+                    q(e.latency_seconds)
+                );
+            }
         }
     }
 
@@ -521,6 +564,33 @@ impl OnDemandReport {
                 "source_errors_total",
                 "Failed fetches per [[source]] entry.",
                 |s| s.errors,
+            ),
+            per_endpoint(
+                od,
+                gauge(
+                    "source_endpoint_up",
+                    "Whether a source's endpoint (0 = first URL or registry, then mirrors) serves.",
+                    0,
+                ),
+                |e| f64::from(u8::from(e.healthy)),
+            ),
+            per_endpoint(
+                od,
+                counter(
+                    "source_endpoint_errors_total",
+                    "Failed requests per source endpoint.",
+                    0,
+                ),
+                |e| e.errors as f64,
+            ),
+            per_endpoint(
+                od,
+                gauge(
+                    "source_endpoint_latency_seconds",
+                    "Latency of the last successful request per source endpoint.",
+                    0,
+                ),
+                |e| e.latency_seconds.unwrap_or(f64::NAN),
             ),
         ]
     }

@@ -10,7 +10,7 @@ mod common;
 use cachefilesd_rs::ondemand::serve_read;
 use cachefilesd_rs::ondemand::sourcemap::FetchSettings;
 use cachefilesd_rs::ondemand::sources::{self, Blob, FetchError, HttpBlob, RegistryBlob};
-use common::servers::{start_nginx, start_registry, LocalServer};
+use common::servers::{sha256_hex, start_nginx, start_registry, upload_blob, LocalServer};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -182,63 +182,6 @@ fn misbehaving_servers_fail_within_the_timeout() {
         2,
         "one try plus one retry"
     );
-}
-
-/// One HTTP/1.1 request over a fresh connection with std only (the client under test is not
-/// used to set the test up): the status and the raw head of the answer.
-fn plain_request(port: u16, method: &str, target: &str, body: &[u8]) -> (u16, String) {
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    c.write_all(head.as_bytes()).unwrap();
-    c.write_all(body).unwrap();
-    let mut answer = Vec::new();
-    c.read_to_end(&mut answer).unwrap();
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, answer)
-}
-
-/// Pushes `content` as a blob of `repository`: POST opens an upload session, PUT to its
-/// Location with the digest closes it.
-fn upload_blob(port: u16, repository: &str, content: &[u8]) {
-    let (status, head) = plain_request(
-        port,
-        "POST",
-        &format!("/v2/{repository}/blobs/uploads/"),
-        b"",
-    );
-    assert_eq!(status, 202, "{head}");
-    let location = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("location")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap();
-    let location = match location.split_once("://") {
-        Some((_, rest)) => rest[rest.find('/').unwrap()..].to_string(),
-        None => location,
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let (status, head) = plain_request(
-        port,
-        "PUT",
-        &format!("{location}{sep}digest=sha256:{}", sha256_hex(content)),
-        content,
-    );
-    assert_eq!(status, 201, "{head}");
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[test]
@@ -989,4 +932,146 @@ fn a_registry_refusing_every_token_fails_after_one_retry() {
     assert_eq!(e.errno(), nix::errno::Errno::EACCES, "{e}");
     assert_eq!(fetched.load(Ordering::SeqCst), 1, "one token fetched");
     assert_eq!(asked.load(Ordering::SeqCst), 2, "the request and one retry");
+}
+
+/// A token service that hands `token` out only for the credentials the test configured: an
+/// OAuth2 refresh-token POST carrying the identity token, or a GET with Basic credentials;
+/// and a registry serving `content` only with that token. Returns the registry's port.
+fn credential_token_registry(content: Vec<u8>) -> u16 {
+    let token = raw_server(|req, c| {
+        let len = req
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).unwrap();
+        let body = String::from_utf8_lossy(&body);
+        // alice:basic-pw-hunter2
+        let basic = req.lines().any(|l| {
+            l.eq_ignore_ascii_case("authorization: Basic YWxpY2U6YmFzaWMtcHctaHVudGVyMg==")
+        });
+        let refresh = req.starts_with("POST /token ")
+            && body.contains("grant_type=refresh_token")
+            && body.contains("refresh_token=id-tok-hunter2")
+            && body.contains("scope=repository%3Aapp%3Apull");
+        let reply = if (req.starts_with("GET /token?") && basic) || refresh {
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 34\r\nConnection: close\r\n\r\n{\"access_token\":\"granted-hunter2\"}"
+        } else {
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        };
+        let _ = c.write_all(reply.as_bytes());
+    });
+    raw_server(move |req, c| {
+        if !req
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("authorization: Bearer granted-hunter2"))
+        {
+            let reply = format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{token}/token\",service=\"reg\",scope=\"repository:app:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = c.write_all(reply.as_bytes());
+            return;
+        }
+        serve_body(req, &content, c);
+    })
+}
+
+#[test]
+fn identity_tokens_and_basic_credentials_get_tokens() {
+    use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+    let log_start = captured_log().lock().unwrap().len();
+    let content = data(2 * 4096 + 5);
+    let hex = sha256_hex(&content);
+    let port = credential_token_registry(content.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for (name, entry, ok) in [
+        ("none", "{}".to_string(), false),
+        (
+            "identity",
+            r#"{"identitytoken": "id-tok-hunter2"}"#.to_string(),
+            true,
+        ),
+        (
+            "basic",
+            r#"{"auth": "YWxpY2U6YmFzaWMtcHctaHVudGVyMg=="}"#.to_string(),
+            true,
+        ),
+        (
+            "wrong",
+            r#"{"username": "alice", "password": "bad-hunter2"}"#.to_string(),
+            false,
+        ),
+    ] {
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(
+            &file,
+            format!(r#"{{"auths": {{"127.0.0.1:{port}": {entry}}}}}"#),
+        )
+        .unwrap();
+        let map = SourceMap::parse(
+            "t.toml",
+            &format!(
+                "[[source]]\nregistry = \"http://127.0.0.1:{port}\"\nrepository = \"app\"\nauth_file = \"{}\"\n[fetch]\nretries = 0\ntimeout = 5\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+        let fsid = format!("sha256:{hex}");
+        let (_, location) = map.resolve(b"d", fsid.as_bytes()).unwrap();
+        match sources::open(location, &fsid, &map.fetch) {
+            Ok(blob) => {
+                assert!(ok, "{name}: served without the right credentials");
+                let mut back = vec![0u8; content.len()];
+                blob.read_exact_at(0, &mut back).unwrap();
+                assert_eq!(back, content, "{name}");
+            }
+            Err(e) => {
+                assert!(!ok, "{name}: {e}");
+                outputs.push(format!("{e} {e:?}"));
+            }
+        }
+        outputs.push(format!("{map:?}"));
+    }
+    let log = captured_log().lock().unwrap()[log_start..].join("\n");
+    for out in outputs.iter().chain([&log]) {
+        assert!(!out.contains("hunter2"), "a secret leaked: {out}");
+    }
+}
+
+#[test]
+fn a_body_dripping_within_the_read_timeout_is_cut_off_at_four_times_it() {
+    // Each byte arrives well within the 300 ms read timeout, the whole never: 100 ms per
+    // byte for a 64 KiB range. The exchange is given up after 4 x 300 ms.
+    let drip = raw_server(|req, c| {
+        if req.starts_with("HEAD") {
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n");
+            return;
+        }
+        let _ = c.write_all(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-65535/65536\r\nContent-Length: 65536\r\n\r\n",
+        );
+        for _ in 0..100 {
+            if c.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let s = settings(300, 0);
+    let blob =
+        HttpBlob::open(format!("http://127.0.0.1:{drip}/b"), sources::agent(&s), &s).unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 65536];
+    let e = blob.read_exact_at(0, &mut buf).unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1100) && took < Duration::from_millis(2500),
+        "{took:?}: {e}"
+    );
+    assert!(e.to_string().contains("took too long"), "{e}");
 }

@@ -59,8 +59,11 @@ fuzz_target!(|data: &[u8]| {
                     "{resolved:?} from {template:?}"
                 );
             }
-            (Location::Url(template), Location::Url(resolved)) => {
-                assert_eq!(separators(resolved), separators(&shape(template)));
+            (Location::Url { urls: templates, .. }, Location::Url { urls: resolved, .. }) => {
+                assert_eq!(templates.len(), resolved.len());
+                for (template, resolved) in templates.iter().zip(resolved) {
+                    assert_eq!(separators(resolved), separators(&shape(template)));
+                }
             }
             (Location::Registry { .. }, Location::Registry { .. }) => {
                 assert_eq!(source.location, location);

@@ -79,10 +79,9 @@ pub struct Engine<F: FrontEnd> {
 impl<F: FrontEnd> Engine<F> {
     /// `wake` is called from worker threads when a result is ready (a mio Waker).
     pub fn new(map: SourceMap, wake: Wake) -> Engine<F> {
-        let agent = sources::agent(&map.fetch);
         let settings = map.fetch.clone();
         let opener: Opener =
-            Arc::new(move |location, fsid| sources::open(location, fsid, &agent, &settings));
+            Arc::new(move |location, fsid| sources::open(location, fsid, &settings));
         Engine::with_opener(map, wake, opener)
     }
 
@@ -390,11 +389,10 @@ mod tests {
         .unwrap();
         map.fetch.workers = workers;
         map.fetch.readahead = readahead;
-        let agent = sources::agent(&FetchSettings::default());
         let opener: Opener = Arc::new(move |location, fsid| match fsid {
             "boom-open" => panic!("test: an open that panics"),
             "boom-read" => Ok(Box::new(PanickingBlob)),
-            _ => sources::open(location, fsid, &agent, &FetchSettings::default()),
+            _ => sources::open(location, fsid, &FetchSettings::default()),
         });
         let (kernel, device) = FakeKernel::new();
         kernel.with(|s| s.commands.push("bind ondemand".into()));

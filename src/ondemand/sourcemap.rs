@@ -4,19 +4,29 @@
 //! globs match serves the blob. `{fsid}` and `{domain}` are substituted only after validation,
 //! so a mount option can never steer the daemon outside the configured place.
 
+use super::sources::auth::{CredentialSpec, Secret};
 use super::sources::head::redact;
+use super::sources::{Access, Remote};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// Where a blob comes from. Remote locations carry their source's client and endpoints; in a
+/// [`Source`] the URLs are templates, in what [`SourceMap::resolve`] answers they are filled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Path(PathBuf),
-    Url(String),
+    /// The blob's URL at each endpoint of `remote` (`url`, or `urls` in order).
+    Url {
+        urls: Vec<String>,
+        remote: Arc<Remote>,
+    },
+    /// The registries are the endpoints of `remote` (`registry`, then `mirrors`).
     Registry {
-        base: String,
         repository: String,
         verify: Verify,
+        remote: Arc<Remote>,
     },
 }
 
@@ -91,9 +101,20 @@ struct RawSource {
     fsid: String,
     path: Option<String>,
     url: Option<String>,
+    urls: Option<Vec<String>>,
     registry: Option<String>,
+    mirrors: Option<Vec<String>>,
     repository: Option<String>,
     verify: Option<String>,
+    username: Option<String>,
+    password_file: Option<String>,
+    token_file: Option<String>,
+    auth_file: Option<String>,
+    ca_file: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    insecure: Option<bool>,
+    proxy: Option<String>,
 }
 
 fn star() -> String {
@@ -134,7 +155,7 @@ pub fn is_safe_name(name: &[u8]) -> bool {
 
 impl RawSource {
     /// The `n`th `[[source]]` (from 1), checked; the error names it.
-    fn validate(self, n: usize) -> Result<Source, String> {
+    fn validate(self, n: usize, fetch: &FetchSettings) -> Result<Source, String> {
         let pattern = |what: &str, p: &str| {
             glob::Pattern::new(p).map_err(|e| format!("source {n}: {what} pattern {p:?}: {e}"))
         };
@@ -143,11 +164,32 @@ impl RawSource {
                 "source {n}: verify applies to registry sources only"
             ));
         }
-        let location = match (self.path, self.url, self.registry, self.repository) {
-            (Some(p), None, None, None) => path_location(n, p)?,
-            (None, Some(u), None, None) => url_location(n, u)?,
+        if self.mirrors.is_some() && self.registry.is_none() {
+            return Err(format!(
+                "source {n}: mirrors apply to registry sources only"
+            ));
+        }
+        let access = self.access(n)?;
+        let url = match (self.url, self.urls) {
+            (Some(u), None) => Some(vec![u]),
+            (None, Some(us)) if us.is_empty() => return Err(format!("source {n}: urls is empty")),
+            (None, us) => us,
+            (Some(_), Some(_)) => return Err(format!("source {n}: give url or urls, not both")),
+        };
+        let location = match (self.path, url, self.registry, self.repository) {
+            (Some(p), None, None, None) => {
+                if access != Access::default() {
+                    return Err(format!(
+                        "source {n}: credentials, TLS and proxy settings apply to url and registry sources only"
+                    ));
+                }
+                path_location(n, p)?
+            }
+            (None, Some(us), None, None) => url_location(n, us, fetch, &access)?,
             (None, None, Some(r), Some(repo)) => {
-                registry_location(n, r, repo, self.verify.as_deref())?
+                let mut all = vec![r];
+                all.extend(self.mirrors.unwrap_or_default());
+                registry_location(n, all, repo, self.verify.as_deref(), fetch, &access)?
             }
             (None, None, Some(_), None) => {
                 return Err(format!("source {n}: registry needs a repository"))
@@ -171,6 +213,69 @@ impl RawSource {
             location,
         })
     }
+
+    /// The credential, TLS and proxy settings, checked.
+    fn access(&self, n: usize) -> Result<Access, String> {
+        let abs = |what: &str, p: &Option<String>| -> Result<Option<PathBuf>, String> {
+            match p {
+                Some(p) if !p.starts_with('/') => {
+                    Err(format!("source {n}: {what} {p:?} must be absolute"))
+                }
+                p => Ok(p.as_ref().map(PathBuf::from)),
+            }
+        };
+        let password_file = abs("password_file", &self.password_file)?;
+        let token_file = abs("token_file", &self.token_file)?;
+        let auth_file = abs("auth_file", &self.auth_file)?;
+        let credentials = match (&self.username, password_file, token_file, auth_file) {
+            (None, None, None, None) => CredentialSpec::Default,
+            (Some(u), Some(p), None, None) => {
+                if u.is_empty() || u.contains(':') || u.chars().any(|c| c.is_control()) {
+                    return Err(format!(
+                        "source {n}: username {u:?} must be non-empty, without ':' or control characters"
+                    ));
+                }
+                CredentialSpec::Basic {
+                    username: u.clone(),
+                    password_file: p,
+                }
+            }
+            (Some(_), None, None, None) => {
+                return Err(format!("source {n}: username needs a password_file"))
+            }
+            (None, Some(_), None, None) => {
+                return Err(format!("source {n}: password_file needs a username"))
+            }
+            (None, None, Some(t), None) => CredentialSpec::TokenFile(t),
+            (None, None, None, Some(a)) => CredentialSpec::AuthFile(a),
+            _ => {
+                return Err(format!(
+                    "source {n}: give only one of username + password_file, token_file or auth_file"
+                ))
+            }
+        };
+        let proxy = match &self.proxy {
+            Some(p)
+                if !(p.starts_with("http://")
+                    || p.starts_with("https://")
+                    || p.starts_with("socks5://")) =>
+            {
+                return Err(format!(
+                    "source {n}: proxy {:?} must start with http://, https:// or socks5://",
+                    redact(p)
+                ))
+            }
+            p => p.clone().map(Secret::new),
+        };
+        Ok(Access {
+            credentials,
+            ca_file: abs("ca_file", &self.ca_file)?,
+            client_cert: abs("client_cert", &self.client_cert)?,
+            client_key: abs("client_key", &self.client_key)?,
+            insecure: self.insecure.unwrap_or(false),
+            proxy,
+        })
+    }
 }
 
 fn path_location(n: usize, p: String) -> Result<Location, String> {
@@ -181,36 +286,51 @@ fn path_location(n: usize, p: String) -> Result<Location, String> {
     Ok(Location::Path(PathBuf::from(p)))
 }
 
-fn url_location(n: usize, u: String) -> Result<Location, String> {
-    if !(u.starts_with("http://") || u.starts_with("https://")) {
-        return Err(format!(
-            "source {n}: url {:?} must start with http:// or https://",
-            redact(&u)
-        ));
+fn url_location(
+    n: usize,
+    urls: Vec<String>,
+    fetch: &FetchSettings,
+    access: &Access,
+) -> Result<Location, String> {
+    for u in &urls {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(format!(
+                "source {n}: url {:?} must start with http:// or https://",
+                redact(u)
+            ));
+        }
+        check_template(u).map_err(|m| format!("source {n}: url {:?}: {m}", redact(u)))?;
     }
-    check_template(&u).map_err(|m| format!("source {n}: url {:?}: {m}", redact(&u)))?;
-    Ok(Location::Url(u))
+    let remote =
+        Remote::new(urls.clone(), fetch, access, false).map_err(|e| format!("source {n}: {e}"))?;
+    Ok(Location::Url { urls, remote })
 }
 
 fn registry_location(
     n: usize,
-    r: String,
+    registries: Vec<String>,
     repo: String,
     verify: Option<&str>,
+    fetch: &FetchSettings,
+    access: &Access,
 ) -> Result<Location, String> {
-    if !(r.starts_with("http://") || r.starts_with("https://")) {
-        return Err(format!(
-            "source {n}: registry {:?} must start with http:// or https://",
-            redact(&r)
-        ));
+    let mut bases = Vec::new();
+    for r in registries {
+        if !(r.starts_with("http://") || r.starts_with("https://")) {
+            return Err(format!(
+                "source {n}: registry {:?} must start with http:// or https://",
+                redact(&r)
+            ));
+        }
+        if let Err(e) = super::sources::head::origin(&r) {
+            return Err(format!("source {n}: registry: {e}"));
+        }
+        bases.push(r.trim_end_matches('/').to_string());
     }
     if repo.is_empty() || repo.split('/').any(|c| !is_safe_name(c.as_bytes())) {
         return Err(format!(
             "source {n}: repository {repo:?} is not a valid repository name"
         ));
-    }
-    if let Err(e) = super::sources::head::origin(&r) {
-        return Err(format!("source {n}: registry: {e}"));
     }
     let verify = match verify {
         None | Some("in-order") => Verify::InOrder,
@@ -221,10 +341,11 @@ fn registry_location(
             ))
         }
     };
+    let remote = Remote::new(bases, fetch, access, true).map_err(|e| format!("source {n}: {e}"))?;
     Ok(Location::Registry {
-        base: r.trim_end_matches('/').to_string(),
         repository: repo,
         verify,
+        remote,
     })
 }
 
@@ -289,14 +410,15 @@ impl SourceMap {
         if raw.source.is_empty() {
             return Err(err("no [[source]] entries".into()));
         }
-        let mut sources = Vec::new();
-        for (i, s) in raw.source.into_iter().enumerate() {
-            sources.push(s.validate(i + 1).map_err(err)?);
-        }
+        // First: each remote source's client is built with these timeouts.
         let fetch = match raw.fetch {
             Some(f) => f.validate().map_err(err)?,
             None => FetchSettings::default(),
         };
+        let mut sources = Vec::new();
+        for (i, s) in raw.source.into_iter().enumerate() {
+            sources.push(s.validate(i + 1, &fetch).map_err(err)?);
+        }
         Ok(SourceMap { sources, fetch })
     }
 
@@ -315,16 +437,11 @@ impl SourceMap {
         let fill = |t: &str| t.replace("{fsid}", fsid).replace("{domain}", domain);
         let location = match &source.location {
             Location::Path(p) => Location::Path(PathBuf::from(fill(&p.to_string_lossy()))),
-            Location::Url(u) => Location::Url(fill(u)),
-            Location::Registry {
-                base,
-                repository,
-                verify,
-            } => Location::Registry {
-                base: base.clone(),
-                repository: repository.clone(),
-                verify: *verify,
+            Location::Url { urls, remote } => Location::Url {
+                urls: urls.iter().map(|u| fill(u)).collect(),
+                remote: remote.clone(),
             },
+            registry @ Location::Registry { .. } => registry.clone(),
         };
         Some((source, location))
     }
@@ -409,20 +526,85 @@ spool = "/var/tmp"
         assert_eq!(loc, Location::Path("/srv/erofs/images/app-1.img".into()));
         let (s, loc) = m.resolve(b"images", b"sha256:abcd").unwrap();
         assert_eq!(s.index, 2);
+        let Location::Registry {
+            repository,
+            verify,
+            remote,
+        } = loc
+        else {
+            panic!("{loc:?}")
+        };
         assert_eq!(
-            loc,
-            Location::Registry {
-                base: "https://registry.example.org".into(),
-                repository: "library/app".into(),
-                verify: Verify::Digest,
+            (repository.as_str(), verify),
+            ("library/app", Verify::Digest)
+        );
+        assert_eq!(remote.endpoints[0].url, "https://registry.example.org");
+        let (_, loc) = m.resolve(b"other", b"blob1").unwrap();
+        let Location::Url { urls, .. } = loc else {
+            panic!("{loc:?}")
+        };
+        assert_eq!(urls, ["https://blobs.example.org/other/blob1"]);
+        assert!(m.uses_network());
+    }
+
+    #[test]
+    fn mirrors_credentials_tls_and_proxy_settings() {
+        let m = SourceMap::parse(
+            "t.toml",
+            r#"
+[[source]]
+urls = ["http://a.test/{fsid}", "http://b.test/x/{fsid}"]
+username = "alice"
+password_file = "/etc/pw"
+proxy = "http://127.0.0.1:3128"
+
+[[source]]
+registry = "https://r.test"
+mirrors = ["https://m1.test/", "http://m2.test:5000"]
+repository = "lib/app"
+auth_file = "/run/auth.json"
+insecure = true
+"#,
+        )
+        .unwrap();
+        let (_, loc) = m.resolve(b"d", b"f1").unwrap();
+        let Location::Url { urls, remote } = loc else {
+            panic!()
+        };
+        assert_eq!(urls, ["http://a.test/f1", "http://b.test/x/f1"]);
+        assert_eq!(remote.endpoints.len(), 2);
+        assert_eq!(
+            remote.credentials.spec(),
+            &CredentialSpec::Basic {
+                username: "alice".into(),
+                password_file: "/etc/pw".into()
             }
         );
-        let (_, loc) = m.resolve(b"other", b"blob1").unwrap();
+        let Location::Registry { remote, .. } = &m.sources[1].location else {
+            panic!()
+        };
+        let bases: Vec<_> = remote.endpoints.iter().map(|e| e.url.as_str()).collect();
         assert_eq!(
-            loc,
-            Location::Url("https://blobs.example.org/other/blob1".into())
+            bases,
+            ["https://r.test", "https://m1.test", "http://m2.test:5000"]
         );
-        assert!(m.uses_network());
+        assert_eq!(
+            remote.credentials.spec(),
+            &CredentialSpec::AuthFile("/run/auth.json".into())
+        );
+        // A proxy URL may carry a password: never in a message.
+        let e = SourceMap::parse(
+            "t.toml",
+            "[[source]]
+url = \"http://a/{fsid}\"
+proxy = \"ftp://u:hunter2@p\"
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("proxy") && !e.contains("hunter2"), "{e}");
+        let debug = format!("{m:?}");
+        assert!(!debug.contains("3128") || !debug.contains("hunter2"));
     }
 
     #[test]
@@ -514,6 +696,38 @@ spool = "/var/tmp"
             (
                 "[[source]]\npath = \"/a\"\nbogus = 1\n",
                 "unknown field `bogus`",
+            ),
+            (
+                "[[source]]\nurl = \"http://a\"\nusername = \"u\"\n",
+                "source 1: username needs a password_file",
+            ),
+            (
+                "[[source]]\nurl = \"http://a\"\ntoken_file = \"/t\"\nauth_file = \"/a\"\n",
+                "give only one of username + password_file, token_file or auth_file",
+            ),
+            (
+                "[[source]]\nurl = \"http://a\"\ntoken_file = \"t\"\n",
+                "source 1: token_file \"t\" must be absolute",
+            ),
+            (
+                "[[source]]\npath = \"/a\"\ninsecure = true\n",
+                "apply to url and registry sources only",
+            ),
+            (
+                "[[source]]\nurl = \"http://a\"\nmirrors = [\"http://b\"]\n",
+                "source 1: mirrors apply to registry sources only",
+            ),
+            (
+                "[[source]]\nurl = \"http://a\"\nurls = [\"http://b\"]\n",
+                "source 1: give url or urls, not both",
+            ),
+            (
+                "[[source]]\nurl = \"https://a\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "source 1: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "[[source]]\nurl = \"https://a\"\nclient_cert = \"/c.pem\"\n",
+                "client_cert and client_key go together",
             ),
         ];
         for (text, expected) in cases {

@@ -6,35 +6,92 @@
 //! they belong to. Any answer ureq cannot make sense of is an error for that request; a panic
 //! inside the client is caught and becomes one too.
 
+use super::auth::Secret;
 use super::head::{self, Origin};
+use super::remote::Remote;
 use super::{with_retries, Blob, FetchError};
 use crate::ondemand::sourcemap::FetchSettings;
 use std::io::Read;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use ureq::http::Response;
 use ureq::Body;
 
-/// The client every source shares (keep-alive connections are pooled per host). Timeouts are
-/// fixed per request, so the socket timeout is set once per connection rather than before
-/// every read: `timeout` bounds each read and each write, four times it the whole exchange
-/// (a server dripping one byte per interval cannot hold a worker forever).
+/// The plain client (keep-alive connections are pooled per host); remote sources build their
+/// own from the same settings. Timeouts are fixed per read, so the socket timeout is set
+/// once per connection rather than before every read: `timeout` bounds each read and each
+/// write, four times it the whole exchange (a server dripping one byte per interval cannot
+/// hold a worker forever).
 pub fn agent(settings: &FetchSettings) -> ureq::Agent {
+    agent_config(settings).build().new_agent()
+}
+
+/// The settings every client shares; [`super::remote::build_agent`] adds TLS and proxy.
+pub(crate) fn agent_config(
+    settings: &FetchSettings,
+) -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .timeout_connect(Some(settings.timeout.min(Duration::from_secs(10))))
         .timeout_per_read(Some(settings.timeout))
         .timeout_per_write(Some(settings.timeout))
-        .timeout_per_call(Some(settings.timeout.saturating_mul(4)))
+        // Not `timeout_per_call`: a deadline that shrinks with every read makes ureq set
+        // SO_RCVTIMEO before each read and resolve every request's host on a new thread.
+        // The whole exchange is bounded by `exchange_deadline` instead, checked between
+        // reads of the body.
+        .timeout_recv_response(Some(exchange_limit(settings.timeout)))
         .user_agent(concat!("cachefilesd-rs/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
+}
+
+/// How long one exchange (request, redirects, answer and body) may take.
+fn exchange_limit(timeout: Duration) -> Duration {
+    timeout.saturating_mul(4)
+}
+
+/// When an exchange started now with `agent` must be over.
+pub(crate) fn exchange_deadline(agent: &ureq::Agent) -> Instant {
+    let limit = agent
+        .config()
+        .timeouts()
+        .recv_response
+        .unwrap_or(exchange_limit(FetchSettings::default().timeout));
+    Instant::now() + limit
+}
+
+/// Reads `reader` to the end into `out`, at most `max` bytes (more is an error), giving up at
+/// `deadline` (checked between reads, each of which its own timeout bounds).
+pub(crate) fn read_body(
+    mut reader: impl Read,
+    out: &mut Vec<u8>,
+    max: usize,
+    deadline: Instant,
+) -> std::io::Result<()> {
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = reader.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if out.len() + n > max {
+            return Err(std::io::Error::other(format!(
+                "body longer than {max} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk[..n]);
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the answer took too long",
+            ));
+        }
+    }
 }
 
 /// An `Authorization` header value and the one origin it may be sent to.
 pub(crate) struct Auth<'a> {
     pub origin: &'a Origin,
-    pub header: &'a str,
+    pub header: &'a Secret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +104,8 @@ pub(crate) enum Method {
 pub(crate) struct Answer {
     pub resp: Response<Body>,
     pub url: String,
+    /// When reading the body must have finished.
+    pub deadline: Instant,
 }
 
 impl Answer {
@@ -69,6 +128,7 @@ pub(crate) fn send(
     auth: Option<&Auth<'_>>,
 ) -> Result<Answer, FetchError> {
     let mut url = url.to_string();
+    let deadline = exchange_deadline(agent);
     for hop in 0..=head::MAX_REDIRECTS {
         let target = head::origin(&url).map_err(FetchError::Protocol)?;
         let mut req = match method {
@@ -84,7 +144,7 @@ pub(crate) fn send(
             req = req.header("Range", format!("bytes={a}-{b}"));
         }
         if let Some(auth) = auth.filter(|a| *a.origin == target) {
-            req = req.header("Authorization", auth.header);
+            req = req.header("Authorization", auth.header.expose());
         }
         let resp = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| req.call())) {
             Ok(Ok(resp)) => resp,
@@ -96,7 +156,11 @@ pub(crate) fn send(
                 )))
             }
         };
-        let answer = Answer { resp, url };
+        let answer = Answer {
+            resp,
+            url,
+            deadline,
+        };
         if !matches!(answer.status(), 301 | 302 | 303 | 307 | 308) {
             return Ok(answer);
         }
@@ -141,14 +205,21 @@ pub(crate) fn head_size(answer: &Answer) -> Result<u64, FetchError> {
 
 /// Fills `buf` from the answer to a Range request for it at `off`: a 206 with exactly that
 /// Content-Range (and Content-Length, when given) and a body of exactly that length.
-pub(crate) fn read_range(answer: Answer, off: u64, buf: &mut [u8]) -> Result<(), FetchError> {
+pub(crate) fn read_range(
+    answer: Answer,
+    off: u64,
+    buf: &mut [u8],
+    size: u64,
+) -> Result<(), FetchError> {
     let end = off + buf.len() as u64 - 1;
     if answer.status() != 206 {
         return Err(status_error(&answer, "206 for a Range request"));
     }
     let url = head::redact(&answer.url);
     let range = answer.header("content-range");
-    if !matches!(range.and_then(head::parse_content_range), Some((a, b, _)) if a == off && b == end)
+    // A total that differs is another blob (a mirror out of step): never mixed in.
+    if !matches!(range.and_then(head::parse_content_range),
+        Some((a, b, total)) if a == off && b == end && total.is_none_or(|t| t == size))
     {
         return Err(FetchError::Protocol(format!(
             "{url}: Content-Range {range:?} does not match bytes {off}-{end}"
@@ -161,10 +232,32 @@ pub(crate) fn read_range(answer: Answer, off: u64, buf: &mut [u8]) -> Result<(),
             )));
         }
     }
+    let deadline = answer.deadline;
     let mut reader = answer.resp.into_body().into_reader();
-    reader
-        .read_exact(buf)
-        .map_err(|e| FetchError::Io(format!("{url}: body of bytes {off}-{end}: {e}")))?;
+    // Straight into `buf`, in whatever pieces ureq's 128 KiB buffer yields.
+    let mut done = 0;
+    while done < buf.len() {
+        let n = match reader.read(&mut buf[done..]) {
+            Ok(0) => {
+                return Err(FetchError::Io(format!(
+                    "{url}: body of bytes {off}-{end} ended after {done} bytes"
+                )))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(FetchError::Io(format!(
+                    "{url}: body of bytes {off}-{end}: {e}"
+                )))
+            }
+        };
+        done += n;
+        if done < buf.len() && Instant::now() > deadline {
+            return Err(FetchError::Io(format!(
+                "{url}: body of bytes {off}-{end} took too long"
+            )));
+        }
+    }
     let mut extra = [0u8; 1];
     if matches!(reader.read(&mut extra), Ok(n) if n > 0) {
         return Err(FetchError::Protocol(format!(
@@ -174,30 +267,97 @@ pub(crate) fn read_range(answer: Answer, off: u64, buf: &mut [u8]) -> Result<(),
     Ok(())
 }
 
-/// A blob behind a URL that answers Range requests with 206.
+/// A blob behind a URL (and its mirrors) that answers Range requests with 206.
 pub struct HttpBlob {
-    url: String,
-    agent: ureq::Agent,
+    /// One per endpoint of `remote`, in its order.
+    urls: Vec<String>,
+    remote: Arc<Remote>,
     size: u64,
     retries: u32,
 }
 
 impl HttpBlob {
+    /// A single URL with the plain client `agent` (no credentials, no mirrors).
     pub fn open(
         url: String,
         agent: ureq::Agent,
         settings: &FetchSettings,
     ) -> Result<HttpBlob, FetchError> {
-        head::origin(&url).map_err(FetchError::Protocol)?;
-        let size = with_retries(settings.retries, || {
-            head_size(&send(&agent, Method::Head, &url, &[], None, None)?)
-        })?;
-        Ok(HttpBlob {
-            url,
-            agent,
-            size,
+        let remote = Remote::with_agent(vec![url.clone()], agent);
+        HttpBlob::open_remote(vec![url], remote, settings)
+    }
+
+    /// `urls[i]` is what endpoint `i` of `remote` serves the blob at.
+    pub fn open_remote(
+        urls: Vec<String>,
+        remote: Arc<Remote>,
+        settings: &FetchSettings,
+    ) -> Result<HttpBlob, FetchError> {
+        for u in &urls {
+            head::origin(u).map_err(FetchError::Protocol)?;
+        }
+        let mut blob = HttpBlob {
+            urls,
+            remote,
+            size: 0,
             retries: settings.retries,
-        })
+        };
+        blob.size = with_retries(settings.retries, || {
+            blob.on_endpoints(|url, auth| {
+                head_size(&send(
+                    &blob.remote.agent,
+                    Method::Head,
+                    url,
+                    &[],
+                    None,
+                    auth,
+                )?)
+            })
+        })?;
+        Ok(blob)
+    }
+
+    /// Runs `f` against the endpoints in the remote's order until one answers; failures
+    /// another endpoint may not share (connection errors, 5xx) move on to the next.
+    fn on_endpoints<T>(
+        &self,
+        mut f: impl FnMut(&str, Option<&Auth<'_>>) -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
+        let mut last = None;
+        for i in self.remote.order() {
+            let url = &self.urls[i];
+            let origin = head::origin(url).map_err(FetchError::Protocol)?;
+            let key = super::auth::registry_key(&origin.host, origin.port, origin.https);
+            let cred = self
+                .remote
+                .credentials
+                .get(&key, "")
+                .map_err(|e| FetchError::Protocol(e.to_string()))?;
+            let header = cred.and_then(|c| c.header());
+            let auth = header.as_ref().map(|h| Auth {
+                origin: &origin,
+                header: h,
+            });
+            let started = Instant::now();
+            match f(url, auth.as_ref()) {
+                Ok(v) => {
+                    self.remote.succeeded(i, started.elapsed());
+                    return Ok(v);
+                }
+                Err(e) => {
+                    if matches!(e, FetchError::Status(401 | 403)) {
+                        // Read again before the next try: the file may have changed.
+                        self.remote.credentials.refresh();
+                    }
+                    if !e.retryable() {
+                        return Err(e);
+                    }
+                    self.remote.failed(i, &e.to_string());
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(FetchError::NotFound))
     }
 }
 
@@ -213,20 +373,22 @@ impl Blob for HttpBlob {
         }
         let end = off + buf.len() as u64 - 1;
         with_retries(self.retries, || {
-            let answer = send(
-                &self.agent,
-                Method::Get,
-                &self.url,
-                &[],
-                Some((off, end)),
-                None,
-            )?;
-            read_range(answer, off, buf)
+            self.on_endpoints(|url, auth| {
+                let answer = send(
+                    &self.remote.agent,
+                    Method::Get,
+                    url,
+                    &[],
+                    Some((off, end)),
+                    auth,
+                )?;
+                read_range(answer, off, buf, self.size)
+            })
         })
     }
 
     fn describe(&self) -> String {
-        head::redact(&self.url)
+        head::redact(&self.urls[self.remote.order()[0]])
     }
 
     fn is_remote(&self) -> bool {

@@ -1,18 +1,22 @@
 //! Blob sources: a local file, an HTTP(S) URL, or an OCI registry blob, behind `Blob`.
 //!
-//! HTTP(S) URLs are read with Range requests; registry blobs come with bearer tokens,
-//! redirects to blob storage and digest checks. All of them answer "how big" and "give me
+//! HTTP(S) URLs are read with Range requests; registry blobs come with Basic or bearer
+//! authentication, redirects to blob storage and digest checks. Remote sources carry their
+//! own client (TLS roots, client certificate, proxy), credentials and mirrors ([`remote`]). All of them answer "how big" and "give me
 //! exactly these bytes"; anything less, and anything a hostile server answers, is an error for
 //! that OPEN or READ, never a panic or a hang.
 
+pub mod auth;
 pub mod head;
 mod http;
 mod local;
 mod registry;
+pub mod remote;
 
 pub use http::{agent, HttpBlob};
 pub use local::LocalBlob;
 pub use registry::{digest_from_fsid, integrity_failures, RegistryBlob};
+pub use remote::{Access, EndpointStatus, Remote};
 
 use super::sourcemap::{FetchSettings, Location};
 use nix::errno::Errno;
@@ -88,25 +92,23 @@ fn with_retries<T>(
     }
 }
 
-/// Opens the blob a resolved location names.
+/// Opens the blob a resolved location names. Remote locations use their source's own client.
 pub fn open(
     location: Location,
     fsid: &str,
-    agent: &ureq::Agent,
     settings: &FetchSettings,
 ) -> Result<Box<dyn Blob>, FetchError> {
     Ok(match location {
         Location::Path(p) => Box::new(LocalBlob::open(p)?),
-        Location::Url(u) => Box::new(HttpBlob::open(u, agent.clone(), settings)?),
+        Location::Url { urls, remote } => Box::new(HttpBlob::open_remote(urls, remote, settings)?),
         Location::Registry {
-            base,
             repository,
             verify,
-        } => Box::new(RegistryBlob::open_with(
-            &base,
+            remote,
+        } => Box::new(RegistryBlob::open_remote(
+            remote,
             &repository,
             fsid,
-            agent.clone(),
             settings,
             verify,
         )?),

@@ -1,8 +1,15 @@
-//! OCI registry blobs: `/v2/<repository>/blobs/<digest>`, bearer tokens, the digest check.
+//! OCI registry blobs: `/v2/<repository>/blobs/<digest>`, Basic and bearer auth, the digest
+//! check.
 //!
-//! Tokens live in one process-wide cache keyed by (registry origin, repository, scope), shared
-//! by every blob; a token is used until shortly before its `expires_in` runs out, and a 401
-//! on a request that carried one fetches a fresh token and retries that request once.
+//! A registry's 401 says what it wants: `Basic` gets the source's credentials, `Bearer` a
+//! token from its realm (asked with the credentials, or with an identity token as an OAuth2
+//! refresh token, or anonymously). A static `token_file` is sent as is. What a registry asked
+//! for is remembered per (registry, repository), so later blobs skip the refused first try.
+//!
+//! Tokens live in one process-wide cache keyed by (registry origin, repository, scope, the
+//! credential they were asked with), shared by every blob; a token is used until shortly
+//! before its `expires_in` runs out, and a 401 on a request that carried one fetches a fresh
+//! token and retries that request once.
 //!
 //! The digest: with `verify = "digest"` the whole blob is fetched into an unlinked spool file
 //! and its sha256 compared before the OPEN succeeds, so no unverified byte is ever served.
@@ -11,8 +18,12 @@
 //! once), and once the whole blob is hashed a mismatch fails that READ and poisons the digest:
 //! every later read of the blob fails, and so does every later OPEN of it.
 
+use super::auth::{Credential, Secret};
 use super::head::{self, Origin};
-use super::http::{head_size, read_range, send, Answer, Auth, Method};
+use super::http::{
+    exchange_deadline, head_size, read_body, read_range, send, Answer, Auth, Method,
+};
+use super::remote::Remote;
 use super::{with_retries, Blob, FetchError};
 use crate::ondemand::sourcemap::{FetchSettings, Verify};
 use nix::errno::Errno;
@@ -20,7 +31,6 @@ use nix::fcntl::OFlag;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,18 +84,47 @@ struct TokenKey {
     registry: Origin,
     repository: String,
     scope: String,
+    /// sha256 of the credential the token was asked with (zero: anonymous), so a token
+    /// granted to one source's credentials never serves a source with other or none.
+    credential: [u8; 32],
 }
 
-/// What a registry's 401 told us: where to get a token and for what.
+fn credential_id(cred: Option<&Credential>) -> [u8; 32] {
+    let Some(c) = cred else { return [0; 32] };
+    let mut h = Sha256::new();
+    match c {
+        Credential::Basic { username, password } => {
+            h.update(b"basic\0");
+            h.update(username.as_bytes());
+            h.update(b"\0");
+            h.update(password.expose().as_bytes());
+        }
+        Credential::Bearer(t) => {
+            h.update(b"bearer\0");
+            h.update(t.expose().as_bytes());
+        }
+        Credential::Identity(t) => {
+            h.update(b"identity\0");
+            h.update(t.expose().as_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+/// What a registry's 401 told us: where to get a token and for what, or plain Basic.
 #[derive(Debug)]
-struct Challenge {
-    realm: String,
-    params: Vec<(String, String)>,
-    key: TokenKey,
+enum Challenge {
+    Bearer {
+        realm: String,
+        params: Vec<(String, String)>,
+        key: TokenKey,
+    },
+    Basic,
 }
 
 struct CachedToken {
-    value: Arc<str>,
+    /// The whole `Authorization` value, `Bearer <token>`.
+    header: Arc<Secret>,
     usable_until: Instant,
 }
 
@@ -97,23 +136,30 @@ const DEFAULT_TOKEN_LIFETIME: u64 = 60;
 /// Upper bound on a token lifetime taken from a server.
 const MAX_TOKEN_LIFETIME: u64 = 24 * 3600;
 
-/// A token for `ch`, from the cache unless it is about to expire or is `stale` (the one a
-/// request was just refused with).
+/// A token header for the Bearer challenge `realm`/`params`/`key`, from the cache unless it
+/// is about to expire or is `stale` (the one a request was just refused with).
 fn token_for(
     agent: &ureq::Agent,
-    ch: &Challenge,
-    stale: Option<&str>,
-) -> Result<Arc<str>, FetchError> {
+    realm: &str,
+    params: &[(String, String)],
+    key: &TokenKey,
+    cred: Option<&Credential>,
+    stale: Option<&Secret>,
+) -> Result<Arc<Secret>, FetchError> {
+    let key = &TokenKey {
+        credential: credential_id(cred),
+        ..key.clone()
+    };
     {
         let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = tokens.get(&ch.key) {
-            if Instant::now() < t.usable_until && stale != Some(&*t.value) {
-                return Ok(t.value.clone());
+        if let Some(t) = tokens.get(key) {
+            if Instant::now() < t.usable_until && stale != Some(&*t.header) {
+                return Ok(t.header.clone());
             }
         }
     }
-    let (value, lifetime) = fetch_token(agent, ch)?;
-    let value: Arc<str> = value.into();
+    let (value, lifetime) = fetch_token(agent, realm, params, key, cred)?;
+    let header = Arc::new(Secret::new(format!("Bearer {}", value.expose())));
     // Renewed once 90 % of its life has passed, so a request never carries a token that
     // expires on its way.
     let usable_until = Instant::now() + lifetime.mul_f64(0.9);
@@ -121,45 +167,70 @@ fn token_for(
     let now = Instant::now();
     tokens.retain(|_, t| t.usable_until > now);
     tokens.insert(
-        ch.key.clone(),
+        key.clone(),
         CachedToken {
-            value: value.clone(),
+            header: header.clone(),
             usable_until,
         },
     );
-    Ok(value)
+    Ok(header)
 }
 
 /// Asks the token service; the response's `token` (or `access_token`) and its lifetime.
-/// Error messages never quote the response: it may hold a token.
-fn fetch_token(agent: &ureq::Agent, ch: &Challenge) -> Result<(String, Duration), FetchError> {
-    let answer = send(agent, Method::Get, &ch.realm, &ch.params, None, None)?;
-    let realm = head::redact(&answer.url);
-    if answer.status() != 200 {
+/// Basic credentials go along as such; an identity token is exchanged with an OAuth2
+/// `refresh_token` POST. Error messages never quote the response: it may hold a token.
+fn fetch_token(
+    agent: &ureq::Agent,
+    realm: &str,
+    params: &[(String, String)],
+    key: &TokenKey,
+    cred: Option<&Credential>,
+) -> Result<(Secret, Duration), FetchError> {
+    let realm_origin = head::origin(realm).map_err(FetchError::Protocol)?;
+    let shown = head::redact(realm);
+    let deadline = exchange_deadline(agent);
+    let resp = match cred {
+        Some(Credential::Identity(refresh)) => {
+            let mut form: Vec<(&str, &str)> = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.expose()),
+                ("client_id", "cachefilesd-rs"),
+            ];
+            form.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            agent
+                .post(realm)
+                .send_form(form)
+                .map_err(|e| FetchError::Io(format!("{shown}: {e}")))?
+        }
+        _ => {
+            let header = cred.and_then(|c| c.header());
+            let auth = header.as_ref().map(|h| Auth {
+                origin: &realm_origin,
+                header: h,
+            });
+            send(agent, Method::Get, realm, params, None, auth.as_ref())?.resp
+        }
+    };
+    if resp.status() != 200 {
         return Err(FetchError::Protocol(format!(
             "token service refused: HTTP {}",
-            answer.status()
+            resp.status().as_u16()
         )));
     }
     let mut body = Vec::new();
-    answer
-        .resp
-        .into_body()
-        .into_reader()
-        .take(1 << 20)
-        .read_to_end(&mut body)
-        .map_err(|e| FetchError::Io(format!("{realm}: token response: {e}")))?;
+    read_body(resp.into_body().into_reader(), &mut body, 1 << 20, deadline)
+        .map_err(|e| FetchError::Io(format!("{shown}: token response: {e}")))?;
     let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|_| FetchError::Protocol(format!("{realm}: token response is not valid JSON")))?;
+        .map_err(|_| FetchError::Protocol(format!("{shown}: token response is not valid JSON")))?;
     let token = json
         .get("token")
         .or_else(|| json.get("access_token"))
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| FetchError::Protocol(format!("{realm}: token response has no token")))?;
+        .ok_or_else(|| FetchError::Protocol(format!("{shown}: token response has no token")))?;
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(FetchError::Protocol(format!(
-            "{realm}: token response holds a token that is not printable ASCII"
+            "{shown}: token response holds a token that is not printable ASCII"
         )));
     }
     let lifetime = json
@@ -169,24 +240,40 @@ fn fetch_token(agent: &ureq::Agent, ch: &Challenge) -> Result<(String, Duration)
         .unwrap_or(DEFAULT_TOKEN_LIFETIME)
         .min(MAX_TOKEN_LIFETIME);
     log::debug!(
-        "{realm}: new token for {} of {}, valid {lifetime} s",
-        ch.key.scope,
-        ch.key.repository
+        "{shown}: new token for {} of {}, valid {lifetime} s",
+        key.scope,
+        key.repository
     );
-    Ok((token.to_string(), Duration::from_secs(lifetime)))
+    Ok((Secret::new(token), Duration::from_secs(lifetime)))
 }
+
+/// One registry (the source's or a mirror) a blob can come from.
+struct RegEndpoint {
+    url: String,
+    origin: Origin,
+    /// `host[:port]`, as auth files name the registry.
+    key: String,
+    /// Where the challenge learnt from this registry's 401 is kept for every blob.
+    challenge_key: ChallengeKey,
+}
+
+/// A registry and a repository of it.
+type ChallengeKey = (Origin, String);
+
+/// What each registry (and repository) asked for in its last 401: later requests, from any
+/// blob, carry the answer at once instead of being refused first.
+static CHALLENGES: LazyLock<Mutex<HashMap<ChallengeKey, Arc<Challenge>>>> =
+    LazyLock::new(Default::default);
 
 /// An OCI registry blob.
 pub struct RegistryBlob {
-    agent: ureq::Agent,
-    url: String,
-    origin: Origin,
+    remote: Arc<Remote>,
+    /// One per endpoint of `remote`, in its order.
+    endpoints: Vec<RegEndpoint>,
     repository: String,
     digest: String,
     size: u64,
     retries: u32,
-    /// Learnt from the registry's first 401; `None` while it asks for no token.
-    challenge: Mutex<Option<Arc<Challenge>>>,
     data: Data,
 }
 
@@ -300,7 +387,8 @@ impl Drop for InOrder {
 }
 
 impl RegistryBlob {
-    /// Opens a blob served straight from the registry (in-order reads are verified).
+    /// Opens a blob served straight from the registry `base` with the plain client `agent`
+    /// (in-order reads are verified).
     pub fn open(
         base: &str,
         repository: &str,
@@ -311,7 +399,7 @@ impl RegistryBlob {
         Self::open_with(base, repository, fsid, agent, settings, Verify::InOrder)
     }
 
-    /// Opens a blob; with `Verify::Digest` the whole blob is fetched and checked first.
+    /// [`RegistryBlob::open`] with a choice of check.
     pub fn open_with(
         base: &str,
         repository: &str,
@@ -320,31 +408,54 @@ impl RegistryBlob {
         settings: &FetchSettings,
         verify: Verify,
     ) -> Result<RegistryBlob, FetchError> {
+        let remote = Remote::with_agent(vec![base.to_string()], agent);
+        Self::open_remote(remote, repository, fsid, settings, verify)
+    }
+
+    /// Opens a blob from the registries of `remote`; with `Verify::Digest` the whole blob is
+    /// fetched and checked first.
+    pub fn open_remote(
+        remote: Arc<Remote>,
+        repository: &str,
+        fsid: &str,
+        settings: &FetchSettings,
+        verify: Verify,
+    ) -> Result<RegistryBlob, FetchError> {
         let digest = digest_from_fsid(fsid).ok_or(FetchError::NotFound)?;
-        let url = format!("{base}/v2/{repository}/blobs/{digest}");
+        let mut endpoints = Vec::new();
+        for e in &remote.endpoints {
+            let url = format!(
+                "{}/v2/{repository}/blobs/{digest}",
+                e.url.trim_end_matches('/')
+            );
+            let origin = head::origin(&url).map_err(FetchError::Protocol)?;
+            endpoints.push(RegEndpoint {
+                key: super::auth::registry_key(&origin.host, origin.port, origin.https),
+                url,
+                challenge_key: (origin.clone(), repository.to_string()),
+                origin,
+            });
+        }
         if poisoned(&digest) {
             return Err(FetchError::Integrity(format!(
                 "{} failed its digest check before; refused",
-                head::redact(&url)
+                head::redact(&endpoints[0].url)
             )));
         }
-        let origin = head::origin(&url).map_err(FetchError::Protocol)?;
         let mut blob = RegistryBlob {
-            agent,
-            url,
-            origin,
+            remote,
+            endpoints,
             repository: repository.to_string(),
             digest,
             size: 0,
             retries: settings.retries,
-            challenge: Mutex::new(None),
             data: Data::Streamed {
                 in_order: Mutex::new(InOrder::new()),
                 poisoned: AtomicBool::new(false),
             },
         };
         blob.size = with_retries(settings.retries, || {
-            head_size(&blob.request(Method::Head, None)?)
+            blob.on_endpoints(|ep| head_size(&blob.request(ep, Method::Head, None)?))
         })?;
         if verify == Verify::Digest {
             let dir = settings.spool.clone().unwrap_or_else(std::env::temp_dir);
@@ -354,19 +465,55 @@ impl RegistryBlob {
         Ok(blob)
     }
 
-    /// The challenge of a 401, checked: a Bearer realm on http(s), never plain http for an
-    /// https registry (the token would travel in clear).
-    fn challenge_of(&self, answer: &Answer) -> Result<Challenge, FetchError> {
-        let header = answer.header("www-authenticate").unwrap_or("");
+    /// The URL shown in logs: the endpoint that serves now.
+    fn shown(&self) -> String {
+        head::redact(&self.endpoints[self.remote.order()[0]].url)
+    }
+
+    /// Runs `f` against the registries in the remote's order until one answers; failures
+    /// another registry may not share (connection errors, 5xx) move on to the next.
+    fn on_endpoints<T>(
+        &self,
+        mut f: impl FnMut(&RegEndpoint) -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
+        let mut last = None;
+        for i in self.remote.order() {
+            let started = Instant::now();
+            match f(&self.endpoints[i]) {
+                Ok(v) => {
+                    self.remote.succeeded(i, started.elapsed());
+                    return Ok(v);
+                }
+                Err(e) if e.retryable() => {
+                    self.remote.failed(i, &e.to_string());
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(FetchError::NotFound))
+    }
+
+    /// The challenge of a 401, checked: Basic, or a Bearer realm on http(s), never plain
+    /// http for an https registry (credentials and the token would travel in clear).
+    fn challenge_of(&self, ep: &RegEndpoint, answer: &Answer) -> Result<Challenge, FetchError> {
+        let header = answer.header("www-authenticate").unwrap_or("").trim();
+        if header
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+            || header.eq_ignore_ascii_case("basic")
+        {
+            return Ok(Challenge::Basic);
+        }
         let (realm, mut params) = head::parse_bearer_challenge(header).ok_or_else(|| {
             FetchError::Protocol(format!(
-                "{}: 401 without a supported Bearer challenge",
-                head::redact(&self.url)
+                "{}: 401 without a supported Basic or Bearer challenge",
+                head::redact(&ep.url)
             ))
         })?;
         let realm_origin = head::origin(&realm)
             .map_err(|e| FetchError::Protocol(format!("token realm refused: {e}")))?;
-        if self.origin.https && !realm_origin.https {
+        if ep.origin.https && !realm_origin.https {
             return Err(FetchError::Protocol(format!(
                 "token realm refused: {} is plain http for an https registry",
                 head::redact(&realm)
@@ -380,62 +527,129 @@ impl RegistryBlob {
                 s
             }
         };
-        Ok(Challenge {
+        Ok(Challenge::Bearer {
             realm,
             params,
             key: TokenKey {
-                registry: self.origin.clone(),
+                registry: ep.origin.clone(),
                 repository: self.repository.clone(),
                 scope,
+                credential: [0; 32],
             },
         })
     }
 
-    /// One request to the registry, with a token when it wants one: a 401 fetches a fresh
-    /// token and the request is retried once with it.
-    fn request(&self, method: Method, range: Option<(u64, u64)>) -> Result<Answer, FetchError> {
-        let known = self
-            .challenge
+    fn credential(&self, ep: &RegEndpoint) -> Result<Option<Credential>, FetchError> {
+        self.remote
+            .credentials
+            .get(&ep.key, &self.repository)
+            .map_err(|e| FetchError::Protocol(e.to_string()))
+    }
+
+    /// The `Authorization` value for a request to `ep` under `challenge`; `stale` is the one
+    /// just refused.
+    fn auth_header(
+        &self,
+        challenge: Option<&Challenge>,
+        cred: Option<&Credential>,
+        stale: Option<&Secret>,
+    ) -> Result<Option<Arc<Secret>>, FetchError> {
+        Ok(match (challenge, cred) {
+            (_, Some(c @ Credential::Bearer(_))) => c.header().map(Arc::new),
+            (None, _) => None,
+            (Some(Challenge::Basic), Some(c)) => c.header().map(Arc::new),
+            (Some(Challenge::Basic), None) => None,
+            (Some(Challenge::Bearer { realm, params, key }), cred) => Some(token_for(
+                &self.remote.agent,
+                realm,
+                params,
+                key,
+                cred,
+                stale,
+            )?),
+        })
+    }
+
+    /// One request to the registry `ep`, with what it asks for: a 401 learns the challenge,
+    /// reads the credentials again (a rotated file takes effect here), fetches a fresh token
+    /// and retries the request once.
+    fn request(
+        &self,
+        ep: &RegEndpoint,
+        method: Method,
+        range: Option<(u64, u64)>,
+    ) -> Result<Answer, FetchError> {
+        let known = CHALLENGES
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .get(&ep.challenge_key)
+            .cloned();
         let used = match &known {
-            Some(ch) => Some(token_for(&self.agent, ch, None)?),
-            None => None,
+            Some(_) => self.auth_header(known.as_deref(), self.credential(ep)?.as_ref(), None)?,
+            None => match self.credential(ep)? {
+                Some(c @ Credential::Bearer(_)) => c.header().map(Arc::new),
+                _ => None,
+            },
         };
-        let answer = self.send_with(method, range, used.as_deref())?;
+        let answer = self.send_with(ep, method, range, used.as_deref())?;
         if answer.status() != 401 {
             return Ok(answer);
         }
-        let ch = Arc::new(self.challenge_of(&answer)?);
-        *self.challenge.lock().unwrap_or_else(|e| e.into_inner()) = Some(ch.clone());
-        let fresh = token_for(&self.agent, &ch, used.as_deref())?;
-        let answer = self.send_with(method, range, Some(&fresh))?;
+        let ch = Arc::new(self.challenge_of(ep, &answer)?);
+        CHALLENGES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ep.challenge_key.clone(), ch.clone());
+        if used.is_some() {
+            self.remote.credentials.refresh();
+        }
+        let cred = self.credential(ep)?;
+        let Some(fresh) = self.auth_header(Some(&ch), cred.as_ref(), used.as_deref())? else {
+            return Err(FetchError::Status(401));
+        };
+        if used.as_deref() == Some(&*fresh) {
+            self.remote.credentials.refresh();
+            return Err(FetchError::Status(401));
+        }
+        let answer = self.send_with(ep, method, range, Some(&fresh))?;
         match answer.status() {
-            401 => Err(FetchError::Status(401)),
+            401 => {
+                // Refused: whatever the files say next time is read then.
+                self.remote.credentials.refresh();
+                Err(FetchError::Status(401))
+            }
             _ => Ok(answer),
         }
     }
 
     fn send_with(
         &self,
+        ep: &RegEndpoint,
         method: Method,
         range: Option<(u64, u64)>,
-        token: Option<&str>,
+        header: Option<&Secret>,
     ) -> Result<Answer, FetchError> {
-        let header = token.map(|t| format!("Bearer {t}"));
-        let auth = header.as_deref().map(|h| Auth {
-            origin: &self.origin,
+        let auth = header.map(|h| Auth {
+            origin: &ep.origin,
             header: h,
         });
-        send(&self.agent, method, &self.url, &[], range, auth.as_ref())
+        send(
+            &self.remote.agent,
+            method,
+            &ep.url,
+            &[],
+            range,
+            auth.as_ref(),
+        )
     }
 
     fn fetch(&self, off: u64, buf: &mut [u8]) -> Result<(), FetchError> {
         let end = off + buf.len() as u64 - 1;
         with_retries(self.retries, || {
-            let answer = self.request(Method::Get, Some((off, end)))?;
-            read_range(answer, off, buf)
+            self.on_endpoints(|ep| {
+                let answer = self.request(ep, Method::Get, Some((off, end)))?;
+                read_range(answer, off, buf, self.size)
+            })
         })
     }
 
@@ -447,7 +661,7 @@ impl RegistryBlob {
             .insert(self.digest.clone());
         FetchError::Integrity(format!(
             "{} has digest {got}, expected {}",
-            head::redact(&self.url),
+            self.shown(),
             self.digest
         ))
     }
@@ -462,7 +676,7 @@ impl RegistryBlob {
         if free < self.size {
             return Err(FetchError::Io(format!(
                 "spooling {} needs {} bytes, {} has {free} free",
-                head::redact(&self.url),
+                self.shown(),
                 self.size,
                 dir.display()
             )));
@@ -484,7 +698,7 @@ impl RegistryBlob {
             log::error!("integrity error: {e}; the OPEN is refused");
             return Err(e);
         }
-        log::debug!("{}: digest verified", head::redact(&self.url));
+        log::debug!("{}: digest verified", self.shown());
         Ok(file)
     }
 }
@@ -536,16 +750,16 @@ impl Blob for RegistryBlob {
         }
         let (in_order, poisoned) = match &self.data {
             Data::Spooled(file) => {
-                return file.read_exact_at(buf, off).map_err(|e| {
-                    FetchError::Io(format!("spooled {}: {e}", head::redact(&self.url)))
-                })
+                return file
+                    .read_exact_at(buf, off)
+                    .map_err(|e| FetchError::Io(format!("spooled {}: {e}", self.shown())))
             }
             Data::Streamed { in_order, poisoned } => (in_order, poisoned),
         };
         let refuse = || {
             FetchError::Integrity(format!(
                 "{} failed its digest check; no read of it is served",
-                head::redact(&self.url)
+                self.shown()
             ))
         };
         if poisoned.load(Ordering::Acquire) {
@@ -564,7 +778,7 @@ impl Blob for RegistryBlob {
                 Err(e)
             }
             Some(_) => {
-                log::debug!("{}: digest verified", head::redact(&self.url));
+                log::debug!("{}: digest verified", self.shown());
                 Ok(())
             }
             None => Ok(()),
@@ -572,7 +786,7 @@ impl Blob for RegistryBlob {
     }
 
     fn describe(&self) -> String {
-        head::redact(&self.url)
+        self.shown()
     }
 
     fn is_remote(&self) -> bool {
