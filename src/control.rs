@@ -4,6 +4,7 @@
 //! without ever blocking it: every connection is non-blocking, bounded in size and in time, so
 //! a client that connects and never reads cannot stall the daemon.
 
+use crate::ondemand::fanotify::{BlobKey, Detach};
 use crate::reactor::Registrar;
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Token};
@@ -21,11 +22,24 @@ const CONN_DEADLINE: Duration = Duration::from_secs(5);
 /// on-demand objects is about 15 MB), far below what would hurt the client.
 pub const MAX_REPLY: usize = 64 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Status,
     StatusJson,
     Metrics,
+    /// `attach [--domain D] FSID`: the fanotify front end's blob file for a mount.
+    Attach(BlobKey),
+    /// `detach PATH|[--domain D] FSID`.
+    Detach(Detach),
+}
+
+/// `[--domain D] FSID`, validated.
+fn blob_key(args: &[&str]) -> Result<BlobKey, String> {
+    match args {
+        ["--domain", d, fsid] => BlobKey::new(Some(d), fsid),
+        [fsid] if !fsid.starts_with('-') => BlobKey::new(None, fsid),
+        _ => Err("expected [--domain DOMAIN] FSID".into()),
+    }
 }
 
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -33,8 +47,17 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         ["status"] => Ok(Request::Status),
         ["status", "json"] => Ok(Request::StatusJson),
         ["metrics"] => Ok(Request::Metrics),
+        ["attach", args @ ..] => blob_key(args)
+            .map(Request::Attach)
+            .map_err(|e| format!("error: attach: {e}\n")),
+        ["detach", path] if path.starts_with('/') => {
+            Ok(Request::Detach(Detach::Path(PathBuf::from(path))))
+        }
+        ["detach", args @ ..] => blob_key(args)
+            .map(|k| Request::Detach(Detach::Key(k)))
+            .map_err(|e| format!("error: detach: {e}\n")),
         _ => Err(format!(
-            "error: unknown request {:?} (try: status, status json, metrics)\n",
+            "error: unknown request {:?} (try: status, status json, metrics, attach, detach)\n",
             line.trim()
         )),
     }
@@ -119,7 +142,7 @@ impl ControlServer {
         &mut self,
         reg: &mut Registrar,
         token: Token,
-        answer: &dyn Fn(Request) -> String,
+        answer: &mut dyn FnMut(Request) -> String,
     ) -> bool {
         if Some(token) == self.token {
             self.accept(reg);
@@ -228,7 +251,7 @@ fn peer_is_privileged(stream: &UnixStream) -> bool {
 }
 
 /// Advances one connection; true when it is finished.
-fn serve(conn: &mut Conn, answer: &dyn Fn(Request) -> String) -> bool {
+fn serve(conn: &mut Conn, answer: &mut dyn FnMut(Request) -> String) -> bool {
     if !conn.answered {
         let mut buf = [0u8; 128];
         loop {
@@ -346,5 +369,39 @@ mod tests {
             .unwrap_err()
             .starts_with("error: unknown request"));
         assert!(parse_request("").is_err());
+    }
+
+    #[test]
+    fn attach_and_detach_names_are_validated() {
+        assert_eq!(
+            parse_request("attach --domain d1 blob.img"),
+            Ok(Request::Attach(
+                BlobKey::new(Some("d1"), "blob.img").unwrap()
+            ))
+        );
+        assert_eq!(
+            parse_request("detach /var/cache/fscache/lazy/a/a"),
+            Ok(Request::Detach(Detach::Path(
+                "/var/cache/fscache/lazy/a/a".into()
+            )))
+        );
+        assert_eq!(
+            parse_request("detach a"),
+            Ok(Request::Detach(Detach::Key(
+                BlobKey::new(None, "a").unwrap()
+            )))
+        );
+        for bad in [
+            "attach",
+            "attach ../x",
+            "attach --domain .. x",
+            "attach a/b",
+            "attach --domain",
+            "attach a b",
+            "detach ..",
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.starts_with("error: "), "{bad}: {e}");
+        }
     }
 }

@@ -184,7 +184,10 @@ impl<'d> Daemon<'d> {
                 .timeout(self.engine.cull.has_work(), Instant::now());
             self.reactor.wait(timeout, &mut ready)?;
             for event in &ready {
-                if !self.engine.on_device_event(*event) && self.dispatch(*event)? == Flow::Stop {
+                if self.engine.on_device_event(*event) || self.engine.on_group_event(*event)? {
+                    continue;
+                }
+                if self.dispatch(*event)? == Flow::Stop {
                     return Ok(());
                 }
             }
@@ -214,8 +217,10 @@ impl<'d> Daemon<'d> {
         } else if self.graveyard.as_mut().is_some_and(|g| g.on_event(token)) {
             self.engine.cull.request_reap();
         } else if let Some(control) = self.control.as_mut() {
-            let engine = &self.engine;
-            control.on_event(&mut self.reactor.registrar(), token, &|r| engine.answer(r));
+            let engine = &mut self.engine;
+            control.on_event(&mut self.reactor.registrar(), token, &mut |r| {
+                engine.answer(r)
+            });
         }
         Ok(Flow::Continue)
     }

@@ -4,9 +4,11 @@
 //! people, JSON for tools and the Prometheus text exposition format for scrapers.
 
 use crate::cull::Culler;
+use crate::ondemand::fanotify::Lazy;
+use crate::ondemand::reply::FrontEnd;
 use crate::ondemand::sourcemap::Location;
 use crate::ondemand::sources::head::redact;
-use crate::ondemand::OnDemand;
+use crate::ondemand::Engine;
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -71,6 +73,24 @@ pub struct OnDemandReport {
     /// Requests whose msg_id was already pending.
     pub duplicates: u64,
     pub sources: Vec<SourceReport>,
+    /// The fanotify front end's own counters (absent with the cachefiles front end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanotify: Option<FanotifyReport>,
+}
+
+/// The fanotify front end: its events and attached blobs. Fetched ranges and fills that
+/// failed (denied with EIO) are the `reads` and `reads_failed` beside it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct FanotifyReport {
+    pub attached_blobs: Vec<String>,
+    pub events: u64,
+    /// Ranges already in the file, allowed at once.
+    pub allowed_at_once: u64,
+    /// Events denied without a fetch: no attached blob has the file, or unreadable events.
+    pub denied_unknown: u64,
+    pub attaches: u64,
+    pub attaches_failed: u64,
+    pub detaches: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -148,7 +168,29 @@ impl Culling {
 }
 
 impl OnDemandReport {
-    pub fn new(od: &OnDemand) -> OnDemandReport {
+    /// The fanotify front end's report: the engine's, plus the group's counters.
+    pub fn fanotify(lazy: &Lazy) -> OnDemandReport {
+        let g = &lazy.group.stats;
+        let mut attached_blobs: Vec<String> = lazy
+            .attached()
+            .map(|(_, _, path)| path.display().to_string())
+            .collect();
+        attached_blobs.sort();
+        OnDemandReport {
+            fanotify: Some(FanotifyReport {
+                attached_blobs,
+                events: g.events,
+                allowed_at_once: g.present,
+                denied_unknown: g.unknown + g.bad_events,
+                attaches: lazy.stats.attaches,
+                attaches_failed: lazy.stats.attaches_failed,
+                detaches: lazy.stats.detaches,
+            }),
+            ..OnDemandReport::new(&lazy.engine)
+        }
+    }
+
+    pub fn new<F: FrontEnd>(od: &Engine<F>) -> OnDemandReport {
         let mut objects: Vec<ObjectReport> = od
             .objects()
             .iter()
@@ -198,6 +240,7 @@ impl OnDemandReport {
             bad_messages: s.bad_messages,
             duplicates: s.duplicates,
             sources,
+            fanotify: None,
         }
     }
 }
@@ -225,6 +268,9 @@ impl Report {
                 "; on-demand: {} objects open, {} in flight, opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages, {} duplicates",
                 od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages, od.duplicates
             );
+            if let Some(f) = &od.fanotify {
+                let _ = write!(line, "; fanotify: {} blobs attached, events {}, allowed at once {}, denied unknown {}", f.attached_blobs.len(), f.events, f.allowed_at_once, f.denied_unknown);
+            }
         }
         line
     }
@@ -467,6 +513,17 @@ impl OnDemandReport {
                 q(src.latency_p99_seconds)
             );
         }
+        if let Some(f) = &od.fanotify {
+            let _ = writeln!(
+                o,
+                "fanotify: {} blobs attached; events {}, allowed at once {}, fetched {}, denied {}; attaches {} ({} failed), detaches {}",
+                f.attached_blobs.len(), f.events, f.allowed_at_once, od.reads, od.reads_failed + f.denied_unknown,
+                f.attaches, f.attaches_failed, f.detaches
+            );
+            for path in &f.attached_blobs {
+                let _ = writeln!(o, "  attached {path}");
+            }
+        }
     }
 
     fn metrics(&self) -> Vec<Metric> {
@@ -479,7 +536,7 @@ impl OnDemandReport {
                 .collect(),
             ..counter(name, help, 0)
         };
-        vec![
+        let mut all = vec![
             gauge(
                 "ondemand_objects",
                 "Open on-demand objects.",
@@ -522,7 +579,32 @@ impl OnDemandReport {
                 "Failed fetches per [[source]] entry.",
                 |s| s.errors,
             ),
-        ]
+        ];
+        if let Some(f) = &od.fanotify {
+            all.extend([
+                gauge(
+                    "fanotify_attached_blobs",
+                    "Blobs attached (marked) for the fanotify front end.",
+                    f.attached_blobs.len() as u64,
+                ),
+                counter(
+                    "fanotify_events_total",
+                    "Pre-content events read.",
+                    f.events,
+                ),
+                counter(
+                    "fanotify_allowed_at_once_total",
+                    "Events whose range was in the file already.",
+                    f.allowed_at_once,
+                ),
+                counter(
+                    "fanotify_denied_unknown_total",
+                    "Events denied for a file no attached blob has.",
+                    f.denied_unknown,
+                ),
+            ]);
+        }
+        all
     }
 }
 
@@ -584,7 +666,7 @@ mod tests {
              [[source]]\nregistry = \"https://robot:hunter2@registry.test\"\nrepository = \"lib/img\"\n",
         )
         .unwrap();
-        let od = OnDemand::new(map, std::sync::Arc::new(|| {}));
+        let od = crate::ondemand::OnDemand::new(map, std::sync::Arc::new(|| {}));
         let report = Report {
             ondemand: Some(OnDemandReport::new(&od)),
             ..sample()

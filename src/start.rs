@@ -11,7 +11,7 @@ use crate::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
 use crate::engine::Serving;
 use crate::exit::Exit;
 use crate::lock::{lock_cache_dir, LockError};
-use crate::ondemand::sourcemap::SourceMap;
+use crate::ondemand::sourcemap::{FrontEndChoice, SourceMap};
 use crate::pidfile::{PidFile, PidFileError};
 use crate::proto::Command;
 use crate::service::{self, Inherited, NotTheDevice};
@@ -144,7 +144,7 @@ pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> 
         .then(|| lock_cache_dir(&config.dir.value))
         .transpose()?;
     if start == Start::Supervise {
-        return run_supervisor(&config, options);
+        return run_supervisor(&config, options, serving);
     }
     let device = inherited.map(|Inherited { fd, .. }| fd);
     run_daemon(&config, options, start, device, serving)
@@ -152,9 +152,14 @@ pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> 
 
 /// The supervisor binds the cache itself, before dropping privileges: the kernel takes the
 /// cache's credentials from the process that binds. Every worker takes it over.
-fn run_supervisor(config: &Config, options: &Options) -> Result<Exit, StartError> {
+fn run_supervisor(
+    config: &Config,
+    options: &Options,
+    serving: Serving,
+) -> Result<Exit, StartError> {
     let mut device = open_device()?;
-    configure(config, &mut device)?;
+    let serving = configure(config, &mut device, serving)?;
+    log::info!("serving in {} mode", serving.name());
     let pidfile = start_service(options)?;
     drop_privileges()?;
     let exe = std::env::current_exe().map_err(StartError::Supervisor)?;
@@ -183,12 +188,12 @@ fn run_daemon(
 ) -> Result<Exit, StartError> {
     let handed = handed.and_then(take_over_or_reopen);
     let bound = handed.is_some();
-    let mut device = match handed {
-        Some(device) => device,
+    let (mut device, mut serving) = match handed {
+        Some(device) => (device, serving),
         None => {
             let mut device = open_device()?;
-            configure(config, &mut device)?;
-            device
+            let serving = configure(config, &mut device, serving)?;
+            (device, serving)
         }
     };
     let pidfile = if start.owns_the_service() {
@@ -197,7 +202,7 @@ fn run_daemon(
         None
     };
     if bound {
-        restore(config, &serving, &mut device)?;
+        serving = restore(config, serving, &mut device)?;
     }
     drop_privileges()?;
     service::ready(device.as_fd(), "cache bound");
@@ -225,24 +230,31 @@ fn take_over_or_reopen(fd: std::os::fd::OwnedFd) -> Option<CachefilesDevice> {
 }
 
 /// Taking over a bound cache: on demand, the kernel re-delivers every outstanding request;
-/// READs on objects whose fd died with the old daemon come back as fresh OPENs.
+/// READs on objects whose fd died with the old daemon come back as fresh OPENs. `restore`
+/// also tells how the cache was bound: EOPNOTSUPP on a cache bound classic (or a kernel
+/// before 6.8), so `auto` then means fanotify where a pre-content group can be made.
 fn restore(
     config: &Config,
-    serving: &Serving,
+    serving: Serving,
     device: &mut CachefilesDevice,
-) -> Result<(), StartError> {
+) -> Result<Serving, StartError> {
     log::info!("taking over the bound cache {}", config.dir.value.display());
-    if let Serving::Classic = serving {
-        return Ok(());
-    }
+    let choice = match serving.frontend() {
+        None => return Ok(serving),
+        Some(FrontEndChoice::Fanotify) => return Ok(serving.with_fanotify()),
+        Some(choice) => choice,
+    };
     match device.send(&Command::Restore) {
         Ok(()) => log::info!("restore: outstanding requests re-delivered"),
         Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {
+            if choice == FrontEndChoice::Auto && crate::ondemand::fanotify::Group::new().is_ok() {
+                return Ok(serving.with_fanotify());
+            }
             log::warn!("the kernel does not support `restore` (needs Linux 6.8): requests pending before the restart are lost")
         }
         Err(e) => return Err(e.into()),
     }
-    Ok(())
+    Ok(serving)
 }
 
 fn check_dir(config: &Config) -> Result<(), StartError> {
@@ -276,20 +288,49 @@ fn raise_fd_limit() {
     }
 }
 
-fn configure(config: &Config, device: &mut CachefilesDevice) -> Result<(), StartError> {
+/// Sends the config's commands; the bind chooses the front end (see `FrontEndChoice`).
+fn configure(
+    config: &Config,
+    device: &mut CachefilesDevice,
+    serving: Serving,
+) -> Result<Serving, StartError> {
+    let mut serving = serving;
     for command in config.commands() {
         let bind = matches!(command, Command::Bind { .. });
         if bind {
             log::info!("About to bind cache");
         }
-        device
-            .send(&command)
-            .map_err(|e| bind_failure(config, &command, e))?;
+        match (&command, serving.frontend()) {
+            (Command::Bind { ondemand: true }, Some(FrontEndChoice::Fanotify)) => {
+                // The fanotify front end: the cache is bound classic, for its culling.
+                let classic = Command::Bind { ondemand: false };
+                device
+                    .send(&classic)
+                    .map_err(|e| bind_failure(config, &classic, e))?;
+                serving = serving.with_fanotify();
+            }
+            (Command::Bind { ondemand: true }, Some(FrontEndChoice::Auto)) => match device
+                .send(&command)
+            {
+                Err(e) if e.errno() == Some(Errno::EINVAL) => {
+                    log::info!("the kernel has no `bind ondemand`: using the fanotify front end");
+                    let classic = Command::Bind { ondemand: false };
+                    device
+                        .send(&classic)
+                        .map_err(|e| bind_failure(config, &classic, e))?;
+                    serving = serving.with_fanotify();
+                }
+                other => other.map_err(|e| bind_failure(config, &command, e))?,
+            },
+            _ => device
+                .send(&command)
+                .map_err(|e| bind_failure(config, &command, e))?,
+        }
         if bind {
             log::info!("Bound cache");
         }
     }
-    Ok(())
+    Ok(serving)
 }
 
 fn drop_privileges() -> Result<(), StartError> {

@@ -18,6 +18,8 @@ use super::engine::{Engine, OpenRequest};
 use super::fds::{AdoptError, KernelFd};
 use super::pool::panic_message;
 use super::reply::{FrontEnd, ReadReply, Ticket};
+use super::sourcemap::is_safe_name;
+use crate::cachedir::{tree, CacheDir, Name};
 use crate::device::DeviceError;
 use crate::proto::fanotify::{self as wire, Event, Response, Verdict, FAN_PRE_ACCESS};
 use nix::errno::Errno;
@@ -25,6 +27,7 @@ use nix::sys::fanotify::{EventFFlags, Fanotify as NixGroup, InitFlags, MarkFlags
 use nix::sys::stat::{fstat, SFlag};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -270,8 +273,21 @@ impl Engine<Fanotify> {
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)
             .map_err(blob_file)?;
+        Ok(self.attach_file(group, file, path, domain, fsid))
+    }
+
+    /// `attach` with the blob's file opened already (read-write, before any mark: see the
+    /// module's comment); `path` names it in messages.
+    pub fn attach_file(
+        &mut self,
+        group: &mut Group,
+        file: std::fs::File,
+        path: &Path,
+        domain: &[u8],
+        fsid: &[u8],
+    ) -> u32 {
         if let Some(id) = group.attached(&file) {
-            return Ok(id);
+            return id;
         }
         let object_id = self.free_object_id(group);
         let file = self.fds().own(OwnedFd::from(file));
@@ -289,7 +305,12 @@ impl Engine<Fanotify> {
         if let Err(e) = self.open(group, request, reply) {
             log::warn!("{}: {e}", path.display());
         }
-        Ok(object_id)
+        object_id
+    }
+
+    /// Whether the attach of `object_id` still waits for its source.
+    pub fn attaching(&self, object_id: u32) -> bool {
+        self.is_in_flight(OPEN_KEY_BASE + u64::from(object_id))
     }
 
     fn free_object_id(&self, group: &mut Group) -> u32 {
@@ -466,4 +487,247 @@ fn is_present(fd: BorrowedFd<'_>, off: u64, end: u64) -> bool {
         nix::unistd::lseek(fd.as_raw_fd(), off as i64, nix::unistd::Whence::SeekHole),
         Ok(hole) if hole as u64 >= end
     )
+}
+
+/// The directory under the cache root holding the attached blobs' sparse files, as
+/// `lazy/DOMAIN/FSID`: beside `cache/` and `graveyard/`, so the kernel's classic culling
+/// never sees them, while they count against the same filesystem's limits.
+pub const LAZY_DIR: &str = "lazy";
+
+/// A blob's names as `attach` takes them, each checked once: safe in a path component and
+/// in the source map's substitutions (`{domain}` is the fsid when none is given, as EROFS's
+/// volume keys have it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlobKey {
+    domain: Name,
+    fsid: Name,
+}
+
+impl BlobKey {
+    pub fn new(domain: Option<&str>, fsid: &str) -> Result<BlobKey, String> {
+        let name = |what: &str, s: &str| {
+            if !is_safe_name(s.as_bytes()) {
+                return Err(format!(
+                    "{what} {s:?} must be 1-255 of A-Z a-z 0-9 - . _ ~ : + , = @"
+                ));
+            }
+            Name::new(s.as_bytes()).map_err(|e| format!("{what} {s:?}: {e}"))
+        };
+        Ok(BlobKey {
+            fsid: name("fsid", fsid)?,
+            domain: name("domain", domain.unwrap_or(fsid))?,
+        })
+    }
+
+    pub fn fsid(&self) -> &str {
+        std::str::from_utf8(self.fsid.as_bytes()).unwrap_or_default()
+    }
+
+    pub fn domain(&self) -> &str {
+        std::str::from_utf8(self.domain.as_bytes()).unwrap_or_default()
+    }
+}
+
+/// Where an `attach` stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attach {
+    /// Sized and marked: mount this file.
+    Ready(PathBuf),
+    /// Waiting for the source to tell the blob's size: ask again.
+    Pending,
+    Failed(String),
+}
+
+/// Counters of the front end as a whole, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct AttachStats {
+    pub attaches: u64,
+    pub attaches_failed: u64,
+    pub detaches: u64,
+}
+
+/// The fanotify front end as the daemon runs it: the group, the engine and the attached
+/// blobs by name.
+pub struct Lazy {
+    pub engine: Engine<Fanotify>,
+    pub group: Group,
+    root: PathBuf,
+    attached: HashMap<BlobKey, (u32, PathBuf)>,
+    pending: HashMap<BlobKey, (u32, PathBuf)>,
+    /// Attaches that failed since last asked about: the next `attach` of the key reports
+    /// the failure once, the one after tries again.
+    failed: HashMap<BlobKey, String>,
+    pub stats: AttachStats,
+}
+
+impl Lazy {
+    pub fn new(
+        map: super::sourcemap::SourceMap,
+        wake: super::reply::Wake,
+        root: &Path,
+    ) -> Result<Lazy, FanotifyError> {
+        Ok(Lazy {
+            engine: Engine::new(map, wake),
+            group: Group::new()?,
+            root: root.to_owned(),
+            attached: HashMap::new(),
+            pending: HashMap::new(),
+            failed: HashMap::new(),
+            stats: AttachStats::default(),
+        })
+    }
+
+    /// The attached blobs: name, object id, file.
+    pub fn attached(&self) -> impl Iterator<Item = (&BlobKey, u32, &Path)> {
+        self.attached
+            .iter()
+            .map(|(k, (id, p))| (k, *id, p.as_path()))
+    }
+
+    /// Attaches `key` (or tells how its attach stands): creates or reuses its sparse file
+    /// through the cache-directory layer (validated names, no symlink followed).
+    pub fn attach(&mut self, key: &BlobKey) -> Attach {
+        self.settle();
+        if let Some((_, path)) = self.attached.get(key) {
+            return Attach::Ready(path.clone());
+        }
+        if self.pending.contains_key(key) {
+            return Attach::Pending;
+        }
+        if let Some(e) = self.failed.remove(key) {
+            return Attach::Failed(e);
+        }
+        let (file, path) = match self.open_blob_file(key) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.attaches_failed += 1;
+                return Attach::Failed(e);
+            }
+        };
+        let id = self.engine.attach_file(
+            &mut self.group,
+            file,
+            &path,
+            key.domain.as_bytes(),
+            key.fsid.as_bytes(),
+        );
+        self.stats.attaches += 1;
+        self.pending.insert(key.clone(), (id, path));
+        self.settle();
+        match self.attached.get(key) {
+            Some((_, path)) => Attach::Ready(path.clone()),
+            None => Attach::Pending,
+        }
+    }
+
+    fn open_blob_file(&self, key: &BlobKey) -> Result<(std::fs::File, PathBuf), String> {
+        let root = CacheDir::open(&self.root).map_err(|e| e.to_string())?;
+        let lazy = Name::new(LAZY_DIR.as_bytes()).map_err(|e| e.to_string())?;
+        let top = root
+            .ensure_dir(root.dir(), &[], &lazy)
+            .map_err(|e| e.to_string())?;
+        root.ensure_dir(&top, &[lazy.as_bytes()], &key.domain)
+            .map_err(|e| e.to_string())?;
+        let rel: [&[u8]; 3] = [lazy.as_bytes(), key.domain.as_bytes(), key.fsid.as_bytes()];
+        // As a `File`: rustix's openat takes an `AsFd`.
+        let domain = tree::open_file(&top, &key.domain, rustix::fs::OFlags::DIRECTORY)
+            .map_err(|e| root.error("cannot open", &rel[..2], e).to_string())?;
+        let file = rustix::fs::openat(
+            &domain,
+            key.fsid.as_bytes(),
+            rustix::fs::OFlags::RDWR
+                | rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .map(std::fs::File::from)
+        .map_err(|e| {
+            let errno = Errno::from_raw(e.raw_os_error());
+            root.error("cannot open", &rel, errno).to_string()
+        })?;
+        let path = rel.iter().fold(self.root.clone(), |p, c| {
+            p.join(std::ffi::OsStr::from_bytes(c))
+        });
+        Ok((file, path))
+    }
+
+    /// Moves answered attaches out of `pending`: into `attached`, or `failed` when the
+    /// engine refused them (the source failed or the file cannot be marked: logged).
+    fn settle(&mut self) {
+        let done: Vec<BlobKey> = self
+            .pending
+            .iter()
+            .filter(|(_, (id, _))| !self.engine.attaching(*id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            let Some((id, path)) = self.pending.remove(&key) else {
+                continue;
+            };
+            if self.engine.objects().contains_key(&id) {
+                log::info!(
+                    "attached {} (fsid {}, domain {})",
+                    path.display(),
+                    key.fsid(),
+                    key.domain()
+                );
+                self.attached.insert(key, (id, path));
+            } else {
+                self.stats.attaches_failed += 1;
+                self.failed.insert(
+                    key.clone(),
+                    format!(
+                        "fsid {} (domain {}): no source served it, or its file cannot be marked (see the daemon's log)",
+                        key.fsid(),
+                        key.domain()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Detaches the blob attached as `path` (absolute) or named `key`; its file stays.
+    pub fn detach(&mut self, what: Detach) -> Result<PathBuf, String> {
+        self.settle();
+        let key = match &what {
+            Detach::Key(k) => k.clone(),
+            Detach::Path(p) => self
+                .attached
+                .iter()
+                .find(|(_, (_, path))| path == p)
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| format!("{} is not attached", p.display()))?,
+        };
+        let Some((id, path)) = self.attached.remove(&key) else {
+            return Err(format!(
+                "fsid {} (domain {}) is not attached",
+                key.fsid(),
+                key.domain()
+            ));
+        };
+        self.engine.detach(&mut self.group, id);
+        self.stats.detaches += 1;
+        log::info!("detached {}", path.display());
+        Ok(path)
+    }
+
+    /// The group is readable.
+    pub fn on_events(&mut self) -> Result<(), FanotifyError> {
+        self.engine.drain_group(&mut self.group)
+    }
+
+    /// Pool results are in.
+    pub fn on_completions(&mut self) -> Result<(), DeviceError> {
+        let r = self.engine.drain_done(&mut self.group);
+        self.settle();
+        r
+    }
+}
+
+/// What `detach` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detach {
+    Path(PathBuf),
+    Key(BlobKey),
 }
