@@ -289,6 +289,7 @@ impl Engine<Fanotify> {
         if let Some(id) = group.attached(&file) {
             return id;
         }
+        self.stats.opens += 1;
         let object_id = self.free_object_id(group);
         let file = self.fds().own(OwnedFd::from(file));
         let reply = self.open_reply(AttachTicket {
@@ -476,6 +477,7 @@ impl Engine<Fanotify> {
             let _ = reply.answer(group, Ok(0));
             return;
         }
+        self.stats.reads += 1;
         self.read(object_id, off, end - off, reply);
     }
 }
