@@ -91,6 +91,10 @@ pub struct FanotifyReport {
     pub attaches: u64,
     pub attaches_failed: u64,
     pub detaches: u64,
+    /// Blobs found whole (unmarked and recorded), and attached whole from an earlier run.
+    pub completed: u64,
+    pub complete_at_attach: u64,
+    pub digest_mismatches: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -185,6 +189,9 @@ impl OnDemandReport {
                 attaches: lazy.stats.attaches,
                 attaches_failed: lazy.stats.attaches_failed,
                 detaches: lazy.stats.detaches,
+                completed: g.completed,
+                complete_at_attach: g.complete_at_attach,
+                digest_mismatches: g.digest_mismatches,
             }),
             ..OnDemandReport::new(&lazy.engine)
         }
@@ -516,9 +523,9 @@ impl OnDemandReport {
         if let Some(f) = &od.fanotify {
             let _ = writeln!(
                 o,
-                "fanotify: {} blobs attached; events {}, allowed at once {}, fetched {}, denied {}; attaches {} ({} failed), detaches {}",
+                "fanotify: {} blobs attached; events {}, allowed at once {}, fetched {}, denied {}; attaches {} ({} failed), detaches {}; completed {}, complete at attach {}, digest mismatches {}",
                 f.attached_blobs.len(), f.events, f.allowed_at_once, od.reads, od.reads_failed + f.denied_unknown,
-                f.attaches, f.attaches_failed, f.detaches
+                f.attaches, f.attaches_failed, f.detaches, f.completed, f.complete_at_attach, f.digest_mismatches
             );
             for path in &f.attached_blobs {
                 let _ = writeln!(o, "  attached {path}");
@@ -596,6 +603,16 @@ impl OnDemandReport {
                     "fanotify_allowed_at_once_total",
                     "Events whose range was in the file already.",
                     f.allowed_at_once,
+                ),
+                counter(
+                    "fanotify_completed_total",
+                    "Blobs found whole, unmarked and recorded.",
+                    f.completed,
+                ),
+                counter(
+                    "fanotify_digest_mismatches_total",
+                    "Complete registry blobs whose bytes did not match their digest.",
+                    f.digest_mismatches,
                 ),
                 counter(
                     "fanotify_denied_unknown_total",

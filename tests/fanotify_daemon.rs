@@ -52,23 +52,24 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn the_daemon_attaches_fills_and_detaches_through_its_control_socket() {
-    if std::env::var_os("CACHEFILESD_NO_FANOTIFY").is_some() {
-        eprintln!("skipped: CACHEFILESD_NO_FANOTIFY is set");
-        return;
+struct Running {
+    stop: cachefilesd_rs::daemon::StopHandle,
+    thread: std::thread::JoinHandle<(Result<(), String>, String)>,
+}
+
+impl Running {
+    /// Stops the loop; its final stats line.
+    fn stop(self) -> String {
+        self.stop.stop();
+        let (result, stats) = self.thread.join().unwrap();
+        result.unwrap();
+        stats
     }
-    // The target dir, not /tmp: /tmp may be tmpfs, which has no pre-content events.
-    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let root = t.path().join("fscache");
-    let src = t.path().join("src");
-    for d in ["cache", "graveyard"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::create_dir(&src).unwrap();
-    let data = pattern((3 << 20) + 1000, 11);
-    std::fs::write(src.join("app"), &data).unwrap();
-    let socket = t.path().join("ctl.sock");
+}
+
+/// The daemon over `root` (bound classic on a fake device), serving `src/{fsid}` for fsids
+/// `app*` through fanotify, with its control socket at `socket`.
+fn start(root: &Path, src: &Path, socket: &Path) -> Running {
     let cfg = Config::parse(
         Path::new("test.conf"),
         format!(
@@ -91,14 +92,37 @@ fn the_daemon_attaches_fills_and_detaches_through_its_control_socket() {
     kernel.with(|s| s.commands.push("bind".into()));
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
+        let _kernel = kernel;
         let mut daemon = Daemon::new(&cfg, &mut device, true, None, Serving::Fanotify(map))
             .expect("a fanotify pre-content group (root and a 6.14+ kernel; CACHEFILESD_NO_FANOTIFY=1 skips)");
         tx.send(daemon.stop_handle()).unwrap();
         let result = daemon.run().map_err(|e| e.to_string());
         (result, daemon.stats_line())
     });
-    let stop = rx.recv().unwrap();
+    Running {
+        stop: rx.recv().unwrap(),
+        thread,
+    }
+}
 
+#[test]
+fn the_daemon_attaches_fills_and_detaches_through_its_control_socket() {
+    if std::env::var_os("CACHEFILESD_NO_FANOTIFY").is_some() {
+        eprintln!("skipped: CACHEFILESD_NO_FANOTIFY is set");
+        return;
+    }
+    // The target dir, not /tmp: /tmp may be tmpfs, which has no pre-content events.
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = t.path().join("fscache");
+    let src = t.path().join("src");
+    for d in ["cache", "graveyard"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::create_dir(&src).unwrap();
+    let data = pattern((3 << 20) + 1000, 11);
+    std::fs::write(src.join("app"), &data).unwrap();
+    let socket = t.path().join("ctl.sock");
+    let daemon = start(&root, &src, &socket);
     let (ok, out, err) = ctl(&socket, &["attach", "app"]);
     assert!(ok, "{out}{err}");
     let file = PathBuf::from(out.trim_end());
@@ -123,12 +147,14 @@ fn the_daemon_attaches_fills_and_detaches_through_its_control_socket() {
     assert!(fetched >= 1, "{status}");
     assert_eq!(counter(&status, "denied"), 0, "{status}");
 
-    // A second read is served from the file: no fetch.
+    // Whole now: unmarked, so a second read is served from the file without an event.
+    assert_eq!(counter(&status, "completed"), 1, "{status}");
+    let events = counter(&status, "events");
     let read = Command::new("cat").arg(&file).output().unwrap();
     assert_eq!(&read.stdout[..data.len()], &data[..]);
     let (_, status, _) = ctl(&socket, &["status"]);
     assert_eq!(counter(&status, "fetched"), fetched, "{status}");
-    assert!(counter(&status, "allowed at once") >= 1, "{status}");
+    assert_eq!(counter(&status, "events"), events, "{status}");
 
     // Names no source serves, or that are not names, are refused cleanly.
     let (ok, out, err) = ctl(&socket, &["attach", "other"]);
@@ -155,8 +181,17 @@ fn the_daemon_attaches_fills_and_detaches_through_its_control_socket() {
     assert!(status.contains("fanotify: 0 blobs attached"), "{status}");
     assert!(file.exists());
 
-    stop.stop();
-    let (result, stats) = thread.join().unwrap();
-    result.unwrap();
+    let stats = daemon.stop();
     assert!(stats.contains("fanotify: 0 blobs attached"), "{stats}");
+
+    // A restart finds the completion recorded: attached unmarked, read without an event.
+    let daemon = start(&root, &src, &socket);
+    let (ok, out, err) = ctl(&socket, &["attach", "app"]);
+    assert!(ok, "{out}{err}");
+    let read = Command::new("cat").arg(&file).output().unwrap();
+    assert_eq!(&read.stdout[..data.len()], &data[..]);
+    let (_, status, _) = ctl(&socket, &["status"]);
+    assert_eq!(counter(&status, "complete at attach"), 1, "{status}");
+    assert_eq!(counter(&status, "events"), 0, "{status}");
+    daemon.stop();
 }

@@ -18,8 +18,9 @@ use super::engine::{Engine, OpenRequest};
 use super::fds::{AdoptError, KernelFd};
 use super::pool::panic_message;
 use super::reply::{FrontEnd, ReadReply, Ticket};
-use super::sourcemap::is_safe_name;
-use crate::cachedir::{tree, CacheDir, Name};
+use super::sourcemap::{is_safe_name, Location};
+use super::sources::digest_from_fsid;
+use crate::cachedir::{tree, xattr, CacheDir, Name};
 use crate::device::DeviceError;
 use crate::proto::fanotify::{self as wire, Event, Response, Verdict, FAN_PRE_ACCESS};
 use nix::errno::Errno;
@@ -71,6 +72,12 @@ pub struct GroupStats {
     /// Events for a file no attached blob has: denied.
     pub unknown: u64,
     pub bad_events: u64,
+    /// Blobs found whole: unmarked and recorded (COMPLETE_XATTR).
+    pub completed: u64,
+    /// Blobs attached whole already (recorded by an earlier run): never marked.
+    pub complete_at_attach: u64,
+    /// Complete registry blobs whose bytes did not match their digest.
+    pub digest_mismatches: u64,
 }
 
 /// A fanotify pre-content group and the blobs marked in it. Register its fd (`as_fd`) with
@@ -82,6 +89,13 @@ pub struct Group {
     next_id: u32,
     /// Our pid, as events report it (the thread group id).
     pid: i32,
+    /// Each attached blob's file (the fd it was sized and is filled through), and what its
+    /// bytes must hash to once complete (registry blobs).
+    files: HashMap<u32, (Arc<KernelFd>, Option<String>)>,
+    /// Blobs whose file holds them whole: unmarked, so their reads raise no event.
+    complete: std::collections::HashSet<u32>,
+    /// Blobs whose complete file did not match its digest: every read is denied.
+    corrupt: std::collections::HashSet<u32>,
     pub stats: GroupStats,
 }
 
@@ -107,6 +121,9 @@ impl Group {
             blobs: HashMap::new(),
             next_id: 1,
             pid: std::process::id() as i32,
+            files: HashMap::new(),
+            complete: Default::default(),
+            corrupt: Default::default(),
             stats: GroupStats::default(),
         })
     }
@@ -145,6 +162,86 @@ impl Group {
     }
 }
 
+impl Group {
+    /// Whether the blob `object_id` is whole in its file (unmarked, no event on its reads).
+    pub fn is_complete(&self, object_id: u32) -> bool {
+        self.complete.contains(&object_id)
+    }
+
+    /// After a fill: once the file has no hole left, a registry blob is checked against its
+    /// digest, then the mark goes and the completion is recorded for the next attach (a
+    /// restart). A mismatch keeps the mark and fails every read of the blob.
+    fn check_complete(&mut self, object_id: u32) {
+        if self.complete.contains(&object_id) || self.corrupt.contains(&object_id) {
+            return;
+        }
+        let Some((file, digest)) = self.files.get(&object_id) else {
+            return;
+        };
+        let fd = file.as_fd();
+        let Ok(st) = fstat(fd.as_raw_fd()) else {
+            return;
+        };
+        let len = st.st_size as u64;
+        if !is_present(fd, 0, len) {
+            return;
+        }
+        if let Some(want) = digest {
+            match sha256_of(fd, len) {
+                Ok(got) if got == *want => {}
+                Ok(got) => {
+                    log::error!("object {object_id}: the complete blob hashes to {got}, not {want}: its reads fail from now on");
+                    self.stats.digest_mismatches += 1;
+                    self.corrupt.insert(object_id);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("object {object_id}: cannot hash the complete blob: {e}");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.mark(MarkFlags::FAN_MARK_REMOVE, fd) {
+            log::warn!("object {object_id}: removing the mark of the complete blob: {e}");
+            return;
+        }
+        if let Err(e) =
+            xattr::set_named(&fd.as_raw_fd(), COMPLETE_XATTR, len.to_string().as_bytes())
+        {
+            // Served all the same; the next attach marks it and finds nothing to fetch.
+            log::warn!("object {object_id}: recording the complete blob: {e}");
+        }
+        self.complete.insert(object_id);
+        self.stats.completed += 1;
+    }
+}
+
+/// The xattr that records, on a blob's file, that it holds the whole blob: the file's size,
+/// in decimal. An attach finding it (and the size, and no hole) does not mark the file.
+pub const COMPLETE_XATTR: &str = "user.cachefilesd.complete";
+
+/// `sha256:<hex>` of the first `len` bytes of `fd`.
+fn sha256_of(fd: BorrowedFd<'_>, len: u64) -> Result<String, Errno> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let want = buf.len().min((len - off) as usize);
+        let n = nix::sys::uio::pread(fd, &mut buf[..want], off as i64)?;
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    let mut s = String::from("sha256:");
+    for b in h.finalize().iter() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    Ok(s)
+}
+
 fn inode_key(fd: BorrowedFd<'_>) -> nix::Result<(u64, u64)> {
     let st = fstat(fd.as_raw_fd())?;
     Ok((st.st_dev, st.st_ino))
@@ -155,6 +252,8 @@ pub struct AttachTicket {
     object_id: u32,
     file: KernelFd,
     path: PathBuf,
+    /// `sha256:<hex>` for a registry blob: checked once the file holds it whole.
+    digest: Option<String>,
 }
 
 /// A pre-content event waiting for its answer. Its fd is closed only after the answer: the
@@ -197,6 +296,7 @@ impl FrontEnd for Fanotify {
             object_id,
             file,
             path,
+            digest,
         } = open;
         let size = match result {
             Ok(size) => size,
@@ -209,19 +309,32 @@ impl FrontEnd for Fanotify {
         let fd = file.as_fd();
         let prepared = (|| {
             let current = fstat(fd.as_raw_fd())?.st_size as u64;
+            let recorded = xattr::get_named(&fd.as_raw_fd(), COMPLETE_XATTR)?;
             if current != len {
                 // Another blob's bytes, or a different version of this one: start empty.
+                xattr::remove_named(&fd.as_raw_fd(), COMPLETE_XATTR)?;
                 nix::unistd::ftruncate(fd, 0)?;
                 nix::unistd::ftruncate(fd, len as i64)?;
             }
-            // Sized before the mark: a truncate of a marked file raises an event itself.
-            group.mark(MarkFlags::FAN_MARK_ADD, fd)?;
-            inode_key(fd)
+            let complete = current == len
+                && recorded.as_deref() == Some(len.to_string().as_bytes())
+                && is_present(fd, 0, len);
+            if !complete {
+                // Sized before the mark: a truncate of a marked file raises an event itself.
+                group.mark(MarkFlags::FAN_MARK_ADD, fd)?;
+            }
+            Ok::<_, Errno>((inode_key(fd)?, complete))
         })();
         match prepared {
-            Ok(key) => {
+            Ok((key, complete)) => {
                 group.blobs.insert(key, object_id);
-                Ok(Some(Arc::new(file)))
+                let file = Arc::new(file);
+                group.files.insert(object_id, (file.clone(), digest));
+                if complete {
+                    group.complete.insert(object_id);
+                    group.stats.complete_at_attach += 1;
+                }
+                Ok(Some(file))
             }
             Err(e) => {
                 // EOPNOTSUPP: a filesystem without pre-content support (tmpfs, 9p, ...).
@@ -241,6 +354,11 @@ impl FrontEnd for Fanotify {
             Err(errno) => Verdict::Deny(deny_errno(errno)),
         };
         group.respond(read.fd.as_fd().as_raw_fd(), verdict);
+        if verdict == Verdict::Allow {
+            if let Some(id) = group.attached(read.fd.as_fd()) {
+                group.check_complete(id);
+            }
+        }
         // Answered first, closed now.
         drop(read);
         Ok(())
@@ -292,10 +410,20 @@ impl Engine<Fanotify> {
         self.stats.opens += 1;
         let object_id = self.free_object_id(group);
         let file = self.fds().own(OwnedFd::from(file));
+        let digest = std::str::from_utf8(domain)
+            .ok()
+            .zip(std::str::from_utf8(fsid).ok())
+            .and_then(
+                |(d, f)| match self.map().resolve(d.as_bytes(), f.as_bytes()) {
+                    Some((_, Location::Registry { .. })) => digest_from_fsid(f),
+                    _ => None,
+                },
+            );
         let reply = self.open_reply(AttachTicket {
             object_id,
             file,
             path: path.to_owned(),
+            digest,
         });
         let request = OpenRequest {
             object_id,
@@ -331,9 +459,13 @@ impl Engine<Fanotify> {
         let Some(object) = self.objects().get(&object_id) else {
             return;
         };
-        if let Err(e) = group.mark(MarkFlags::FAN_MARK_REMOVE, object.fd.as_fd()) {
-            log::warn!("removing the mark of object {object_id}: {e}");
+        if !group.complete.remove(&object_id) {
+            if let Err(e) = group.mark(MarkFlags::FAN_MARK_REMOVE, object.fd.as_fd()) {
+                log::warn!("removing the mark of object {object_id}: {e}");
+            }
         }
+        group.corrupt.remove(&object_id);
+        group.files.remove(&object_id);
         group.blobs.retain(|_, id| *id != object_id);
         self.close(object_id);
     }
@@ -449,6 +581,10 @@ impl Engine<Fanotify> {
             let _ = reply.answer(group, Err(Errno::EIO));
             return;
         };
+        if group.corrupt.contains(&object_id) {
+            let _ = reply.answer(group, Err(Errno::EIO));
+            return;
+        }
         self.serve(group, object_id, &file, event.range, reply);
     }
 
