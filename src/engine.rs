@@ -12,7 +12,7 @@ use crate::cull::Culler;
 use crate::daemon::DaemonError;
 use crate::device::Device;
 use crate::events::Completions;
-use crate::ondemand::fanotify::{Attach, BlobKey, Detach, Lazy};
+use crate::ondemand::fanotify::{Attach, BlobKey, Detach, FanotifyError, Group, Lazy};
 use crate::ondemand::sourcemap::{FrontEndChoice, SourceMap};
 use crate::ondemand::OnDemand;
 use crate::proto::{Limit, Status};
@@ -34,8 +34,9 @@ pub enum Serving {
     /// `bind ondemand` (or, before the bind, whatever the map's `frontend` asks for), with
     /// the sources of this map.
     OnDemand(SourceMap),
-    /// The cache bound classic, and blobs served through fanotify pre-content events.
-    Fanotify(SourceMap),
+    /// The cache bound classic, and blobs served through fanotify pre-content events in this
+    /// group (made while the process still has CAP_SYS_ADMIN).
+    Fanotify(SourceMap, Box<Group>),
 }
 
 impl Serving {
@@ -44,7 +45,7 @@ impl Serving {
         match self {
             Serving::Classic => "classic",
             Serving::OnDemand(_) => "on-demand",
-            Serving::Fanotify(_) => "fanotify",
+            Serving::Fanotify(..) => "fanotify",
         }
     }
 
@@ -53,16 +54,17 @@ impl Serving {
         match self {
             Serving::Classic => None,
             Serving::OnDemand(map) => Some(map.frontend),
-            Serving::Fanotify(_) => Some(FrontEndChoice::Fanotify),
+            Serving::Fanotify(..) => Some(FrontEndChoice::Fanotify),
         }
     }
 
-    /// The same sources, served through fanotify.
-    pub fn with_fanotify(self) -> Serving {
-        match self {
-            Serving::OnDemand(map) => Serving::Fanotify(map),
+    /// The same sources, served through fanotify: makes the group, which needs
+    /// CAP_SYS_ADMIN and a 6.14+ kernel.
+    pub fn with_fanotify(self) -> Result<Serving, FanotifyError> {
+        Ok(match self {
+            Serving::OnDemand(map) => Serving::Fanotify(map, Box::new(Group::new()?)),
             other => other,
-        }
+        })
     }
 }
 
@@ -136,9 +138,13 @@ impl<'d> Engine<'d> {
                 // read() returns requests, so "please cull" is only visible as POLLOUT.
                 Interest::READABLE | Interest::WRITABLE,
             ),
-            Serving::Fanotify(map) => {
-                let lazy = Lazy::new(map, Arc::new(completions.waker_fn()), &config.dir.value)
-                    .map_err(std::io::Error::other)?;
+            Serving::Fanotify(map, group) => {
+                let lazy = Lazy::new(
+                    map,
+                    *group,
+                    Arc::new(completions.waker_fn()),
+                    &config.dir.value,
+                );
                 let token = reg.register(
                     &mut SourceFd(&lazy.group.as_fd().as_raw_fd()),
                     Interest::READABLE,

@@ -11,6 +11,7 @@ use crate::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
 use crate::engine::Serving;
 use crate::exit::Exit;
 use crate::lock::{lock_cache_dir, LockError};
+use crate::ondemand::fanotify::FanotifyError;
 use crate::ondemand::sourcemap::{FrontEndChoice, SourceMap};
 use crate::pidfile::{PidFile, PidFileError};
 use crate::proto::Command;
@@ -89,6 +90,8 @@ pub enum StartError {
     Supervisor(std::io::Error),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Fanotify(#[from] FanotifyError),
 }
 
 impl StartError {
@@ -159,6 +162,13 @@ fn run_supervisor(
 ) -> Result<Exit, StartError> {
     let mut device = open_device()?;
     let serving = configure(config, &mut device, serving)?;
+    if let Serving::Fanotify(..) = serving {
+        // Workers run without CAP_SYS_ADMIN, so the group would have to be made and held
+        // here, like the device; until then, refuse rather than serve blobs unmarked.
+        return Err(StartError::Supervisor(std::io::Error::other(
+            "--supervise does not support the fanotify front end yet; run without it",
+        )));
+    }
     log::info!("serving in {} mode", serving.name());
     let pidfile = start_service(options)?;
     drop_privileges()?;
@@ -241,14 +251,21 @@ fn restore(
     log::info!("taking over the bound cache {}", config.dir.value.display());
     let choice = match serving.frontend() {
         None => return Ok(serving),
-        Some(FrontEndChoice::Fanotify) => return Ok(serving.with_fanotify()),
+        Some(FrontEndChoice::Fanotify) => return Ok(serving.with_fanotify()?),
         Some(choice) => choice,
     };
     match device.send(&Command::Restore) {
         Ok(()) => log::info!("restore: outstanding requests re-delivered"),
         Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {
-            if choice == FrontEndChoice::Auto && crate::ondemand::fanotify::Group::new().is_ok() {
-                return Ok(serving.with_fanotify());
+            // Bound classic by an earlier run that chose fanotify, or a kernel before 6.8
+            // (which has no pre-content events either, so the group cannot be made).
+            if choice == FrontEndChoice::Auto {
+                if let Ok(group) = crate::ondemand::fanotify::Group::new() {
+                    return Ok(match serving {
+                        Serving::OnDemand(map) => Serving::Fanotify(map, Box::new(group)),
+                        other => other,
+                    });
+                }
             }
             log::warn!("the kernel does not support `restore` (needs Linux 6.8): requests pending before the restart are lost")
         }
@@ -307,7 +324,7 @@ fn configure(
                 device
                     .send(&classic)
                     .map_err(|e| bind_failure(config, &classic, e))?;
-                serving = serving.with_fanotify();
+                serving = serving.with_fanotify()?;
             }
             (Command::Bind { ondemand: true }, Some(FrontEndChoice::Auto)) => match device
                 .send(&command)
@@ -318,7 +335,7 @@ fn configure(
                     device
                         .send(&classic)
                         .map_err(|e| bind_failure(config, &classic, e))?;
-                    serving = serving.with_fanotify();
+                    serving = serving.with_fanotify()?;
                 }
                 other => other.map_err(|e| bind_failure(config, &command, e))?,
             },

@@ -9,6 +9,7 @@
 use cachefilesd_rs::config::Config;
 use cachefilesd_rs::daemon::{Daemon, Serving};
 use cachefilesd_rs::fake::FakeKernel;
+use cachefilesd_rs::ondemand::fanotify::Group;
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -93,8 +94,17 @@ fn start(root: &Path, src: &Path, socket: &Path) -> Running {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let _kernel = kernel;
-        let mut daemon = Daemon::new(&cfg, &mut device, true, None, Serving::Fanotify(map))
-            .expect("a fanotify pre-content group (root and a 6.14+ kernel; CACHEFILESD_NO_FANOTIFY=1 skips)");
+        let group = Group::new().expect(
+            "a fanotify pre-content group (root and a 6.14+ kernel; CACHEFILESD_NO_FANOTIFY=1 skips)",
+        );
+        let mut daemon = Daemon::new(
+            &cfg,
+            &mut device,
+            true,
+            None,
+            Serving::Fanotify(map, Box::new(group)),
+        )
+        .unwrap();
         tx.send(daemon.stop_handle()).unwrap();
         let result = daemon.run().map_err(|e| e.to_string());
         (result, daemon.stats_line())

@@ -701,18 +701,19 @@ pub struct Lazy {
 impl Lazy {
     pub fn new(
         map: super::sourcemap::SourceMap,
+        group: Group,
         wake: super::reply::Wake,
         root: &Path,
-    ) -> Result<Lazy, FanotifyError> {
-        Ok(Lazy {
+    ) -> Lazy {
+        Lazy {
             engine: Engine::new(map, wake),
-            group: Group::new()?,
+            group,
             root: root.to_owned(),
             attached: HashMap::new(),
             pending: HashMap::new(),
             failed: HashMap::new(),
             stats: AttachStats::default(),
-        })
+        }
     }
 
     /// The attached blobs: name, object id, file.
