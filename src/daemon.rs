@@ -237,6 +237,7 @@ impl<'d> Daemon<'d> {
             self.engine.cull.request_reap();
         }
         self.engine.cull.refresh(self.engine.device)?;
+        self.engine.cull_detached_blobs();
         // Requests left after failed reads: the device signals only new ones.
         self.engine.serve_requests()?;
         crate::device::check_alive(self.engine.device).map_err(DaemonError::CacheDead)

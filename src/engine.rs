@@ -238,6 +238,19 @@ impl<'d> Engine<'d> {
         }
     }
 
+    /// While the kernel asks for culling (and culling is on): one detached fanotify blob
+    /// goes per call, oldest first; the classic culler works on `cache/` meanwhile.
+    pub fn cull_detached_blobs(&mut self) {
+        if self.cull.culler().is_none() || !self.cull.culling() {
+            return;
+        }
+        if let Mode::Fanotify { lazy, .. } = &mut self.mode {
+            if let Err(e) = lazy.cull_one() {
+                log::warn!("culling detached blobs: {e}");
+            }
+        }
+    }
+
     pub fn answer(&mut self, request: Request) -> String {
         match request {
             Request::Status => self.report().text(),

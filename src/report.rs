@@ -95,6 +95,8 @@ pub struct FanotifyReport {
     pub completed: u64,
     pub complete_at_attach: u64,
     pub digest_mismatches: u64,
+    /// Detached blob files culled.
+    pub culled: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -192,6 +194,7 @@ impl OnDemandReport {
                 completed: g.completed,
                 complete_at_attach: g.complete_at_attach,
                 digest_mismatches: g.digest_mismatches,
+                culled: lazy.stats.culled,
             }),
             ..OnDemandReport::new(&lazy.engine)
         }
@@ -523,9 +526,9 @@ impl OnDemandReport {
         if let Some(f) = &od.fanotify {
             let _ = writeln!(
                 o,
-                "fanotify: {} blobs attached; events {}, allowed at once {}, fetched {}, denied {}; attaches {} ({} failed), detaches {}; completed {}, complete at attach {}, digest mismatches {}",
+                "fanotify: {} blobs attached; events {}, allowed at once {}, fetched {}, denied {}; attaches {} ({} failed), detaches {}; completed {}, complete at attach {}, digest mismatches {}; culled {}",
                 f.attached_blobs.len(), f.events, f.allowed_at_once, od.reads, od.reads_failed + f.denied_unknown,
-                f.attaches, f.attaches_failed, f.detaches, f.completed, f.complete_at_attach, f.digest_mismatches
+                f.attaches, f.attaches_failed, f.detaches, f.completed, f.complete_at_attach, f.digest_mismatches, f.culled
             );
             for path in &f.attached_blobs {
                 let _ = writeln!(o, "  attached {path}");

@@ -205,3 +205,77 @@ fn the_daemon_attaches_fills_and_detaches_through_its_control_socket() {
     assert_eq!(counter(&status, "events"), 0, "{status}");
     daemon.stop();
 }
+
+#[test]
+fn detached_blobs_are_culled_oldest_first_and_attached_ones_never() {
+    use cachefilesd_rs::ondemand::fanotify::{Attach, BlobKey, Lazy};
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    if std::env::var_os("CACHEFILESD_NO_FANOTIFY").is_some() {
+        eprintln!("skipped: CACHEFILESD_NO_FANOTIFY is set");
+        return;
+    }
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = t.path().join("fscache");
+    let src = t.path().join("src");
+    for d in ["cache", "graveyard", "lazy/old", "lazy/older"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("app"), pattern(10000, 3)).unwrap();
+    let map = SourceMap::parse(
+        "t.toml",
+        &format!("[[source]]\npath = \"{}/{{fsid}}\"\n", src.display()),
+    )
+    .unwrap();
+    let group = Group::new().expect(
+        "a fanotify pre-content group (root and a 6.14+ kernel; CACHEFILESD_NO_FANOTIFY=1 skips)",
+    );
+    let mut lazy = Lazy::new(map, group, std::sync::Arc::new(|| {}), &root);
+    let key = BlobKey::new(None, "app").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let attached = loop {
+        match lazy.attach(&key) {
+            Attach::Ready(p) => break p,
+            Attach::Pending => {
+                assert!(std::time::Instant::now() < deadline, "attach timed out");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                lazy.on_completions().unwrap();
+            }
+            Attach::Failed(e) => panic!("{e}"),
+        }
+    };
+    // The attached blob is the oldest of all: it must still never be culled.
+    let at = |secs| TimeSpec::new(secs, 0);
+    let touch = |p: &Path, secs| {
+        utimensat(
+            None,
+            p,
+            &at(secs),
+            &at(secs),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap()
+    };
+    touch(&attached, 1_000);
+    let older = root.join("lazy/older/b");
+    let old = root.join("lazy/old/a");
+    std::fs::write(&older, b"x").unwrap();
+    std::fs::write(&old, b"y").unwrap();
+    touch(&older, 2_000);
+    touch(&old, 3_000);
+    // A symlink in the tree is not a blob: never followed, never culled.
+    std::os::unix::fs::symlink(&src, root.join("lazy/old/link")).unwrap();
+
+    assert!(lazy.cull_one().unwrap().unwrap().ends_with("lazy/older/b"));
+    assert!(!older.exists());
+    assert!(lazy.cull_one().unwrap().unwrap().ends_with("lazy/old/a"));
+    assert!(!old.exists());
+    assert_eq!(lazy.cull_one().unwrap(), None);
+    assert!(attached.exists());
+    assert!(src.join("app").exists());
+    assert_eq!(
+        std::fs::read_dir(root.join("graveyard")).unwrap().count(),
+        2
+    );
+}

@@ -682,6 +682,8 @@ pub struct AttachStats {
     pub attaches: u64,
     pub attaches_failed: u64,
     pub detaches: u64,
+    /// Detached blob files culled.
+    pub culled: u64,
 }
 
 /// The fanotify front end as the daemon runs it: the group, the engine and the attached
@@ -849,6 +851,61 @@ impl Lazy {
         self.stats.detaches += 1;
         log::info!("detached {}", path.display());
         Ok(path)
+    }
+
+    /// Culls the detached blob file in `lazy/` used least recently (by atime, as the
+    /// classic culler orders `cache/`): moved into the graveyard, which the reaper empties. A
+    /// blob attached or being attached (mounted, or about to be) is never chosen. The path
+    /// culled, `None` when no detached blob is left.
+    pub fn cull_one(&mut self) -> Result<Option<PathBuf>, String> {
+        self.settle();
+        let root = CacheDir::open(&self.root).map_err(|e| e.to_string())?;
+        let lazy = Name::new(LAZY_DIR.as_bytes()).map_err(|e| e.to_string())?;
+        let mut top = match root.open_dir(std::slice::from_ref(&lazy)) {
+            Ok(d) => d,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(root.error("cannot open", &[lazy.as_bytes()], e).to_string()),
+        };
+        let in_use: std::collections::HashSet<&Path> = (self.attached.values())
+            .chain(self.pending.values())
+            .map(|(_, p)| p.as_path())
+            .collect();
+        let mut oldest: Option<((i64, i64), Name, Name)> = None;
+        for domain in tree::list(&mut top).map_err(|e| e.to_string())? {
+            let Ok(mut dir) = tree::open_dir(&top, &domain) else {
+                continue;
+            };
+            for file in tree::list(&mut dir).unwrap_or_default() {
+                let Ok(st) = tree::stat(&dir, &file) else {
+                    continue;
+                };
+                let path = self
+                    .root
+                    .join(LAZY_DIR)
+                    .join(std::ffi::OsStr::from_bytes(domain.as_bytes()))
+                    .join(std::ffi::OsStr::from_bytes(file.as_bytes()));
+                if tree::file_type(&st) != SFlag::S_IFREG || in_use.contains(path.as_path()) {
+                    continue;
+                }
+                let atime = (st.st_atime, st.st_atime_nsec);
+                if oldest.as_ref().is_none_or(|(t, _, _)| atime < *t) {
+                    oldest = Some((atime, domain.clone(), file));
+                }
+            }
+        }
+        let Some((_, domain, file)) = oldest else {
+            return Ok(None);
+        };
+        let rel: [&[u8]; 3] = [lazy.as_bytes(), domain.as_bytes(), file.as_bytes()];
+        let dir = tree::open_dir(&top, &domain)
+            .map_err(|e| root.error("cannot open", &rel[..2], e).to_string())?;
+        let graveyard = root.graveyard().map_err(|e| e.to_string())?;
+        crate::cachedir::graveyard::bury(&dir, &file, &graveyard)
+            .map_err(|e| root.error("cannot bury", &rel, e).to_string())?;
+        self.stats.culled += 1;
+        let shown = root.show(&rel);
+        log::info!("culled the detached blob {shown}");
+        Ok(Some(PathBuf::from(shown)))
     }
 
     /// The group is readable.
