@@ -921,6 +921,22 @@ impl Lazy {
     }
 }
 
+impl Drop for Lazy {
+    /// The group closes with the daemon, and the kernel then lets every read through: a
+    /// mounted blob that is not complete would show zeros in its holes. Say which.
+    fn drop(&mut self) {
+        for (key, (id, path)) in &self.attached {
+            if !self.group.is_complete(*id) {
+                log::error!(
+                    "{} (fsid {}) is still attached and incomplete: unmount it; without the daemon its unfilled ranges read as zeros",
+                    path.display(),
+                    key.fsid()
+                );
+            }
+        }
+    }
+}
+
 /// What `detach` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detach {
