@@ -216,8 +216,8 @@ for run in "${runs[@]}"; do
 done
 
 echo
-printf '%-18s %-6s %7s  %s\n' scenario result seconds detail
+printf '%-22s %-6s %7s  %s\n' scenario result seconds detail
 for l in "${labels[@]}"; do
-  printf '%-18s %-6s %7s  %s\n' "$l" "${result[$l]}" "${seconds[$l]}" "${reason[$l]}"
+  printf '%-22s %-6s %7s  %s\n' "$l" "${result[$l]}" "${seconds[$l]}" "${reason[$l]}"
 done
 exit $any_fail
