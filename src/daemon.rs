@@ -184,7 +184,7 @@ impl<'d> Daemon<'d> {
                 .timeout(self.engine.cull.has_work(), Instant::now());
             self.reactor.wait(timeout, &mut ready)?;
             for event in &ready {
-                if self.engine.on_device_event(*event) || self.engine.on_group_event(*event)? {
+                if self.engine.on_device_event(*event) || self.engine.on_group_event(*event) {
                     continue;
                 }
                 if self.dispatch(*event)? == Flow::Stop {

@@ -181,14 +181,19 @@ impl<'d> Engine<'d> {
         })
     }
 
-    /// Serves the fanotify group's events if `event` is the group's (false otherwise).
-    pub fn on_group_event(&mut self, event: Ready) -> Result<bool, DaemonError> {
+    /// Serves the fanotify group's events if `event` is the group's (false otherwise). A
+    /// failed read is logged, never fatal: ending the loop would close the group, and the
+    /// kernel would then let every read of a hole through (EMFILE, the usual failure, is the
+    /// kernel denying that one event itself).
+    pub fn on_group_event(&mut self, event: Ready) -> bool {
         match &mut self.mode {
             Mode::Fanotify { lazy, token } if *token == event.token => {
-                lazy.on_events().map_err(std::io::Error::other)?;
-                Ok(true)
+                if let Err(e) = lazy.on_events() {
+                    log::warn!("{e}");
+                }
+                true
             }
-            _ => Ok(false),
+            _ => false,
         }
     }
 
