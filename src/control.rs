@@ -4,6 +4,7 @@
 //! without ever blocking it: every connection is non-blocking, bounded in size and in time, so
 //! a client that connects and never reads cannot stall the daemon.
 
+use crate::ondemand::fanotify::{BlobKey, Detach};
 use crate::reactor::Registrar;
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Token};
@@ -29,6 +30,19 @@ pub enum Request {
     Metrics,
     /// `invalidate VOLUME_HEX KEY_HEX` or `purge VOLUME_HEX` (see [`crate::live`]).
     Remove(crate::live::Target),
+    /// `attach [--domain D] FSID`: the fanotify front end's blob file for a mount.
+    Attach(BlobKey),
+    /// `detach PATH|[--domain D] FSID`.
+    Detach(Detach),
+}
+
+/// `[--domain D] FSID`, validated.
+fn blob_key(args: &[&str]) -> Result<BlobKey, String> {
+    match args {
+        ["--domain", d, fsid] => BlobKey::new(Some(d), fsid),
+        [fsid] if !fsid.starts_with('-') => BlobKey::new(None, fsid),
+        _ => Err("expected [--domain DOMAIN] FSID".into()),
+    }
 }
 
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -37,8 +51,17 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         ["status", "json"] => Ok(Request::StatusJson),
         ["metrics"] => Ok(Request::Metrics),
         [word @ ("invalidate" | "purge"), args @ ..] => parse_remove(word, args),
+        ["attach", args @ ..] => blob_key(args)
+            .map(Request::Attach)
+            .map_err(|e| format!("error: attach: {e}\n")),
+        ["detach", path] if path.starts_with('/') => {
+            Ok(Request::Detach(Detach::Path(PathBuf::from(path))))
+        }
+        ["detach", args @ ..] => blob_key(args)
+            .map(|k| Request::Detach(Detach::Key(k)))
+            .map_err(|e| format!("error: detach: {e}\n")),
         _ => Err(format!(
-            "error: unknown request {:?} (try: status, status json, metrics, invalidate, purge)\n",
+            "error: unknown request {:?} (try: status, status json, metrics, invalidate, purge, attach, detach)\n",
             line.trim()
         )),
     }
@@ -368,5 +391,39 @@ mod tests {
             .unwrap_err()
             .starts_with("error: bad request"));
         assert!(parse_request("invalidate 61").is_err());
+    }
+
+    #[test]
+    fn attach_and_detach_names_are_validated() {
+        assert_eq!(
+            parse_request("attach --domain d1 blob.img"),
+            Ok(Request::Attach(
+                BlobKey::new(Some("d1"), "blob.img").unwrap()
+            ))
+        );
+        assert_eq!(
+            parse_request("detach /var/cache/fscache/lazy/a/a"),
+            Ok(Request::Detach(Detach::Path(
+                "/var/cache/fscache/lazy/a/a".into()
+            )))
+        );
+        assert_eq!(
+            parse_request("detach a"),
+            Ok(Request::Detach(Detach::Key(
+                BlobKey::new(None, "a").unwrap()
+            )))
+        );
+        for bad in [
+            "attach",
+            "attach ../x",
+            "attach --domain .. x",
+            "attach a/b",
+            "attach --domain",
+            "attach a b",
+            "detach ..",
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.starts_with("error: "), "{bad}: {e}");
+        }
     }
 }

@@ -188,7 +188,10 @@ impl<'d> Daemon<'d> {
                 .timeout(self.engine.cull.has_work(), Instant::now());
             self.reactor.wait(timeout, &mut ready)?;
             for event in &ready {
-                if !self.engine.on_device_event(*event) && self.dispatch(*event)? == Flow::Stop {
+                if self.engine.on_device_event(*event) || self.engine.on_group_event(*event) {
+                    continue;
+                }
+                if self.dispatch(*event)? == Flow::Stop {
                     return Ok(());
                 }
             }
@@ -248,6 +251,7 @@ impl<'d> Daemon<'d> {
             self.engine.cull.request_reap();
         }
         self.engine.cull.refresh(self.engine.device)?;
+        self.engine.cull_detached_blobs();
         // Requests left after failed reads: the device signals only new ones.
         self.engine.serve_requests()?;
         crate::device::check_alive(self.engine.device).map_err(DaemonError::CacheDead)

@@ -12,7 +12,8 @@ use crate::cull::Culler;
 use crate::daemon::DaemonError;
 use crate::device::Device;
 use crate::events::Completions;
-use crate::ondemand::sourcemap::SourceMap;
+use crate::ondemand::fanotify::{Attach, BlobKey, Detach, FanotifyError, Group, Lazy};
+use crate::ondemand::sourcemap::{FrontEndChoice, SourceMap};
 use crate::ondemand::OnDemand;
 use crate::proto::{Limit, Status};
 use crate::reactor::{Ready, Registrar};
@@ -20,17 +21,22 @@ use crate::report::{Culling, OnDemandReport, Report, Space};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::dir::Dir;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What the configuration asks the daemon to serve: chosen once at start, from whether the
-/// config names a source map.
+/// What the configuration asks the daemon to serve: chosen at start, from whether the config
+/// names a source map and, for `frontend = auto`, from what the kernel's `bind` accepts.
 pub enum Serving {
     /// Culling only.
     Classic,
-    /// `bind ondemand`, with the sources of this map.
+    /// `bind ondemand` (or, before the bind, whatever the map's `frontend` asks for), with
+    /// the sources of this map.
     OnDemand(SourceMap),
+    /// The cache bound classic, and blobs served through fanotify pre-content events in this
+    /// group (made while the process still has CAP_SYS_ADMIN).
+    Fanotify(SourceMap, Box<Group>),
 }
 
 impl Serving {
@@ -39,7 +45,26 @@ impl Serving {
         match self {
             Serving::Classic => "classic",
             Serving::OnDemand(_) => "on-demand",
+            Serving::Fanotify(..) => "fanotify",
         }
+    }
+
+    /// The front end the map asks for; `None` in classic mode.
+    pub fn frontend(&self) -> Option<FrontEndChoice> {
+        match self {
+            Serving::Classic => None,
+            Serving::OnDemand(map) => Some(map.frontend),
+            Serving::Fanotify(..) => Some(FrontEndChoice::Fanotify),
+        }
+    }
+
+    /// The same sources, served through fanotify: makes the group, which needs
+    /// CAP_SYS_ADMIN and a 6.14+ kernel.
+    pub fn with_fanotify(self) -> Result<Serving, FanotifyError> {
+        Ok(match self {
+            Serving::OnDemand(map) => Serving::Fanotify(map, Box::new(Group::new()?)),
+            other => other,
+        })
     }
 }
 
@@ -49,6 +74,9 @@ pub enum Mode {
     Classic,
     /// `bind ondemand`: the device reads return requests, which the engine serves.
     OnDemand(Box<OnDemand>),
+    /// Bound classic (the device reads return status lines); blobs served through the
+    /// fanotify group, registered under `token`.
+    Fanotify { lazy: Box<Lazy>, token: Token },
 }
 
 /// What the event sources act on: the device, the mode's engine and the cull driver.
@@ -110,6 +138,26 @@ impl<'d> Engine<'d> {
                 // read() returns requests, so "please cull" is only visible as POLLOUT.
                 Interest::READABLE | Interest::WRITABLE,
             ),
+            Serving::Fanotify(map, group) => {
+                let lazy = Lazy::new(
+                    map,
+                    *group,
+                    Arc::new(completions.waker_fn()),
+                    &config.dir.value,
+                );
+                let token = reg.register(
+                    &mut SourceFd(&lazy.group.as_fd().as_raw_fd()),
+                    Interest::READABLE,
+                )?;
+                (
+                    Mode::Fanotify {
+                        lazy: Box::new(lazy),
+                        token,
+                    },
+                    CullSignal::StatusLine(Status::default()),
+                    Interest::READABLE,
+                )
+            }
         };
         let worker = Worker::start(
             dirs.worker_cache,
@@ -131,6 +179,22 @@ impl<'d> Engine<'d> {
             tag: config.tag.clone().unwrap_or_else(|| "CacheFiles".into()),
             limits,
         })
+    }
+
+    /// Serves the fanotify group's events if `event` is the group's (false otherwise). A
+    /// failed read is logged, never fatal: ending the loop would close the group, and the
+    /// kernel would then let every read of a hole through (EMFILE, the usual failure, is the
+    /// kernel denying that one event itself).
+    pub fn on_group_event(&mut self, event: Ready) -> bool {
+        match &mut self.mode {
+            Mode::Fanotify { lazy, token } if *token == event.token => {
+                if let Err(e) = lazy.on_events() {
+                    log::warn!("{e}");
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Takes the device's readiness; false if `event` is not the device's. The work is
@@ -157,7 +221,7 @@ impl<'d> Engine<'d> {
     /// On demand: decodes and dispatches the pending requests (classic mode has none).
     pub fn serve_requests(&mut self) -> Result<(), DaemonError> {
         match &mut self.mode {
-            Mode::Classic => Ok(()),
+            Mode::Classic | Mode::Fanotify { .. } => Ok(()),
             Mode::OnDemand(od) => Ok(od.drain_device(self.device)?),
         }
     }
@@ -165,7 +229,7 @@ impl<'d> Engine<'d> {
     /// The device is readable: a new status line (classic) or new requests (on demand).
     fn on_device_ready(&mut self) -> Result<(), DaemonError> {
         match self.mode {
-            Mode::Classic => Ok(self.cull.refresh(self.device)?),
+            Mode::Classic | Mode::Fanotify { .. } => Ok(self.cull.refresh(self.device)?),
             Mode::OnDemand(_) => self.serve_requests(),
         }
     }
@@ -175,6 +239,20 @@ impl<'d> Engine<'d> {
         match &mut self.mode {
             Mode::Classic => Ok(()),
             Mode::OnDemand(od) => Ok(od.drain_done(self.device)?),
+            Mode::Fanotify { lazy, .. } => Ok(lazy.on_completions()?),
+        }
+    }
+
+    /// While the kernel asks for culling (and culling is on): one detached fanotify blob
+    /// goes per call, oldest first; the classic culler works on `cache/` meanwhile.
+    pub fn cull_detached_blobs(&mut self) {
+        if self.cull.culler().is_none() || !self.cull.culling() {
+            return;
+        }
+        if let Mode::Fanotify { lazy, .. } = &mut self.mode {
+            if let Err(e) = lazy.cull_one() {
+                log::warn!("culling detached blobs: {e}");
+            }
         }
     }
 
@@ -184,6 +262,35 @@ impl<'d> Engine<'d> {
             Request::StatusJson => self.report().json(),
             Request::Metrics => self.report().metrics(),
             Request::Remove(target) => crate::live::answer(&self.dir, &target, self.device),
+            Request::Attach(key) => self.attach(&key),
+            Request::Detach(what) => self.detach(what),
+        }
+    }
+
+    /// `attach`: `ok PATH` once the blob's file is sized and marked, `pending` while its
+    /// source is asked (the client asks again), `fscache` when the cachefiles front end
+    /// serves (the client mounts with `fsid=`), else `error: ...`.
+    fn attach(&mut self, key: &BlobKey) -> String {
+        match &mut self.mode {
+            Mode::Fanotify { lazy, .. } => match lazy.attach(key) {
+                Attach::Ready(path) => format!("ok {}\n", path.display()),
+                Attach::Pending => "pending\n".into(),
+                Attach::Failed(e) => format!("error: {e}\n"),
+            },
+            Mode::OnDemand(_) => "fscache\n".into(),
+            Mode::Classic => "error: the daemon runs in classic mode (no ondemand map)\n".into(),
+        }
+    }
+
+    fn detach(&mut self, what: Detach) -> String {
+        match &mut self.mode {
+            Mode::Fanotify { lazy, .. } => match lazy.detach(what) {
+                Ok(path) => format!("ok {}\n", path.display()),
+                Err(e) => format!("error: {e}\n"),
+            },
+            // The kernel closes an fscache blob's objects at umount.
+            Mode::OnDemand(_) => "fscache\n".into(),
+            Mode::Classic => "error: the daemon runs in classic mode (no ondemand map)\n".into(),
         }
     }
 
@@ -191,6 +298,7 @@ impl<'d> Engine<'d> {
         let (mode, ondemand) = match &self.mode {
             Mode::Classic => ("classic", None),
             Mode::OnDemand(od) => ("on-demand", Some(OnDemandReport::new(od))),
+            Mode::Fanotify { lazy, .. } => ("fanotify", Some(OnDemandReport::fanotify(lazy))),
         };
         Report {
             version: env!("CARGO_PKG_VERSION").into(),

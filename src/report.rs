@@ -4,9 +4,11 @@
 //! people, JSON for tools and the Prometheus text exposition format for scrapers.
 
 use crate::cull::Culler;
+use crate::ondemand::fanotify::Lazy;
+use crate::ondemand::reply::FrontEnd;
 use crate::ondemand::sourcemap::Location;
 use crate::ondemand::sources::head::redact;
-use crate::ondemand::OnDemand;
+use crate::ondemand::Engine;
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -71,6 +73,30 @@ pub struct OnDemandReport {
     /// Requests whose msg_id was already pending.
     pub duplicates: u64,
     pub sources: Vec<SourceReport>,
+    /// The fanotify front end's own counters (absent with the cachefiles front end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanotify: Option<FanotifyReport>,
+}
+
+/// The fanotify front end: its events and attached blobs. Fetched ranges and fills that
+/// failed (denied with EIO) are the `reads` and `reads_failed` beside it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct FanotifyReport {
+    pub attached_blobs: Vec<String>,
+    pub events: u64,
+    /// Ranges already in the file, allowed at once.
+    pub allowed_at_once: u64,
+    /// Events denied without a fetch: no attached blob has the file, or unreadable events.
+    pub denied_unknown: u64,
+    pub attaches: u64,
+    pub attaches_failed: u64,
+    pub detaches: u64,
+    /// Blobs found whole (unmarked and recorded), and attached whole from an earlier run.
+    pub completed: u64,
+    pub complete_at_attach: u64,
+    pub digest_mismatches: u64,
+    /// Detached blob files culled.
+    pub culled: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -150,7 +176,33 @@ impl Culling {
 }
 
 impl OnDemandReport {
-    pub fn new(od: &OnDemand) -> OnDemandReport {
+    /// The fanotify front end's report: the engine's, plus the group's counters.
+    pub fn fanotify(lazy: &Lazy) -> OnDemandReport {
+        let g = &lazy.group.stats;
+        let mut attached_blobs: Vec<String> = lazy
+            .attached()
+            .map(|(_, _, path)| path.display().to_string())
+            .collect();
+        attached_blobs.sort();
+        OnDemandReport {
+            fanotify: Some(FanotifyReport {
+                attached_blobs,
+                events: g.events,
+                allowed_at_once: g.present,
+                denied_unknown: g.unknown + g.bad_events,
+                attaches: lazy.stats.attaches,
+                attaches_failed: lazy.stats.attaches_failed,
+                detaches: lazy.stats.detaches,
+                completed: g.completed,
+                complete_at_attach: g.complete_at_attach,
+                digest_mismatches: g.digest_mismatches,
+                culled: lazy.stats.culled,
+            }),
+            ..OnDemandReport::new(&lazy.engine)
+        }
+    }
+
+    pub fn new<F: FrontEnd>(od: &Engine<F>) -> OnDemandReport {
         let mut objects: Vec<ObjectReport> = od
             .objects()
             .iter()
@@ -206,6 +258,7 @@ impl OnDemandReport {
             bad_messages: s.bad_messages,
             duplicates: s.duplicates,
             sources,
+            fanotify: None,
         }
     }
 }
@@ -233,6 +286,9 @@ impl Report {
                 "; on-demand: {} objects open, {} in flight, opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages, {} duplicates",
                 od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages, od.duplicates
             );
+            if let Some(f) = &od.fanotify {
+                let _ = write!(line, "; fanotify: {} blobs attached, events {}, allowed at once {}, denied unknown {}", f.attached_blobs.len(), f.events, f.allowed_at_once, f.denied_unknown);
+            }
         }
         line
     }
@@ -510,6 +566,17 @@ impl OnDemandReport {
                 );
             }
         }
+        if let Some(f) = &od.fanotify {
+            let _ = writeln!(
+                o,
+                "fanotify: {} blobs attached; events {}, allowed at once {}, fetched {}, denied {}; attaches {} ({} failed), detaches {}; completed {}, complete at attach {}, digest mismatches {}; culled {}",
+                f.attached_blobs.len(), f.events, f.allowed_at_once, od.reads, od.reads_failed + f.denied_unknown,
+                f.attaches, f.attaches_failed, f.detaches, f.completed, f.complete_at_attach, f.digest_mismatches, f.culled
+            );
+            for path in &f.attached_blobs {
+                let _ = writeln!(o, "  attached {path}");
+            }
+        }
     }
 
     fn metrics(&self) -> Vec<Metric> {
@@ -522,7 +589,7 @@ impl OnDemandReport {
                 .collect(),
             ..counter(name, help, 0)
         };
-        vec![
+        let mut all = vec![
             gauge(
                 "ondemand_objects",
                 "Open on-demand objects.",
@@ -592,7 +659,42 @@ impl OnDemandReport {
                 ),
                 |e| e.latency_seconds.unwrap_or(f64::NAN),
             ),
-        ]
+        ];
+        if let Some(f) = &od.fanotify {
+            all.extend([
+                gauge(
+                    "fanotify_attached_blobs",
+                    "Blobs attached (marked) for the fanotify front end.",
+                    f.attached_blobs.len() as u64,
+                ),
+                counter(
+                    "fanotify_events_total",
+                    "Pre-content events read.",
+                    f.events,
+                ),
+                counter(
+                    "fanotify_allowed_at_once_total",
+                    "Events whose range was in the file already.",
+                    f.allowed_at_once,
+                ),
+                counter(
+                    "fanotify_completed_total",
+                    "Blobs found whole, unmarked and recorded.",
+                    f.completed,
+                ),
+                counter(
+                    "fanotify_digest_mismatches_total",
+                    "Complete registry blobs whose bytes did not match their digest.",
+                    f.digest_mismatches,
+                ),
+                counter(
+                    "fanotify_denied_unknown_total",
+                    "Events denied for a file no attached blob has.",
+                    f.denied_unknown,
+                ),
+            ]);
+        }
+        all
     }
 }
 
@@ -654,7 +756,7 @@ mod tests {
              [[source]]\nregistry = \"https://robot:hunter2@registry.test\"\nrepository = \"lib/img\"\n",
         )
         .unwrap();
-        let od = OnDemand::new(map, std::sync::Arc::new(|| {}));
+        let od = crate::ondemand::OnDemand::new(map, std::sync::Arc::new(|| {}));
         let report = Report {
             ondemand: Some(OnDemandReport::new(&od)),
             ..sample()

@@ -11,7 +11,8 @@ use crate::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
 use crate::engine::Serving;
 use crate::exit::Exit;
 use crate::lock::{lock_cache_dir, LockError};
-use crate::ondemand::sourcemap::SourceMap;
+use crate::ondemand::fanotify::FanotifyError;
+use crate::ondemand::sourcemap::{FrontEndChoice, SourceMap};
 use crate::pidfile::{PidFile, PidFileError};
 use crate::proto::Command;
 use crate::service::{self, Inherited, NotTheDevice};
@@ -93,6 +94,8 @@ pub enum StartError {
     /// dropped the privilege to open it again.
     #[error("the config changes what a bound cache cannot change ({}); the supervisor holds the cache bound with the old settings: restart cachefilesd --supervise to bind it afresh", reasons.join("; "))]
     CannotRebind { reasons: Vec<String> },
+    #[error(transparent)]
+    Fanotify(#[from] FanotifyError),
 }
 
 impl StartError {
@@ -148,7 +151,7 @@ pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> 
         .then(|| lock_cache_dir(&config.dir.value))
         .transpose()?;
     if start == Start::Supervise {
-        return run_supervisor(&config, options);
+        return run_supervisor(&config, options, serving);
     }
     let device = inherited.map(|Inherited { fd, .. }| fd);
     run_daemon(&config, options, start, device, serving)
@@ -156,10 +159,22 @@ pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> 
 
 /// The supervisor binds the cache itself, before dropping privileges: the kernel takes the
 /// cache's credentials from the process that binds. Every worker takes it over.
-fn run_supervisor(config: &Config, options: &Options) -> Result<Exit, StartError> {
+fn run_supervisor(
+    config: &Config,
+    options: &Options,
+    serving: Serving,
+) -> Result<Exit, StartError> {
     let mut device = open_device()?;
-    configure(config, &mut device)?;
+    let serving = configure(config, &mut device, serving)?;
     record_bound(config);
+    if let Serving::Fanotify(..) = serving {
+        // Workers run without CAP_SYS_ADMIN, so the group would have to be made and held
+        // here, like the device; until then, refuse rather than serve blobs unmarked.
+        return Err(StartError::Supervisor(std::io::Error::other(
+            "--supervise does not support the fanotify front end yet; run without it",
+        )));
+    }
+    log::info!("serving in {} mode", serving.name());
     let pidfile = start_service(options)?;
     drop_privileges()?;
     let exe = std::env::current_exe().map_err(StartError::Supervisor)?;
@@ -188,13 +203,14 @@ fn run_daemon(
 ) -> Result<Exit, StartError> {
     let was_handed = handed.is_some();
     let handed = handed.and_then(take_over_or_reopen);
-    let (mut device, bound) = match handed {
+    let (mut device, bound, mut serving) = match handed {
         Some(device) => {
-            let (device, taken) = take_over(
+            let (device, taken, serving) = take_over(
                 config,
                 start != Start::Worker,
                 Path::new(crate::takeover::STATE_PATH),
                 device,
+                serving,
                 |old| {
                     // Both copies must go for the kernel to unbind: the fd store's and ours.
                     service::forget_stored_device();
@@ -202,7 +218,7 @@ fn run_daemon(
                 },
                 open_device,
             )?;
-            (device, taken == Taken::Kept)
+            (device, taken == Taken::Kept, serving)
         }
         None => {
             // A dead device just let go may still be open in the fd store for a moment.
@@ -211,9 +227,9 @@ fn run_daemon(
             } else {
                 open_device()?
             };
-            configure(config, &mut device)?;
+            let serving = configure(config, &mut device, serving)?;
             record_bound(config);
-            (device, false)
+            (device, false, serving)
         }
     };
     let pidfile = if start.owns_the_service() {
@@ -222,7 +238,7 @@ fn run_daemon(
         None
     };
     if bound {
-        restore(config, &serving, &mut device)?;
+        serving = restore(config, serving, &mut device)?;
     }
     drop_privileges()?;
     service::ready(device.as_fd(), "cache bound");
@@ -252,16 +268,18 @@ const REBIND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Applies `config` to a handed, bound `device`: the limits and debug mask are sent again and
 /// what changed since the recorded bind (`state`) is logged; a change the kernel cannot make
 /// on a bound cache (dir, tag, secctx, mode) rebinds: `close` lets the old device go, `open`
-/// opens a new one, which is configured and bound. Without `may_rebind` (a worker of
+/// opens a new one, which is configured and bound (choosing the front end as at a first
+/// start, so `serving` may come back changed). Without `may_rebind` (a worker of
 /// `--supervise`) such a change is refused.
 pub fn take_over<D: Device>(
     config: &Config,
     may_rebind: bool,
     state: &Path,
     mut device: D,
+    serving: Serving,
     close: impl FnOnce(D),
     open: impl FnMut() -> Result<D, StartError>,
-) -> Result<(D, Taken), StartError> {
+) -> Result<(D, Taken, Serving), StartError> {
     use crate::takeover::{self, Plan};
     let applied = match takeover::load(state) {
         Ok(a) => a,
@@ -279,7 +297,7 @@ pub fn take_over<D: Device>(
                     "no record of the settings the cache was bound with ({}): limits sent again; a changed dir, tag or secctx cannot be detected until the next bind",
                     state.display()
                 );
-                return Ok((device, Taken::Kept));
+                return Ok((device, Taken::Kept, serving));
             }
             if changes.is_empty() {
                 log::info!("bound cache taken over; its settings are unchanged");
@@ -296,7 +314,7 @@ pub fn take_over<D: Device>(
             if let Err(e) = takeover::record(state, config) {
                 log::warn!("{e}");
             }
-            Ok((device, Taken::Kept))
+            Ok((device, Taken::Kept, serving))
         }
         Plan::Rebind { reasons } if !may_rebind => Err(StartError::CannotRebind { reasons }),
         Plan::Rebind { reasons } => {
@@ -313,12 +331,12 @@ pub fn take_over<D: Device>(
             close(device);
             takeover::forget(state);
             let mut device = open_when_free(open)?;
-            configure(config, &mut device)?;
+            let serving = configure(config, &mut device, serving)?;
             if let Err(e) = takeover::record(state, config) {
                 log::warn!("{e}");
             }
             log::info!("cache rebound with the new settings");
-            Ok((device, Taken::Rebound))
+            Ok((device, Taken::Rebound, serving))
         }
     }
 }
@@ -360,24 +378,38 @@ fn take_over_or_reopen(fd: std::os::fd::OwnedFd) -> Option<CachefilesDevice> {
 }
 
 /// Taking over a bound cache: on demand, the kernel re-delivers every outstanding request;
-/// READs on objects whose fd died with the old daemon come back as fresh OPENs.
+/// READs on objects whose fd died with the old daemon come back as fresh OPENs. `restore`
+/// also tells how the cache was bound: EOPNOTSUPP on a cache bound classic (or a kernel
+/// before 6.8), so `auto` then means fanotify where a pre-content group can be made.
 fn restore(
     config: &Config,
-    serving: &Serving,
+    serving: Serving,
     device: &mut CachefilesDevice,
-) -> Result<(), StartError> {
+) -> Result<Serving, StartError> {
     log::info!("taking over the bound cache {}", config.dir.value.display());
-    if let Serving::Classic = serving {
-        return Ok(());
-    }
+    let choice = match serving.frontend() {
+        None => return Ok(serving),
+        Some(FrontEndChoice::Fanotify) => return Ok(serving.with_fanotify()?),
+        Some(choice) => choice,
+    };
     match device.send(&Command::Restore) {
         Ok(()) => log::info!("restore: outstanding requests re-delivered"),
         Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {
+            // Bound classic by an earlier run that chose fanotify, or a kernel before 6.8
+            // (which has no pre-content events either, so the group cannot be made).
+            if choice == FrontEndChoice::Auto {
+                if let Ok(group) = crate::ondemand::fanotify::Group::new() {
+                    return Ok(match serving {
+                        Serving::OnDemand(map) => Serving::Fanotify(map, Box::new(group)),
+                        other => other,
+                    });
+                }
+            }
             log::warn!("the kernel does not support `restore` (needs Linux 6.8): requests pending before the restart are lost")
         }
         Err(e) => return Err(e.into()),
     }
-    Ok(())
+    Ok(serving)
 }
 
 fn check_dir(config: &Config) -> Result<(), StartError> {
@@ -411,20 +443,49 @@ fn raise_fd_limit() {
     }
 }
 
-fn configure(config: &Config, device: &mut dyn Device) -> Result<(), StartError> {
+/// Sends the config's commands; the bind chooses the front end (see `FrontEndChoice`).
+fn configure(
+    config: &Config,
+    device: &mut dyn Device,
+    serving: Serving,
+) -> Result<Serving, StartError> {
+    let mut serving = serving;
     for command in config.commands() {
         let bind = matches!(command, Command::Bind { .. });
         if bind {
             log::info!("About to bind cache");
         }
-        device
-            .send(&command)
-            .map_err(|e| bind_failure(config, &command, e))?;
+        match (&command, serving.frontend()) {
+            (Command::Bind { ondemand: true }, Some(FrontEndChoice::Fanotify)) => {
+                // The fanotify front end: the cache is bound classic, for its culling.
+                let classic = Command::Bind { ondemand: false };
+                device
+                    .send(&classic)
+                    .map_err(|e| bind_failure(config, &classic, e))?;
+                serving = serving.with_fanotify()?;
+            }
+            (Command::Bind { ondemand: true }, Some(FrontEndChoice::Auto)) => match device
+                .send(&command)
+            {
+                Err(e) if e.errno() == Some(Errno::EINVAL) => {
+                    log::info!("the kernel has no `bind ondemand`: using the fanotify front end");
+                    let classic = Command::Bind { ondemand: false };
+                    device
+                        .send(&classic)
+                        .map_err(|e| bind_failure(config, &classic, e))?;
+                    serving = serving.with_fanotify()?;
+                }
+                other => other.map_err(|e| bind_failure(config, &command, e))?,
+            },
+            _ => device
+                .send(&command)
+                .map_err(|e| bind_failure(config, &command, e))?,
+        }
         if bind {
             log::info!("Bound cache");
         }
     }
-    Ok(())
+    Ok(serving)
 }
 
 fn drop_privileges() -> Result<(), StartError> {

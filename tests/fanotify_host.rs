@@ -121,7 +121,7 @@ fn reads_of_a_marked_sparse_file_are_filled_then_served_from_it() {
     let Some(mut h) = harness(0) else { return };
     let data = pattern(5 << 20, 7);
     std::fs::write(h.src.join("blob"), &data).unwrap();
-    let (_, file) = h.attach("blob");
+    let (id, file) = h.attach("blob");
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 5 << 20);
     assert_eq!(allocated(&file), 0, "attached as a hole");
 
@@ -151,16 +151,17 @@ fn reads_of_a_marked_sparse_file_are_filled_then_served_from_it() {
     assert!(h.engine.stats.bytes_written >= (5 << 20) - first);
     assert_eq!(h.engine.stats.reads_failed, 0);
 
-    // Complete now: a second reader is allowed from the file, without fetching.
+    // Complete now: unmarked, so a second reader reads the file without an event.
+    assert!(h.group.is_complete(id), "{:?}", h.group.stats);
     let written = h.engine.stats.bytes_written;
-    let present = h.group.stats.present;
+    let events = h.group.stats.events;
     let out = h.run(Command::new("cmp").arg(h.src.join("blob")).arg(&file));
     assert!(out.status.success());
     assert_eq!(
         h.engine.stats.bytes_written, written,
         "nothing fetched again"
     );
-    assert!(h.group.stats.present > present);
+    assert_eq!(h.group.stats.events, events, "no event for a complete blob");
     assert_eq!(h.engine.in_flight(), 0);
     assert!(
         h.engine.fds().len() == 1,

@@ -3,6 +3,7 @@
 //! `--supervise` refuses what it cannot rebind.
 
 use cachefilesd_rs::config::Config;
+use cachefilesd_rs::daemon::Serving;
 use cachefilesd_rs::device::DeviceError;
 use cachefilesd_rs::fake::{FakeDevice, FakeKernel};
 use cachefilesd_rs::start::{take_over, StartError, Taken};
@@ -39,11 +40,12 @@ fn an_edited_brun_is_sent_on_takeover() {
     let (kernel, device) = bound(&state, "dir /var/cache/fscache\nbrun 10%\nbcull 7%\n");
     let edited = conf("dir /var/cache/fscache\nbrun 20%\nbcull 15%\nfstop 2%\n");
     let closed = Cell::new(false);
-    let (_device, taken) = take_over(
+    let (_device, taken, _serving) = take_over(
         &edited,
         true,
         &state,
         device,
+        Serving::Classic,
         |_| closed.set(true),
         || -> Result<FakeDevice, StartError> { panic!("no rebind for a changed limit") },
     )
@@ -81,11 +83,12 @@ fn a_changed_dir_rebinds() {
     // The old cache's last holder (the fd store) lets go a little later: the kernel lets one
     // process at a time open the device, so the first opens are refused.
     let mut busy = 2;
-    let (_device, taken) = take_over(
+    let (_device, taken, _serving) = take_over(
         &edited,
         true,
         &state,
         device,
+        Serving::Classic,
         |old| {
             closed.set(true);
             drop(old);
@@ -128,6 +131,7 @@ fn a_supervised_worker_refuses_a_changed_dir_and_leaves_the_cache_alone() {
         false,
         &state,
         device,
+        Serving::Classic,
         |_| panic!("a worker never closes the supervisor's cache"),
         || -> Result<FakeDevice, StartError> { panic!("a worker cannot open the device") },
     ) else {

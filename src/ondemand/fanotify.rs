@@ -18,6 +18,9 @@ use super::engine::{Engine, OpenRequest};
 use super::fds::{AdoptError, KernelFd};
 use super::pool::panic_message;
 use super::reply::{FrontEnd, ReadReply, Ticket};
+use super::sourcemap::{is_safe_name, Location};
+use super::sources::digest_from_fsid;
+use crate::cachedir::{tree, xattr, CacheDir, Name};
 use crate::device::DeviceError;
 use crate::proto::fanotify::{self as wire, Event, Response, Verdict, FAN_PRE_ACCESS};
 use nix::errno::Errno;
@@ -25,6 +28,7 @@ use nix::sys::fanotify::{EventFFlags, Fanotify as NixGroup, InitFlags, MarkFlags
 use nix::sys::stat::{fstat, SFlag};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -68,6 +72,12 @@ pub struct GroupStats {
     /// Events for a file no attached blob has: denied.
     pub unknown: u64,
     pub bad_events: u64,
+    /// Blobs found whole: unmarked and recorded (COMPLETE_XATTR).
+    pub completed: u64,
+    /// Blobs attached whole already (recorded by an earlier run): never marked.
+    pub complete_at_attach: u64,
+    /// Complete registry blobs whose bytes did not match their digest.
+    pub digest_mismatches: u64,
 }
 
 /// A fanotify pre-content group and the blobs marked in it. Register its fd (`as_fd`) with
@@ -79,6 +89,13 @@ pub struct Group {
     next_id: u32,
     /// Our pid, as events report it (the thread group id).
     pid: i32,
+    /// Each attached blob's file (the fd it was sized and is filled through), and what its
+    /// bytes must hash to once complete (registry blobs).
+    files: HashMap<u32, (Arc<KernelFd>, Option<String>)>,
+    /// Blobs whose file holds them whole: unmarked, so their reads raise no event.
+    complete: std::collections::HashSet<u32>,
+    /// Blobs whose complete file did not match its digest: every read is denied.
+    corrupt: std::collections::HashSet<u32>,
     pub stats: GroupStats,
 }
 
@@ -104,6 +121,9 @@ impl Group {
             blobs: HashMap::new(),
             next_id: 1,
             pid: std::process::id() as i32,
+            files: HashMap::new(),
+            complete: Default::default(),
+            corrupt: Default::default(),
             stats: GroupStats::default(),
         })
     }
@@ -142,6 +162,86 @@ impl Group {
     }
 }
 
+impl Group {
+    /// Whether the blob `object_id` is whole in its file (unmarked, no event on its reads).
+    pub fn is_complete(&self, object_id: u32) -> bool {
+        self.complete.contains(&object_id)
+    }
+
+    /// After a fill: once the file has no hole left, a registry blob is checked against its
+    /// digest, then the mark goes and the completion is recorded for the next attach (a
+    /// restart). A mismatch keeps the mark and fails every read of the blob.
+    fn check_complete(&mut self, object_id: u32) {
+        if self.complete.contains(&object_id) || self.corrupt.contains(&object_id) {
+            return;
+        }
+        let Some((file, digest)) = self.files.get(&object_id) else {
+            return;
+        };
+        let fd = file.as_fd();
+        let Ok(st) = fstat(fd.as_raw_fd()) else {
+            return;
+        };
+        let len = st.st_size as u64;
+        if !is_present(fd, 0, len) {
+            return;
+        }
+        if let Some(want) = digest {
+            match sha256_of(fd, len) {
+                Ok(got) if got == *want => {}
+                Ok(got) => {
+                    log::error!("object {object_id}: the complete blob hashes to {got}, not {want}: its reads fail from now on");
+                    self.stats.digest_mismatches += 1;
+                    self.corrupt.insert(object_id);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("object {object_id}: cannot hash the complete blob: {e}");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.mark(MarkFlags::FAN_MARK_REMOVE, fd) {
+            log::warn!("object {object_id}: removing the mark of the complete blob: {e}");
+            return;
+        }
+        if let Err(e) =
+            xattr::set_named(&fd.as_raw_fd(), COMPLETE_XATTR, len.to_string().as_bytes())
+        {
+            // Served all the same; the next attach marks it and finds nothing to fetch.
+            log::warn!("object {object_id}: recording the complete blob: {e}");
+        }
+        self.complete.insert(object_id);
+        self.stats.completed += 1;
+    }
+}
+
+/// The xattr that records, on a blob's file, that it holds the whole blob: the file's size,
+/// in decimal. An attach finding it (and the size, and no hole) does not mark the file.
+pub const COMPLETE_XATTR: &str = "user.cachefilesd.complete";
+
+/// `sha256:<hex>` of the first `len` bytes of `fd`.
+fn sha256_of(fd: BorrowedFd<'_>, len: u64) -> Result<String, Errno> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let want = buf.len().min((len - off) as usize);
+        let n = nix::sys::uio::pread(fd, &mut buf[..want], off as i64)?;
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    let mut s = String::from("sha256:");
+    for b in h.finalize().iter() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    Ok(s)
+}
+
 fn inode_key(fd: BorrowedFd<'_>) -> nix::Result<(u64, u64)> {
     let st = fstat(fd.as_raw_fd())?;
     Ok((st.st_dev, st.st_ino))
@@ -152,6 +252,8 @@ pub struct AttachTicket {
     object_id: u32,
     file: KernelFd,
     path: PathBuf,
+    /// `sha256:<hex>` for a registry blob: checked once the file holds it whole.
+    digest: Option<String>,
 }
 
 /// A pre-content event waiting for its answer. Its fd is closed only after the answer: the
@@ -194,6 +296,7 @@ impl FrontEnd for Fanotify {
             object_id,
             file,
             path,
+            digest,
         } = open;
         let size = match result {
             Ok(size) => size,
@@ -206,19 +309,32 @@ impl FrontEnd for Fanotify {
         let fd = file.as_fd();
         let prepared = (|| {
             let current = fstat(fd.as_raw_fd())?.st_size as u64;
+            let recorded = xattr::get_named(&fd.as_raw_fd(), COMPLETE_XATTR)?;
             if current != len {
                 // Another blob's bytes, or a different version of this one: start empty.
+                xattr::remove_named(&fd.as_raw_fd(), COMPLETE_XATTR)?;
                 nix::unistd::ftruncate(fd, 0)?;
                 nix::unistd::ftruncate(fd, len as i64)?;
             }
-            // Sized before the mark: a truncate of a marked file raises an event itself.
-            group.mark(MarkFlags::FAN_MARK_ADD, fd)?;
-            inode_key(fd)
+            let complete = current == len
+                && recorded.as_deref() == Some(len.to_string().as_bytes())
+                && is_present(fd, 0, len);
+            if !complete {
+                // Sized before the mark: a truncate of a marked file raises an event itself.
+                group.mark(MarkFlags::FAN_MARK_ADD, fd)?;
+            }
+            Ok::<_, Errno>((inode_key(fd)?, complete))
         })();
         match prepared {
-            Ok(key) => {
+            Ok((key, complete)) => {
                 group.blobs.insert(key, object_id);
-                Ok(Some(Arc::new(file)))
+                let file = Arc::new(file);
+                group.files.insert(object_id, (file.clone(), digest));
+                if complete {
+                    group.complete.insert(object_id);
+                    group.stats.complete_at_attach += 1;
+                }
+                Ok(Some(file))
             }
             Err(e) => {
                 // EOPNOTSUPP: a filesystem without pre-content support (tmpfs, 9p, ...).
@@ -238,6 +354,11 @@ impl FrontEnd for Fanotify {
             Err(errno) => Verdict::Deny(deny_errno(errno)),
         };
         group.respond(read.fd.as_fd().as_raw_fd(), verdict);
+        if verdict == Verdict::Allow {
+            if let Some(id) = group.attached(read.fd.as_fd()) {
+                group.check_complete(id);
+            }
+        }
         // Answered first, closed now.
         drop(read);
         Ok(())
@@ -270,15 +391,39 @@ impl Engine<Fanotify> {
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)
             .map_err(blob_file)?;
+        Ok(self.attach_file(group, file, path, domain, fsid))
+    }
+
+    /// `attach` with the blob's file opened already (read-write, before any mark: see the
+    /// module's comment); `path` names it in messages.
+    pub fn attach_file(
+        &mut self,
+        group: &mut Group,
+        file: std::fs::File,
+        path: &Path,
+        domain: &[u8],
+        fsid: &[u8],
+    ) -> u32 {
         if let Some(id) = group.attached(&file) {
-            return Ok(id);
+            return id;
         }
+        self.stats.opens += 1;
         let object_id = self.free_object_id(group);
         let file = self.fds().own(OwnedFd::from(file));
+        let digest = std::str::from_utf8(domain)
+            .ok()
+            .zip(std::str::from_utf8(fsid).ok())
+            .and_then(
+                |(d, f)| match self.map().resolve(d.as_bytes(), f.as_bytes()) {
+                    Some((_, Location::Registry { .. })) => digest_from_fsid(f),
+                    _ => None,
+                },
+            );
         let reply = self.open_reply(AttachTicket {
             object_id,
             file,
             path: path.to_owned(),
+            digest,
         });
         let request = OpenRequest {
             object_id,
@@ -289,7 +434,12 @@ impl Engine<Fanotify> {
         if let Err(e) = self.open(group, request, reply) {
             log::warn!("{}: {e}", path.display());
         }
-        Ok(object_id)
+        object_id
+    }
+
+    /// Whether the attach of `object_id` still waits for its source.
+    pub fn attaching(&self, object_id: u32) -> bool {
+        self.is_in_flight(OPEN_KEY_BASE + u64::from(object_id))
     }
 
     fn free_object_id(&self, group: &mut Group) -> u32 {
@@ -309,9 +459,13 @@ impl Engine<Fanotify> {
         let Some(object) = self.objects().get(&object_id) else {
             return;
         };
-        if let Err(e) = group.mark(MarkFlags::FAN_MARK_REMOVE, object.fd.as_fd()) {
-            log::warn!("removing the mark of object {object_id}: {e}");
+        if !group.complete.remove(&object_id) {
+            if let Err(e) = group.mark(MarkFlags::FAN_MARK_REMOVE, object.fd.as_fd()) {
+                log::warn!("removing the mark of object {object_id}: {e}");
+            }
         }
+        group.corrupt.remove(&object_id);
+        group.files.remove(&object_id);
         group.blobs.retain(|_, id| *id != object_id);
         self.close(object_id);
     }
@@ -427,6 +581,10 @@ impl Engine<Fanotify> {
             let _ = reply.answer(group, Err(Errno::EIO));
             return;
         };
+        if group.corrupt.contains(&object_id) {
+            let _ = reply.answer(group, Err(Errno::EIO));
+            return;
+        }
         self.serve(group, object_id, &file, event.range, reply);
     }
 
@@ -455,6 +613,7 @@ impl Engine<Fanotify> {
             let _ = reply.answer(group, Ok(0));
             return;
         }
+        self.stats.reads += 1;
         self.read(object_id, off, end - off, reply);
     }
 }
@@ -466,4 +625,321 @@ fn is_present(fd: BorrowedFd<'_>, off: u64, end: u64) -> bool {
         nix::unistd::lseek(fd.as_raw_fd(), off as i64, nix::unistd::Whence::SeekHole),
         Ok(hole) if hole as u64 >= end
     )
+}
+
+/// The directory under the cache root holding the attached blobs' sparse files, as
+/// `lazy/DOMAIN/FSID`: beside `cache/` and `graveyard/`, so the kernel's classic culling
+/// never sees them, while they count against the same filesystem's limits.
+pub const LAZY_DIR: &str = "lazy";
+
+/// A blob's names as `attach` takes them, each checked once: safe in a path component and
+/// in the source map's substitutions (`{domain}` is the fsid when none is given, as EROFS's
+/// volume keys have it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlobKey {
+    domain: Name,
+    fsid: Name,
+}
+
+impl BlobKey {
+    pub fn new(domain: Option<&str>, fsid: &str) -> Result<BlobKey, String> {
+        let name = |what: &str, s: &str| {
+            if !is_safe_name(s.as_bytes()) {
+                return Err(format!(
+                    "{what} {s:?} must be 1-255 of A-Z a-z 0-9 - . _ ~ : + , = @"
+                ));
+            }
+            Name::new(s.as_bytes()).map_err(|e| format!("{what} {s:?}: {e}"))
+        };
+        Ok(BlobKey {
+            fsid: name("fsid", fsid)?,
+            domain: name("domain", domain.unwrap_or(fsid))?,
+        })
+    }
+
+    pub fn fsid(&self) -> &str {
+        std::str::from_utf8(self.fsid.as_bytes()).unwrap_or_default()
+    }
+
+    pub fn domain(&self) -> &str {
+        std::str::from_utf8(self.domain.as_bytes()).unwrap_or_default()
+    }
+}
+
+/// Where an `attach` stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attach {
+    /// Sized and marked: mount this file.
+    Ready(PathBuf),
+    /// Waiting for the source to tell the blob's size: ask again.
+    Pending,
+    Failed(String),
+}
+
+/// Counters of the front end as a whole, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct AttachStats {
+    pub attaches: u64,
+    pub attaches_failed: u64,
+    pub detaches: u64,
+    /// Detached blob files culled.
+    pub culled: u64,
+}
+
+/// The fanotify front end as the daemon runs it: the group, the engine and the attached
+/// blobs by name.
+pub struct Lazy {
+    pub engine: Engine<Fanotify>,
+    pub group: Group,
+    root: PathBuf,
+    attached: HashMap<BlobKey, (u32, PathBuf)>,
+    pending: HashMap<BlobKey, (u32, PathBuf)>,
+    /// Attaches that failed since last asked about: the next `attach` of the key reports
+    /// the failure once, the one after tries again.
+    failed: HashMap<BlobKey, String>,
+    pub stats: AttachStats,
+}
+
+impl Lazy {
+    pub fn new(
+        map: super::sourcemap::SourceMap,
+        group: Group,
+        wake: super::reply::Wake,
+        root: &Path,
+    ) -> Lazy {
+        Lazy {
+            engine: Engine::new(map, wake),
+            group,
+            root: root.to_owned(),
+            attached: HashMap::new(),
+            pending: HashMap::new(),
+            failed: HashMap::new(),
+            stats: AttachStats::default(),
+        }
+    }
+
+    /// The attached blobs: name, object id, file.
+    pub fn attached(&self) -> impl Iterator<Item = (&BlobKey, u32, &Path)> {
+        self.attached
+            .iter()
+            .map(|(k, (id, p))| (k, *id, p.as_path()))
+    }
+
+    /// Attaches `key` (or tells how its attach stands): creates or reuses its sparse file
+    /// through the cache-directory layer (validated names, no symlink followed).
+    pub fn attach(&mut self, key: &BlobKey) -> Attach {
+        self.settle();
+        if let Some((_, path)) = self.attached.get(key) {
+            return Attach::Ready(path.clone());
+        }
+        if self.pending.contains_key(key) {
+            return Attach::Pending;
+        }
+        if let Some(e) = self.failed.remove(key) {
+            return Attach::Failed(e);
+        }
+        let (file, path) = match self.open_blob_file(key) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.attaches_failed += 1;
+                return Attach::Failed(e);
+            }
+        };
+        let id = self.engine.attach_file(
+            &mut self.group,
+            file,
+            &path,
+            key.domain.as_bytes(),
+            key.fsid.as_bytes(),
+        );
+        self.stats.attaches += 1;
+        self.pending.insert(key.clone(), (id, path));
+        self.settle();
+        match self.attached.get(key) {
+            Some((_, path)) => Attach::Ready(path.clone()),
+            None => Attach::Pending,
+        }
+    }
+
+    fn open_blob_file(&self, key: &BlobKey) -> Result<(std::fs::File, PathBuf), String> {
+        let root = CacheDir::open(&self.root).map_err(|e| e.to_string())?;
+        let lazy = Name::new(LAZY_DIR.as_bytes()).map_err(|e| e.to_string())?;
+        let top = root
+            .ensure_dir(root.dir(), &[], &lazy)
+            .map_err(|e| e.to_string())?;
+        root.ensure_dir(&top, &[lazy.as_bytes()], &key.domain)
+            .map_err(|e| e.to_string())?;
+        let rel: [&[u8]; 3] = [lazy.as_bytes(), key.domain.as_bytes(), key.fsid.as_bytes()];
+        // As a `File`: rustix's openat takes an `AsFd`.
+        let domain = tree::open_file(&top, &key.domain, rustix::fs::OFlags::DIRECTORY)
+            .map_err(|e| root.error("cannot open", &rel[..2], e).to_string())?;
+        let file = rustix::fs::openat(
+            &domain,
+            key.fsid.as_bytes(),
+            rustix::fs::OFlags::RDWR
+                | rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .map(std::fs::File::from)
+        .map_err(|e| {
+            let errno = Errno::from_raw(e.raw_os_error());
+            root.error("cannot open", &rel, errno).to_string()
+        })?;
+        let path = rel.iter().fold(self.root.clone(), |p, c| {
+            p.join(std::ffi::OsStr::from_bytes(c))
+        });
+        Ok((file, path))
+    }
+
+    /// Moves answered attaches out of `pending`: into `attached`, or `failed` when the
+    /// engine refused them (the source failed or the file cannot be marked: logged).
+    fn settle(&mut self) {
+        let done: Vec<BlobKey> = self
+            .pending
+            .iter()
+            .filter(|(_, (id, _))| !self.engine.attaching(*id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            let Some((id, path)) = self.pending.remove(&key) else {
+                continue;
+            };
+            if self.engine.objects().contains_key(&id) {
+                log::info!(
+                    "attached {} (fsid {}, domain {})",
+                    path.display(),
+                    key.fsid(),
+                    key.domain()
+                );
+                self.attached.insert(key, (id, path));
+            } else {
+                self.stats.attaches_failed += 1;
+                self.failed.insert(
+                    key.clone(),
+                    format!(
+                        "fsid {} (domain {}): no source served it, or its file cannot be marked (see the daemon's log)",
+                        key.fsid(),
+                        key.domain()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Detaches the blob attached as `path` (absolute) or named `key`; its file stays.
+    pub fn detach(&mut self, what: Detach) -> Result<PathBuf, String> {
+        self.settle();
+        let key = match &what {
+            Detach::Key(k) => k.clone(),
+            Detach::Path(p) => self
+                .attached
+                .iter()
+                .find(|(_, (_, path))| path == p)
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| format!("{} is not attached", p.display()))?,
+        };
+        let Some((id, path)) = self.attached.remove(&key) else {
+            return Err(format!(
+                "fsid {} (domain {}) is not attached",
+                key.fsid(),
+                key.domain()
+            ));
+        };
+        self.engine.detach(&mut self.group, id);
+        self.stats.detaches += 1;
+        log::info!("detached {}", path.display());
+        Ok(path)
+    }
+
+    /// Culls the detached blob file in `lazy/` used least recently (by atime, as the
+    /// classic culler orders `cache/`): moved into the graveyard, which the reaper empties. A
+    /// blob attached or being attached (mounted, or about to be) is never chosen. The path
+    /// culled, `None` when no detached blob is left.
+    pub fn cull_one(&mut self) -> Result<Option<PathBuf>, String> {
+        self.settle();
+        let root = CacheDir::open(&self.root).map_err(|e| e.to_string())?;
+        let lazy = Name::new(LAZY_DIR.as_bytes()).map_err(|e| e.to_string())?;
+        let mut top = match root.open_dir(std::slice::from_ref(&lazy)) {
+            Ok(d) => d,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(root.error("cannot open", &[lazy.as_bytes()], e).to_string()),
+        };
+        let in_use: std::collections::HashSet<&Path> = (self.attached.values())
+            .chain(self.pending.values())
+            .map(|(_, p)| p.as_path())
+            .collect();
+        let mut oldest: Option<((i64, i64), Name, Name)> = None;
+        for domain in tree::list(&mut top).map_err(|e| e.to_string())? {
+            let Ok(mut dir) = tree::open_dir(&top, &domain) else {
+                continue;
+            };
+            for file in tree::list(&mut dir).unwrap_or_default() {
+                let Ok(st) = tree::stat(&dir, &file) else {
+                    continue;
+                };
+                let path = self
+                    .root
+                    .join(LAZY_DIR)
+                    .join(std::ffi::OsStr::from_bytes(domain.as_bytes()))
+                    .join(std::ffi::OsStr::from_bytes(file.as_bytes()));
+                if tree::file_type(&st) != SFlag::S_IFREG || in_use.contains(path.as_path()) {
+                    continue;
+                }
+                let atime = (st.st_atime, st.st_atime_nsec);
+                if oldest.as_ref().is_none_or(|(t, _, _)| atime < *t) {
+                    oldest = Some((atime, domain.clone(), file));
+                }
+            }
+        }
+        let Some((_, domain, file)) = oldest else {
+            return Ok(None);
+        };
+        let rel: [&[u8]; 3] = [lazy.as_bytes(), domain.as_bytes(), file.as_bytes()];
+        let dir = tree::open_dir(&top, &domain)
+            .map_err(|e| root.error("cannot open", &rel[..2], e).to_string())?;
+        let graveyard = root.graveyard().map_err(|e| e.to_string())?;
+        crate::cachedir::graveyard::bury(&dir, &file, &graveyard)
+            .map_err(|e| root.error("cannot bury", &rel, e).to_string())?;
+        self.stats.culled += 1;
+        let shown = root.show(&rel);
+        log::info!("culled the detached blob {shown}");
+        Ok(Some(PathBuf::from(shown)))
+    }
+
+    /// The group is readable.
+    pub fn on_events(&mut self) -> Result<(), FanotifyError> {
+        self.engine.drain_group(&mut self.group)
+    }
+
+    /// Pool results are in.
+    pub fn on_completions(&mut self) -> Result<(), DeviceError> {
+        let r = self.engine.drain_done(&mut self.group);
+        self.settle();
+        r
+    }
+}
+
+impl Drop for Lazy {
+    /// The group closes with the daemon, and the kernel then lets every read through: a
+    /// mounted blob that is not complete would show zeros in its holes. Say which.
+    fn drop(&mut self) {
+        for (key, (id, path)) in &self.attached {
+            if !self.group.is_complete(*id) {
+                log::error!(
+                    "{} (fsid {}) is still attached and incomplete: unmount it; without the daemon its unfilled ranges read as zeros",
+                    path.display(),
+                    key.fsid()
+                );
+            }
+        }
+    }
+}
+
+/// What `detach` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detach {
+    Path(PathBuf),
+    Key(BlobKey),
 }

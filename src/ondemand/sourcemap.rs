@@ -78,15 +78,44 @@ impl Default for FetchSettings {
     }
 }
 
+/// Which kernel interface serves the blobs (`frontend` in the map).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FrontEndChoice {
+    /// `bind ondemand` where the kernel has it, else fanotify: a refused `bind ondemand`
+    /// fails with EINVAL ("'bind' command doesn't take an argument", fs/cachefiles/daemon.c,
+    /// kernels without CONFIG_CACHEFILES_ONDEMAND and every kernel from 7.2 on).
+    #[default]
+    Auto,
+    /// `bind ondemand` (EROFS over fscache, `fsid=` mounts; Linux 5.19 to 7.1).
+    Cachefiles,
+    /// FAN_PRE_ACCESS on a sparse file per attached blob (file-backed EROFS; Linux 6.14+).
+    Fanotify,
+}
+
+impl FrontEndChoice {
+    fn parse(s: &str) -> Result<FrontEndChoice, String> {
+        match s {
+            "auto" => Ok(FrontEndChoice::Auto),
+            "cachefiles" => Ok(FrontEndChoice::Cachefiles),
+            "fanotify" => Ok(FrontEndChoice::Fanotify),
+            _ => Err(format!(
+                "frontend {s:?} must be \"auto\", \"cachefiles\" or \"fanotify\""
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SourceMap {
     pub sources: Vec<Source>,
     pub fetch: FetchSettings,
+    pub frontend: FrontEndChoice,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMap {
+    frontend: Option<String>,
     #[serde(default)]
     source: Vec<RawSource>,
     fetch: Option<RawFetch>,
@@ -419,7 +448,15 @@ impl SourceMap {
         for (i, s) in raw.source.into_iter().enumerate() {
             sources.push(s.validate(i + 1, &fetch).map_err(err)?);
         }
-        Ok(SourceMap { sources, fetch })
+        let frontend = match raw.frontend {
+            Some(f) => FrontEndChoice::parse(&f).map_err(err)?,
+            None => FrontEndChoice::Auto,
+        };
+        Ok(SourceMap {
+            sources,
+            fetch,
+            frontend,
+        })
     }
 
     /// The first source matching, and its location with the names substituted. `None` when
@@ -605,6 +642,20 @@ proxy = \"ftp://u:hunter2@p\"
         assert!(e.contains("proxy") && !e.contains("hunter2"), "{e}");
         let debug = format!("{m:?}");
         assert!(!debug.contains("3128") || !debug.contains("hunter2"));
+        assert!(m.uses_network());
+        assert_eq!(m.frontend, FrontEndChoice::Auto);
+    }
+
+    #[test]
+    fn the_front_end_is_chosen_by_name() {
+        for (name, choice) in [
+            ("auto", FrontEndChoice::Auto),
+            ("cachefiles", FrontEndChoice::Cachefiles),
+            ("fanotify", FrontEndChoice::Fanotify),
+        ] {
+            let text = format!("frontend = \"{name}\"\n[[source]]\npath = \"/a\"\n");
+            assert_eq!(SourceMap::parse("t", &text).unwrap().frontend, choice);
+        }
     }
 
     #[test]
@@ -728,6 +779,10 @@ proxy = \"ftp://u:hunter2@p\"
             (
                 "[[source]]\nurl = \"https://a\"\nclient_cert = \"/c.pem\"\n",
                 "client_cert and client_key go together",
+            ),
+            (
+                "frontend = \"fuse\"\n[[source]]\npath = \"/a\"\n",
+                "frontend \"fuse\" must be \"auto\", \"cachefiles\" or \"fanotify\"",
             ),
         ];
         for (text, expected) in cases {

@@ -4,6 +4,7 @@
 
 use super::check::check;
 use super::inventory::{usage, walk, Finding, Keep};
+use super::mount::Attached;
 use super::prefill::{prefill, Prefill};
 use super::remove::{invalidate, purge};
 use super::{show_bytes, ToolError};
@@ -33,6 +34,13 @@ commands:
                                 cache: objects in use are refused, not removed)
   status [--json] [--socket S]  ask the running daemon how it is doing
   metrics [--socket S]          the daemon's counters in Prometheus text format
+  attach [--domain D] FSID      have the daemon attach a lazy EROFS blob; prints its file
+                                (fanotify front end) for fstab or a mount unit
+  mount [--domain D] FSID MOUNTPOINT [-o OPTS]
+                                attach and mount EROFS read-only (on the blob's file, or
+                                with fsid= on the cachefiles front end)
+  umount MOUNTPOINT             unmount and detach the blob
+  (status, metrics, attach, mount and umount take --socket S)
 Writing commands refuse to run while a cachefilesd holds the cache.
 exit status: 0 ok, 1 problems found or failure, 2 usage
 ";
@@ -67,6 +75,22 @@ pub enum Command {
         socket: Option<PathBuf>,
     },
     Metrics {
+        socket: Option<PathBuf>,
+    },
+    Attach {
+        domain: Option<String>,
+        fsid: String,
+        socket: Option<PathBuf>,
+    },
+    Mount {
+        domain: Option<String>,
+        fsid: String,
+        mountpoint: PathBuf,
+        options: Option<String>,
+        socket: Option<PathBuf>,
+    },
+    Umount {
+        mountpoint: PathBuf,
         socket: Option<PathBuf>,
     },
     Help,
@@ -148,13 +172,22 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Usa
     let Some(word) = words.first() else {
         return Err(usage_err("no command given"));
     };
-    if words.len() > 1 && word != b"help" {
+    let operands = match word.as_slice() {
+        b"attach" => 1,
+        b"mount" => 2,
+        b"umount" => 1,
+        _ => 0,
+    };
+    if words.len() > 1 + operands && word != b"help" {
         return Err(usage_err(format!(
             "unexpected argument {}",
-            String::from_utf8_lossy(&words[1])
+            String::from_utf8_lossy(&words[1 + operands])
         )));
     }
-    let command = command(word, &mut opts)?;
+    let command = match word.as_slice() {
+        b"attach" | b"mount" | b"umount" => mount_command(word, &words[1..], &mut opts)?,
+        _ => command(word, &mut opts)?,
+    };
     if let Some((name, _)) = opts.first() {
         return Err(usage_err(format!(
             "{name} does not apply to {}",
@@ -179,7 +212,8 @@ fn sort_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, UsageErro
             b"--dir" => dir = Some(PathBuf::from(OsString::from_vec(value("--dir")?))),
             b"-f" | b"--config" => conf = Some(PathBuf::from(OsString::from_vec(value("-f")?))),
             b"-h" | b"--help" => words.insert(0, b"help".to_vec()),
-            b"--volume" | b"--key" | b"--key-hex" | b"--from" | b"--socket" => {
+            b"--volume" | b"--key" | b"--key-hex" | b"--from" | b"--socket" | b"--domain"
+            | b"-o" => {
                 let name = String::from_utf8_lossy(&a).into_owned();
                 let v = value(&name)?;
                 opts.push((name, Some(v)));
@@ -260,6 +294,54 @@ fn command(word: &[u8], opts: &mut Opts) -> Result<Command, UsageError> {
     })
 }
 
+/// `attach`, `mount` and `umount`, with their operands. Names are only checked for UTF-8
+/// here: the daemon validates them (one type, `BlobKey`).
+fn mount_command(
+    word: &[u8],
+    operands: &[Vec<u8>],
+    opts: &mut Opts,
+) -> Result<Command, UsageError> {
+    let mut take = |name: &str| -> Option<Vec<u8>> {
+        let i = opts.iter().position(|(n, _)| n == name)?;
+        opts.remove(i).1
+    };
+    let text = |v: Vec<u8>, what: &str| {
+        String::from_utf8(v).map_err(|_| usage_err(format!("{what} must be UTF-8")))
+    };
+    let socket = take("--socket").map(os_path);
+    let name = |i: usize, what: &str| -> Result<Vec<u8>, UsageError> {
+        operands
+            .get(i)
+            .cloned()
+            .ok_or_else(|| usage_err(format!("{} needs {what}", String::from_utf8_lossy(word))))
+    };
+    Ok(match word {
+        b"umount" => Command::Umount {
+            mountpoint: os_path(name(0, "MOUNTPOINT")?),
+            socket,
+        },
+        _ => {
+            let domain = take("--domain").map(|d| text(d, "--domain")).transpose()?;
+            let fsid = text(name(0, "FSID")?, "FSID")?;
+            if word == b"attach" {
+                Command::Attach {
+                    domain,
+                    fsid,
+                    socket,
+                }
+            } else {
+                Command::Mount {
+                    domain,
+                    fsid,
+                    mountpoint: os_path(name(1, "MOUNTPOINT")?),
+                    options: take("-o").map(|o| text(o, "-o")).transpose()?,
+                    socket,
+                }
+            }
+        }
+    })
+}
+
 fn os_path(v: Vec<u8>) -> PathBuf {
     PathBuf::from(OsString::from_vec(v))
 }
@@ -278,6 +360,8 @@ pub enum RunError {
     NoControl(String),
     #[error("the daemon refused: {0}")]
     Refused(String),
+    #[error(transparent)]
+    Mount(#[from] super::mount::MountError),
 }
 
 /// The control socket: --socket, else the config's `control`, else the default.
@@ -393,6 +477,49 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
     ) {
         return ask_daemon(inv, out);
     }
+    match &inv.command {
+        Command::Attach {
+            domain,
+            fsid,
+            socket,
+        } => {
+            let socket = control_socket(&inv.dir, socket)?;
+            match super::mount::attach(&socket, domain.as_deref(), fsid)? {
+                Attached::File(path) => writeln!(out, "{}", path.display())?,
+                Attached::Fscache => writeln!(
+                    out,
+                    "fscache: mount -t erofs -o fsid={fsid}{} none MOUNTPOINT",
+                    domain
+                        .as_ref()
+                        .map_or(String::new(), |d| format!(",domain_id={d}"))
+                )?,
+            }
+            return Ok(true);
+        }
+        Command::Mount {
+            domain,
+            fsid,
+            mountpoint,
+            options,
+            socket,
+        } => {
+            let socket = control_socket(&inv.dir, socket)?;
+            super::mount::mount(
+                &socket,
+                domain.as_deref(),
+                fsid,
+                mountpoint,
+                options.as_deref(),
+            )?;
+            return Ok(true);
+        }
+        Command::Umount { mountpoint, socket } => {
+            let socket = control_socket(&inv.dir, socket)?;
+            super::mount::umount(&socket, mountpoint)?;
+            return Ok(true);
+        }
+        _ => {}
+    }
     let path = cache_dir(&inv.dir)?;
     let live = match &inv.command {
         Command::Invalidate { volume, key } => Some(Target::Object {
@@ -420,7 +547,12 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
     };
     let root = CacheDir::open(&path).map_err(ToolError::from)?;
     match &inv.command {
-        Command::Help | Command::Status { .. } | Command::Metrics { .. } => {
+        Command::Help
+        | Command::Status { .. }
+        | Command::Metrics { .. }
+        | Command::Attach { .. }
+        | Command::Mount { .. }
+        | Command::Umount { .. } => {
             unreachable!("handled above")
         }
         Command::Ls { volume, json } => ls(&root, volume.as_ref(), *json, out),
@@ -674,6 +806,48 @@ mod tests {
             assert!(p(bad).is_err(), "{bad:?}");
         }
         assert_eq!(p(&["--help"]).unwrap().command, Command::Help);
+    }
+
+    #[test]
+    fn mount_commands_take_their_operands() {
+        assert_eq!(
+            p(&["mount", "--domain", "d", "app", "/mnt/app", "-o", "directio"])
+                .unwrap()
+                .command,
+            Command::Mount {
+                domain: Some("d".into()),
+                fsid: "app".into(),
+                mountpoint: "/mnt/app".into(),
+                options: Some("directio".into()),
+                socket: None,
+            }
+        );
+        assert_eq!(
+            p(&["attach", "app", "--socket", "/s"]).unwrap().command,
+            Command::Attach {
+                domain: None,
+                fsid: "app".into(),
+                socket: Some("/s".into()),
+            }
+        );
+        assert_eq!(
+            p(&["umount", "/mnt/app"]).unwrap().command,
+            Command::Umount {
+                mountpoint: "/mnt/app".into(),
+                socket: None,
+            }
+        );
+        for bad in [
+            &["attach"][..],
+            &["attach", "a", "b"],
+            &["mount", "a"],
+            &["mount", "a", "/m", "/x"],
+            &["umount"],
+            &["umount", "/m", "-o", "x"],
+            &["ls", "--domain", "d"],
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

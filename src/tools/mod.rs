@@ -10,6 +10,7 @@
 pub mod check;
 pub mod cli;
 pub mod inventory;
+pub mod mount;
 pub mod prefill;
 pub mod remove;
 

@@ -10,7 +10,8 @@
 # and exits non-zero if any scenario failed. On FAIL the tail of its console.log is shown.
 #
 # Environment:
-#   KERNEL=path               use this bzImage instead of running build-kernel.sh
+#   KERNEL=path               run every scenario on this bzImage instead of the kernels their
+#                             "# vm-kernel: SERIES..." headers name (build-kernel.sh; default 6.12)
 #   CACHEFILESD_SKIP_CARGO=1  do not run cargo; use whatever binaries target/release holds
 #   VM_BINS="FILE..."         put exactly these binaries in /usr/sbin instead (no cargo), e.g.
 #                             VM_BINS=tests/vm/selftest/cachefilesd (a shell stand-in daemon)
@@ -75,14 +76,28 @@ else
   done
 fi
 
-# 1. Kernel. build-kernel.sh prints the bzImage path as its last stdout line.
-if [ -n "${KERNEL:-}" ]; then
-  kernel=$KERNEL
-else
-  kernel=$("$here/build-kernel.sh" | tail -n 1)
-fi
-[ -f "$kernel" ] || { log "no kernel image ('$kernel')"; exit 1; }
-log "kernel: $kernel"
+# 1. Kernels: each scenario runs on every series its "# vm-kernel:" header lists (default 6.12),
+# as SCENARIO@SERIES when it lists several; KERNEL=path runs every scenario once on that image.
+# build-kernel.sh prints the bzImage path as its last stdout line.
+declare -A kernel_of=()
+runs=()
+for s in "${scenarios[@]}"; do
+  series=$(hdr "$s" kernel)
+  [ -z "${KERNEL:-}" ] || series=given
+  read -r -a list <<<"${series:-6.12}"
+  for k in "${list[@]}"; do
+    if [ -z "${kernel_of[$k]+set}" ]; then
+      if [ "$k" = given ]; then
+        kernel_of[$k]=$KERNEL
+      else
+        kernel_of[$k]=$("$here/build-kernel.sh" "$k" | tail -n 1)
+      fi
+      [ -f "${kernel_of[$k]}" ] || { log "no kernel image for $k ('${kernel_of[$k]}')"; exit 1; }
+      log "kernel $k: ${kernel_of[$k]}"
+    fi
+    if [ "${#list[@]}" -gt 1 ]; then runs+=("$s@$k"); else runs+=("$s@$k="); fi
+  done
+done
 
 # 2. The daemon. A failed build is not fatal: the smoke scenario needs no daemon, and the daemon
 # scenarios then fail with "no /usr/sbin/cachefilesd in the initramfs" - stale binaries from an
@@ -141,8 +156,17 @@ VM_EXTRA_BINS=$extra_bins VM_FSCACHED=$vmdir/fscached \
 # 4. The scenarios.
 declare -A result seconds reason
 any_fail=0
-for s in "${scenarios[@]}"; do
-  results=$vmdir/$s
+labels=()
+for run in "${runs[@]}"; do
+  # "S@K=": scenario S on its only kernel K, labelled S; "S@K": one of several, labelled S@K.
+  s=${run%%@*}
+  k=${run#*@}
+  k=${k%=}
+  kernel=${kernel_of[$k]}
+  label=$s
+  [[ "$run" == *= ]] || label=$s@$k
+  labels+=("$label")
+  results=$vmdir/$label
   rm -rf "$results"
   mkdir -p "$results"
   timeout=${VM_TIMEOUT:-$(hdr "$s" timeout)}
@@ -177,23 +201,23 @@ for s in "${scenarios[@]}"; do
     "${disk_args[@]}" ${VM_DATA:+--data "$VM_DATA"} \
     --append "${VM_APPEND:-}${disk:+ $disk_append}"
   set -e
-  seconds[$s]=$(( $(date +%s) - start ))
+  seconds[$label]=$(( $(date +%s) - start ))
   # run-vm.sh wrote the result (scenarios/lib/status.sh maps the guest's status).
-  if ! IFS=$'\t' read -r "result[$s]" "reason[$s]" <"$results/result" 2>/dev/null; then
-    result[$s]=FAIL
-    reason[$s]="run-vm.sh wrote no result (see its messages above)"
+  if ! IFS=$'\t' read -r "result[$label]" "reason[$label]" <"$results/result" 2>/dev/null; then
+    result[$label]=FAIL
+    reason[$label]="run-vm.sh wrote no result (see its messages above)"
   fi
-  if [ "${result[$s]}" = FAIL ]; then
+  if [ "${result[$label]}" = FAIL ]; then
     any_fail=1
-    echo "----- $s: FAIL, last 40 lines of $results/console.log -----" >&2
+    echo "----- $label: FAIL, last 40 lines of $results/console.log -----" >&2
     tail -n 40 "$results/console.log" 2>/dev/null | tr -d '\r' >&2 || true
-    echo "----- end of $s -----" >&2
+    echo "----- end of $label -----" >&2
   fi
 done
 
 echo
-printf '%-18s %-6s %7s  %s\n' scenario result seconds detail
-for s in "${scenarios[@]}"; do
-  printf '%-18s %-6s %7s  %s\n' "$s" "${result[$s]}" "${seconds[$s]}" "${reason[$s]}"
+printf '%-22s %-6s %7s  %s\n' scenario result seconds detail
+for l in "${labels[@]}"; do
+  printf '%-22s %-6s %7s  %s\n' "$l" "${result[$l]}" "${seconds[$l]}" "${reason[$l]}"
 done
 exit $any_fail

@@ -10,6 +10,7 @@
 #   disk-copies K     K identical cache disks
 #   disk-size S       size of a fresh cache disk (default 256M)
 #   default no        not in a run without scenario names
+#   kernel SERIES...  the test kernels it runs on (build-kernel.sh series; default 6.12)
 #   needs c-cachefilesd  Debian's C daemon in the initramfs
 #   object VOLUME KEY the kernel's path of this object is looked up (lib/common.sh object_path;
 #                     KEY is str:TEXT), so the oracle (cachenames.py) puts it into the initramfs;
@@ -17,7 +18,7 @@
 # A line starting with "# vm-" that does not parse, an unknown key or a repeated key other than
 # `object` is an error: a typo must not silently give a scenario the default VM.
 
-vm_header_keys=" timeout smp mem disk disk-copies disk-size default needs object "
+vm_header_keys=" timeout smp mem disk disk-copies disk-size default needs object kernel "
 
 declare -gA vm_headers=()
 

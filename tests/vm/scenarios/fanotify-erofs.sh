@@ -1,50 +1,46 @@
 #!/bin/sh
 # vm-timeout: 420
-# vm-default: no
-# Lazy EROFS through the fanotify pre-content front end (kernel 7.2+, where EROFS has no fscache
-# backend): a file-backed EROFS mount over a sparse blob file that the front end fills on
-# demand. Not in the default run: it needs the 7.3 test kernel and the front end's bare driver
-# (the daemon has no fanotify wiring yet):
-#   cargo build --release --example fanotify_serve
-#   KERNEL=$(tests/vm/build-kernel.sh 7.3 | tail -n 1) \
-#   VM_EXTRA_BINS="target/release/examples/fanotify_serve:fanotify_serve" \
-#     tests/vm/run-suite.sh fanotify-erofs
+# vm-kernel: 6.12 7.3
+# One config (no `frontend` key: auto) and one command, `cachefilesctl mount`, on both kernels:
+# on 7.3 (no EROFS over fscache, `bind ondemand` refused) the daemon binds the cache classic and
+# serves blobs through its fanotify front end; on 6.12 it binds ondemand and the tool runs the
+# fsid= mount. Steps marked [fanotify] are checked on 7.3 only.
 #   1. a tree of 500+ files (empty ones, one of 32 MiB + a bit), mkfs.erofs into /srv/erofs,
-#   2. `fanotify_serve serve` attaches /var/cache/fscache/fanotify/FSID on the ext4 cache disk
-#      (a hole of the blob's size with a FAN_PRE_ACCESS mark) for testblob, vanishing and
-#      nosuchblob (no source: must be refused),
-#   3. `fanotify_serve mount` (mount(2) on the file itself: busybox mount would put a loop
-#      device under it, which reads with no pre-content events) must show every file with the
-#      source's sha256; after umount + drop_caches a second mount reads everything from the
-#      file with zero bytes fetched,
-#   4. a source that shrinks after attach: reading past its new end fails with EIO (never
-#      zeros), and the server goes on; it is unmounted before the server is stopped (closing
-#      the group would allow every pending read).
+#   2. cachefilesd with `ondemand MAP`; it must report mode fanotify on 6.14+, on-demand before,
+#   3. `cachefilesctl mount testblob /mnt`: [fanotify] the daemon attaches $cache/lazy/testblob/testblob
+#      (a hole of the blob's size with a FAN_PRE_ACCESS mark) and the tool mounts EROFS on the
+#      file itself (no loop device, whose reads raise no pre-content events); every file has
+#      the source's sha256; `cachefilesctl umount` detaches it,
+#   4. after drop_caches a second mount reads everything with zero fetches,
+#   5. [fanotify] once the whole blob is read it is complete: unmarked and recorded, and a
+#      third mount raises no event at all (counted),
+#   6. an fsid no source serves is refused cleanly (no mount, the daemon goes on),
+#   7. a source that shrinks after attach: reading past its new end fails with EIO (never
+#      zeros), and the daemon goes on.
 # shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
 tree=/tmp/tree
-serve=/usr/sbin/fanotify_serve
-blobs=$cache/fanotify
-serve_log=/results/fanotify_serve.log
-serve_pid=
+blobs=$cache/lazy
 
 on_fail() {
-  echo "--- fanotify_serve log (tail)"; tail -n 40 "$serve_log" 2>/dev/null
-  echo "--- blob files"; ls -ls "$blobs" 2>/dev/null
+  echo "--- cachefilesd log (tail)"; tail -n 40 "$daemon_log" 2>/dev/null
+  echo "--- blob files"; ls -lsR "$blobs" 2>/dev/null
   echo "--- mounts"; grep -E 'erofs|fscache' /proc/mounts
   echo "--- dmesg (tail)"; dmesg | tail -n 30
   grep -q ' /mnt ' /proc/mounts && umount /mnt
   grep -q ' /mnt2 ' /proc/mounts && umount /mnt2
-  [ -n "$serve_pid" ] && kill -TERM "$serve_pid" 2>/dev/null
+  [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null
 }
 
 major=$(uname -r | cut -d. -f1)
 minor=$(uname -r | cut -d. -f2)
+want=fanotify
 if [ "$major" -lt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -lt 14 ]; }; then
-  skip "kernel $(uname -r) has no FAN_PRE_ACCESS (6.14+; run with KERNEL=\$(tests/vm/build-kernel.sh 7.3))"
+  want=on-demand
 fi
-[ -x "$serve" ] || fail "no $serve in the initramfs (VM_EXTRA_BINS=target/release/examples/fanotify_serve:fanotify_serve)"
+[ -x "$daemon" ] || fail "no $daemon in the initramfs"
+[ -x "$ctl" ] || fail "no $ctl in the initramfs"
 
 # The same deterministic tree as ondemand.sh (see there): no 4 KiB page repeats in big.bin.
 seq -w 0 299999 >/tmp/U
@@ -92,48 +88,79 @@ size=$(stat -c %s /srv/erofs/testblob)
 say "blob: $size bytes"
 
 check "mount the ext4 cache disk /dev/vda at $cache" mount -t ext4 /dev/vda "$cache"
-mkdir -p "$blobs"
 printf '[[source]]\ndomain = "*"\nfsid = "*"\npath = "/srv/erofs/{fsid}"\n' >"$map"
+ondemand_conf
+say "config:"; sed 's/^/    /' "$conf"; sed 's/^/    /' "$map"
 
-"$serve" serve "$map" "$blobs" testblob vanishing nosuchblob >"$serve_log" 2>&1 &
-serve_pid=$!
-say "started fanotify_serve, pid $serve_pid (log: results/fanotify_serve.log)"
-wait_for 30 "testblob attached" grep -q '^attached testblob ' "$serve_log"
-wait_for 30 "vanishing attached" grep -q '^attached vanishing ' "$serve_log"
-wait_for 30 "nosuchblob refused (no source)" grep -q '^failed nosuchblob$' "$serve_log"
-check "the blob file has the blob's size" test "$(stat -c %s "$blobs/testblob")" -eq "$size"
-check "the blob file starts as a hole (0 blocks)" test "$(stat -c %b "$blobs/testblob")" -eq 0
+"$daemon" -n -s -f "$conf" >"$daemon_log" 2>&1 &
+daemon_pid=$!
+say "started cachefilesd, pid $daemon_pid (log: results/cachefilesd.log)"
+wait_for 30 "the daemon bound the cache (dmesg: File cache on mycache registered)" bound_or_dead
+ctl_answers() { "$ctl" -f "$conf" status >/dev/null 2>&1; }
+wait_for 10 "the control socket answers" ctl_answers
+mode=$(daemon_field mode) || fail "no status"
+check "auto chose the $want front end on $(uname -r) (mode $mode)" test "$mode" = "$want"
+fan() { [ "$want" = fanotify ]; }
 
-# stats FIELD: the server's counter, printed on SIGUSR1.
-stats() {
-  _n=$(grep -c '^stats ' "$serve_log")
-  kill -USR1 "$serve_pid"
-  _i=0
-  while [ "$(grep -c '^stats ' "$serve_log")" -le "$_n" ] && [ $_i -lt 50 ]; do sleep 0.1; _i=$((_i + 1)); done
-  grep '^stats ' "$serve_log" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$1=//p"
-}
+field() { daemon_field "$1" || echo "?"; }
 same_file_count() { [ "$(find "${1:-/mnt}" -type f | wc -l)" -eq "$files" ]; }
-not_a_loop_mount() { grep " $1 erofs " /proc/mounts | grep -q "^$2 "; }
+on_the_file_itself() { grep " $1 erofs " /proc/mounts | grep -q "^$2 "; }
+mnt() { timeout -s KILL 120 "$ctl" -f "$conf" mount "$@"; }
+umnt() { "$ctl" -f "$conf" umount "$1"; }
 
-check "fanotify_serve mount $blobs/testblob /mnt" timeout -s KILL 120 "$serve" mount "$blobs/testblob" /mnt
-check "EROFS sits on the file itself, no loop device" not_a_loop_mount /mnt "$blobs/testblob"
+check "cachefilesctl mount testblob /mnt" mnt testblob /mnt
+if fan; then
+  check "EROFS sits on the blob file itself, no loop device" on_the_file_itself /mnt "$blobs/testblob/testblob"
+  check "the blob file has the blob's size" test "$(stat -c %s "$blobs/testblob/testblob")" -eq "$size"
+else
+  check "EROFS is mounted with fsid=testblob" sh -c "grep ' /mnt erofs ' /proc/mounts | grep -q 'fsid=testblob'"
+fi
 check "the mount shows all $files files" same_file_count
 check "first read: every file has the source's sha256" verify_sums /tmp/tree.sha
-check "umount" umount /mnt
-bytes1=$(stats bytes)
-events1=$(stats events)
-say "after the first pass: $events1 events, $bytes1 bytes fetched, $(du -k "$blobs/testblob" | cut -f1) KiB allocated"
-check "the first pass fetched through events" test "${bytes1:-0}" -gt 0 -a "${events1:-0}" -gt 0
+check "cachefilesctl umount /mnt" umnt /mnt
+check "nothing is mounted on /mnt any more" sh -c "! grep -q ' /mnt ' /proc/mounts"
+bytes1=$(field ondemand.bytes_written)
+check "the first pass fetched" test "${bytes1:-0}" -gt 0
+if fan; then
+  check "umount detached the blob" test "$(daemon_field ondemand.fanotify.detaches)" = 1
+  events1=$(field ondemand.fanotify.events)
+  say "after the first pass: $events1 events, $bytes1 bytes fetched, $(du -k "$blobs/testblob/testblob" | cut -f1) KiB allocated"
+  check "the first pass fetched through events" test "${events1:-0}" -gt 0
+fi
 
 echo 3 >/proc/sys/vm/drop_caches
-check "mount again" timeout -s KILL 120 "$serve" mount "$blobs/testblob" /mnt
+check "mount again" mnt testblob /mnt
 check "second read: every file has the source's sha256" verify_sums /tmp/tree.sha
-check "umount" umount /mnt
-bytes2=$(stats bytes)
-present=$(stats present)
-check "the second pass fetched nothing (bytes $bytes1 -> $bytes2; $present ranges allowed as present)" test "$bytes2" = "$bytes1"
+check "umount" umnt /mnt
+bytes2=$(field ondemand.bytes_written)
+check "the second mount fetched nothing (bytes $bytes1 -> $bytes2)" test "$bytes2" = "$bytes1"
 
-check "mount vanishing on /mnt2" timeout -s KILL 120 "$serve" mount "$blobs/vanishing" /mnt2
+# [fanotify] Every byte of the blob read once (by another process than the daemon): complete.
+if fan; then
+  check "attach testblob (prints its file)" sh -c "'$ctl' -f '$conf' attach testblob >/tmp/attach.out"
+  check "attach printed the blob file" test "$(cat /tmp/attach.out)" = "$blobs/testblob/testblob"
+  check "read the whole blob file" sh -c "cat '$blobs/testblob/testblob' >/dev/null"
+  check "the blob file now equals the source" cmp "$blobs/testblob/testblob" /srv/erofs/testblob
+  check "the daemon counted the blob complete" test "$(field ondemand.fanotify.completed)" = 1
+  echo 3 >/proc/sys/vm/drop_caches
+  events2=$(field ondemand.fanotify.events)
+  check "mount the complete blob" mnt testblob /mnt
+  check "third read: every file has the source's sha256" verify_sums /tmp/tree.sha
+  check "umount" umnt /mnt
+  events3=$(field ondemand.fanotify.events)
+  check "the complete blob raised no event (events $events2 -> $events3)" test "$events3" = "$events2"
+fi
+
+refused() { ! mnt nosuchblob /mnt >/tmp/nosuch.out 2>&1; }
+check "cachefilesctl mount of an fsid no source serves fails" refused
+say "it said: $(cat /tmp/nosuch.out)"
+if fan; then
+  check "it says the daemon refused" grep -q "refused" /tmp/nosuch.out
+fi
+check "nothing is mounted on /mnt" sh -c "! grep -q ' /mnt ' /proc/mounts"
+check "cachefilesd is still running" alive "$daemon_pid"
+
+check "mount vanishing on /mnt2" mnt vanishing /mnt2
 small=$(find /mnt2 -type f -size -8k | head -n 1)
 check "a small file reads before the source shrinks" sh -c "cat '$small' >/dev/null"
 truncate -s 8192 /srv/erofs/vanishing
@@ -142,18 +169,18 @@ check "reading big.bin after the source shrank fails (no hang)" big_read_fails
 say "reader saw: $(cat /tmp/big.err)"
 check "the failure is an I/O error (EIO)" grep -q 'Input/output error' /tmp/big.err
 check "whatever the reader got before the error is the file's own bytes" sh -c "[ ! -s /tmp/big.out ] || cmp -s /tmp/big.out '$tree/big.bin' 2>/dev/null || cmp /tmp/big.out '$tree/big.bin' 2>&1 | grep -q EOF"
-failed=$(stats fills_failed)
-check "the server counted the failed fill ($failed)" test "${failed:-0}" -gt 0
-check "umount /mnt2" umount /mnt2
-check "fanotify_serve is still running" alive "$serve_pid"
+failed=$(field ondemand.reads_failed)
+check "the daemon counted the failed fill ($failed)" test "${failed:-0}" -gt 0
+check "umount /mnt2" umnt /mnt2
+check "cachefilesd is still running" alive "$daemon_pid"
 
-check "testblob still mounts and reads after the failure" timeout -s KILL 120 "$serve" mount "$blobs/testblob" /mnt
-check "third read: every file has the source's sha256" verify_sums /tmp/tree.sha
-check "umount" umount /mnt
+check "testblob still mounts and reads after the failure" mnt testblob /mnt
+check "fourth read: every file has the source's sha256" verify_sums /tmp/tree.sha
+check "umount" umnt /mnt
 
-say "final: $(grep '^stats ' "$serve_log" | tail -n 1)"
-stop_daemon "$serve_pid"
-serve_pid=
-check "fanotify_serve exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
+show_status "$conf" "$want"
+stop_daemon "$daemon_pid"
+daemon_pid=
+check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 check "umount the cache disk" umount "$cache"
 pass

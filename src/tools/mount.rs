@@ -1,0 +1,234 @@
+//! `cachefilesctl attach|mount|umount`: lazy EROFS mounts served by the running daemon.
+//!
+//! The daemon attaches a blob over its control socket (fanotify front end: a sparse file,
+//! sized and marked, whose path it answers; cachefiles front end: `fscache`, and the kernel
+//! asks for the blob itself at an `fsid=` mount). The mount is made here, in another process
+//! than the daemon's: the daemon's own reads are allowed unfilled by design.
+
+use crate::control::query;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long an attach may wait for its source (a registry blob with `verify = "digest"` is
+/// fetched whole first).
+const ATTACH_DEADLINE: Duration = Duration::from_secs(600);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot reach the daemon at {path}: {error} (is cachefilesd running?)")]
+    Daemon { path: String, error: std::io::Error },
+    #[error("the daemon refused: {0}")]
+    Refused(String),
+    #[error("no answer from the daemon's source within {0:?}")]
+    Timeout(Duration),
+    #[error("mount {what} on {on}: {errno}")]
+    Mount {
+        what: String,
+        on: String,
+        errno: nix::errno::Errno,
+    },
+    #[error("umount {on}: {errno}")]
+    Umount {
+        on: String,
+        errno: nix::errno::Errno,
+    },
+    #[error("{0} is not a mount point")]
+    NotMounted(String),
+}
+
+/// What the daemon serves a blob through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// The fanotify front end: mount EROFS on this file.
+    File(PathBuf),
+    /// The cachefiles front end: mount with `fsid=`.
+    Fscache,
+}
+
+fn ask(socket: &Path, request: &str) -> Result<String, MountError> {
+    query(socket, request, QUERY_TIMEOUT).map_err(|error| MountError::Daemon {
+        path: socket.display().to_string(),
+        error,
+    })
+}
+
+/// `[--domain D] FSID` as the control socket takes it (the daemon validates both).
+fn blob_args(domain: Option<&str>, fsid: &str) -> String {
+    match domain {
+        Some(d) => format!("--domain {d} {fsid}"),
+        None => fsid.to_string(),
+    }
+}
+
+/// Asks the daemon to attach the blob, until its source has answered.
+pub fn attach(socket: &Path, domain: Option<&str>, fsid: &str) -> Result<Attached, MountError> {
+    let request = format!("attach {}", blob_args(domain, fsid));
+    let deadline = Instant::now() + ATTACH_DEADLINE;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let reply = ask(socket, &request)?;
+        let line = reply.lines().next().unwrap_or("").trim_end();
+        match line.split_once(' ') {
+            Some(("ok", path)) => return Ok(Attached::File(PathBuf::from(path))),
+            _ if line == "fscache" => return Ok(Attached::Fscache),
+            _ if line == "pending" && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            _ if line == "pending" => return Err(MountError::Timeout(ATTACH_DEADLINE)),
+            _ => {
+                let e = line.strip_prefix("error: ").unwrap_or(line);
+                return Err(MountError::Refused(e.to_string()));
+            }
+        }
+    }
+}
+
+/// Attaches the blob and mounts EROFS read-only on `mountpoint`: on the blob's file itself
+/// (a file-backed mount, never a loop device, whose reads raise no pre-content events and
+/// would see zeros in the holes), or with `fsid=` on the cachefiles front end.
+pub fn mount(
+    socket: &Path,
+    domain: Option<&str>,
+    fsid: &str,
+    mountpoint: &Path,
+    options: Option<&str>,
+) -> Result<Attached, MountError> {
+    let attached = attach(socket, domain, fsid)?;
+    let (source, data) = match &attached {
+        Attached::File(path) => (path.as_os_str().to_owned(), options.map(str::to_string)),
+        Attached::Fscache => {
+            let mut data = format!("fsid={fsid}");
+            if let Some(d) = domain {
+                data.push_str(&format!(",domain_id={d}"));
+            }
+            if let Some(o) = options {
+                data.push(',');
+                data.push_str(o);
+            }
+            (OsStr::new("none").to_owned(), Some(data))
+        }
+    };
+    nix::mount::mount(
+        Some(source.as_os_str()),
+        mountpoint,
+        Some("erofs"),
+        nix::mount::MsFlags::MS_RDONLY,
+        data.as_deref(),
+    )
+    .map_err(|errno| MountError::Mount {
+        what: Path::new(&source).display().to_string(),
+        on: mountpoint.display().to_string(),
+        errno,
+    })?;
+    Ok(attached)
+}
+
+/// Unmounts `mountpoint` and detaches its blob (a file-backed EROFS mount of a file the
+/// daemon attached); the answer is the detached file, if any.
+pub fn umount(socket: &Path, mountpoint: &Path) -> Result<Option<PathBuf>, MountError> {
+    let mounts = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let wanted = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_owned());
+    let (fstype, source) = mount_of(&mounts, &wanted)
+        .ok_or_else(|| MountError::NotMounted(mountpoint.display().to_string()))?;
+    nix::mount::umount(&wanted).map_err(|errno| MountError::Umount {
+        on: mountpoint.display().to_string(),
+        errno,
+    })?;
+    if fstype != b"erofs" || !source.starts_with(b"/") {
+        return Ok(None);
+    }
+    let source = PathBuf::from(OsStr::from_bytes(&source));
+    // Another mount of the same blob keeps it attached.
+    let still = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    if mounts_of_source(&still, source.as_os_str().as_bytes()) > 0 {
+        return Ok(None);
+    }
+    let reply = ask(socket, &format!("detach {}", source.display()))?;
+    match reply.lines().next().unwrap_or("") {
+        r if r.starts_with("ok ") => Ok(Some(source)),
+        "fscache" => Ok(None),
+        r => Err(MountError::Refused(
+            r.strip_prefix("error: ").unwrap_or(r).to_string(),
+        )),
+    }
+}
+
+/// A mountinfo field, with the kernel's octal escapes (`\040` for a space) undone.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let oct = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// (mount point, fs type, source) of each line of /proc/self/mountinfo.
+fn entries(mountinfo: &[u8]) -> impl Iterator<Item = (Vec<u8>, Vec<u8>, Vec<u8>)> + '_ {
+    mountinfo.split(|&b| b == b'\n').filter_map(|line| {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let dash = fields.iter().position(|f| *f == b"-")?;
+        let point = fields.get(4)?;
+        let fstype = fields.get(dash + 1)?;
+        let source = fields.get(dash + 2)?;
+        Some((unescape(point), fstype.to_vec(), unescape(source)))
+    })
+}
+
+/// The last (topmost) mount on `point`: its fs type and source.
+fn mount_of(mountinfo: &[u8], point: &Path) -> Option<(Vec<u8>, Vec<u8>)> {
+    entries(mountinfo)
+        .filter(|(p, _, _)| p == point.as_os_str().as_bytes())
+        .map(|(_, t, s)| (t, s))
+        .last()
+}
+
+fn mounts_of_source(mountinfo: &[u8], source: &[u8]) -> usize {
+    entries(mountinfo)
+        .filter(|(_, t, s)| t == b"erofs" && s == source)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &[u8] = b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+40 22 0:50 / /mnt/app\\040one ro,relatime shared:20 - erofs /var/cache/fscache/lazy/d/app ro\n\
+41 22 0:51 / /mnt/b ro shared:21 - erofs none ro,fsid=b\n\
+42 22 0:52 / /mnt/c ro shared:22 - erofs /var/cache/fscache/lazy/d/app ro\n";
+
+    #[test]
+    fn mountinfo_is_read_with_its_escapes() {
+        assert_eq!(
+            mount_of(MOUNTINFO, Path::new("/mnt/app one")),
+            Some((b"erofs".to_vec(), b"/var/cache/fscache/lazy/d/app".to_vec()))
+        );
+        assert_eq!(
+            mount_of(MOUNTINFO, Path::new("/mnt/b")),
+            Some((b"erofs".to_vec(), b"none".to_vec()))
+        );
+        assert_eq!(mount_of(MOUNTINFO, Path::new("/mnt/app")), None);
+        assert_eq!(
+            mounts_of_source(MOUNTINFO, b"/var/cache/fscache/lazy/d/app"),
+            2
+        );
+        assert_eq!(unescape(b"a\\134b\\0"), b"a\\b\\0");
+    }
+}
