@@ -166,6 +166,14 @@ impl<'d> Daemon<'d> {
         }
     }
 
+    /// Culls by `config`'s limits, decided from statfs, whatever the kernel's cull signal
+    /// says: for a cache bound with other limits (see `CullDriver::follow_limits`).
+    pub fn follow_config_limits(&mut self, config: &Config) {
+        self.engine
+            .cull
+            .follow_limits(crate::proto::Limit::ALL.map(|l| config.limit(l)));
+    }
+
     /// Everything the daemon can tell about itself.
     pub fn report(&self) -> Report {
         self.engine.report()

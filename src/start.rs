@@ -14,7 +14,7 @@ use crate::lock::{lock_cache_dir, LockError};
 use crate::ondemand::fanotify::FanotifyError;
 use crate::ondemand::sourcemap::{FrontEndChoice, SourceMap};
 use crate::pidfile::{PidFile, PidFileError};
-use crate::proto::Command;
+use crate::proto::{Command, Limit};
 use crate::service::{self, Inherited, NotTheDevice};
 use crate::supervise::{self, RestartLimit};
 use nix::errno::Errno;
@@ -203,7 +203,7 @@ fn run_daemon(
 ) -> Result<Exit, StartError> {
     let was_handed = handed.is_some();
     let handed = handed.and_then(take_over_or_reopen);
-    let (mut device, bound, mut serving) = match handed {
+    let (mut device, taken, mut serving) = match handed {
         Some(device) => {
             let (device, taken, serving) = take_over(
                 config,
@@ -218,7 +218,7 @@ fn run_daemon(
                 },
                 open_device,
             )?;
-            (device, taken == Taken::Kept, serving)
+            (device, Some(taken), serving)
         }
         None => {
             // A dead device just let go may still be open in the fd store for a moment.
@@ -229,7 +229,7 @@ fn run_daemon(
             };
             let serving = configure(config, &mut device, serving)?;
             record_bound(config);
-            (device, false, serving)
+            (device, None, serving)
         }
     };
     let pidfile = if start.owns_the_service() {
@@ -237,13 +237,15 @@ fn run_daemon(
     } else {
         None
     };
-    if bound {
+    let kept = matches!(taken, Some(Taken::Kept | Taken::KeptWithBoundLimits));
+    if kept {
         serving = restore(config, serving, &mut device)?;
     }
     drop_privileges()?;
     service::ready(device.as_fd(), "cache bound");
     log::info!("Daemon Started");
-    let result = serve(config, options, &mut device, serving);
+    let follow_limits = taken == Some(Taken::KeptWithBoundLimits);
+    let result = serve(config, options, &mut device, serving, follow_limits);
     service::stopping();
     remove_pidfile(pidfile);
     if result.is_ok() {
@@ -255,8 +257,12 @@ fn run_daemon(
 /// What a takeover did with the bound cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Taken {
-    /// Kept bound; the limits were sent again.
+    /// Kept bound; the limits were sent again, and are those it was bound with.
     Kept,
+    /// Kept bound and the limits sent again, but the kernel's counts are those of the bind
+    /// and the config's limits differ from them (or no record says which they are): the
+    /// daemon culls by the config's limits itself (`CullDriver::follow_limits`).
+    KeptWithBoundLimits,
     /// Unbound and bound afresh with the config.
     Rebound,
 }
@@ -297,7 +303,7 @@ pub fn take_over<D: Device>(
                     "no record of the settings the cache was bound with ({}): limits sent again; a changed dir, tag or secctx cannot be detected until the next bind",
                     state.display()
                 );
-                return Ok((device, Taken::Kept, serving));
+                return Ok((device, Taken::KeptWithBoundLimits, serving));
             }
             if changes.is_empty() {
                 log::info!("bound cache taken over; its settings are unchanged");
@@ -306,15 +312,36 @@ pub fn take_over<D: Device>(
                     "bound cache taken over; sent to the kernel: {}",
                     changes.join(", ")
                 );
-                let limits_changed = changes.iter().any(|c| !c.starts_with("debug"));
-                if limits_changed && config.ondemand.is_none() {
-                    log::warn!("the kernel turns limits into block and file counts only at bind: on this bound classic cache its cull signal keeps the old counts until the cache is bound afresh (stop and start the service)");
-                }
             }
-            if let Err(e) = takeover::record(state, config) {
+            let bound = applied.as_ref().expect("checked above");
+            if Limit::ALL
+                .iter()
+                .all(|l| bound.limit(*l) == config.limit(*l))
+            {
+                if let Err(e) = takeover::record(state, config) {
+                    log::warn!("{e}");
+                }
+                return Ok((device, Taken::Kept, serving));
+            }
+            // The kernel turned the bound limits into block and file counts at bind and keeps
+            // them; the record keeps them too, so every later takeover knows.
+            let mut record = config.clone();
+            record.limits = bound.limits.clone();
+            if let Err(e) = takeover::record(state, &record) {
                 log::warn!("{e}");
             }
-            Ok((device, Taken::Kept, serving))
+            log::info!("the kernel counts limits only at bind: the daemon culls by the edited limits itself (from statfs), the cache stays bound");
+            for stop in [Limit::Bstop, Limit::Fstop] {
+                if bound.limit(stop) != config.limit(stop) {
+                    log::warn!(
+                        "the kernel keeps refusing new cache objects below {} {}% (bound with it) rather than {}% until the cache is bound afresh (stop and start the service)",
+                        stop.keyword(),
+                        bound.limit(stop),
+                        config.limit(stop)
+                    );
+                }
+            }
+            Ok((device, Taken::KeptWithBoundLimits, serving))
         }
         Plan::Rebind { reasons } if !may_rebind => Err(StartError::CannotRebind { reasons }),
         Plan::Rebind { reasons } => {
@@ -529,10 +556,14 @@ fn serve(
     options: &Options,
     device: &mut CachefilesDevice,
     serving: Serving,
+    follow_limits: bool,
 ) -> Result<(), StartError> {
     let signals = SignalPipes::install().map_err(StartError::Signals)?;
     let mode = serving.name();
     let mut daemon = Daemon::new(config, device, options.nocull, Some(signals), serving)?;
+    if follow_limits {
+        daemon.follow_config_limits(config);
+    }
     log::info!(
         "cache {} bound in {mode} mode{}",
         config.dir.value.display(),

@@ -11,9 +11,9 @@
 //!
 //! One limit of the kernel's: it turns the limit percentages into block and file counts only
 //! at bind (`cachefiles_add_cache`), so on a bound classic cache a new limit is recorded by the
-//! kernel but its cull signal keeps the old counts until the next bind. On demand the daemon
-//! decides culling itself from statfs and the config's percentages, so a new limit is in force
-//! at once.
+//! kernel but its cull signal keeps the old counts until the next bind. The record then keeps
+//! the bound limits, and the daemon culls by the config's itself, from statfs, as it always
+//! does on demand (`CullDriver::follow_limits`).
 
 use crate::config::{Config, ConfigError};
 use crate::device::{Device, DeviceError};

@@ -280,3 +280,70 @@ fn the_graveyard_count_never_follows_a_symlink() {
     std::os::unix::fs::symlink(&outside, root.join("graveyard")).unwrap();
     assert_eq!(daemon.report().graveyard_entries, 0);
 }
+
+/// The percentage of the temporary directory's filesystem free for unprivileged users, as the
+/// daemon's statfs sees it.
+fn free_percent(dir: &Path) -> u64 {
+    let st = nix::sys::statfs::statfs(dir).unwrap();
+    st.blocks_available() * 100 / st.blocks().max(1)
+}
+
+/// Twenty objects of the loop tests' shape, and a kernel whose status line says `cull`.
+fn bound_cache(root: &Path, cull: bool) -> (FakeKernel, cachefilesd_rs::fake::FakeDevice) {
+    for i in 0..20i64 {
+        object(root, &format!("I9p,host0,/@{i:02x}/T{i},"), 1_000_000 + i);
+    }
+    fs::create_dir_all(root.join("graveyard")).unwrap();
+    let (kernel, device) = FakeKernel::new();
+    kernel.with(|s| {
+        s.status.cull = cull;
+        s.cull_until = if cull { usize::MAX } else { 0 };
+    });
+    (kernel, device)
+}
+
+#[test]
+fn limits_edited_above_the_bound_ones_cull_before_the_kernel_asks() {
+    let _cwd = CWD.lock().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let free = free_percent(t.path());
+    assert!(
+        free < 98,
+        "the test needs a filesystem less than 98% free for its temporary directory ({free}% free)"
+    );
+    // The kernel bound the cache with the defaults and is content; the config now asks for
+    // more free space than there is.
+    let (kernel, device) = bound_cache(t.path(), false);
+    let cfg = config(t.path(), "brun 99%\nbcull 98%\nbstop 97%\n");
+    let daemon = DaemonThread::start_with(cfg, device, None, |d, c| d.follow_config_limits(c));
+    wait_for("culls by the edited limits", || {
+        kernel.with(|s| s.culled.len() >= 5)
+    });
+    let stats = daemon.stop_expecting_ok();
+    assert!(!kernel.with(|s| s.status.cull), "the kernel never asked");
+    assert!(stats.contains("culled"), "{stats}");
+}
+
+#[test]
+fn limits_edited_below_the_bound_ones_stop_culling_the_kernel_asks_for() {
+    let _cwd = CWD.lock().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let free = free_percent(t.path());
+    assert!(
+        free > 3,
+        "the test needs a filesystem more than 3% free for its temporary directory ({free}% free)"
+    );
+    // The kernel, with the counts of its bind, asks for culling; by the edited limits there
+    // is space enough.
+    let (kernel, device) = bound_cache(t.path(), true);
+    let cfg = config(t.path(), "brun 3%\nbcull 2%\nbstop 1%\n");
+    let daemon = DaemonThread::start_with(cfg, device, None, |d, c| d.follow_config_limits(c));
+    // Culling by the kernel's flag takes a few milliseconds here (the other tests).
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.stop_expecting_ok();
+    assert_eq!(
+        kernel.with(|s| s.culled.len()),
+        0,
+        "culled by the bound limits"
+    );
+}

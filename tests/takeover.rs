@@ -50,7 +50,8 @@ fn an_edited_brun_is_sent_on_takeover() {
         || -> Result<FakeDevice, StartError> { panic!("no rebind for a changed limit") },
     )
     .unwrap();
-    assert_eq!(taken, Taken::Kept);
+    // The kernel counted the limits at bind: the daemon culls by the edited ones itself.
+    assert_eq!(taken, Taken::KeptWithBoundLimits);
     assert!(!closed.get());
     assert_eq!(last(&kernel, "brun").as_deref(), Some("brun 20%"));
     assert_eq!(last(&kernel, "bcull").as_deref(), Some("bcull 15%"));
@@ -61,14 +62,36 @@ fn an_edited_brun_is_sent_on_takeover() {
         kernel.with(|s| s.commands.iter().filter(|c| c.starts_with("bind")).count()),
         1
     );
-    // The record follows, so the next takeover compares against what is in force.
+    // The record keeps the limits of the bind (the kernel's counts), so the next takeover
+    // knows they still differ.
     assert_eq!(
         takeover::load(&state)
             .unwrap()
             .unwrap()
             .limit(cachefilesd_rs::proto::Limit::Brun),
-        20
+        10
     );
+}
+
+#[test]
+fn unchanged_limits_are_the_kernels_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("bound.conf");
+    let text = "dir /var/cache/fscache\nbrun 20%\nbcull 15%\n";
+    let (kernel, device) = bound(&state, text);
+    let (_device, taken, _serving) = take_over(
+        &conf(&format!("{text}debug 1\n")),
+        true,
+        &state,
+        device,
+        Serving::Classic,
+        |_| panic!("no rebind"),
+        || -> Result<FakeDevice, StartError> { panic!("no rebind") },
+    )
+    .unwrap();
+    assert_eq!(taken, Taken::Kept);
+    assert_eq!(last(&kernel, "debug").as_deref(), Some("debug 1"));
+    assert_eq!(takeover::load(&state).unwrap().unwrap().debug, Some(1));
 }
 
 #[test]

@@ -35,6 +35,9 @@ pub struct CullDriver {
     /// For statfs: free space as the kernel sees it.
     cache_fs: std::fs::File,
     worker: Worker,
+    /// Classic mode: the device's reads are status lines, read on every refresh (the kernel
+    /// signals a changed status once, by readability, until it is read).
+    reads_status: bool,
     reaping: bool,
     reap_again: bool,
     /// Graveyard entries removed so far.
@@ -54,6 +57,7 @@ impl CullDriver {
     ) -> CullDriver {
         CullDriver {
             culler,
+            reads_status: matches!(signal, CullSignal::StatusLine(_)),
             signal,
             cache_root,
             cache_fs,
@@ -78,26 +82,39 @@ impl CullDriver {
         Space::of(&self.cache_fs)
     }
 
-    /// Re-reads the cull signal: the status line in classic mode, statfs on demand.
+    /// Classic mode on a cache the kernel bound with other limits than `limits` (a restart
+    /// after the config's limits were edited: the kernel turns percentages into block and
+    /// file counts only at bind). Culling is then decided from statfs with `limits`, as on
+    /// demand, so the edited limits are in force without withdrawing the cache; the status
+    /// lines are still read, and still wake the daemon.
+    pub fn follow_limits(&mut self, limits: [u8; 6]) {
+        self.signal = CullSignal::Statfs {
+            limits,
+            culling: false,
+        };
+    }
+
+    /// Re-reads the cull signal: the status line in classic mode, then statfs where the
+    /// daemon decides (on demand, or classic limits the kernel did not bind with).
     pub fn refresh(&mut self, device: &mut dyn Device) -> Result<(), CullError> {
-        match &self.signal {
-            CullSignal::StatusLine(_) => self.read_status(device),
-            CullSignal::Statfs { .. } => {
-                if let Some(space) = self.space() {
-                    if self.signal.on_space(&space) {
-                        log::info!(
-                            "{}",
-                            if self.culling() {
-                                "cache space low: culling"
-                            } else {
-                                "culling no longer needed"
-                            }
-                        );
-                    }
+        if self.reads_status {
+            self.read_status(device)?;
+        }
+        if let CullSignal::Statfs { .. } = self.signal {
+            if let Some(space) = self.space() {
+                if self.signal.on_space(&space) {
+                    log::info!(
+                        "{}",
+                        if self.culling() {
+                            "cache space low: culling"
+                        } else {
+                            "culling no longer needed"
+                        }
+                    );
                 }
-                Ok(())
             }
         }
+        Ok(())
     }
 
     fn read_status(&mut self, device: &mut dyn Device) -> Result<(), CullError> {

@@ -21,11 +21,23 @@ pub struct DaemonThread {
 impl DaemonThread {
     /// Builds the daemon for `cfg` on `device` (whose bind the caller has already recorded)
     /// and starts its loop; returns once the loop can be stopped.
-    pub fn start(cfg: Config, mut device: FakeDevice, source_map: Option<SourceMap>) -> Self {
+    pub fn start(cfg: Config, device: FakeDevice, source_map: Option<SourceMap>) -> Self {
+        Self::start_with(cfg, device, source_map, |_, _| {})
+    }
+
+    /// `start`, with `prepare` run on the daemon before its loop (as `start.rs` does after
+    /// a takeover).
+    pub fn start_with(
+        cfg: Config,
+        mut device: FakeDevice,
+        source_map: Option<SourceMap>,
+        prepare: impl FnOnce(&mut Daemon, &Config) + Send + 'static,
+    ) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let serving = source_map.map_or(Serving::Classic, Serving::OnDemand);
             let mut daemon = Daemon::new(&cfg, &mut device, false, None, serving).unwrap();
+            prepare(&mut daemon, &cfg);
             tx.send(daemon.stop_handle()).unwrap();
             let result = daemon.run().map_err(|e| e.to_string());
             (result, daemon.stats_line())
