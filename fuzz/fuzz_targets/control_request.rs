@@ -6,6 +6,7 @@
 #![no_main]
 
 use cachefilesd_rs::control::{parse_request, Request};
+use cachefilesd_rs::ondemand::fanotify::{BlobKey, Detach};
 use libfuzzer_sys::fuzz_target;
 
 /// The request's canonical text.
@@ -15,7 +16,25 @@ fn canonical(r: &Request) -> String {
         Request::StatusJson => "status json".into(),
         Request::Metrics => "metrics".into(),
         Request::Remove(target) => target.request(),
+        Request::Attach(key) => format!("attach {}", key_words(key)),
+        Request::Detach(Detach::Key(key)) => format!("detach {}", key_words(key)),
+        Request::Detach(Detach::Path(path)) => format!("detach {}", path.display()),
     }
+}
+
+/// `[--domain D] FSID`: the domain is left out when it is the fsid (its default).
+fn key_words(key: &BlobKey) -> String {
+    if key.domain() == key.fsid() {
+        key.fsid().to_string()
+    } else {
+        format!("--domain {} {}", key.domain(), key.fsid())
+    }
+}
+
+/// `attach --domain X X` names the default domain: its canonical text leaves it out.
+fn names_the_default_domain(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    matches!(words.as_slice(), ["attach" | "detach", "--domain", d, f] if d == f)
 }
 
 fn check(line: &str) {
@@ -23,16 +42,21 @@ fn check(line: &str) {
         Ok(r) => {
             let text = canonical(&r);
             // Hex digits may come in either case; the words are the same otherwise.
-            assert!(line
-                .split_whitespace()
-                .map(str::to_ascii_lowercase)
-                .eq(text.split_whitespace().map(String::from)));
+            assert!(
+                line.split_whitespace()
+                    .map(str::to_ascii_lowercase)
+                    .eq(text.split_whitespace().map(str::to_ascii_lowercase))
+                    || names_the_default_domain(line),
+                "{line:?} taken as {text:?}"
+            );
             assert_eq!(parse_request(&text), Ok(r));
         }
         Err(reply) => {
             let body = reply
                 .strip_prefix("error: unknown request ")
                 .or_else(|| reply.strip_prefix("error: bad request: "))
+                .or_else(|| reply.strip_prefix("error: attach: "))
+                .or_else(|| reply.strip_prefix("error: detach: "))
                 .and_then(|r| r.strip_suffix('\n'))
                 .unwrap_or_else(|| panic!("reply {reply:?}"));
             assert!(!body.chars().any(char::is_control), "reply {reply:?}");

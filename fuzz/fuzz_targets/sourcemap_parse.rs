@@ -59,7 +59,12 @@ fuzz_target!(|data: &[u8]| {
                     "{resolved:?} from {template:?}"
                 );
             }
-            (Location::Url { urls: templates, .. }, Location::Url { urls: resolved, .. }) => {
+            (
+                Location::Url {
+                    urls: templates, ..
+                },
+                Location::Url { urls: resolved, .. },
+            ) => {
                 assert_eq!(templates.len(), resolved.len());
                 for (template, resolved) in templates.iter().zip(resolved) {
                     assert_eq!(separators(resolved), separators(&shape(template)));
