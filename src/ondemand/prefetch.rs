@@ -350,6 +350,71 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_waits_while_a_foreground_read_is_in_flight_and_skips_cached_ones() {
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("blob");
+        std::fs::write(&src, vec![7u8; 2 << 20]).unwrap();
+        let blob = Arc::new(super::super::sources::LocalBlob::open(src).unwrap());
+        let cache = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join("cache"))
+            .unwrap();
+        // The first chunk is cached already (9s): skipped, never rewritten.
+        std::os::unix::fs::FileExt::write_all_at(&cache, &vec![9u8; 1 << 20], 0).unwrap();
+        let fd = Arc::new(super::super::fds::FdTable::default().own(cache.into()));
+        let plan = Arc::new(Plan::new(&PrefetchSpec::All, 2 << 20));
+        let gate = Arc::new(Gate::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        gate.read_started();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = {
+            let (blob, fd, plan, gate, stop) = (
+                blob.clone(),
+                fd.clone(),
+                plan.clone(),
+                gate.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || tx.send(step(&*blob, &fd, &plan, 0, &stop, &gate)))
+        };
+        // Ordering, not timing: while the READ is in flight the chunk is not fetched.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(rx.try_recv().is_err(), "fetched while a READ was in flight");
+        gate.read_finished();
+        let done = rx.recv().unwrap();
+        job.join().unwrap();
+        assert_eq!(
+            done,
+            Step::Chunk {
+                cursor: 2 << 20,
+                bytes: 1 << 20
+            }
+        );
+        let mut back = vec![0u8; 2 << 20];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(dir.path().join("cache")).unwrap(),
+            &mut back,
+            0,
+        )
+        .unwrap();
+        assert!(
+            back[..1 << 20].iter().all(|&b| b == 9),
+            "cached chunk rewritten"
+        );
+        assert!(back[1 << 20..].iter().all(|&b| b == 7));
+        assert_eq!(
+            step(&*blob, &fd, &plan, 2 << 20, &stop, &gate),
+            Step::Finished
+        );
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(step(&*blob, &fd, &plan, 0, &stop, &gate), Step::Stopped);
+    }
+
+    #[test]
     fn the_pacer_spaces_reservations_by_the_rate_and_saves_no_burst() {
         let t0 = Instant::now();
         let mut p = Pacer::new(4 * MIB);
