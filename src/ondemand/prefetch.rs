@@ -386,7 +386,7 @@ mod tests {
         assert!(rx.try_recv().is_err(), "fetched while a READ was in flight");
         gate.read_finished();
         let done = rx.recv().unwrap();
-        job.join().unwrap();
+        job.join().unwrap().unwrap();
         assert_eq!(
             done,
             Step::Chunk {
