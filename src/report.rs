@@ -567,12 +567,7 @@ impl OnDemandReport {
                 obj.object_id, obj.volume, obj.fsid, obj.size, obj.source
             );
         }
-        let p = &od.prefetch;
-        let _ = writeln!(
-            o,
-            "prefetch: {} active; started {}, completed {}, stopped {}, failed {}; {} bytes fetched",
-            p.active, p.started, p.completed, p.stopped, p.failed, p.bytes
-        );
+
         let q = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}ms", s * 1e3));
         for src in &od.sources {
             let _ = writeln!(
@@ -614,6 +609,13 @@ impl OnDemandReport {
                 let _ = writeln!(o, "  attached {path}");
             }
         }
+        // Last: tests and scripts find the fanotify line's counters by their first mention.
+        let p = &od.prefetch;
+        let _ = writeln!(
+            o,
+            "prefetch: {} active; started {}, completed {}, stopped {}, failed {}; fetched {} bytes",
+            p.active, p.started, p.completed, p.stopped, p.failed, p.bytes
+        );
     }
 
     fn metrics(&self) -> Vec<Metric> {
@@ -959,7 +961,7 @@ mod tests {
         );
         let t = r.text();
         assert!(
-            t.contains("prefetch: 1 active; started 3, completed 1, stopped 1, failed 0; 5242880 bytes fetched"),
+            t.contains("prefetch: 1 active; started 3, completed 1, stopped 1, failed 0; fetched 5242880 bytes"),
             "{t}"
         );
         let j: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
