@@ -62,6 +62,9 @@ pub struct OpenRequest<'a> {
     pub fsid: &'a [u8],
 }
 
+/// The local and the remote background lane.
+type Lanes<F> = (Pool<Done<F>>, Pool<Done<F>>);
+
 /// A finished job, on its way to the loop thread with the reply it answers.
 enum Done<F: FrontEnd> {
     Opened {
@@ -92,9 +95,9 @@ pub struct Engine<F: FrontEnd> {
     in_flight: HashSet<u64>,
     local: Pool<Done<F>>,
     remote: Pool<Done<F>>,
-    /// Background lanes for prefetch, local and remote apart as the pools are.
-    local_bg: Pool<Done<F>>,
-    remote_bg: Pool<Done<F>>,
+    /// Background lanes for prefetch, local and remote apart as the pools are; started only
+    /// when a source asks for prefetch.
+    lanes: Option<Lanes<F>>,
     gate: Arc<Gate>,
     prefetch_serial: u64,
     pub prefetch: PrefetchStats,
@@ -123,8 +126,12 @@ impl<F: FrontEnd> Engine<F> {
         Engine {
             local: Pool::start("fetch-local", workers, done_tx.clone(), wake.clone()),
             remote: Pool::start("fetch-remote", workers, done_tx.clone(), wake.clone()),
-            local_bg: Pool::background("prefetch-local", done_tx.clone(), wake.clone()),
-            remote_bg: Pool::background("prefetch-remote", done_tx, wake),
+            lanes: (map.sources.iter().any(|s| s.prefetch.is_some())).then(|| {
+                (
+                    Pool::background("prefetch-local", done_tx.clone(), wake.clone()),
+                    Pool::background("prefetch-remote", done_tx.clone(), wake.clone()),
+                )
+            }),
             gate: Arc::new(Gate::new(map.fetch.prefetch_rate)),
             prefetch_serial: 0,
             prefetch: PrefetchStats::default(),
@@ -311,11 +318,10 @@ impl<F: FrontEnd> Engine<F> {
             p.stop.clone(),
         );
         let (serial, gate) = (p.serial, self.gate.clone());
-        let lane = if blob.is_remote() {
-            &self.remote_bg
-        } else {
-            &self.local_bg
+        let Some((local, remote)) = &self.lanes else {
+            return;
         };
+        let lane = if blob.is_remote() { remote } else { local };
         let job: Job<Done<F>> = Box::new(move || {
             // Caught here, not by the pool: a panic must still end this prefetch's state.
             let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
