@@ -209,6 +209,8 @@ pub enum Step {
 
 /// How often a job waiting behind foreground READs looks again.
 const YIELD: Duration = Duration::from_millis(2);
+/// How often a job waiting for its share of the cap looks whether its object was closed.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// One chunk of `plan` from `cursor` into `fd`: skips cached chunks, waits for the cap and
 /// for foreground READs, checking `stop` before any fetch. Runs on the background lane.
@@ -239,9 +241,13 @@ pub(super) fn step(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .reserve(end - off, Instant::now());
-    let now = Instant::now();
-    if at > now {
-        std::thread::sleep(at - now);
+    // In slices: a CLOSE during a long wait (a low cap) frees the lane soon.
+    loop {
+        let now = Instant::now();
+        if at <= now || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        std::thread::sleep((at - now).min(STOP_CHECK));
     }
     while gate.busy() && !stop.load(Ordering::SeqCst) {
         std::thread::sleep(YIELD);
