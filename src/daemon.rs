@@ -225,6 +225,7 @@ impl<'d> Daemon<'d> {
                     return Ok(Flow::Stop);
                 }
                 Signal::Report => log::info!("{}", self.stats_line()),
+                Signal::Reload => self.reload(),
             }
         } else if self.graveyard.as_mut().is_some_and(|g| g.on_event(token)) {
             self.engine.cull.request_reap();
@@ -242,6 +243,28 @@ impl<'d> Daemon<'d> {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// SIGHUP: the source credentials are read again at their next use; everything else is
+    /// read only at start, and the log says so.
+    pub fn reload(&mut self) {
+        let map = match &self.engine.mode {
+            Mode::Classic => None,
+            Mode::OnDemand(od) => Some(od.map()),
+            Mode::Fanotify { lazy, .. } => Some(lazy.engine.map()),
+        };
+        let reloaded = map.map(|m| m.reload_credentials()).unwrap_or_default();
+        if reloaded.is_empty() {
+            log::info!("SIGHUP: nothing to reload (no remote sources)");
+        } else {
+            log::info!(
+                "SIGHUP: credentials are read again at their next use: {}",
+                reloaded.join("; ")
+            );
+        }
+        log::info!(
+            "SIGHUP: not reloaded (read only at start; restart the daemon to apply): the config file, the source map's sources and [fetch] settings, CA files, client certificates and proxies"
+        );
     }
 
     fn on_tick(&mut self) -> Result<(), DaemonError> {

@@ -16,24 +16,35 @@ use std::sync::Arc;
 pub struct SignalPipes {
     pub terminate: mio::net::UnixStream,
     pub report: mio::net::UnixStream,
+    pub reload: mio::net::UnixStream,
 }
 
 impl SignalPipes {
-    /// Routes SIGTERM and SIGINT to `terminate` and SIGUSR1 to `report`.
+    /// Routes SIGTERM and SIGINT to `terminate`, SIGUSR1 to `report` and SIGHUP to `reload`.
     pub fn install() -> std::io::Result<SignalPipes> {
-        use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
         use signal_hook::low_level::pipe;
         let (term_read, term_write) = std::os::unix::net::UnixStream::pair()?;
         let (report_read, report_write) = std::os::unix::net::UnixStream::pair()?;
-        for s in [&term_read, &term_write, &report_read, &report_write] {
+        let (reload_read, reload_write) = std::os::unix::net::UnixStream::pair()?;
+        for s in [
+            &term_read,
+            &term_write,
+            &report_read,
+            &report_write,
+            &reload_read,
+            &reload_write,
+        ] {
             s.set_nonblocking(true)?;
         }
         pipe::register(SIGTERM, term_write.try_clone()?)?;
         pipe::register(SIGINT, term_write)?;
         pipe::register(SIGUSR1, report_write)?;
+        pipe::register(SIGHUP, reload_write)?;
         Ok(SignalPipes {
             terminate: mio::net::UnixStream::from_std(term_read),
             report: mio::net::UnixStream::from_std(report_read),
+            reload: mio::net::UnixStream::from_std(reload_read),
         })
     }
 }
@@ -44,22 +55,27 @@ pub enum Signal {
     Terminate,
     /// SIGUSR1: log the stats line.
     Report,
+    /// SIGHUP: reload what can be reloaded without a restart (source credentials).
+    Reload,
 }
 
 pub struct Signals {
     pipes: SignalPipes,
     terminate: Token,
     report: Token,
+    reload: Token,
 }
 
 impl Signals {
     pub fn register(mut pipes: SignalPipes, reg: &mut Registrar) -> std::io::Result<Signals> {
         let terminate = reg.register(&mut pipes.terminate, Interest::READABLE)?;
         let report = reg.register(&mut pipes.report, Interest::READABLE)?;
+        let reload = reg.register(&mut pipes.reload, Interest::READABLE)?;
         Ok(Signals {
             pipes,
             terminate,
             report,
+            reload,
         })
     }
 
@@ -69,6 +85,8 @@ impl Signals {
             (&mut self.pipes.terminate, Signal::Terminate)
         } else if token == self.report {
             (&mut self.pipes.report, Signal::Report)
+        } else if token == self.reload {
+            (&mut self.pipes.reload, Signal::Reload)
         } else {
             return None;
         };

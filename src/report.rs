@@ -76,6 +76,21 @@ pub struct OnDemandReport {
     /// The fanotify front end's own counters (absent with the cachefiles front end).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fanotify: Option<FanotifyReport>,
+    /// Background prefetch (`prefetch` in a source): fills under way and what they fetched.
+    pub prefetch: PrefetchReport,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PrefetchReport {
+    /// Objects being prefetched now.
+    pub active: u64,
+    pub started: u64,
+    pub completed: u64,
+    /// Stopped by a CLOSE or detach before completing.
+    pub stopped: u64,
+    pub failed: u64,
+    /// Bytes fetched by prefetch (not in `bytes_written`).
+    pub bytes: u64,
 }
 
 /// The fanotify front end: its events and attached blobs. Fetched ranges and fills that
@@ -259,6 +274,14 @@ impl OnDemandReport {
             duplicates: s.duplicates,
             sources,
             fanotify: None,
+            prefetch: PrefetchReport {
+                active: od.prefetches_active() as u64,
+                started: od.prefetch.started,
+                completed: od.prefetch.completed,
+                stopped: od.prefetch.stopped,
+                failed: od.prefetch.failed,
+                bytes: od.prefetch.bytes,
+            },
         }
     }
 }
@@ -286,6 +309,14 @@ impl Report {
                 "; on-demand: {} objects open, {} in flight, opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages, {} duplicates",
                 od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages, od.duplicates
             );
+            let p = &od.prefetch;
+            if p.started > 0 {
+                let _ = write!(
+                    line,
+                    "; prefetch: {} active, {} bytes, completed {}, stopped {}, failed {}",
+                    p.active, p.bytes, p.completed, p.stopped, p.failed
+                );
+            }
             if let Some(f) = &od.fanotify {
                 let _ = write!(line, "; fanotify: {} blobs attached, events {}, allowed at once {}, denied unknown {}", f.attached_blobs.len(), f.events, f.allowed_at_once, f.denied_unknown);
             }
@@ -536,6 +567,7 @@ impl OnDemandReport {
                 obj.object_id, obj.volume, obj.fsid, obj.size, obj.source
             );
         }
+
         let q = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}ms", s * 1e3));
         for src in &od.sources {
             let _ = writeln!(
@@ -577,6 +609,13 @@ impl OnDemandReport {
                 let _ = writeln!(o, "  attached {path}");
             }
         }
+        // Last: tests and scripts find the fanotify line's counters by their first mention.
+        let p = &od.prefetch;
+        let _ = writeln!(
+            o,
+            "prefetch: {} active; started {}, completed {}, stopped {}, failed {}; fetched {} bytes",
+            p.active, p.started, p.completed, p.stopped, p.failed, p.bytes
+        );
     }
 
     fn metrics(&self) -> Vec<Metric> {
@@ -616,6 +655,26 @@ impl OnDemandReport {
                 "ondemand_bad_messages_total",
                 "Undecodable kernel messages.",
                 od.bad_messages,
+            ),
+            gauge(
+                "ondemand_prefetch_active",
+                "Objects being prefetched in the background.",
+                od.prefetch.active,
+            ),
+            counter(
+                "ondemand_prefetch_bytes_total",
+                "Bytes fetched by background prefetch.",
+                od.prefetch.bytes,
+            ),
+            counter(
+                "ondemand_prefetch_completed_total",
+                "Background prefetches that filled their whole plan.",
+                od.prefetch.completed,
+            ),
+            counter(
+                "ondemand_prefetch_failed_total",
+                "Background prefetches ended by an error (not retried).",
+                od.prefetch.failed,
             ),
             per(
                 "source_bytes_total",
@@ -880,6 +939,43 @@ mod tests {
             "uptime 12s; culling disabled; graveyard entries removed 9"
         );
         assert_eq!(r.summary(), "culling disabled: free space unknown");
+    }
+
+    #[test]
+    fn prefetch_counters_are_in_every_rendering() {
+        let mut r = sample();
+        assert!(!r.stats_line().contains("prefetch"), "{}", r.stats_line());
+        let od = r.ondemand.as_mut().unwrap();
+        od.prefetch = PrefetchReport {
+            active: 1,
+            started: 3,
+            completed: 1,
+            stopped: 1,
+            failed: 0,
+            bytes: 5 << 20,
+        };
+        let line = r.stats_line();
+        assert!(
+            line.ends_with("; prefetch: 1 active, 5242880 bytes, completed 1, stopped 1, failed 0"),
+            "{line}"
+        );
+        let t = r.text();
+        assert!(
+            t.contains("prefetch: 1 active; started 3, completed 1, stopped 1, failed 0; fetched 5242880 bytes"),
+            "{t}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        assert_eq!(j["ondemand"]["prefetch"]["bytes"], 5 << 20);
+        assert_eq!(j["ondemand"]["prefetch"]["active"], 1);
+        let m = r.metrics();
+        assert!(
+            m.contains("cachefilesd_ondemand_prefetch_active 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("cachefilesd_ondemand_prefetch_bytes_total 5242880\n"),
+            "{m}"
+        );
     }
 
     #[test]

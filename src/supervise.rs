@@ -115,16 +115,16 @@ fn inheritable(fd: &OwnedFd, yes: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Passes SIGTERM, SIGINT and SIGUSR1 on to the current worker; the first two also mark the
-/// supervisor as terminating.
+/// Passes SIGTERM, SIGINT, SIGUSR1 and SIGHUP on to the current worker; the first two also
+/// mark the supervisor as terminating.
 fn forward_signals(child_pid: Arc<AtomicI32>, terminating: Arc<AtomicBool>) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])?;
     std::thread::Builder::new()
         .name("supervisor-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                if sig != SIGUSR1 {
+                if sig != SIGUSR1 && sig != SIGHUP {
                     terminating.store(true, Ordering::SeqCst);
                 }
                 let pid = child_pid.load(Ordering::SeqCst);

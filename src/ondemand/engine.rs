@@ -7,6 +7,7 @@
 use super::fds::{FdTable, KernelFd};
 use super::fill::serve_read;
 use super::pool::{Job, Pool};
+use super::prefetch::{self, Gate, Plan, PrefetchStats, Step};
 use super::readahead::Readahead;
 use super::reply::{FrontEnd, OpenReply, Orphan, Orphans, ReadReply, Ticket, Wake};
 use super::sourcemap::{Location, SourceMap};
@@ -15,6 +16,7 @@ use super::stats::{SourceStats, Stats};
 use crate::device::DeviceError;
 use nix::errno::Errno;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
@@ -31,6 +33,24 @@ pub struct Object {
     pub source: usize,
     /// How far beyond each READ to fetch: grows while this object is read sequentially.
     readahead: Readahead,
+    /// The background fill under way, if the source asks for one and it is not done.
+    prefetch: Option<Prefetching>,
+}
+
+/// An object's prefetch: what is left of its plan, one chunk in flight at a time.
+struct Prefetching {
+    plan: Arc<Plan>,
+    /// Set at CLOSE: the chunk in flight returns before fetching, if it can.
+    stop: Arc<AtomicBool>,
+    /// Tells this prefetch's results from an earlier one of a reused object id.
+    serial: u64,
+}
+
+impl Object {
+    /// Whether a background prefetch of this object is under way.
+    pub fn prefetching(&self) -> bool {
+        self.prefetch.is_some()
+    }
 }
 
 /// An open as the front end decoded it: the names a source is chosen by.
@@ -41,6 +61,9 @@ pub struct OpenRequest<'a> {
     pub domain: &'a [u8],
     pub fsid: &'a [u8],
 }
+
+/// The local and the remote background lane.
+type Lanes<F> = (Pool<Done<F>>, Pool<Done<F>>);
 
 /// A finished job, on its way to the loop thread with the reply it answers.
 enum Done<F: FrontEnd> {
@@ -57,6 +80,11 @@ enum Done<F: FrontEnd> {
         result: Result<u64, String>,
         started: Instant,
     },
+    Prefetched {
+        object_id: u32,
+        serial: u64,
+        step: Step,
+    },
 }
 
 pub struct Engine<F: FrontEnd> {
@@ -67,6 +95,12 @@ pub struct Engine<F: FrontEnd> {
     in_flight: HashSet<u64>,
     local: Pool<Done<F>>,
     remote: Pool<Done<F>>,
+    /// Background lanes for prefetch, local and remote apart as the pools are; started only
+    /// when a source asks for prefetch.
+    lanes: Option<Lanes<F>>,
+    gate: Arc<Gate>,
+    prefetch_serial: u64,
+    pub prefetch: PrefetchStats,
     done: mpsc::Receiver<Done<F>>,
     orphans: Orphans<F>,
     unanswered: mpsc::Receiver<Orphan<F>>,
@@ -91,7 +125,16 @@ impl<F: FrontEnd> Engine<F> {
         let (orphans, unanswered) = Orphans::new(wake.clone());
         Engine {
             local: Pool::start("fetch-local", workers, done_tx.clone(), wake.clone()),
-            remote: Pool::start("fetch-remote", workers, done_tx, wake),
+            remote: Pool::start("fetch-remote", workers, done_tx.clone(), wake.clone()),
+            lanes: (map.sources.iter().any(|s| s.prefetch.is_some())).then(|| {
+                (
+                    Pool::background("prefetch-local", done_tx.clone(), wake.clone()),
+                    Pool::background("prefetch-remote", done_tx.clone(), wake.clone()),
+                )
+            }),
+            gate: Arc::new(Gate::new(map.fetch.prefetch_rate)),
+            prefetch_serial: 0,
+            prefetch: PrefetchStats::default(),
             map: Arc::new(map),
             opener,
             objects: HashMap::new(),
@@ -191,6 +234,7 @@ impl<F: FrontEnd> Engine<F> {
             return;
         };
         self.in_flight.insert(reply.key());
+        self.gate.read_started();
         let fd = object.fd.clone();
         let blob = object.blob.clone();
         let source = object.source;
@@ -212,8 +256,128 @@ impl<F: FrontEnd> Engine<F> {
     /// Forgets an object. In-flight reads keep their own reference to its fd: it stays open
     /// until they are answered, so the kernel cannot recycle the object id under them.
     pub fn close(&mut self, object_id: u32) {
-        if self.objects.remove(&object_id).is_none() {
-            log::debug!("close for unknown object {object_id}");
+        match self.objects.remove(&object_id) {
+            None => log::debug!("close for unknown object {object_id}"),
+            Some(object) => {
+                if let Some(p) = object.prefetch {
+                    p.stop.store(true, Ordering::SeqCst);
+                    self.prefetch.stopped += 1;
+                    log::debug!("object {object_id} closed: its prefetch stops");
+                }
+            }
+        }
+    }
+
+    /// Objects whose background prefetch is under way.
+    pub fn prefetches_active(&self) -> usize {
+        self.objects.values().filter(|o| o.prefetching()).count()
+    }
+
+    /// Starts the background fill of a just-opened object when its source asks for one.
+    fn start_prefetch(&mut self, object_id: u32) {
+        let Some(object) = self.objects.get_mut(&object_id) else {
+            return;
+        };
+        let Some(spec) = (self.map.sources.iter())
+            .find(|s| s.index == object.source)
+            .and_then(|s| s.prefetch.as_ref())
+        else {
+            return;
+        };
+        let plan = Plan::new(spec, object.blob.size());
+        if plan.total() == 0 {
+            return;
+        }
+        self.prefetch_serial += 1;
+        self.prefetch.started += 1;
+        log::info!(
+            "object {object_id} ({}): prefetching {} bytes in the background",
+            object.fsid,
+            plan.total()
+        );
+        object.prefetch = Some(Prefetching {
+            plan: Arc::new(plan),
+            stop: Arc::new(AtomicBool::new(false)),
+            serial: self.prefetch_serial,
+        });
+        self.next_prefetch_chunk(object_id, 0);
+    }
+
+    /// Queues the object's next chunk from `cursor` on its background lane.
+    fn next_prefetch_chunk(&mut self, object_id: u32, cursor: u64) {
+        let Some(object) = self.objects.get(&object_id) else {
+            return;
+        };
+        let Some(p) = &object.prefetch else {
+            return;
+        };
+        let (fd, blob, plan, stop) = (
+            object.fd.clone(),
+            object.blob.clone(),
+            p.plan.clone(),
+            p.stop.clone(),
+        );
+        let (serial, gate) = (p.serial, self.gate.clone());
+        let Some((local, remote)) = &self.lanes else {
+            return;
+        };
+        let lane = if blob.is_remote() { remote } else { local };
+        let job: Job<Done<F>> = Box::new(move || {
+            // Caught here, not by the pool: a panic must still end this prefetch's state.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                prefetch::step(&*blob, &fd, &plan, cursor, &stop, &gate)
+            }))
+            .unwrap_or_else(|panic| {
+                Step::Failed(format!(
+                    "panicked ({})",
+                    super::pool::panic_message(&*panic)
+                ))
+            });
+            Done::Prefetched {
+                object_id,
+                serial,
+                step,
+            }
+        });
+        if let Err(e) = lane.submit(job) {
+            log::error!("{e}; prefetch of object {object_id} stops");
+            self.prefetch.failed += 1;
+            if let Some(o) = self.objects.get_mut(&object_id) {
+                o.prefetch = None;
+            }
+        }
+    }
+
+    /// A chunk's outcome: the next chunk, or the end (complete, failed; a closed object's is
+    /// dropped, counted at its CLOSE).
+    fn prefetched(&mut self, kernel: &mut F::Kernel<'_>, object_id: u32, serial: u64, step: Step) {
+        if let Step::Chunk { bytes, .. } = step {
+            self.prefetch.bytes += bytes;
+        }
+        let Some(object) = self.objects.get_mut(&object_id) else {
+            return;
+        };
+        if object.prefetch.as_ref().is_none_or(|p| p.serial != serial) {
+            return;
+        }
+        match step {
+            Step::Chunk { cursor, .. } => self.next_prefetch_chunk(object_id, cursor),
+            Step::Finished => {
+                object.prefetch = None;
+                self.prefetch.completed += 1;
+                log::info!("object {object_id} ({}): prefetch complete", object.fsid);
+                F::prefetched(kernel, object_id);
+            }
+            Step::Stopped => object.prefetch = None,
+            Step::Failed(why) => {
+                // Once, and no retry: foreground READs still fetch what they need.
+                object.prefetch = None;
+                self.prefetch.failed += 1;
+                log::warn!(
+                    "object {object_id} ({}): prefetch failed: {why}; not retried",
+                    object.fsid
+                );
+            }
         }
     }
 
@@ -243,6 +407,11 @@ impl<F: FrontEnd> Engine<F> {
                     result,
                     started,
                 } => self.read_done(kernel, reply, source, result, started)?,
+                Done::Prefetched {
+                    object_id,
+                    serial,
+                    step,
+                } => self.prefetched(kernel, object_id, serial, step),
             }
         }
         while let Ok(orphan) = self.unanswered.try_recv() {
@@ -254,7 +423,9 @@ impl<F: FrontEnd> Engine<F> {
                     F::answer_open(kernel, ticket, Err(Errno::EIO))?;
                 }
                 Orphan::Read(ticket) => {
-                    self.in_flight.remove(&ticket.key());
+                    if self.in_flight.remove(&ticket.key()) {
+                        self.gate.read_finished();
+                    }
                     self.stats.reads_failed += 1;
                     log::warn!("a read was left unanswered; failing it");
                     F::answer_read(kernel, ticket, Err(Errno::EIO))?;
@@ -292,8 +463,10 @@ impl<F: FrontEnd> Engine<F> {
                     fsid,
                     source,
                     readahead: Readahead::new(self.map.fetch.readahead),
+                    prefetch: None,
                 };
                 self.objects.insert(object_id, object);
+                self.start_prefetch(object_id);
             }
             Err((errno, why)) => {
                 self.stats.opens_failed += 1;
@@ -313,7 +486,9 @@ impl<F: FrontEnd> Engine<F> {
         started: Instant,
     ) -> Result<(), DeviceError> {
         let key = reply.key();
-        self.in_flight.remove(&key);
+        if self.in_flight.remove(&key) {
+            self.gate.read_finished();
+        }
         let per = self.per_source.entry(source).or_default();
         per.reads += 1;
         per.latency.record(started.elapsed());

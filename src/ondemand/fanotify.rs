@@ -363,6 +363,10 @@ impl FrontEnd for Fanotify {
         drop(read);
         Ok(())
     }
+
+    fn prefetched(group: &mut Group, object_id: u32) {
+        group.check_complete(object_id);
+    }
 }
 
 impl Engine<Fanotify> {

@@ -52,7 +52,7 @@ pub fn serve_read(
 
 /// Whether `[pos, pos+n)` of the cache file holds data throughout. The anon fd passes
 /// SEEK_HOLE through to the backing file; any error just means "write it".
-fn already_cached(fd: BorrowedFd<'_>, pos: u64, n: u64) -> bool {
+pub(super) fn already_cached(fd: BorrowedFd<'_>, pos: u64, n: u64) -> bool {
     matches!(
         nix::unistd::lseek(fd.as_raw_fd(), pos as i64, nix::unistd::Whence::SeekHole),
         Ok(hole) if hole as u64 >= pos + n

@@ -8,7 +8,9 @@
 //! - `readahead`: per object, how far beyond each READ to fetch (grows while sequential).
 //! - `fds`: the table of kernel fds the engine owns (each owned once).
 //! - `reply`: pending replies that answer exactly once, and the `FrontEnd` trait.
-//! - `pool`: worker threads for opening and fetching (a panicking job is caught).
+//! - `pool`: worker threads for opening and fetching (a panicking job is caught), and the
+//!   background lane prefetch runs on.
+//! - `prefetch`: background filling of whole blobs or ranges after OPEN, under a rate cap.
 //! - `engine`: the state machine (objects, requests in flight) that ties them together.
 //! - `stats`: counters and latency histograms for the report.
 //! - `cachefiles`: the front end for `/dev/cachefiles` in `bind ondemand` mode (OPEN, READ,
@@ -29,6 +31,7 @@ pub mod fanotify;
 pub mod fds;
 pub mod fill;
 mod pool;
+pub mod prefetch;
 pub mod readahead;
 pub mod reply;
 pub mod sourcemap;

@@ -36,6 +36,13 @@ impl<T: Send + 'static> Pool<T> {
         }
     }
 
+    /// The background lane: one worker of its own, so that a background job (a prefetch
+    /// chunk, which may sleep for its bandwidth share) never holds a worker a foreground
+    /// request is queued for.
+    pub(super) fn background(name: &str, done: mpsc::Sender<T>, wake: Wake) -> Pool<T> {
+        Pool::start(name, 1, done, wake)
+    }
+
     /// Queues `job`. When the pool has no worker left the job is dropped here, on the caller's
     /// thread, and with it the replies it owns: they answer with an error.
     pub(super) fn submit(&self, job: Job<T>) -> Result<(), PoolGone> {

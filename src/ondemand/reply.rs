@@ -42,6 +42,10 @@ pub trait FrontEnd: Sized + 'static {
         read: Self::Read,
         result: Result<u64, Errno>,
     ) -> Result<(), DeviceError>;
+
+    /// A background prefetch of the object finished filling its plan: the front end's own
+    /// completion steps, the same as after a read (fanotify: unmark, record, digest check).
+    fn prefetched(_kernel: &mut Self::Kernel<'_>, _object_id: u32) {}
 }
 
 /// A request's identity while it is in flight: a re-delivered request with the same key is a

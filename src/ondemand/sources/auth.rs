@@ -2,9 +2,9 @@
 //!
 //! Every secret is a [`Secret`], whose `Debug` and `Display` print `<redacted>`, so no log
 //! line, status report or error message can carry one by accident. Credentials are read when
-//! they are first needed, again after a server refused them and at most a minute after the
-//! last read (the daemon has no SIGHUP path): a rotated password file or a `docker login`
-//! takes effect at the next token fetch.
+//! they are first needed, again after a server refused them, at most a minute after the
+//! last read, and at once after a SIGHUP (`SourceMap::reload_credentials`): a rotated
+//! password file or a `docker login` takes effect at the next token fetch.
 
 use base64::Engine as _;
 use std::collections::HashMap;
