@@ -114,7 +114,8 @@ qemu=(qemu-system-x86_64 -nographic -accel tcg -smp "$smp" -m "$mem" -kernel "$k
 if [ -n "$root_disk" ]; then
   # systemd as PID 1 on the Debian root disk; snapshot=on keeps the cached image pristine.
   # panic=0: a reboot is a normal step of such a run, so a panic must not look like one.
-  append="console=ttyS0 panic=0 quiet loglevel=4 root=/dev/vda rw scenario=$scenario vmtimeout=$guest_timeout $extra_append"
+  # systemd.show_status=1: every unit start on the console (console.log), for post-mortems.
+  append="console=ttyS0 panic=0 quiet loglevel=4 systemd.show_status=1 root=/dev/vda rw scenario=$scenario vmtimeout=$guest_timeout $extra_append"
   qemu+=(-append "$append"
     -drive "file=$root_disk,if=virtio,format=raw,snapshot=on,cache=unsafe"
     -virtfs "local,path=$input,mount_tag=input,security_model=none,id=input,readonly=on"
