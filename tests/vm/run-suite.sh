@@ -51,6 +51,8 @@ log() { echo "run-suite: $*" >&2; }
 script_of() {
   if [ -f "$here/scenarios/$1.sh" ]; then
     echo "$here/scenarios/$1.sh"
+  elif [ -f "$here/debian/scenarios/$1.sh" ]; then
+    echo "$here/debian/scenarios/$1.sh"
   elif [ -n "${VM_EXTRA_SCENARIOS:-}" ] && [ -f "$VM_EXTRA_SCENARIOS/$1.sh" ]; then
     echo "$VM_EXTRA_SCENARIOS/$1.sh"
   fi
@@ -65,7 +67,7 @@ if [ $# -gt 0 ]; then
   done
 else
   scenarios=()
-  for f in "$here"/scenarios/*.sh; do
+  for f in "$here"/scenarios/*.sh "$here"/debian/scenarios/*.sh; do
     s=$(basename "$f" .sh)
     scenario_headers "$s" "$f" || exit 2
     if [ "$(hdr "$s" default)" = no ]; then
@@ -153,6 +155,35 @@ initrd=$vmdir/initramfs.cpio.gz
 VM_EXTRA_BINS=$extra_bins VM_FSCACHED=$vmdir/fscached \
   "$here/build-initramfs.sh" "$initrd" ${bins[@]+"${bins[@]}"}
 
+# 3b. Scenarios of kind debian boot a Debian image with systemd (build-debian-image.sh) and install
+# the Debian package (packaging/build-deb.sh, or CACHEFILESD_DEB=path), handed to the guest with
+# the scenario in the 9p share `input`.
+root_disk='' input=''
+for s in "${scenarios[@]}"; do
+  case "$(hdr "$s" kind)" in
+    '') continue ;;
+    debian) ;;
+    *) log "unknown vm-kind '$(hdr "$s" kind)' for $s (want debian)"; exit 2 ;;
+  esac
+  [ -z "$root_disk" ] || continue
+  root_disk=$("$here/build-debian-image.sh" | tail -n 1)
+  deb=${CACHEFILESD_DEB:-}
+  if [ -z "$deb" ]; then
+    (cd "$repo" && packaging/build-deb.sh >&2) || log "WARNING: packaging/build-deb.sh failed"
+    deb=$(find "$target/debian" -maxdepth 1 -name 'cachefilesd-rs_*.deb' -printf '%T@ %p\n' 2>/dev/null |
+      sort -n | tail -n 1 | cut -d' ' -f2-)
+  fi
+  input=$vmdir/debian-input
+  rm -rf "$input"
+  mkdir -p "$input"
+  cp "$here/debian/runner.sh" "$here/debian/lib.sh" "$here/scenarios/lib/status.sh" "$input/"
+  if [ -n "$deb" ] && [ -f "$deb" ]; then
+    cp "$deb" "$input/cachefilesd-rs.deb"
+  else
+    log "WARNING: no cachefilesd-rs .deb; the debian scenarios will fail"
+  fi
+done
+
 # 4. The scenarios.
 declare -A result seconds reason
 any_fail=0
@@ -196,7 +227,12 @@ for run in "${runs[@]}"; do
   esac
   start=$(date +%s)
   set +e
-  "$here/run-vm.sh" --kernel "$kernel" --initrd "$initrd" --scenario "$s" --results "$results" \
+  boot_args=(--initrd "$initrd")
+  if [ "$(hdr "$s" kind)" = debian ]; then
+    cp "$(script_of "$s")" "$input/scenario.sh"
+    boot_args=(--root-disk "$root_disk" --input "$input")
+  fi
+  "$here/run-vm.sh" --kernel "$kernel" "${boot_args[@]}" --scenario "$s" --results "$results" \
     --fscached "$vmdir/fscached" --timeout "$timeout" --smp "$smp" --mem "${mem:-1024M}" \
     "${disk_args[@]}" ${VM_DATA:+--data "$VM_DATA"} \
     --append "${VM_APPEND:-}${disk:+ $disk_append}"

@@ -5,6 +5,12 @@
 #             [--disk-from TREE [--disk-inodes N] [--disk-copies K]]
 #             [--append "KERNEL ARGS"]   (NAME=value words the kernel does not know end up in the
 #                                         environment of /init and so of the scenario)
+#   run-vm.sh --root-disk IMG --input DIR (instead of --initrd) ...
+#             boots the Debian image IMG (build-debian-image.sh; used read-only: qemu keeps the
+#             guest's writes in a temporary overlay for the whole run, reboots included) with
+#             systemd as PID 1; its vmtest.service runs DIR/runner.sh from the 9p share `input`
+#             (read-only, at /vmtest). The cache disk is then /dev/vdb (/dev/vda is the root);
+#             the guest may reboot (no -no-reboot), it ends the run by powering off.
 #
 # Guest hardware:
 #   /dev/vda   fresh sparse ext4 image (DIR/cache.img, --disk-size, default 256M) for the cache;
@@ -31,13 +37,15 @@ log() { echo "run-vm: $*" >&2; }
 . "$here/scenarios/lib/status.sh"
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
-kernel='' initrd='' scenario='' results='' data='' fscached='' extra_append=''
+kernel='' initrd='' root_disk='' input='' scenario='' results='' data='' fscached='' extra_append=''
 timeout=300 smp=2 mem=1024M disk_size=256M
 disk_from='' disk_inodes='' disk_copies=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --kernel) kernel=$2; shift 2 ;;
     --initrd) initrd=$2; shift 2 ;;
+    --root-disk) root_disk=$2; shift 2 ;;
+    --input) input=$2; shift 2 ;;
     --scenario) scenario=$2; shift 2 ;;
     --results) results=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
@@ -54,9 +62,14 @@ while [ $# -gt 0 ]; do
     *) log "unknown argument: $1"; usage ;;
   esac
 done
-if [ -z "$kernel" ] || [ -z "$initrd" ] || [ -z "$scenario" ] || [ -z "$results" ]; then usage; fi
+if [ -z "$kernel" ] || [ -z "$initrd$root_disk" ] || [ -z "$scenario" ] || [ -z "$results" ]; then usage; fi
 [ -f "$kernel" ] || { log "no kernel at $kernel"; exit 1; }
-[ -f "$initrd" ] || { log "no initramfs at $initrd"; exit 1; }
+if [ -n "$root_disk" ]; then
+  [ -f "$root_disk" ] || { log "no root disk at $root_disk"; exit 1; }
+  [ -f "$input/runner.sh" ] || { log "--input '$input' has no runner.sh"; exit 1; }
+else
+  [ -f "$initrd" ] || { log "no initramfs at $initrd"; exit 1; }
+fi
 [ -z "$data" ] || [ -d "$data" ] || { log "--data $data is not a directory"; exit 1; }
 case "$timeout" in ''|*[!0-9]*) log "--timeout wants seconds"; exit 2 ;; esac
 [ -z "$disk_from" ] || [ -d "$disk_from" ] || { log "--disk-from $disk_from is not a directory"; exit 1; }
@@ -97,10 +110,20 @@ fi
 guest_timeout=$(( timeout > 40 ? timeout - 20 : timeout / 2 ))
 append="console=ttyS0 panic=-1 quiet loglevel=4 scenario=$scenario vmtimeout=$guest_timeout $extra_append"
 
-qemu=(qemu-system-x86_64 -nographic -no-reboot -accel tcg -smp "$smp" -m "$mem"
-  -kernel "$kernel" -initrd "$initrd" -append "$append"
-  -monitor none -nic none
-  -drive "file=$results/cache.img,if=virtio,format=raw,cache=unsafe"
+qemu=(qemu-system-x86_64 -nographic -accel tcg -smp "$smp" -m "$mem" -kernel "$kernel" -monitor none -nic none)
+if [ -n "$root_disk" ]; then
+  # systemd as PID 1 on the Debian root disk; snapshot=on keeps the cached image pristine.
+  # panic=0: a reboot is a normal step of such a run, so a panic must not look like one.
+  # systemd.show_status=1: every unit start on the console (console.log), for post-mortems.
+  append="console=ttyS0 panic=0 quiet loglevel=4 systemd.show_status=1 root=/dev/vda rw scenario=$scenario vmtimeout=$guest_timeout $extra_append"
+  qemu+=(-append "$append"
+    -drive "file=$root_disk,if=virtio,format=raw,snapshot=on,cache=unsafe"
+    -virtfs "local,path=$input,mount_tag=input,security_model=none,id=input,readonly=on"
+    -device virtio-rng-pci)
+else
+  qemu+=(-no-reboot -initrd "$initrd" -append "$append")
+fi
+qemu+=(-drive "file=$results/cache.img,if=virtio,format=raw,cache=unsafe"
   -virtfs "local,path=$results,mount_tag=results,security_model=none,id=results"
   -virtfs "local,path=$fscached,mount_tag=fscached,security_model=none,id=fscached,readonly=on")
 for i in $(seq 2 "$disk_copies"); do

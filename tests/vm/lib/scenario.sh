@@ -12,13 +12,15 @@
 #   default no        not in a run without scenario names
 #   kernel SERIES...  the test kernels it runs on (build-kernel.sh series; default 6.12)
 #   needs c-cachefilesd  Debian's C daemon in the initramfs
+#   kind debian       boot the Debian image (build-debian-image.sh, systemd as PID 1) instead of
+#                     the initramfs; such scenarios live in tests/vm/debian/scenarios/
 #   object VOLUME KEY the kernel's path of this object is looked up (lib/common.sh object_path;
 #                     KEY is str:TEXT), so the oracle (cachenames.py) puts it into the initramfs;
 #                     may be repeated
 # A line starting with "# vm-" that does not parse, an unknown key or a repeated key other than
 # `object` is an error: a typo must not silently give a scenario the default VM.
 
-vm_header_keys=" timeout smp mem disk disk-copies disk-size default needs object kernel "
+vm_header_keys=" timeout smp mem disk disk-copies disk-size default needs object kernel kind "
 
 declare -gA vm_headers=()
 
