@@ -11,11 +11,21 @@
 //! which a dropped job or a panic turns into FAN_DENY with EIO. Never zeros, never a hang.
 //!
 //! The group must outlive every mark: closing it allows all pending events (readers would see
-//! zeros in holes). Keeping it across a worker crash is the daemon's job (fd store), not this
-//! module's.
+//! zeros in holes). The daemon keeps it across a worker crash (the `--supervise` holder,
+//! systemd's fd store); a successor takes it with `Group::adopt` and `keep_record`, and
+//! `Lazy::new` then recovers what the dead worker owed, from `inflight`'s record: events it
+//! recorded are filled and allowed (the kernel matches a response by fd number only), every
+//! other fd number it could have held is denied with EIO (events read but not recorded), and
+//! the recorded blobs are attached again (their marks survived with the group). A recorded
+//! number is reserved in our fd table until answered, so a new event rarely gets it; when one
+//! does, the old event is denied first (the kernel answers the oldest event of a number).
+//! A re-attached blob's file is opened while marked, so its fills raise events of our own
+//! (allowed at once) and it is not completed by this worker: hashing it on the loop thread
+//! would wait on the loop itself.
 
 use super::engine::{Engine, OpenRequest};
 use super::fds::{AdoptError, KernelFd};
+use super::inflight::{self, Pending, Record};
 use super::pool::panic_message;
 use super::reply::{FrontEnd, ReadReply, Ticket};
 use super::sourcemap::{is_safe_name, Location};
@@ -59,6 +69,8 @@ pub enum FanotifyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the inherited fd {0} is not a fanotify pre-content group: refusing to adopt it")]
+    NotAGroup(i32),
 }
 
 /// What the group did without the engine (the engine counts fills and failures).
@@ -78,6 +90,11 @@ pub struct GroupStats {
     pub complete_at_attach: u64,
     /// Complete registry blobs whose bytes did not match their digest.
     pub digest_mismatches: u64,
+    /// Events a dead predecessor recorded, answered here.
+    pub recovered: u64,
+    /// Events a dead predecessor read but did not record (or whose number a new event
+    /// took), denied with EIO.
+    pub recovered_denied: u64,
 }
 
 /// A fanotify pre-content group and the blobs marked in it. Register its fd (`as_fd`) with
@@ -96,6 +113,18 @@ pub struct Group {
     complete: std::collections::HashSet<u32>,
     /// Blobs whose complete file did not match its digest: every read is denied.
     corrupt: std::collections::HashSet<u32>,
+    /// Blobs whose file was opened while marked (attached again by a successor): their fills
+    /// raise events of our own, so they are never read on the loop thread.
+    marked_at_open: std::collections::HashSet<u32>,
+    /// Each attached blob's name, for the record.
+    names: HashMap<u32, BlobKey>,
+    /// The record of what is in flight, once `keep_record` started it.
+    record: Option<inflight::Writer>,
+    /// What a dead predecessor left, until `Lazy::new` takes it.
+    recovered: Option<Record>,
+    /// Fd numbers of a predecessor's events not yet answered, each with the placeholder that
+    /// keeps the number out of our new events (when it was free here).
+    owed: HashMap<i32, Option<OwnedFd>>,
     pub stats: GroupStats,
 }
 
@@ -116,7 +145,26 @@ impl Group {
             EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
         )
         .map_err(FanotifyError::Init)?;
-        Ok(Group {
+        Ok(Group::new_with(fan))
+    }
+
+    /// Takes a group kept open for us (by our supervisor or the service manager's fd store):
+    /// only a fanotify pre-content group is adopted, anything else is refused (and closed:
+    /// the caller gave it up).
+    pub fn adopt(fd: OwnedFd) -> Result<Group, FanotifyError> {
+        if !is_pre_content_group(fd.as_fd()) {
+            return Err(FanotifyError::NotAGroup(fd.as_raw_fd()));
+        }
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: `into_raw_fd` hands over the only owner of this open fd.
+        let fan = unsafe { NixGroup::from_raw_fd(fd.into_raw_fd()) };
+        let mut group = Group::new_with(fan);
+        group.recovered = Some(Record::default());
+        Ok(group)
+    }
+
+    fn new_with(fan: NixGroup) -> Group {
+        Group {
             fan,
             blobs: HashMap::new(),
             next_id: 1,
@@ -124,8 +172,94 @@ impl Group {
             files: HashMap::new(),
             complete: Default::default(),
             corrupt: Default::default(),
+            marked_at_open: Default::default(),
+            names: HashMap::new(),
+            record: None,
+            recovered: None,
+            owed: HashMap::new(),
             stats: GroupStats::default(),
-        })
+        }
+    }
+
+    /// A second fd of the group, for whoever keeps it open across our death.
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        self.fan.as_fd().try_clone_to_owned()
+    }
+
+    /// Keeps the record of what is in flight at `path` from now on. A group made here
+    /// starts an empty record (one left there belongs to a group gone with its pending
+    /// events); an adopted one first reads what its predecessor left, for `Lazy::new`.
+    pub fn keep_record(&mut self, path: &Path) {
+        let start = match self.recovered.as_mut() {
+            Some(left) => {
+                *left = inflight::load(path).unwrap_or_default();
+                left.clone()
+            }
+            None => Record::default(),
+        };
+        match inflight::Writer::create(path, start) {
+            Ok(w) => self.record = Some(w),
+            Err(e) => log::warn!(
+                "{}: {e}: a successor cannot recover the events in flight",
+                path.display()
+            ),
+        }
+    }
+
+    fn save_record(&mut self, change: impl FnOnce(&mut Record) -> bool) {
+        if let Some(w) = self.record.as_mut() {
+            if change(&mut w.record) {
+                w.save();
+            }
+        }
+    }
+
+    /// Writes a deny for every fd number below `limit` but the recorded ones: the events a
+    /// dead predecessor read and did not record are released with EIO (most numbers name no
+    /// event: ENOENT, nothing happens). Must run before this process reads any event.
+    fn deny_unrecorded(&mut self, limit: i32, recorded: &Record) -> u64 {
+        let mut denied = 0;
+        for fd in 0..limit {
+            if recorded.events.contains_key(&fd) {
+                continue;
+            }
+            let response = Response::new(fd, Verdict::Deny(Errno::EIO as u8));
+            if nix::unistd::write(&self.fan, response.as_bytes()).is_ok() {
+                denied += 1;
+            }
+        }
+        self.stats.recovered_denied += denied;
+        denied
+    }
+
+    /// Keeps fd number `fd` (a predecessor's pending event) out of our new events while it
+    /// is owed: a placeholder takes the number when it is free here.
+    fn owe(&mut self, fd: i32) {
+        let placeholder = nix::fcntl::fcntl(
+            self.fan.as_fd().as_raw_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(fd),
+        )
+        .ok()
+        .map(|n| {
+            use std::os::fd::FromRawFd;
+            // SAFETY: F_DUPFD just made this fd for us; nothing else owns it.
+            unsafe { OwnedFd::from_raw_fd(n) }
+        });
+        // Taken by another of our fds: it holds the number as well as long as it is open.
+        let placeholder = placeholder.filter(|p| p.as_raw_fd() == fd);
+        self.owed.insert(fd, placeholder);
+    }
+
+    /// A new event got fd number `fd` while a predecessor's event of that number is owed:
+    /// the kernel answers the older first, so it is denied now (EIO, never zeros) and its
+    /// fill, when done, answers nothing.
+    fn settle_collision(&mut self, fd: i32) {
+        if self.owed.remove(&fd).is_some() {
+            log::warn!("a new event took fd number {fd} of an event owed since the takeover: failing the old one");
+            self.respond(fd, Verdict::Deny(Errno::EIO as u8));
+            self.stats.recovered_denied += 1;
+            self.save_record(|r| r.events.remove(&fd).is_some());
+        }
     }
 
     /// The object id of the blob attached with this file, if any.
@@ -172,7 +306,10 @@ impl Group {
     /// digest, then the mark goes and the completion is recorded for the next attach (a
     /// restart). A mismatch keeps the mark and fails every read of the blob.
     fn check_complete(&mut self, object_id: u32) {
-        if self.complete.contains(&object_id) || self.corrupt.contains(&object_id) {
+        if self.complete.contains(&object_id)
+            || self.corrupt.contains(&object_id)
+            || self.marked_at_open.contains(&object_id)
+        {
             return;
         }
         let Some((file, digest)) = self.files.get(&object_id) else {
@@ -242,6 +379,27 @@ fn sha256_of(fd: BorrowedFd<'_>, len: u64) -> Result<String, Errno> {
     Ok(s)
 }
 
+/// Whether `fd` is a fanotify group of class FAN_CLASS_PRE_CONTENT: its fdinfo starts with
+/// `fanotify flags:HEX`, and the class bits of those flags say which.
+pub fn is_pre_content_group(fd: BorrowedFd<'_>) -> bool {
+    let Ok(info) = std::fs::read(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())) else {
+        return false;
+    };
+    pre_content_flags(&info)
+}
+
+/// The parsing half of `is_pre_content_group`.
+fn pre_content_flags(fdinfo: &[u8]) -> bool {
+    const FAN_CLASS_MASK: u32 = 0x0c;
+    const FAN_CLASS_PRE_CONTENT: u32 = 0x08;
+    let text = String::from_utf8_lossy(&fdinfo[..fdinfo.len().min(64 << 10)]);
+    text.lines()
+        .find_map(|l| l.strip_prefix("fanotify flags:"))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .is_some_and(|flags| flags & FAN_CLASS_MASK == FAN_CLASS_PRE_CONTENT)
+}
+
 fn inode_key(fd: BorrowedFd<'_>) -> nix::Result<(u64, u64)> {
     let st = fstat(fd.as_raw_fd())?;
     Ok((st.st_dev, st.st_ino))
@@ -254,13 +412,20 @@ pub struct AttachTicket {
     path: PathBuf,
     /// `sha256:<hex>` for a registry blob: checked once the file holds it whole.
     digest: Option<String>,
+    /// Attached again by a successor: the file is marked already (see the module's comment).
+    reattach: bool,
 }
 
 /// A pre-content event waiting for its answer. Its fd is closed only after the answer: the
-/// kernel finds the pending event by this fd number.
+/// kernel finds the pending event by this fd number. A predecessor's event has no fd here,
+/// only its number.
 pub struct EventTicket {
-    fd: KernelFd,
+    fd: Option<KernelFd>,
+    number: i32,
 }
+
+/// A predecessor's events are keyed apart from ours, which may reuse their numbers.
+const OWED_KEY_BASE: u64 = 1 << 40;
 
 impl Ticket for AttachTicket {
     fn key(&self) -> u64 {
@@ -270,7 +435,10 @@ impl Ticket for AttachTicket {
 
 impl Ticket for EventTicket {
     fn key(&self) -> u64 {
-        self.fd.as_fd().as_raw_fd() as u64
+        match self.fd {
+            Some(_) => self.number as u64,
+            None => OWED_KEY_BASE + self.number as u64,
+        }
     }
 }
 
@@ -297,6 +465,7 @@ impl FrontEnd for Fanotify {
             file,
             path,
             digest,
+            reattach,
         } = open;
         let size = match result {
             Ok(size) => size,
@@ -310,6 +479,11 @@ impl FrontEnd for Fanotify {
         let prepared = (|| {
             let current = fstat(fd.as_raw_fd())?.st_size as u64;
             let recorded = xattr::get_named(&fd.as_raw_fd(), COMPLETE_XATTR)?;
+            if current != len && reattach {
+                // Marked already: truncating would raise an event this very thread must
+                // answer. Another version of the blob: it is attached afresh after a detach.
+                return Err(Errno::ESTALE);
+            }
             if current != len {
                 // Another blob's bytes, or a different version of this one: start empty.
                 xattr::remove_named(&fd.as_raw_fd(), COMPLETE_XATTR)?;
@@ -333,6 +507,8 @@ impl FrontEnd for Fanotify {
                 if complete {
                     group.complete.insert(object_id);
                     group.stats.complete_at_attach += 1;
+                } else if reattach {
+                    group.marked_at_open.insert(object_id);
                 }
                 Ok(Some(file))
             }
@@ -353,9 +529,18 @@ impl FrontEnd for Fanotify {
             Ok(_) => Verdict::Allow,
             Err(errno) => Verdict::Deny(deny_errno(errno)),
         };
-        group.respond(read.fd.as_fd().as_raw_fd(), verdict);
+        let number = read.number;
+        if read.fd.is_none() {
+            if group.owed.remove(&number).is_none() {
+                // Denied already: a new event took its number (`settle_collision`).
+                return Ok(());
+            }
+            group.stats.recovered += 1;
+        }
+        group.respond(number, verdict);
+        group.save_record(|r| r.events.remove(&number).is_some());
         if verdict == Verdict::Allow {
-            if let Some(id) = group.attached(read.fd.as_fd()) {
+            if let Some(id) = read.fd.as_ref().and_then(|fd| group.attached(fd.as_fd())) {
                 group.check_complete(id);
             }
         }
@@ -404,6 +589,20 @@ impl Engine<Fanotify> {
         domain: &[u8],
         fsid: &[u8],
     ) -> u32 {
+        self.attach_file_as(group, file, path, domain, fsid, false)
+    }
+
+    /// `attach_file`; `reattach`: the file was opened while marked (a successor attaching
+    /// what its predecessor had attached).
+    pub fn attach_file_as(
+        &mut self,
+        group: &mut Group,
+        file: std::fs::File,
+        path: &Path,
+        domain: &[u8],
+        fsid: &[u8],
+        reattach: bool,
+    ) -> u32 {
         if let Some(id) = group.attached(&file) {
             return id;
         }
@@ -424,6 +623,7 @@ impl Engine<Fanotify> {
             file,
             path: path.to_owned(),
             digest,
+            reattach,
         });
         let request = OpenRequest {
             object_id,
@@ -465,6 +665,10 @@ impl Engine<Fanotify> {
             }
         }
         group.corrupt.remove(&object_id);
+        group.marked_at_open.remove(&object_id);
+        if let Some(key) = group.names.remove(&object_id) {
+            group.save_record(|r| r.blobs.remove(&key));
+        }
         group.files.remove(&object_id);
         group.blobs.retain(|_, id| *id != object_id);
         self.close(object_id);
@@ -483,6 +687,15 @@ impl Engine<Fanotify> {
             };
             for item in wire::events(&buf[..n]) {
                 group.stats.events += 1;
+                if !group.owed.is_empty() {
+                    let fd = match &item {
+                        Ok(event) => Some(event.fd),
+                        Err(e) => e.fd,
+                    };
+                    if let Some(fd) = fd.filter(|fd| *fd >= 0) {
+                        group.settle_collision(fd);
+                    }
+                }
                 match item {
                     Ok(event) => self.dispatch(group, event),
                     Err(e) => {
@@ -531,7 +744,10 @@ impl Engine<Fanotify> {
         match self.adopt(fd) {
             Ok(owned) => {
                 if mask & FAN_PRE_ACCESS != 0 {
-                    let reply = self.read_reply(EventTicket { fd: owned });
+                    let reply = self.read_reply(EventTicket {
+                        number: fd,
+                        fd: Some(owned),
+                    });
                     let _ = reply.answer(group, Err(Errno::EIO));
                 }
             }
@@ -562,7 +778,11 @@ impl Engine<Fanotify> {
             Err(_) => return self.refuse(group, event.fd, event.mask),
         };
         let key = inode_key(fd.as_fd());
-        let reply = self.read_reply(EventTicket { fd });
+        let number = event.fd;
+        let reply = self.read_reply(EventTicket {
+            fd: Some(fd),
+            number,
+        });
         *guarded = true;
         if event.pid == group.pid {
             // Our own fill through an fd opened after the mark: allowing it is what lets the
@@ -585,7 +805,22 @@ impl Engine<Fanotify> {
             let _ = reply.answer(group, Err(Errno::EIO));
             return;
         }
-        self.serve(group, object_id, &file, event.range, reply);
+        self.serve(group, object_id, &file, event.range, reply, number);
+    }
+
+    /// Serves an event a dead predecessor recorded (fd `number`, kept out of our own events
+    /// by `Group::owe`) on the blob now attached as `object_id`: filled, then allowed.
+    pub fn recover(&mut self, group: &mut Group, object_id: u32, number: i32, p: &Pending) {
+        let reply = self.read_reply(EventTicket { fd: None, number });
+        let Some(file) = self.objects().get(&object_id).map(|o| o.fd.clone()) else {
+            let _ = reply.answer(group, Err(Errno::EIO));
+            return;
+        };
+        let range = wire::Range {
+            offset: p.offset,
+            count: p.count,
+        };
+        self.serve(group, object_id, &file, Some(range), reply, number);
     }
 
     /// Allows a range already in the file at once; starts filling any other.
@@ -596,6 +831,7 @@ impl Engine<Fanotify> {
         file: &KernelFd,
         range: Option<wire::Range>,
         reply: ReadReply<Fanotify>,
+        number: i32,
     ) {
         let len = match fstat(file.as_fd().as_raw_fd()) {
             Ok(st) => st.st_size as u64,
@@ -614,6 +850,18 @@ impl Engine<Fanotify> {
             return;
         }
         self.stats.reads += 1;
+        // Recorded before the work starts, for a successor should we die before answering.
+        if let Some(blob) = group.names.get(&object_id).cloned() {
+            let pending = Pending {
+                blob,
+                offset: off,
+                count: end - off,
+            };
+            group.save_record(|r| {
+                r.events.insert(number, pending);
+                true
+            });
+        }
         self.read(object_id, off, end - off, reply);
     }
 }
@@ -635,7 +883,7 @@ pub const LAZY_DIR: &str = "lazy";
 /// A blob's names as `attach` takes them, each checked once: safe in a path component and
 /// in the source map's substitutions (`{domain}` is the fsid when none is given, as EROFS's
 /// volume keys have it).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlobKey {
     domain: Name,
     fsid: Name,
@@ -697,6 +945,8 @@ pub struct Lazy {
     /// Attaches that failed since last asked about: the next `attach` of the key reports
     /// the failure once, the one after tries again.
     failed: HashMap<BlobKey, String>,
+    /// A dead predecessor's events, waiting for their blob's attach to settle.
+    recovering: std::collections::BTreeMap<i32, Pending>,
     pub stats: AttachStats,
 }
 
@@ -707,14 +957,80 @@ impl Lazy {
         wake: super::reply::Wake,
         root: &Path,
     ) -> Lazy {
-        Lazy {
+        let mut group = group;
+        let left = group.recovered.take();
+        let mut lazy = Lazy {
             engine: Engine::new(map, wake),
             group,
             root: root.to_owned(),
             attached: HashMap::new(),
             pending: HashMap::new(),
             failed: HashMap::new(),
+            recovering: Default::default(),
             stats: AttachStats::default(),
+        };
+        if let Some(left) = left {
+            lazy.recover(left);
+        }
+        lazy
+    }
+
+    /// Takes over what a dead predecessor owed (its group adopted, `Group::keep_record`):
+    /// before any event is read, every fd number it could have held but did not record is
+    /// denied, the recorded ones are kept out of our new events, and its blobs are attached
+    /// again; each recorded event is served once its blob is (`settle`).
+    fn recover(&mut self, left: Record) {
+        let limit = fd_limit();
+        let denied = self.group.deny_unrecorded(limit, &left);
+        log::info!(
+            "fanotify group taken over: {} blob(s) and {} event(s) in flight recorded; {denied} unrecorded event(s) failed (fd numbers below {limit} swept)",
+            left.blobs.len(),
+            left.events.len()
+        );
+        for fd in left.events.keys() {
+            self.group.owe(*fd);
+        }
+        let blobs: std::collections::BTreeSet<BlobKey> = (left.blobs.iter())
+            .chain(left.events.values().map(|p| &p.blob))
+            .cloned()
+            .collect();
+        self.recovering = left.events;
+        for key in &blobs {
+            if let Attach::Failed(e) = self.attach_as(key, true) {
+                log::warn!("{e}");
+            }
+        }
+        self.settle();
+    }
+
+    /// Serves or fails each recovered event whose blob's attach has settled.
+    fn serve_recovered(&mut self) {
+        let settled: Vec<i32> = (self.recovering.iter())
+            .filter(|(_, p)| !self.pending.contains_key(&p.blob))
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in settled {
+            let Some(p) = self.recovering.remove(&fd) else {
+                continue;
+            };
+            match self.attached.get(&p.blob) {
+                Some((id, _)) => {
+                    let id = *id;
+                    self.engine.recover(&mut self.group, id, fd, &p);
+                }
+                None => {
+                    log::warn!(
+                        "fsid {} (domain {}) cannot be attached again: its read in flight at the takeover fails",
+                        p.blob.fsid(),
+                        p.blob.domain()
+                    );
+                    let reply = self.engine.read_reply(EventTicket {
+                        fd: None,
+                        number: fd,
+                    });
+                    let _ = reply.answer(&mut self.group, Err(Errno::EIO));
+                }
+            }
         }
     }
 
@@ -728,6 +1044,10 @@ impl Lazy {
     /// Attaches `key` (or tells how its attach stands): creates or reuses its sparse file
     /// through the cache-directory layer (validated names, no symlink followed).
     pub fn attach(&mut self, key: &BlobKey) -> Attach {
+        self.attach_as(key, false)
+    }
+
+    fn attach_as(&mut self, key: &BlobKey, reattach: bool) -> Attach {
         self.settle();
         if let Some((_, path)) = self.attached.get(key) {
             return Attach::Ready(path.clone());
@@ -745,12 +1065,13 @@ impl Lazy {
                 return Attach::Failed(e);
             }
         };
-        let id = self.engine.attach_file(
+        let id = self.engine.attach_file_as(
             &mut self.group,
             file,
             &path,
             key.domain.as_bytes(),
             key.fsid.as_bytes(),
+            reattach,
         );
         self.stats.attaches += 1;
         self.pending.insert(key.clone(), (id, path));
@@ -813,8 +1134,13 @@ impl Lazy {
                     key.fsid(),
                     key.domain()
                 );
+                self.group.names.insert(id, key.clone());
+                let recorded = key.clone();
+                self.group.save_record(|r| r.blobs.insert(recorded));
                 self.attached.insert(key, (id, path));
             } else {
+                let recorded = key.clone();
+                self.group.save_record(|r| r.blobs.remove(&recorded));
                 self.stats.attaches_failed += 1;
                 self.failed.insert(
                     key.clone(),
@@ -825,6 +1151,9 @@ impl Lazy {
                     ),
                 );
             }
+        }
+        if !self.recovering.is_empty() {
+            self.serve_recovered();
         }
     }
 
@@ -935,6 +1264,14 @@ impl Drop for Lazy {
             }
         }
     }
+}
+
+/// The fd numbers a process of ours can hold: its open-file limit (raised to the hard limit
+/// at start, the same for a predecessor), capped.
+fn fd_limit() -> i32 {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    soft.min(1 << 20) as i32
 }
 
 /// What `detach` names.

@@ -28,6 +28,7 @@ pub mod engine;
 pub mod fanotify;
 pub mod fds;
 pub mod fill;
+pub mod inflight;
 mod pool;
 pub mod readahead;
 pub mod reply;
