@@ -994,12 +994,13 @@ impl Lazy {
             .chain(left.events.values().map(|p| &p.blob))
             .cloned()
             .collect();
-        self.recovering = left.events;
         for key in &blobs {
             if let Attach::Failed(e) = self.attach_as(key, true) {
                 log::warn!("{e}");
             }
         }
+        // Only now: `settle` serves each event whose blob is no longer pending.
+        self.recovering = left.events;
         self.settle();
     }
 
@@ -1279,4 +1280,53 @@ fn fd_limit() -> i32 {
 pub enum Detach {
     Path(PathBuf),
     Key(BlobKey),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_pre_content_group_is_recognised_in_fdinfo() {
+        let info = |flags: &str| {
+            format!("pos:\t0\nflags:\t02004002\nmnt_id:\t15\nino:\t1057\nfanotify flags:{flags} event-flags:8002\nfanotify ino:d dev:fd00 mflags:0 mask:100000 ignored_mask:0\n")
+        };
+        // FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE, as made.
+        assert!(pre_content_flags(info("1b").as_bytes()));
+        assert!(pre_content_flags(info("8").as_bytes()));
+        // FAN_CLASS_NOTIF, FAN_CLASS_CONTENT, both class bits (no such class).
+        for flags in ["0", "13", "4", "c", "", "zz", "-8"] {
+            assert!(!pre_content_flags(info(flags).as_bytes()), "{flags:?}");
+        }
+        // Not a fanotify fd at all (an inotify one, a plain file).
+        assert!(!pre_content_flags(
+            b"pos:\t0\nflags:\t02004000\nmnt_id:\t15\ninotify wd:1 ino:2 sdev:3 mask:8 ignored_mask:0\n"
+        ));
+        assert!(!pre_content_flags(
+            b"pos:\t0\nflags:\t0100000\nmnt_id:\t24\n"
+        ));
+    }
+
+    #[test]
+    fn adopt_refuses_what_is_not_a_pre_content_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let file: OwnedFd = std::fs::File::create(dir.path().join("f")).unwrap().into();
+        assert!(matches!(
+            Group::adopt(file),
+            Err(FanotifyError::NotAGroup(_))
+        ));
+        let (pipe, _w) = nix::unistd::pipe().unwrap();
+        assert!(matches!(
+            Group::adopt(pipe),
+            Err(FanotifyError::NotAGroup(_))
+        ));
+        // A notification-class group is a fanotify fd, but answers no permission event.
+        if let Ok(notif) = NixGroup::init(InitFlags::FAN_CLASS_NOTIF, EventFFlags::O_RDONLY) {
+            let fd = notif.as_fd().try_clone_to_owned().unwrap();
+            assert!(matches!(Group::adopt(fd), Err(FanotifyError::NotAGroup(_))));
+        }
+        if let Ok(made) = Group::new() {
+            assert!(Group::adopt(made.try_clone_fd().unwrap()).is_ok());
+        }
+    }
 }
