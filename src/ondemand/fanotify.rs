@@ -1252,13 +1252,13 @@ impl Lazy {
 }
 
 impl Drop for Lazy {
-    /// The group closes with the daemon, and the kernel then lets every read through: a
-    /// mounted blob that is not complete would show zeros in its holes. Say which.
+    /// Once its last fd closes, the kernel lets every read through: a mounted blob that is
+    /// not complete would show zeros in its holes. Say which.
     fn drop(&mut self) {
         for (key, (id, path)) in &self.attached {
             if !self.group.is_complete(*id) {
                 log::error!(
-                    "{} (fsid {}) is still attached and incomplete: unmount it; without the daemon its unfilled ranges read as zeros",
+                    "{} (fsid {}) is still attached and incomplete: unless the group is kept for a successor (--supervise, the fd store), unmount it: its unfilled ranges read as zeros once the group is closed",
                     path.display(),
                     key.fsid()
                 );
