@@ -177,10 +177,13 @@ fn run_supervisor(
         Serving::Fanotify(_, group) => {
             let held = group.try_clone_fd().map_err(StartError::Supervisor)?;
             // A record left there belongs to a group gone with its events: start empty.
-            if let Err(e) = crate::ondemand::inflight::Writer::create(
-                Path::new(INFLIGHT_PATH),
-                Default::default(),
-            ) {
+            let unread = crate::ondemand::inflight::Record {
+                unread: true,
+                ..Default::default()
+            };
+            if let Err(e) =
+                crate::ondemand::inflight::Writer::create(Path::new(INFLIGHT_PATH), unread)
+            {
                 log::warn!("{INFLIGHT_PATH}: {e}");
             }
             Some(held)

@@ -106,6 +106,12 @@ fn holder() -> Option<Holder> {
     let group = Group::new().expect(
         "a fanotify pre-content group (root and a 6.14+ kernel; CACHEFILESD_NO_FANOTIFY=1 skips)",
     );
+    // As the supervisor starts it: no event of this group has been read yet.
+    let unread = Record {
+        unread: true,
+        ..Record::default()
+    };
+    cachefilesd_rs::ondemand::inflight::Writer::create(&dir.path().join("record"), unread).unwrap();
     Some(Holder { dir, group, data })
 }
 

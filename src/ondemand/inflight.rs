@@ -13,6 +13,7 @@
 //!
 //! ```text
 //! cachefilesd fanotify in-flight 1
+//! new                     (only from the process that made the group: no event read yet)
 //! blob DOMAIN FSID
 //! event FD OFFSET COUNT DOMAIN FSID
 //! end
@@ -63,6 +64,9 @@ pub struct Pending {
 /// What a record says: the blobs attached and the events in flight, by fd number.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
+    /// Written by the process that made the group and reads none of its events (the
+    /// supervisor): nobody can owe an event yet, so a successor has nothing to sweep.
+    pub unread: bool,
     pub blobs: BTreeSet<BlobKey>,
     pub events: BTreeMap<i32, Pending>,
 }
@@ -72,6 +76,9 @@ impl Record {
         let mut s = String::with_capacity(64 * (1 + self.blobs.len() + self.events.len()));
         s.push_str(HEADER);
         s.push('\n');
+        if self.unread {
+            s.push_str("new\n");
+        }
         for b in &self.blobs {
             s.push_str(&format!("blob {} {}\n", b.domain(), b.fsid()));
         }
@@ -105,6 +112,7 @@ impl Record {
             let words: Vec<&str> = line.split(' ').collect();
             match words.as_slice() {
                 ["end"] => return Ok(record),
+                ["new"] if n == 2 => record.unread = true,
                 ["blob", domain, fsid] => {
                     record
                         .blobs
@@ -283,6 +291,16 @@ mod tests {
     }
 
     #[test]
+    fn a_record_of_a_group_nobody_read_says_so() {
+        let r = Record {
+            unread: true,
+            ..Record::default()
+        };
+        assert_eq!(r.render(), "cachefilesd fanotify in-flight 1\nnew\nend\n");
+        assert_eq!(Record::parse(r.render().as_bytes()).unwrap(), r);
+    }
+
+    #[test]
     fn old_bytes_after_end_are_not_read() {
         let mut text = sample().render();
         text.push_str("event 9 0 4096 img img\ngarbage\n");
@@ -325,6 +343,7 @@ mod tests {
             ("cull a b\nend\n", "unknown keyword"),
             ("\nend\n", "empty line"),
             ("end \n", "trailing space"),
+            ("blob a b\nnew\nend\n", "new after a blob"),
         ];
         for (body, why) in cases {
             // `!`: the text as is, without the header.
