@@ -125,8 +125,15 @@ pub struct Group {
     /// Fd numbers of a predecessor's events not yet answered, each with the placeholder that
     /// keeps the number out of our new events (when it was free here).
     owed: HashMap<i32, Option<OwnedFd>>,
+    /// Files of blobs being attached again (marked already): their object id by inode.
+    reattaching: HashMap<(u64, u64), u32>,
+    /// Events on those files, served once their attach settles (`Lazy::settle`).
+    parked: Vec<Parked>,
     pub stats: GroupStats,
 }
+
+/// An event waiting for its blob's attach: object id, range, reply, fd number.
+type Parked = (u32, Option<wire::Range>, ReadReply<Fanotify>, i32);
 
 impl AsFd for Group {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -177,6 +184,8 @@ impl Group {
             record: None,
             recovered: None,
             owed: HashMap::new(),
+            reattaching: HashMap::new(),
+            parked: Vec::new(),
             stats: GroupStats::default(),
         }
     }
@@ -471,6 +480,7 @@ impl FrontEnd for Fanotify {
             digest,
             reattach,
         } = open;
+        group.reattaching.retain(|_, id| *id != object_id);
         let size = match result {
             Ok(size) => size,
             Err(errno) => {
@@ -612,6 +622,11 @@ impl Engine<Fanotify> {
         }
         self.stats.opens += 1;
         let object_id = self.free_object_id(group);
+        if reattach {
+            if let Ok(key) = inode_key(file.as_fd()) {
+                group.reattaching.insert(key, object_id);
+            }
+        }
         let file = self.fds().own(OwnedFd::from(file));
         let digest = std::str::from_utf8(domain)
             .ok()
@@ -799,6 +814,16 @@ impl Engine<Fanotify> {
             .ok()
             .and_then(|k| group.blobs.get(&k).copied())
             .and_then(|id| self.objects().get(&id).map(|o| (id, o.fd.clone())));
+        let waiting = key
+            .as_ref()
+            .ok()
+            .and_then(|k| group.reattaching.get(k).copied());
+        if let (None, Some(object_id)) = (&object, waiting) {
+            // Marked by our predecessor, attached again by us: served once the source
+            // answers (a denial now would fail a read that will be served in a moment).
+            group.parked.push((object_id, event.range, reply, number));
+            return;
+        }
         let Some((object_id, file)) = object else {
             group.stats.unknown += 1;
             log::warn!("fanotify event for a file no attached blob has; denying it");
@@ -1166,6 +1191,30 @@ impl Lazy {
         }
         if !self.recovering.is_empty() {
             self.serve_recovered();
+        }
+        if !self.group.parked.is_empty() {
+            self.serve_parked();
+        }
+    }
+
+    /// Serves the events parked while their blob was attached again, once it is (or fails
+    /// them when it cannot be).
+    fn serve_parked(&mut self) {
+        let parked = std::mem::take(&mut self.group.parked);
+        for (object_id, range, reply, number) in parked {
+            if self.engine.attaching(object_id) {
+                self.group.parked.push((object_id, range, reply, number));
+                continue;
+            }
+            match self.engine.objects().get(&object_id).map(|o| o.fd.clone()) {
+                Some(file) => {
+                    self.engine
+                        .serve(&mut self.group, object_id, &file, range, reply, number)
+                }
+                None => {
+                    let _ = reply.answer(&mut self.group, Err(Errno::EIO));
+                }
+            }
         }
     }
 
