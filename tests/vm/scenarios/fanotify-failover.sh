@@ -6,8 +6,9 @@
 #   1. `cachefilesd --supervise` with the fanotify front end (7.3 has no `bind ondemand`): the
 #      supervisor makes the pre-content group and holds it with the device,
 #   2. `cachefilesctl mount` of a 96 MiB blob; a reader streams its big file,
-#   3. the worker is killed with SIGKILL mid-read; the supervisor starts a new one, which adopts
-#      the group, attaches the blob again and answers what the dead worker had recorded in flight,
+#   3. the worker is killed with SIGKILL mid-read, caught (SIGSTOP, look, SIGCONT) while its record
+#      shows a fill in flight; the supervisor starts a new one, which adopts the group, attaches
+#      the blob again and fills and allows what the dead worker had recorded in flight,
 #   4. the read completes with the right sha256 (never zeros, never EIO), and a second full read
 #      of the mount after the takeover is right too,
 #   5. SIGTERM: the supervisor exits 0.
@@ -63,6 +64,19 @@ filled() { du -k "$blob" | cut -f1; }
 under_way() { [ "$(filled)" -gt 8192 ]; }
 wait_for 60 "the read is under way (blob file holds > 8 MiB)" under_way
 check "the read is still in progress ($(filled) KiB filled)" alive "$reader"
+# Catch the worker with a fill in flight (an `event` line in its record): stop it, look, go on.
+record=/run/cachefilesd/fanotify-inflight
+tries=0
+while :; do
+  kill -STOP "$worker"
+  sleep 0.05
+  grep -q '^event ' "$record" && break
+  kill -CONT "$worker"
+  tries=$((tries + 1))
+  [ "$tries" -lt 200 ] || fail "never caught the worker with a read in flight"
+  sleep 0.02
+done
+say "worker stopped with in flight: $(grep '^event ' "$record" | tr '\n' ';')"
 kill -KILL "$worker"
 say "killed worker $worker with SIGKILL mid-read ($(filled) KiB filled)"
 new_worker() { _w=$(worker_of "$daemon_pid") && [ "$_w" != "$worker" ]; }
@@ -74,7 +88,10 @@ wait "$reader"
 check "the read completed without error ($(cat /tmp/sum.err))" test "$(cat /tmp/sum.rc)" = 0
 check "sha256 of the 96 MiB file matches" test "$(cut -d' ' -f1 /tmp/sum)" = "$expected"
 check "the new worker took the group over" grep -q 'fanotify group taken over' "$daemon_log"
-say "$(grep 'fanotify group taken over' "$daemon_log" | tail -n 1)"
+taken=$(grep 'fanotify group taken over:' "$daemon_log" | tail -n 1)
+say "$taken"
+owed=$(echo "$taken" | sed -n 's/.* and \([0-9]*\) event(s) in flight recorded.*/\1/p')
+check "the new worker answered the dead one's recorded read(s) (${owed:-?})" test "${owed:-0}" -ge 1
 check "drop caches" sh -c "echo 3 >/proc/sys/vm/drop_caches"
 check "a second read after the takeover matches" sh -c "test \"\$(sha256sum /mnt/big.bin | cut -d' ' -f1)\" = $expected"
 check "cachefilesctl umount /mnt" "$ctl" -f "$conf" umount /mnt
