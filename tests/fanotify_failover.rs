@@ -123,6 +123,13 @@ impl Holder {
     /// Starts a worker with the group (its fd passed as the supervisor passes it) and waits
     /// until it has attached the blob.
     fn start_worker(&self) -> Child {
+        let child = self.spawn_worker();
+        let ready = self.path(&format!("ready.{}", child.id()));
+        wait_for("the worker's attach", || ready.exists());
+        child
+    }
+
+    fn spawn_worker(&self) -> Child {
         let held = self.group.try_clone_fd().unwrap();
         // Inheritable in the child only: cleared of CLOEXEC on this copy, closed after spawn.
         nix::fcntl::fcntl(
@@ -138,8 +145,6 @@ impl Holder {
             .spawn()
             .unwrap();
         drop(held);
-        let ready = self.path(&format!("ready.{}", child.id()));
-        wait_for("the worker's attach", || ready.exists());
         child
     }
 
@@ -274,4 +279,43 @@ fn an_event_read_but_never_recorded_fails_with_eio_at_the_takeover() {
     assert!(!ok, "the read succeeded ({} bytes)", out.len());
     assert!(out.is_empty(), "the read returned bytes");
     assert!(err.contains("Input/output error"), "{err}");
+}
+
+#[test]
+fn a_read_while_the_successor_attaches_the_blob_again_waits_for_it() {
+    let Some(h) = holder() else { return };
+    let first = h.start_worker();
+    kill(first);
+    // The successor's source is slow to open: its attach stays pending until the gate goes.
+    let gate = Fanotify::init(
+        InitFlags::FAN_CLASS_PRE_CONTENT | InitFlags::FAN_CLOEXEC,
+        EventFFlags::O_RDONLY,
+    )
+    .unwrap();
+    gate.mark(
+        MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_INODE,
+        MaskFlags::FAN_OPEN_PERM,
+        None,
+        Some(&h.path("src/blob")),
+    )
+    .unwrap();
+    let second = h.spawn_worker();
+    std::thread::sleep(Duration::from_millis(300));
+    // The blob file is still marked (the group outlived the first worker): this read raises
+    // an event the successor reads while its attach waits.
+    let done = reader(&h.path("cache/lazy/blob/blob"), 40, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        done.try_recv().is_err(),
+        "the read finished before the attach"
+    );
+    drop(gate);
+    let got = done.recv_timeout(Duration::from_secs(20));
+    kill(second);
+    let (ok, out, err) = got.expect("the read was never answered");
+    assert!(ok, "the read failed: {err}");
+    assert!(
+        out == h.data[40 * 4096..44 * 4096],
+        "the read saw other bytes than the blob's"
+    );
 }
