@@ -5,7 +5,10 @@
 //! our own `--supervise` parent.
 //!
 //! Keeping the device fd open across a daemon restart is what stops the kernel from
-//! withdrawing the cache (and, on demand, from failing every pending read with EIO).
+//! withdrawing the cache (and, on demand, from failing every pending read with EIO). The
+//! fanotify front end's group is kept the same way (name `fanotify`, or
+//! `CACHEFILESD_FANOTIFY_FD` from the supervisor): closing its last fd would allow every
+//! pending read, and readers would see zeros in unfilled ranges.
 
 use crate::device::DEVICE_PATH;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -15,6 +18,10 @@ use std::path::Path;
 pub const FD_NAME: &str = "cachefiles";
 /// Set by the supervisor for its worker: the inherited device fd number.
 pub const ENV_DEVICE_FD: &str = "CACHEFILESD_DEVICE_FD";
+/// The fanotify group's fd name in systemd's fd store.
+pub const GROUP_FD_NAME: &str = "fanotify";
+/// Set by the supervisor for its worker: the inherited fanotify group fd number.
+pub const ENV_GROUP_FD: &str = "CACHEFILESD_FANOTIFY_FD";
 /// A device fd passed in by whoever kept it open for us. It is always bound already: the
 /// supervisor binds before starting workers, and systemd only stores the fd after bind (see
 /// `ready`).
@@ -22,6 +29,8 @@ pub struct Inherited {
     pub fd: OwnedFd,
     /// Passed by our `--supervise` parent (which daemonised and owns the pid file).
     pub from_supervisor: bool,
+    /// The fanotify group kept with it, if any: checked by `Group::adopt` before use.
+    pub group: Option<OwnedFd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,16 +70,28 @@ fn env_fd(name: &str) -> Option<RawFd> {
         .filter(|&fd| fd > 2)
 }
 
+/// Takes ownership of an inherited fd named as a fanotify group, if it is open; whether it
+/// is one is `Group::adopt`'s to check.
+fn take_group_fd(fd: RawFd) -> Option<OwnedFd> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).ok()?;
+    // SAFETY: the fd is open (F_GETFD succeeded) and was handed to this process as the
+    // group; it is taken once, from the environment then cleared.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Takes the inherited device fd, if any: first the supervisor's, then systemd's fd store.
 /// An fd that is not /dev/cachefiles is an error: adopting it would send commands to it.
 pub fn inherited_device() -> Result<Option<Inherited>, NotTheDevice> {
     let device = Path::new(DEVICE_PATH);
+    let from_supervisor = env_fd(ENV_GROUP_FD);
+    std::env::remove_var(ENV_GROUP_FD);
     if let Some(fd) = env_fd(ENV_DEVICE_FD) {
         std::env::remove_var(ENV_DEVICE_FD);
         let fd = adopt_device_fd(fd, device, ENV_DEVICE_FD)?;
         return Ok(Some(Inherited {
             fd,
             from_supervisor: true,
+            group: from_supervisor.and_then(take_group_fd),
         }));
     }
     let fds = sd_notify::listen_fds_with_names().ok();
@@ -80,6 +101,11 @@ pub fn inherited_device() -> Result<Option<Inherited>, NotTheDevice> {
     let Some(fds) = fds else {
         return Ok(None);
     };
+    let fds: Vec<(RawFd, String)> = fds.collect();
+    let group = fds
+        .iter()
+        .find(|(_, name)| name == GROUP_FD_NAME)
+        .and_then(|(fd, _)| take_group_fd(*fd));
     let Some((fd, _)) = fds.into_iter().find(|(_, name)| name == FD_NAME) else {
         return Ok(None);
     };
@@ -87,7 +113,21 @@ pub fn inherited_device() -> Result<Option<Inherited>, NotTheDevice> {
     Ok(Some(Inherited {
         fd,
         from_supervisor: false,
+        group,
     }))
+}
+
+/// Keeps the fanotify group in systemd's fd store (beside the device, see `ready`).
+pub fn store_group(group: BorrowedFd<'_>) {
+    if let Err(e) = sd_notify::notify_with_fds(
+        &[
+            sd_notify::NotifyState::FdStore,
+            sd_notify::NotifyState::FdName(GROUP_FD_NAME),
+        ],
+        &[group],
+    ) {
+        log::warn!("cannot store the fanotify group with the service manager: {e}");
+    }
 }
 
 /// Tells systemd that the cache is bound (READY=1) and keeps the device fd in its fd store.

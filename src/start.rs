@@ -11,7 +11,8 @@ use crate::device::{CachefilesDevice, Device, DeviceError, DEVICE_PATH};
 use crate::engine::Serving;
 use crate::exit::Exit;
 use crate::lock::{lock_cache_dir, LockError};
-use crate::ondemand::fanotify::FanotifyError;
+use crate::ondemand::fanotify::{FanotifyError, Group};
+use crate::ondemand::inflight::INFLIGHT_PATH;
 use crate::ondemand::sourcemap::{FrontEndChoice, SourceMap};
 use crate::pidfile::{PidFile, PidFileError};
 use crate::proto::{Command, Limit};
@@ -153,8 +154,11 @@ pub fn run(options: &Options, logging: &Cell<bool>) -> Result<Exit, StartError> 
     if start == Start::Supervise {
         return run_supervisor(&config, options, serving);
     }
-    let device = inherited.map(|Inherited { fd, .. }| fd);
-    run_daemon(&config, options, start, device, serving)
+    let (device, group) = match inherited {
+        Some(Inherited { fd, group, .. }) => (Some(fd), group),
+        None => (None, None),
+    };
+    run_daemon(&config, options, start, device, group, serving)
 }
 
 /// The supervisor binds the cache itself, before dropping privileges: the kernel takes the
@@ -167,20 +171,38 @@ fn run_supervisor(
     let mut device = open_device()?;
     let serving = configure(config, &mut device, serving)?;
     record_bound(config);
-    if let Serving::Fanotify(..) = serving {
-        // Workers run without CAP_SYS_ADMIN, so the group would have to be made and held
-        // here, like the device; until then, refuse rather than serve blobs unmarked.
-        return Err(StartError::Supervisor(std::io::Error::other(
-            "--supervise does not support the fanotify front end yet; run without it",
-        )));
-    }
+    // Workers run without CAP_SYS_ADMIN: the group is made here and held like the device,
+    // so a worker's death never closes it (that would let pending reads see zeros).
+    let group = match &serving {
+        Serving::Fanotify(_, group) => {
+            let held = group.try_clone_fd().map_err(StartError::Supervisor)?;
+            // A record left there belongs to a group gone with its events: start empty.
+            let unread = crate::ondemand::inflight::Record {
+                unread: true,
+                ..Default::default()
+            };
+            if let Err(e) =
+                crate::ondemand::inflight::Writer::create(Path::new(INFLIGHT_PATH), unread)
+            {
+                log::warn!("{INFLIGHT_PATH}: {e}");
+            }
+            Some(held)
+        }
+        _ => None,
+    };
     log::info!("serving in {} mode", serving.name());
     let pidfile = start_service(options)?;
     drop_privileges()?;
     let exe = std::env::current_exe().map_err(StartError::Supervisor)?;
     let args = worker_args(std::env::args_os());
-    let exit = supervise::run(device.into_fd(), &exe, &args, RestartLimit::default())
-        .map_err(StartError::Supervisor);
+    let exit = supervise::run(
+        device.into_fd(),
+        group,
+        &exe,
+        &args,
+        RestartLimit::default(),
+    )
+    .map_err(StartError::Supervisor);
     remove_pidfile(pidfile);
     exit
 }
@@ -199,6 +221,7 @@ fn run_daemon(
     options: &Options,
     start: Start,
     handed: Option<std::os::fd::OwnedFd>,
+    mut group: Option<std::os::fd::OwnedFd>,
     serving: Serving,
 ) -> Result<Exit, StartError> {
     let was_handed = handed.is_some();
@@ -239,10 +262,14 @@ fn run_daemon(
     };
     let kept = matches!(taken, Some(Taken::Kept | Taken::KeptWithBoundLimits));
     if kept {
-        serving = restore(config, serving, &mut device)?;
+        serving = restore(config, serving, &mut device, &mut group)?;
     }
+    let serving = keep_group(serving, group);
     drop_privileges()?;
     service::ready(device.as_fd(), "cache bound");
+    if let (Serving::Fanotify(_, group), true) = (&serving, start.owns_the_service()) {
+        service::store_group(std::os::fd::AsFd::as_fd(&**group));
+    }
     log::info!("Daemon Started");
     let follow_limits = taken == Some(Taken::KeptWithBoundLimits);
     let result = serve(config, options, &mut device, serving, follow_limits);
@@ -412,11 +439,17 @@ fn restore(
     config: &Config,
     serving: Serving,
     device: &mut CachefilesDevice,
+    kept: &mut Option<std::os::fd::OwnedFd>,
 ) -> Result<Serving, StartError> {
     log::info!("taking over the bound cache {}", config.dir.value.display());
     let choice = match serving.frontend() {
         None => return Ok(serving),
-        Some(FrontEndChoice::Fanotify) => return Ok(serving.with_fanotify()?),
+        Some(FrontEndChoice::Fanotify) => {
+            return Ok(match serving {
+                Serving::OnDemand(map) => Serving::Fanotify(map, Box::new(take_group(kept)?)),
+                other => other,
+            })
+        }
         Some(choice) => choice,
     };
     match device.send(&Command::Restore) {
@@ -425,7 +458,7 @@ fn restore(
             // Bound classic by an earlier run that chose fanotify, or a kernel before 6.8
             // (which has no pre-content events either, so the group cannot be made).
             if choice == FrontEndChoice::Auto {
-                if let Ok(group) = crate::ondemand::fanotify::Group::new() {
+                if let Ok(group) = take_group(kept) {
                     return Ok(match serving {
                         Serving::OnDemand(map) => Serving::Fanotify(map, Box::new(group)),
                         other => other,
@@ -437,6 +470,45 @@ fn restore(
         Err(e) => return Err(e.into()),
     }
     Ok(serving)
+}
+
+/// The group kept for us (by our supervisor or the fd store) if it is one, else a new one
+/// (which needs CAP_SYS_ADMIN).
+fn take_group(kept: &mut Option<std::os::fd::OwnedFd>) -> Result<Group, StartError> {
+    if let Some(fd) = kept.take() {
+        match Group::adopt(fd) {
+            Ok(group) => return Ok(group),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+    Ok(Group::new()?)
+}
+
+/// Serving through fanotify: the group kept for us replaces one made at a (re)bind, and the
+/// record of events in flight is kept from now on (an adopted group first reads what its
+/// predecessor left). A kept group no longer served through is closed: its pending reads
+/// are allowed, so say so.
+fn keep_group(serving: Serving, kept: Option<std::os::fd::OwnedFd>) -> Serving {
+    match serving {
+        Serving::Fanotify(map, made) => {
+            let mut group = match kept.map(Group::adopt) {
+                Some(Ok(group)) => group,
+                Some(Err(e)) => {
+                    log::warn!("{e}");
+                    *made
+                }
+                None => *made,
+            };
+            group.keep_record(Path::new(INFLIGHT_PATH));
+            Serving::Fanotify(map, Box::new(group))
+        }
+        other => {
+            if kept.is_some() {
+                log::warn!("a fanotify group was kept for this daemon, which no longer serves through fanotify: closing it lets reads of blobs still mounted through unfilled ranges");
+            }
+            other
+        }
+    }
 }
 
 fn check_dir(config: &Config) -> Result<(), StartError> {

@@ -7,7 +7,7 @@
 //! given up on, as systemd's StartLimitBurst does.
 
 use crate::exit::Exit;
-use crate::service::ENV_DEVICE_FD;
+use crate::service::{ENV_DEVICE_FD, ENV_GROUP_FD};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -136,11 +136,13 @@ fn forward_signals(child_pid: Arc<AtomicI32>, terminating: Arc<AtomicBool>) -> s
     Ok(())
 }
 
-/// Runs workers (`exe` with `worker_args`, the device fd passed in `ENV_DEVICE_FD`) until one
-/// stops in a way a restart cannot fix or `limit` is reached. Returns the supervisor's own
-/// exit status.
+/// Runs workers (`exe` with `worker_args`, the device fd passed in `ENV_DEVICE_FD`, the
+/// fanotify group, if any, in `ENV_GROUP_FD`) until one stops in a way a restart cannot fix
+/// or `limit` is reached. Returns the supervisor's own exit status. Holding the group here is
+/// what keeps a dead worker's pending events pending (its successor answers them).
 pub fn run(
     device: OwnedFd,
+    group: Option<OwnedFd>,
     exe: &Path,
     worker_args: &[OsString],
     mut limit: RestartLimit,
@@ -151,11 +153,19 @@ pub fn run(
     loop {
         // The supervisor bound the cache before the first worker: every worker takes it over.
         inheritable(&device, true)?;
-        let spawned = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(worker_args)
-            .env(ENV_DEVICE_FD, device.as_raw_fd().to_string())
-            .spawn();
+            .env(ENV_DEVICE_FD, device.as_raw_fd().to_string());
+        if let Some(group) = &group {
+            inheritable(group, true)?;
+            command.env(ENV_GROUP_FD, group.as_raw_fd().to_string());
+        }
+        let spawned = command.spawn();
         inheritable(&device, false)?;
+        if let Some(group) = &group {
+            inheritable(group, false)?;
+        }
         let mut child = spawned?;
         child_pid.store(child.id() as i32, Ordering::SeqCst);
         if terminating.load(Ordering::SeqCst) {
@@ -183,7 +193,7 @@ pub fn run(
             return Ok(Exit::Os);
         };
         log::warn!(
-            "worker died (status {:?}, signal {:?}); restarting it in {delay:?} with the device fd held",
+            "worker died (status {:?}, signal {:?}); restarting it in {delay:?} with the device fd (and fanotify group) held",
             status.code(),
             status.signal()
         );
@@ -251,6 +261,7 @@ mod tests {
         let began = Instant::now();
         let exit = run(
             device,
+            None,
             Path::new("/bin/sh"),
             &["-c".into(), script.into()],
             limit,

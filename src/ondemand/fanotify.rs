@@ -11,11 +11,21 @@
 //! which a dropped job or a panic turns into FAN_DENY with EIO. Never zeros, never a hang.
 //!
 //! The group must outlive every mark: closing it allows all pending events (readers would see
-//! zeros in holes). Keeping it across a worker crash is the daemon's job (fd store), not this
-//! module's.
+//! zeros in holes). The daemon keeps it across a worker crash (the `--supervise` holder,
+//! systemd's fd store); a successor takes it with `Group::adopt` and `keep_record`, and
+//! `Lazy::new` then recovers what the dead worker owed, from `inflight`'s record: events it
+//! recorded are filled and allowed (the kernel matches a response by fd number only), every
+//! other fd number it could have held is denied with EIO (events read but not recorded), and
+//! the recorded blobs are attached again (their marks survived with the group). A recorded
+//! number is reserved in our fd table until answered, so a new event rarely gets it; when one
+//! does, the old event is denied first (the kernel answers the oldest event of a number).
+//! A re-attached blob's file is opened while marked, so its fills raise events of our own
+//! (allowed at once) and it is not completed by this worker: hashing it on the loop thread
+//! would wait on the loop itself.
 
 use super::engine::{Engine, OpenRequest};
 use super::fds::{AdoptError, KernelFd};
+use super::inflight::{self, Pending, Record};
 use super::pool::panic_message;
 use super::reply::{FrontEnd, ReadReply, Ticket};
 use super::sourcemap::{is_safe_name, Location};
@@ -59,6 +69,8 @@ pub enum FanotifyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the inherited fd {0} is not a fanotify pre-content group: refusing to adopt it")]
+    NotAGroup(i32),
 }
 
 /// What the group did without the engine (the engine counts fills and failures).
@@ -78,6 +90,11 @@ pub struct GroupStats {
     pub complete_at_attach: u64,
     /// Complete registry blobs whose bytes did not match their digest.
     pub digest_mismatches: u64,
+    /// Events a dead predecessor recorded, answered here.
+    pub recovered: u64,
+    /// Events a dead predecessor read but did not record (or whose number a new event
+    /// took), denied with EIO.
+    pub recovered_denied: u64,
 }
 
 /// A fanotify pre-content group and the blobs marked in it. Register its fd (`as_fd`) with
@@ -96,8 +113,27 @@ pub struct Group {
     complete: std::collections::HashSet<u32>,
     /// Blobs whose complete file did not match its digest: every read is denied.
     corrupt: std::collections::HashSet<u32>,
+    /// Blobs whose file was opened while marked (attached again by a successor): their fills
+    /// raise events of our own, so they are never read on the loop thread.
+    marked_at_open: std::collections::HashSet<u32>,
+    /// Each attached blob's name, for the record.
+    names: HashMap<u32, BlobKey>,
+    /// The record of what is in flight, once `keep_record` started it.
+    record: Option<inflight::Writer>,
+    /// What a dead predecessor left, until `Lazy::new` takes it.
+    recovered: Option<Record>,
+    /// Fd numbers of a predecessor's events not yet answered, each with the placeholder that
+    /// keeps the number out of our new events (when it was free here).
+    owed: HashMap<i32, Option<OwnedFd>>,
+    /// Files of blobs being attached again (marked already): their object id by inode.
+    reattaching: HashMap<(u64, u64), u32>,
+    /// Events on those files, served once their attach settles (`Lazy::settle`).
+    parked: Vec<Parked>,
     pub stats: GroupStats,
 }
+
+/// An event waiting for its blob's attach: object id, range, reply, fd number.
+type Parked = (u32, Option<wire::Range>, ReadReply<Fanotify>, i32);
 
 impl AsFd for Group {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -116,7 +152,26 @@ impl Group {
             EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
         )
         .map_err(FanotifyError::Init)?;
-        Ok(Group {
+        Ok(Group::new_with(fan))
+    }
+
+    /// Takes a group kept open for us (by our supervisor or the service manager's fd store):
+    /// only a fanotify pre-content group is adopted, anything else is refused (and closed:
+    /// the caller gave it up).
+    pub fn adopt(fd: OwnedFd) -> Result<Group, FanotifyError> {
+        if !is_pre_content_group(fd.as_fd()) {
+            return Err(FanotifyError::NotAGroup(fd.as_raw_fd()));
+        }
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: `into_raw_fd` hands over the only owner of this open fd.
+        let fan = unsafe { NixGroup::from_raw_fd(fd.into_raw_fd()) };
+        let mut group = Group::new_with(fan);
+        group.recovered = Some(Record::default());
+        Ok(group)
+    }
+
+    fn new_with(fan: NixGroup) -> Group {
+        Group {
             fan,
             blobs: HashMap::new(),
             next_id: 1,
@@ -124,8 +179,100 @@ impl Group {
             files: HashMap::new(),
             complete: Default::default(),
             corrupt: Default::default(),
+            marked_at_open: Default::default(),
+            names: HashMap::new(),
+            record: None,
+            recovered: None,
+            owed: HashMap::new(),
+            reattaching: HashMap::new(),
+            parked: Vec::new(),
             stats: GroupStats::default(),
-        })
+        }
+    }
+
+    /// A second fd of the group, for whoever keeps it open across our death.
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        self.fan.as_fd().try_clone_to_owned()
+    }
+
+    /// Keeps the record of what is in flight at `path` from now on. A group made here
+    /// starts an empty record (one left there belongs to a group gone with its pending
+    /// events); an adopted one first reads what its predecessor left, for `Lazy::new`.
+    pub fn keep_record(&mut self, path: &Path) {
+        let start = match self.recovered.as_mut() {
+            Some(left) => {
+                *left = inflight::load(path).unwrap_or_default();
+                // From now on this process reads events: a successor sweeps.
+                Record {
+                    unread: false,
+                    ..left.clone()
+                }
+            }
+            None => Record::default(),
+        };
+        match inflight::Writer::create(path, start) {
+            Ok(w) => self.record = Some(w),
+            Err(e) => log::warn!(
+                "{}: {e}: a successor cannot recover the events in flight",
+                path.display()
+            ),
+        }
+    }
+
+    fn save_record(&mut self, change: impl FnOnce(&mut Record) -> bool) {
+        if let Some(w) = self.record.as_mut() {
+            if change(&mut w.record) {
+                w.save();
+            }
+        }
+    }
+
+    /// Writes a deny for every fd number below `limit` but the recorded ones: the events a
+    /// dead predecessor read and did not record are released with EIO (most numbers name no
+    /// event: ENOENT, nothing happens). Must run before this process reads any event.
+    fn deny_unrecorded(&mut self, limit: i32, recorded: &Record) -> u64 {
+        let mut denied = 0;
+        for fd in 0..limit {
+            if recorded.events.contains_key(&fd) {
+                continue;
+            }
+            let response = Response::new(fd, Verdict::Deny(Errno::EIO as u8));
+            if nix::unistd::write(&self.fan, response.as_bytes()).is_ok() {
+                denied += 1;
+            }
+        }
+        self.stats.recovered_denied += denied;
+        denied
+    }
+
+    /// Keeps fd number `fd` (a predecessor's pending event) out of our new events while it
+    /// is owed: a placeholder takes the number when it is free here.
+    fn owe(&mut self, fd: i32) {
+        let placeholder = nix::fcntl::fcntl(
+            self.fan.as_fd().as_raw_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(fd),
+        )
+        .ok()
+        .map(|n| {
+            use std::os::fd::FromRawFd;
+            // SAFETY: F_DUPFD just made this fd for us; nothing else owns it.
+            unsafe { OwnedFd::from_raw_fd(n) }
+        });
+        // Taken by another of our fds: it holds the number as well as long as it is open.
+        let placeholder = placeholder.filter(|p| p.as_raw_fd() == fd);
+        self.owed.insert(fd, placeholder);
+    }
+
+    /// A new event got fd number `fd` while a predecessor's event of that number is owed:
+    /// the kernel answers the older first, so it is denied now (EIO, never zeros) and its
+    /// fill, when done, answers nothing.
+    fn settle_collision(&mut self, fd: i32) {
+        if self.owed.remove(&fd).is_some() {
+            log::warn!("a new event took fd number {fd} of an event owed since the takeover: failing the old one");
+            self.respond(fd, Verdict::Deny(Errno::EIO as u8));
+            self.stats.recovered_denied += 1;
+            self.save_record(|r| r.events.remove(&fd).is_some());
+        }
     }
 
     /// The object id of the blob attached with this file, if any.
@@ -172,7 +319,10 @@ impl Group {
     /// digest, then the mark goes and the completion is recorded for the next attach (a
     /// restart). A mismatch keeps the mark and fails every read of the blob.
     fn check_complete(&mut self, object_id: u32) {
-        if self.complete.contains(&object_id) || self.corrupt.contains(&object_id) {
+        if self.complete.contains(&object_id)
+            || self.corrupt.contains(&object_id)
+            || self.marked_at_open.contains(&object_id)
+        {
             return;
         }
         let Some((file, digest)) = self.files.get(&object_id) else {
@@ -242,6 +392,27 @@ fn sha256_of(fd: BorrowedFd<'_>, len: u64) -> Result<String, Errno> {
     Ok(s)
 }
 
+/// Whether `fd` is a fanotify group of class FAN_CLASS_PRE_CONTENT: its fdinfo starts with
+/// `fanotify flags:HEX`, and the class bits of those flags say which.
+pub fn is_pre_content_group(fd: BorrowedFd<'_>) -> bool {
+    let Ok(info) = std::fs::read(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())) else {
+        return false;
+    };
+    pre_content_flags(&info)
+}
+
+/// The parsing half of `is_pre_content_group`.
+fn pre_content_flags(fdinfo: &[u8]) -> bool {
+    const FAN_CLASS_MASK: u32 = 0x0c;
+    const FAN_CLASS_PRE_CONTENT: u32 = 0x08;
+    let text = String::from_utf8_lossy(&fdinfo[..fdinfo.len().min(64 << 10)]);
+    text.lines()
+        .find_map(|l| l.strip_prefix("fanotify flags:"))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .is_some_and(|flags| flags & FAN_CLASS_MASK == FAN_CLASS_PRE_CONTENT)
+}
+
 fn inode_key(fd: BorrowedFd<'_>) -> nix::Result<(u64, u64)> {
     let st = fstat(fd.as_raw_fd())?;
     Ok((st.st_dev, st.st_ino))
@@ -254,13 +425,20 @@ pub struct AttachTicket {
     path: PathBuf,
     /// `sha256:<hex>` for a registry blob: checked once the file holds it whole.
     digest: Option<String>,
+    /// Attached again by a successor: the file is marked already (see the module's comment).
+    reattach: bool,
 }
 
 /// A pre-content event waiting for its answer. Its fd is closed only after the answer: the
-/// kernel finds the pending event by this fd number.
+/// kernel finds the pending event by this fd number. A predecessor's event has no fd here,
+/// only its number.
 pub struct EventTicket {
-    fd: KernelFd,
+    fd: Option<KernelFd>,
+    number: i32,
 }
+
+/// A predecessor's events are keyed apart from ours, which may reuse their numbers.
+const OWED_KEY_BASE: u64 = 1 << 40;
 
 impl Ticket for AttachTicket {
     fn key(&self) -> u64 {
@@ -270,7 +448,10 @@ impl Ticket for AttachTicket {
 
 impl Ticket for EventTicket {
     fn key(&self) -> u64 {
-        self.fd.as_fd().as_raw_fd() as u64
+        match self.fd {
+            Some(_) => self.number as u64,
+            None => OWED_KEY_BASE + self.number as u64,
+        }
     }
 }
 
@@ -297,7 +478,9 @@ impl FrontEnd for Fanotify {
             file,
             path,
             digest,
+            reattach,
         } = open;
+        group.reattaching.retain(|_, id| *id != object_id);
         let size = match result {
             Ok(size) => size,
             Err(errno) => {
@@ -310,6 +493,11 @@ impl FrontEnd for Fanotify {
         let prepared = (|| {
             let current = fstat(fd.as_raw_fd())?.st_size as u64;
             let recorded = xattr::get_named(&fd.as_raw_fd(), COMPLETE_XATTR)?;
+            if current != len && reattach {
+                // Marked already: truncating would raise an event this very thread must
+                // answer. Another version of the blob: it is attached afresh after a detach.
+                return Err(Errno::ESTALE);
+            }
             if current != len {
                 // Another blob's bytes, or a different version of this one: start empty.
                 xattr::remove_named(&fd.as_raw_fd(), COMPLETE_XATTR)?;
@@ -333,6 +521,8 @@ impl FrontEnd for Fanotify {
                 if complete {
                     group.complete.insert(object_id);
                     group.stats.complete_at_attach += 1;
+                } else if reattach {
+                    group.marked_at_open.insert(object_id);
                 }
                 Ok(Some(file))
             }
@@ -353,9 +543,18 @@ impl FrontEnd for Fanotify {
             Ok(_) => Verdict::Allow,
             Err(errno) => Verdict::Deny(deny_errno(errno)),
         };
-        group.respond(read.fd.as_fd().as_raw_fd(), verdict);
+        let number = read.number;
+        if read.fd.is_none() {
+            if group.owed.remove(&number).is_none() {
+                // Denied already: a new event took its number (`settle_collision`).
+                return Ok(());
+            }
+            group.stats.recovered += 1;
+        }
+        group.respond(number, verdict);
+        group.save_record(|r| r.events.remove(&number).is_some());
         if verdict == Verdict::Allow {
-            if let Some(id) = group.attached(read.fd.as_fd()) {
+            if let Some(id) = read.fd.as_ref().and_then(|fd| group.attached(fd.as_fd())) {
                 group.check_complete(id);
             }
         }
@@ -408,11 +607,30 @@ impl Engine<Fanotify> {
         domain: &[u8],
         fsid: &[u8],
     ) -> u32 {
+        self.attach_file_as(group, file, path, domain, fsid, false)
+    }
+
+    /// `attach_file`; `reattach`: the file was opened while marked (a successor attaching
+    /// what its predecessor had attached).
+    pub fn attach_file_as(
+        &mut self,
+        group: &mut Group,
+        file: std::fs::File,
+        path: &Path,
+        domain: &[u8],
+        fsid: &[u8],
+        reattach: bool,
+    ) -> u32 {
         if let Some(id) = group.attached(&file) {
             return id;
         }
         self.stats.opens += 1;
         let object_id = self.free_object_id(group);
+        if reattach {
+            if let Ok(key) = inode_key(file.as_fd()) {
+                group.reattaching.insert(key, object_id);
+            }
+        }
         let file = self.fds().own(OwnedFd::from(file));
         let digest = std::str::from_utf8(domain)
             .ok()
@@ -428,6 +646,7 @@ impl Engine<Fanotify> {
             file,
             path: path.to_owned(),
             digest,
+            reattach,
         });
         let request = OpenRequest {
             object_id,
@@ -469,6 +688,10 @@ impl Engine<Fanotify> {
             }
         }
         group.corrupt.remove(&object_id);
+        group.marked_at_open.remove(&object_id);
+        if let Some(key) = group.names.remove(&object_id) {
+            group.save_record(|r| r.blobs.remove(&key));
+        }
         group.files.remove(&object_id);
         group.blobs.retain(|_, id| *id != object_id);
         self.close(object_id);
@@ -487,6 +710,15 @@ impl Engine<Fanotify> {
             };
             for item in wire::events(&buf[..n]) {
                 group.stats.events += 1;
+                if !group.owed.is_empty() {
+                    let fd = match &item {
+                        Ok(event) => Some(event.fd),
+                        Err(e) => e.fd,
+                    };
+                    if let Some(fd) = fd.filter(|fd| *fd >= 0) {
+                        group.settle_collision(fd);
+                    }
+                }
                 match item {
                     Ok(event) => self.dispatch(group, event),
                     Err(e) => {
@@ -535,7 +767,10 @@ impl Engine<Fanotify> {
         match self.adopt(fd) {
             Ok(owned) => {
                 if mask & FAN_PRE_ACCESS != 0 {
-                    let reply = self.read_reply(EventTicket { fd: owned });
+                    let reply = self.read_reply(EventTicket {
+                        number: fd,
+                        fd: Some(owned),
+                    });
                     let _ = reply.answer(group, Err(Errno::EIO));
                 }
             }
@@ -566,7 +801,11 @@ impl Engine<Fanotify> {
             Err(_) => return self.refuse(group, event.fd, event.mask),
         };
         let key = inode_key(fd.as_fd());
-        let reply = self.read_reply(EventTicket { fd });
+        let number = event.fd;
+        let reply = self.read_reply(EventTicket {
+            fd: Some(fd),
+            number,
+        });
         *guarded = true;
         if event.pid == group.pid {
             // Our own fill through an fd opened after the mark: allowing it is what lets the
@@ -579,6 +818,16 @@ impl Engine<Fanotify> {
             .ok()
             .and_then(|k| group.blobs.get(&k).copied())
             .and_then(|id| self.objects().get(&id).map(|o| (id, o.fd.clone())));
+        let waiting = key
+            .as_ref()
+            .ok()
+            .and_then(|k| group.reattaching.get(k).copied());
+        if let (None, Some(object_id)) = (&object, waiting) {
+            // Marked by our predecessor, attached again by us: served once the source
+            // answers (a denial now would fail a read that will be served in a moment).
+            group.parked.push((object_id, event.range, reply, number));
+            return;
+        }
         let Some((object_id, file)) = object else {
             group.stats.unknown += 1;
             log::warn!("fanotify event for a file no attached blob has; denying it");
@@ -589,7 +838,22 @@ impl Engine<Fanotify> {
             let _ = reply.answer(group, Err(Errno::EIO));
             return;
         }
-        self.serve(group, object_id, &file, event.range, reply);
+        self.serve(group, object_id, &file, event.range, reply, number);
+    }
+
+    /// Serves an event a dead predecessor recorded (fd `number`, kept out of our own events
+    /// by `Group::owe`) on the blob now attached as `object_id`: filled, then allowed.
+    pub fn recover(&mut self, group: &mut Group, object_id: u32, number: i32, p: &Pending) {
+        let reply = self.read_reply(EventTicket { fd: None, number });
+        let Some(file) = self.objects().get(&object_id).map(|o| o.fd.clone()) else {
+            let _ = reply.answer(group, Err(Errno::EIO));
+            return;
+        };
+        let range = wire::Range {
+            offset: p.offset,
+            count: p.count,
+        };
+        self.serve(group, object_id, &file, Some(range), reply, number);
     }
 
     /// Allows a range already in the file at once; starts filling any other.
@@ -600,6 +864,7 @@ impl Engine<Fanotify> {
         file: &KernelFd,
         range: Option<wire::Range>,
         reply: ReadReply<Fanotify>,
+        number: i32,
     ) {
         let len = match fstat(file.as_fd().as_raw_fd()) {
             Ok(st) => st.st_size as u64,
@@ -618,6 +883,18 @@ impl Engine<Fanotify> {
             return;
         }
         self.stats.reads += 1;
+        // Recorded before the work starts, for a successor should we die before answering.
+        if let Some(blob) = group.names.get(&object_id).cloned() {
+            let pending = Pending {
+                blob,
+                offset: off,
+                count: end - off,
+            };
+            group.save_record(|r| {
+                r.events.insert(number, pending);
+                true
+            });
+        }
         self.read(object_id, off, end - off, reply);
     }
 }
@@ -639,7 +916,7 @@ pub const LAZY_DIR: &str = "lazy";
 /// A blob's names as `attach` takes them, each checked once: safe in a path component and
 /// in the source map's substitutions (`{domain}` is the fsid when none is given, as EROFS's
 /// volume keys have it).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlobKey {
     domain: Name,
     fsid: Name,
@@ -701,6 +978,8 @@ pub struct Lazy {
     /// Attaches that failed since last asked about: the next `attach` of the key reports
     /// the failure once, the one after tries again.
     failed: HashMap<BlobKey, String>,
+    /// A dead predecessor's events, waiting for their blob's attach to settle.
+    recovering: std::collections::BTreeMap<i32, Pending>,
     pub stats: AttachStats,
 }
 
@@ -711,14 +990,88 @@ impl Lazy {
         wake: super::reply::Wake,
         root: &Path,
     ) -> Lazy {
-        Lazy {
+        let mut group = group;
+        let left = group.recovered.take();
+        let mut lazy = Lazy {
             engine: Engine::new(map, wake),
             group,
             root: root.to_owned(),
             attached: HashMap::new(),
             pending: HashMap::new(),
             failed: HashMap::new(),
+            recovering: Default::default(),
             stats: AttachStats::default(),
+        };
+        if let Some(left) = left {
+            lazy.recover(left);
+        }
+        lazy
+    }
+
+    /// Takes over what a dead predecessor owed (its group adopted, `Group::keep_record`):
+    /// before any event is read, every fd number it could have held but did not record is
+    /// denied, the recorded ones are kept out of our new events, and its blobs are attached
+    /// again; each recorded event is served once its blob is (`settle`).
+    fn recover(&mut self, left: Record) {
+        if left.unread {
+            log::info!("fanotify group taken over from the process that made it: nothing owed");
+        } else {
+            let limit = fd_limit();
+            let started = std::time::Instant::now();
+            // ~2 µs a number: a second or two at LimitNOFILE=1048576, once per crash.
+            let denied = self.group.deny_unrecorded(limit, &left);
+            log::info!(
+                "fanotify group taken over: {} blob(s) and {} event(s) in flight recorded; {denied} unrecorded event(s) failed (fd numbers below {limit} swept in {:?})",
+                left.blobs.len(),
+                left.events.len(),
+                started.elapsed()
+            );
+        }
+        for fd in left.events.keys() {
+            self.group.owe(*fd);
+        }
+        let blobs: std::collections::BTreeSet<BlobKey> = (left.blobs.iter())
+            .chain(left.events.values().map(|p| &p.blob))
+            .cloned()
+            .collect();
+        for key in &blobs {
+            if let Attach::Failed(e) = self.attach_as(key, true) {
+                log::warn!("{e}");
+            }
+        }
+        // Only now: `settle` serves each event whose blob is no longer pending.
+        self.recovering = left.events;
+        self.settle();
+    }
+
+    /// Serves or fails each recovered event whose blob's attach has settled.
+    fn serve_recovered(&mut self) {
+        let settled: Vec<i32> = (self.recovering.iter())
+            .filter(|(_, p)| !self.pending.contains_key(&p.blob))
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in settled {
+            let Some(p) = self.recovering.remove(&fd) else {
+                continue;
+            };
+            match self.attached.get(&p.blob) {
+                Some((id, _)) => {
+                    let id = *id;
+                    self.engine.recover(&mut self.group, id, fd, &p);
+                }
+                None => {
+                    log::warn!(
+                        "fsid {} (domain {}) cannot be attached again: its read in flight at the takeover fails",
+                        p.blob.fsid(),
+                        p.blob.domain()
+                    );
+                    let reply = self.engine.read_reply(EventTicket {
+                        fd: None,
+                        number: fd,
+                    });
+                    let _ = reply.answer(&mut self.group, Err(Errno::EIO));
+                }
+            }
         }
     }
 
@@ -732,6 +1085,10 @@ impl Lazy {
     /// Attaches `key` (or tells how its attach stands): creates or reuses its sparse file
     /// through the cache-directory layer (validated names, no symlink followed).
     pub fn attach(&mut self, key: &BlobKey) -> Attach {
+        self.attach_as(key, false)
+    }
+
+    fn attach_as(&mut self, key: &BlobKey, reattach: bool) -> Attach {
         self.settle();
         if let Some((_, path)) = self.attached.get(key) {
             return Attach::Ready(path.clone());
@@ -749,12 +1106,13 @@ impl Lazy {
                 return Attach::Failed(e);
             }
         };
-        let id = self.engine.attach_file(
+        let id = self.engine.attach_file_as(
             &mut self.group,
             file,
             &path,
             key.domain.as_bytes(),
             key.fsid.as_bytes(),
+            reattach,
         );
         self.stats.attaches += 1;
         self.pending.insert(key.clone(), (id, path));
@@ -817,8 +1175,13 @@ impl Lazy {
                     key.fsid(),
                     key.domain()
                 );
+                self.group.names.insert(id, key.clone());
+                let recorded = key.clone();
+                self.group.save_record(|r| r.blobs.insert(recorded));
                 self.attached.insert(key, (id, path));
             } else {
+                let recorded = key.clone();
+                self.group.save_record(|r| r.blobs.remove(&recorded));
                 self.stats.attaches_failed += 1;
                 self.failed.insert(
                     key.clone(),
@@ -828,6 +1191,33 @@ impl Lazy {
                         key.domain()
                     ),
                 );
+            }
+        }
+        if !self.recovering.is_empty() {
+            self.serve_recovered();
+        }
+        if !self.group.parked.is_empty() {
+            self.serve_parked();
+        }
+    }
+
+    /// Serves the events parked while their blob was attached again, once it is (or fails
+    /// them when it cannot be).
+    fn serve_parked(&mut self) {
+        let parked = std::mem::take(&mut self.group.parked);
+        for (object_id, range, reply, number) in parked {
+            if self.engine.attaching(object_id) {
+                self.group.parked.push((object_id, range, reply, number));
+                continue;
+            }
+            match self.engine.objects().get(&object_id).map(|o| o.fd.clone()) {
+                Some(file) => {
+                    self.engine
+                        .serve(&mut self.group, object_id, &file, range, reply, number)
+                }
+                None => {
+                    let _ = reply.answer(&mut self.group, Err(Errno::EIO));
+                }
             }
         }
     }
@@ -926,13 +1316,13 @@ impl Lazy {
 }
 
 impl Drop for Lazy {
-    /// The group closes with the daemon, and the kernel then lets every read through: a
-    /// mounted blob that is not complete would show zeros in its holes. Say which.
+    /// Once its last fd closes, the kernel lets every read through: a mounted blob that is
+    /// not complete would show zeros in its holes. Say which.
     fn drop(&mut self) {
         for (key, (id, path)) in &self.attached {
             if !self.group.is_complete(*id) {
                 log::error!(
-                    "{} (fsid {}) is still attached and incomplete: unmount it; without the daemon its unfilled ranges read as zeros",
+                    "{} (fsid {}) is still attached and incomplete: unless the group is kept for a successor (--supervise, the fd store), unmount it: its unfilled ranges read as zeros once the group is closed",
                     path.display(),
                     key.fsid()
                 );
@@ -941,9 +1331,66 @@ impl Drop for Lazy {
     }
 }
 
+/// The fd numbers a process of ours can hold: its open-file limit (raised to the hard limit
+/// at start, the same for a predecessor), capped.
+fn fd_limit() -> i32 {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    soft.min(1 << 20) as i32
+}
+
 /// What `detach` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detach {
     Path(PathBuf),
     Key(BlobKey),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_pre_content_group_is_recognised_in_fdinfo() {
+        let info = |flags: &str| {
+            format!("pos:\t0\nflags:\t02004002\nmnt_id:\t15\nino:\t1057\nfanotify flags:{flags} event-flags:8002\nfanotify ino:d dev:fd00 mflags:0 mask:100000 ignored_mask:0\n")
+        };
+        // FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE, as made.
+        assert!(pre_content_flags(info("1b").as_bytes()));
+        assert!(pre_content_flags(info("8").as_bytes()));
+        // FAN_CLASS_NOTIF, FAN_CLASS_CONTENT, both class bits (no such class).
+        for flags in ["0", "13", "4", "c", "", "zz", "-8"] {
+            assert!(!pre_content_flags(info(flags).as_bytes()), "{flags:?}");
+        }
+        // Not a fanotify fd at all (an inotify one, a plain file).
+        assert!(!pre_content_flags(
+            b"pos:\t0\nflags:\t02004000\nmnt_id:\t15\ninotify wd:1 ino:2 sdev:3 mask:8 ignored_mask:0\n"
+        ));
+        assert!(!pre_content_flags(
+            b"pos:\t0\nflags:\t0100000\nmnt_id:\t24\n"
+        ));
+    }
+
+    #[test]
+    fn adopt_refuses_what_is_not_a_pre_content_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let file: OwnedFd = std::fs::File::create(dir.path().join("f")).unwrap().into();
+        assert!(matches!(
+            Group::adopt(file),
+            Err(FanotifyError::NotAGroup(_))
+        ));
+        let (pipe, _w) = nix::unistd::pipe().unwrap();
+        assert!(matches!(
+            Group::adopt(pipe),
+            Err(FanotifyError::NotAGroup(_))
+        ));
+        // A notification-class group is a fanotify fd, but answers no permission event.
+        if let Ok(notif) = NixGroup::init(InitFlags::FAN_CLASS_NOTIF, EventFFlags::O_RDONLY) {
+            let fd = notif.as_fd().try_clone_to_owned().unwrap();
+            assert!(matches!(Group::adopt(fd), Err(FanotifyError::NotAGroup(_))));
+        }
+        if let Ok(made) = Group::new() {
+            assert!(Group::adopt(made.try_clone_fd().unwrap()).is_ok());
+        }
+    }
 }

@@ -18,6 +18,8 @@
 //! - `fanotify`: the front end for kernels without on-demand cachefiles (7.2+): a sparse file
 //!   per attached blob with a FAN_PRE_ACCESS mark; events answered FAN_ALLOW once filled, or
 //!   FAN_DENY with EIO.
+//! - `inflight`: the fanotify front end's record of attached blobs and events in flight, which
+//!   a successor adopting the kept group answers.
 //!
 //! Adding a front end: implement `reply::FrontEnd` for a new type with tickets that carry
 //! what its answer needs, and give `Engine<ThatType>` a method that reads the kernel's events
@@ -30,6 +32,7 @@ pub mod engine;
 pub mod fanotify;
 pub mod fds;
 pub mod fill;
+pub mod inflight;
 mod pool;
 pub mod prefetch;
 pub mod readahead;
