@@ -130,12 +130,16 @@ pub fn store_group(group: BorrowedFd<'_>) {
     }
 }
 
-/// Tells systemd that the cache is bound (READY=1) and keeps the device fd in its fd store.
-pub fn ready(device: BorrowedFd<'_>, status: &str) {
+/// Tells systemd that the cache is bound (READY=1) and, with `store`, keeps the device fd in
+/// its fd store.
+pub fn ready(device: BorrowedFd<'_>, status: &str, store: bool) {
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(status),
     ]);
+    if !store {
+        return;
+    }
     if let Err(e) = sd_notify::notify_with_fds(
         &[
             sd_notify::NotifyState::FdStore,

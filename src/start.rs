@@ -264,11 +264,17 @@ fn run_daemon(
     if kept {
         serving = restore(config, serving, &mut device, &mut group)?;
     }
-    let serving = keep_group(serving, group);
+    let (serving, group_adopted) = keep_group(serving, group);
     drop_privileges()?;
-    service::ready(device.as_fd(), "cache bound");
+    // What the service manager handed back is still in its store: storing it again fails
+    // (systemd checks FileDescriptorStoreMax before it looks for duplicates) and logs an
+    // error at every restart.
+    let from_store = start == Start::Takeover;
+    service::ready(device.as_fd(), "cache bound", !(from_store && kept));
     if let (Serving::Fanotify(_, group), true) = (&serving, start.owns_the_service()) {
-        service::store_group(std::os::fd::AsFd::as_fd(&**group));
+        if !(from_store && group_adopted) {
+            service::store_group(std::os::fd::AsFd::as_fd(&**group));
+        }
     }
     log::info!("Daemon Started");
     let follow_limits = taken == Some(Taken::KeptWithBoundLimits);
@@ -488,25 +494,27 @@ fn take_group(kept: &mut Option<std::os::fd::OwnedFd>) -> Result<Group, StartErr
 /// record of events in flight is kept from now on (an adopted group first reads what its
 /// predecessor left). A kept group no longer served through is closed: its pending reads
 /// are allowed, so say so.
-fn keep_group(serving: Serving, kept: Option<std::os::fd::OwnedFd>) -> Serving {
+/// The serving, with the kept group in place of the one made if there is one; true if the
+/// kept group was adopted.
+fn keep_group(serving: Serving, kept: Option<std::os::fd::OwnedFd>) -> (Serving, bool) {
     match serving {
         Serving::Fanotify(map, made) => {
-            let mut group = match kept.map(Group::adopt) {
-                Some(Ok(group)) => group,
+            let (mut group, adopted) = match kept.map(Group::adopt) {
+                Some(Ok(group)) => (group, true),
                 Some(Err(e)) => {
                     log::warn!("{e}");
-                    *made
+                    (*made, false)
                 }
-                None => *made,
+                None => (*made, false),
             };
             group.keep_record(Path::new(INFLIGHT_PATH));
-            Serving::Fanotify(map, Box::new(group))
+            (Serving::Fanotify(map, Box::new(group)), adopted)
         }
         other => {
             if kept.is_some() {
                 log::warn!("a fanotify group was kept for this daemon, which no longer serves through fanotify: closing it lets reads of blobs still mounted through unfilled ranges");
             }
-            other
+            (other, false)
         }
     }
 }
