@@ -179,17 +179,27 @@ fn split_scheme(url: &str) -> Option<(&str, &str)> {
 }
 
 /// A URL fit for logs and error messages: no user info, no query (pre-signed blob storage
-/// URLs carry their signature there) and no fragment.
+/// URLs carry their signature there) and no fragment. It is also given what is not a URL yet
+/// (a proxy setting without its scheme), and a password typed into a setting is not escaped:
+/// it may hold `/`, `?`, `#` or `://`. So everything up to the last `@` goes, before the
+/// query is looked for; a path holding an `@` loses more than it must, never a secret.
 pub fn redact(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or("");
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find('/').unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(end);
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            (Some(scheme), rest)
         }
-        None => url.to_string(),
+        _ => (None, url),
+    };
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest.to_string(),
     }
 }
 
@@ -271,6 +281,25 @@ mod tests {
         assert!(redirect_target("http://r/x", "http://cdn/y").is_ok());
         assert!(redirect_target("http://r/x", "https://cdn/y").is_ok());
         assert!(redirect_target("http://r/x", "file:///etc/passwd").is_err());
+    }
+
+    #[test]
+    fn redaction_drops_every_password() {
+        // A password is whatever stands before the last `@`, and may hold `/`, `?`, `#` or
+        // `://` unescaped: none of it may reach a message, with or without a scheme.
+        for (url, shown) in [
+            ("http://u:hunter2@proxy:3128", "http://proxy:3128"),
+            ("u:hunter2@proxy:3128", "proxy:3128"),
+            ("http://u:hun?ter2@proxy:3128", "http://proxy:3128"),
+            ("http://u:hun#ter2@proxy:3128/", "http://proxy:3128/"),
+            ("http://u:hun/ter2@proxy:3128/p", "http://proxy:3128/p"),
+            ("u:hun://ter2@proxy", "proxy"),
+            ("https://r.test/v2/a?sig=hunter2", "https://r.test/v2/a"),
+        ] {
+            let r = redact(url);
+            assert!(!r.contains("hunter2") && !r.contains("hun"), "{url} -> {r}");
+            assert_eq!(r, shown, "{url}");
+        }
     }
 
     proptest::proptest! {
