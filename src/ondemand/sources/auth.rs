@@ -276,7 +276,26 @@ pub fn run_helper(name: &str, registry: &str) -> Result<Option<Credential>, Auth
     {
         return Err(err("not a valid helper name".into()));
     }
-    let mut child = Command::new(format!("docker-credential-{name}"))
+    run_program(
+        name,
+        std::ffi::OsStr::new(&format!("docker-credential-{name}")),
+        registry,
+        HELPER_TIMEOUT,
+    )
+}
+
+/// `run_helper` with the program to run (found on PATH unless a path) and its time limit.
+fn run_program(
+    name: &str,
+    program: &std::ffi::OsStr,
+    registry: &str,
+    timeout: Duration,
+) -> Result<Option<Credential>, AuthError> {
+    let err = |message: String| AuthError::Helper {
+        helper: name.to_string(),
+        message,
+    };
+    let mut child = Command::new(program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -288,31 +307,43 @@ pub fn run_helper(name: &str, registry: &str) -> Result<Option<Credential>, Auth
         // A helper that exits without reading is judged by its answer below.
         let _ = stdin.write_all(registry.as_bytes());
     }
+    // Read here, non-blocking, between polls of the helper: a child it leaves behind (an
+    // agent it started) may hold the pipe open for ever, so its end is not waited for.
+    // What the helper wrote before exiting is in the pipe once it has exited.
     let mut stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = (&mut stdout)
-            .take(MAX_CREDENTIAL_BYTES)
-            .read_to_end(&mut out);
-        out
-    });
-    let deadline = Instant::now() + HELPER_TIMEOUT;
+    let nonblocking = rustix::fs::fcntl_getfl(&stdout)
+        .and_then(|fl| rustix::fs::fcntl_setfl(&stdout, fl | rustix::fs::OFlags::NONBLOCK));
+    if let Err(e) = nonblocking {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(err(format!("cannot read its answer: {e}")));
+    }
+    let mut out = Vec::new();
+    let mut reading = true;
+    let deadline = Instant::now() + timeout;
     let status = loop {
+        if reading {
+            reading = read_available(&mut stdout, &mut out);
+        }
         match child.try_wait() {
-            Ok(Some(s)) => break s,
+            Ok(Some(s)) => {
+                if reading {
+                    read_available(&mut stdout, &mut out);
+                }
+                break s;
+            }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(err(format!(
                     "no answer within {} s; killed",
-                    HELPER_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 )));
             }
             Err(e) => return Err(err(e.to_string())),
         }
     };
-    let out = reader.join().unwrap_or_default();
     if !status.success() {
         // docker's helpers say this on stdout; anything else is not quoted (it may hold a
         // secret).
@@ -337,6 +368,26 @@ pub fn run_helper(name: &str, registry: &str) -> Result<Option<Credential>, Auth
             password: Secret(secret.to_string()),
         }
     }))
+}
+
+/// Reads what a non-blocking pipe holds into `out`, up to [`MAX_CREDENTIAL_BYTES`]; false
+/// once nothing more is to be read from it (closed, failed or over the bound).
+fn read_available(pipe: &mut impl Read, out: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.len() as u64 > MAX_CREDENTIAL_BYTES {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A source's credentials: read on first use per registry, kept until a server refuses them
@@ -499,6 +550,40 @@ mod tests {
         assert!(!e.contains("s3cret"), "{e}");
         std::fs::write(&f, "").unwrap();
         assert!(read_secret_file(&f).is_err());
+    }
+
+    #[test]
+    fn a_helper_whose_child_keeps_its_output_open_is_given_up_on() {
+        // The helper answers and exits, but leaves a child holding its stdout (a helper
+        // that starts an agent): the answer must not wait for that child.
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-lingers");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\nsleep 30 &\nprintf '{\"Username\":\"alice\",\"Secret\":\"pw\"}'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let started = Instant::now();
+        let got = run_program(
+            "lingers",
+            helper.as_os_str(),
+            "reg.test",
+            Duration::from_secs(2),
+        );
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "waited {took:?} for the helper's child"
+        );
+        assert_eq!(
+            got.unwrap(),
+            Some(Credential::Basic {
+                username: "alice".into(),
+                password: Secret::new("pw"),
+            })
+        );
     }
 
     #[test]
