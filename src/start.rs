@@ -440,42 +440,51 @@ fn take_over_or_reopen(fd: std::os::fd::OwnedFd) -> Option<CachefilesDevice> {
 /// Taking over a bound cache: on demand, the kernel re-delivers every outstanding request;
 /// READs on objects whose fd died with the old daemon come back as fresh OPENs. `restore`
 /// also tells how the cache was bound: EOPNOTSUPP on a cache bound classic (or a kernel
-/// before 6.8), so `auto` then means fanotify where a pre-content group can be made.
+/// before 6.8), so fanotify where a pre-content group can be made. How it was bound decides,
+/// not the map's `frontend`, which may have been edited since: the bound mode cannot change
+/// without a rebind, and the other front end would leave the kernel's requests unanswered
+/// (bound on demand) or take status lines for requests (bound classic).
 fn restore(
     config: &Config,
     serving: Serving,
-    device: &mut CachefilesDevice,
+    device: &mut dyn Device,
     kept: &mut Option<std::os::fd::OwnedFd>,
 ) -> Result<Serving, StartError> {
     log::info!("taking over the bound cache {}", config.dir.value.display());
-    let choice = match serving.frontend() {
-        None => return Ok(serving),
-        Some(FrontEndChoice::Fanotify) => {
-            return Ok(match serving {
-                Serving::OnDemand(map) => Serving::Fanotify(map, Box::new(take_group(kept)?)),
-                other => other,
-            })
-        }
-        Some(choice) => choice,
+    let Some(choice) = serving.frontend() else {
+        return Ok(serving);
     };
     match device.send(&Command::Restore) {
-        Ok(()) => log::info!("restore: outstanding requests re-delivered"),
+        Ok(()) => {
+            log::info!("restore: outstanding requests re-delivered");
+            if choice == FrontEndChoice::Fanotify {
+                log::warn!("frontend = \"fanotify\", but the cache was bound on demand by an earlier run: served through cachefiles until it is bound afresh (stop and start the service)");
+            }
+            Ok(serving)
+        }
         Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {
             // Bound classic by an earlier run that chose fanotify, or a kernel before 6.8
             // (which has no pre-content events either, so the group cannot be made).
-            if choice == FrontEndChoice::Auto {
-                if let Ok(group) = take_group(kept) {
-                    return Ok(match serving {
+            match take_group(kept) {
+                Ok(group) => {
+                    if choice == FrontEndChoice::Cachefiles {
+                        log::warn!("frontend = \"cachefiles\", but the cache was bound for fanotify by an earlier run: served through fanotify until it is bound afresh (stop and start the service)");
+                    }
+                    Ok(match serving {
                         Serving::OnDemand(map) => Serving::Fanotify(map, Box::new(group)),
                         other => other,
-                    });
+                    })
+                }
+                // As at a first start: fanotify asked for and not available is an error.
+                Err(e) if choice == FrontEndChoice::Fanotify => Err(e),
+                Err(_) => {
+                    log::warn!("the kernel does not support `restore` (needs Linux 6.8): requests pending before the restart are lost");
+                    Ok(serving)
                 }
             }
-            log::warn!("the kernel does not support `restore` (needs Linux 6.8): requests pending before the restart are lost")
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
     }
-    Ok(serving)
 }
 
 /// The group kept for us (by our supervisor or the fd store) if it is one, else a new one
@@ -754,5 +763,42 @@ mod tests {
             Exit::Internal
         );
         assert_eq!(StartError::Daemonise(Errno::EAGAIN).exit(), Exit::Os);
+    }
+
+    /// A restart after `frontend` was edited: the front end follows how the kept cache is
+    /// bound, or no one answers the kernel's requests (bound on demand, served by fanotify)
+    /// or the device's status lines are taken for requests (bound classic, served on demand).
+    #[test]
+    fn a_kept_cache_is_served_as_it_was_bound_whatever_the_map_now_says() {
+        let config = Config::parse(
+            Path::new("/etc/cachefilesd.conf"),
+            b"dir /var/cache/fscache\nondemand /etc/cachefilesd/sources.toml\n",
+        )
+        .unwrap();
+        let map = |frontend: &str| {
+            Serving::OnDemand(
+                SourceMap::parse(
+                    "t.toml",
+                    &format!("frontend = \"{frontend}\"\n[[source]]\npath = \"/a/{{fsid}}\"\n"),
+                )
+                .unwrap(),
+            )
+        };
+        // Bound `ondemand` by an earlier run: `restore` is accepted.
+        let (kernel, mut device) = crate::fake::FakeKernel::new();
+        let served = restore(&config, map("fanotify"), &mut device, &mut None).unwrap();
+        assert_eq!(served.name(), "on-demand");
+        assert!(kernel.with(|s| s.commands.iter().any(|c| c == "restore")));
+        // Bound classic by an earlier run that chose fanotify: `restore` is refused.
+        let (kernel, mut device) = crate::fake::FakeKernel::new();
+        kernel.with(|s| s.fail_next.push(("restore", Errno::EOPNOTSUPP)));
+        let served = restore(&config, map("cachefiles"), &mut device, &mut None).unwrap();
+        // Where no pre-content group can be made (no CAP_SYS_ADMIN, a kernel before 6.14)
+        // the cache cannot have been bound for fanotify: a kernel without `restore`.
+        let fanotify = crate::ondemand::fanotify::Group::new().is_ok();
+        assert_eq!(
+            served.name(),
+            if fanotify { "fanotify" } else { "on-demand" }
+        );
     }
 }
