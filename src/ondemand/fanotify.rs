@@ -97,6 +97,9 @@ pub struct GroupStats {
     pub recovered_denied: u64,
 }
 
+/// `sha256:<hex>` of a blob and the blob's size in bytes.
+type BlobDigest = (String, u64);
+
 /// A fanotify pre-content group and the blobs marked in it. Register its fd (`as_fd`) with
 /// the loop for readability and call `Engine::drain_group` when it is readable.
 pub struct Group {
@@ -107,8 +110,9 @@ pub struct Group {
     /// Our pid, as events report it (the thread group id).
     pid: i32,
     /// Each attached blob's file (the fd it was sized and is filled through), and what its
-    /// bytes must hash to once complete (registry blobs).
-    files: HashMap<u32, (Arc<KernelFd>, Option<String>)>,
+    /// bytes must hash to once complete (registry blobs), with the blob's size: the file is
+    /// longer, to a whole page, and that tail is not the blob's.
+    files: HashMap<u32, (Arc<KernelFd>, Option<BlobDigest>)>,
     /// Blobs whose file holds them whole: unmarked, so their reads raise no event.
     complete: std::collections::HashSet<u32>,
     /// Blobs whose complete file did not match its digest: every read is denied.
@@ -336,8 +340,8 @@ impl Group {
         if !is_present(fd, 0, len) {
             return;
         }
-        if let Some(want) = digest {
-            match sha256_of(fd, len) {
+        if let Some((want, size)) = digest {
+            match sha256_of(fd, *size) {
                 Ok(got) if got == *want => {}
                 Ok(got) => {
                     log::error!("object {object_id}: the complete blob hashes to {got}, not {want}: its reads fail from now on");
@@ -517,7 +521,9 @@ impl FrontEnd for Fanotify {
             Ok((key, complete)) => {
                 group.blobs.insert(key, object_id);
                 let file = Arc::new(file);
-                group.files.insert(object_id, (file.clone(), digest));
+                group
+                    .files
+                    .insert(object_id, (file.clone(), digest.map(|d| (d, size))));
                 if complete {
                     group.complete.insert(object_id);
                     group.stats.complete_at_attach += 1;
