@@ -703,17 +703,33 @@ impl Engine<Fanotify> {
         self.close(object_id);
     }
 
-    /// Reads and dispatches every pending event (the group is non-blocking).
+    /// Reads and dispatches every pending event (the group is non-blocking). A failed read
+    /// (EMFILE: no fd for the event's file) has consumed the event it failed on, which the
+    /// kernel denied; the events behind it raise no new wake-up, so reading goes on (up to
+    /// `MAX_READ_ERRORS` in a row), and the first error is returned after.
     pub fn drain_group(&mut self, group: &mut Group) -> Result<(), FanotifyError> {
+        const MAX_READ_ERRORS: u32 = 1024;
         // Events are 48 bytes: one read takes hundreds.
         let mut buf = vec![0u8; 16 << 10];
+        let mut failed: Option<Errno> = None;
+        let mut in_a_row = 0;
         loop {
             let n = match nix::unistd::read(group.fan.as_fd().as_raw_fd(), &mut buf) {
-                Ok(0) | Err(Errno::EAGAIN) => return Ok(()),
+                Ok(0) | Err(Errno::EAGAIN) => {
+                    return failed.map_or(Ok(()), |e| Err(FanotifyError::Read(e)))
+                }
                 Ok(n) => n,
                 Err(Errno::EINTR) => continue,
-                Err(e) => return Err(FanotifyError::Read(e)),
+                Err(e) => {
+                    in_a_row += 1;
+                    if in_a_row >= MAX_READ_ERRORS {
+                        return Err(FanotifyError::Read(e));
+                    }
+                    failed.get_or_insert(e);
+                    continue;
+                }
             };
+            in_a_row = 0;
             for item in wire::events(&buf[..n]) {
                 group.stats.events += 1;
                 if !group.owed.is_empty() {
