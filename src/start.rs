@@ -231,7 +231,7 @@ fn run_daemon(
             let (device, taken, serving) = take_over(
                 config,
                 start != Start::Worker,
-                Path::new(crate::takeover::STATE_PATH),
+                &crate::takeover::state_path(&config.path),
                 device,
                 serving,
                 |old| {
@@ -419,7 +419,7 @@ fn open_when_free<D>(mut open: impl FnMut() -> Result<D, StartError>) -> Result<
 /// Records what the cache was just bound with; a failure costs only the comparison at the next
 /// takeover.
 fn record_bound(config: &Config) {
-    if let Err(e) = crate::takeover::record(Path::new(crate::takeover::STATE_PATH), config) {
+    if let Err(e) = crate::takeover::record(&crate::takeover::state_path(&config.path), config) {
         log::warn!("{e}");
     }
 }

@@ -24,8 +24,30 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Next to the control socket, in the directory systemd keeps across a restart
-/// (`RuntimeDirectoryPreserve=restart`).
+/// (`RuntimeDirectoryPreserve=restart`): the record of the daemon of the default config.
 pub const STATE_PATH: &str = "/run/cachefilesd/bound.conf";
+
+/// The record of the daemon started with the config at `config` (see [`state_path_in`]).
+pub fn state_path(config: &Path) -> std::path::PathBuf {
+    state_path_in(
+        Path::new(STATE_PATH).parent().unwrap_or(Path::new("/")),
+        config,
+    )
+}
+
+/// One record per config file in `run_dir`: daemons of several caches (`-f`) each bind their
+/// own, and one's record read by another would look like a changed dir and rebind a cache
+/// that needed nothing. `bound.conf` for the default config; `bound-HASH.conf` for another.
+/// The same file named differently finds no record, which keeps the cache bound.
+pub fn state_path_in(run_dir: &Path, config: &Path) -> std::path::PathBuf {
+    if config == Path::new(crate::config::DEFAULT_PATH) {
+        return run_dir.join("bound.conf");
+    }
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(config.as_os_str().as_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    run_dir.join(format!("bound-{hex}.conf"))
+}
 
 const FAMILIES: [[Limit; 3]; 2] = [
     [Limit::Brun, Limit::Bcull, Limit::Bstop],

@@ -169,3 +169,40 @@ fn a_supervised_worker_refuses_a_changed_dir_and_leaves_the_cache_alone() {
     assert_eq!(e.exit(), cachefilesd_rs::exit::Exit::Config);
     assert_eq!(kernel.with(|s| s.commands.clone()), ["bind"]);
 }
+
+/// Two daemons, two caches, two configs (`-f`): a restart of one takes over its own cache
+/// and keeps it, whatever the other recorded since.
+#[test]
+fn daemons_of_two_caches_keep_their_own_records() {
+    let run = tempfile::tempdir().unwrap();
+    let parse = |path: &str, text: &str| Config::parse(Path::new(path), text.as_bytes()).unwrap();
+    let a = parse("/etc/cachefilesd.conf", "dir /var/cache/fscache\n");
+    let b = parse("/etc/cachefilesd-nfs.conf", "dir /srv/nfs-cache\ntag nfs\n");
+    let state_a = takeover::state_path_in(run.path(), &a.path);
+    let state_b = takeover::state_path_in(run.path(), &b.path);
+    assert_eq!(
+        state_a,
+        run.path().join("bound.conf"),
+        "the default's as before"
+    );
+    // Each bound its cache and recorded it, b last.
+    let (kernel, device) = FakeKernel::new();
+    kernel.with(|s| s.commands.push("bind".into()));
+    takeover::record(&state_a, &a).unwrap();
+    takeover::record(&state_b, &b).unwrap();
+    let (_device, taken, _serving) = take_over(
+        &a,
+        true,
+        &state_a,
+        device,
+        Serving::Classic,
+        |_| panic!("a's cache withdrawn for b's record"),
+        || -> Result<FakeDevice, StartError> { panic!("no rebind") },
+    )
+    .unwrap();
+    assert_eq!(taken, Taken::Kept);
+    assert_eq!(
+        kernel.with(|s| s.commands.iter().filter(|c| *c == "bind").count()),
+        1
+    );
+}
