@@ -46,6 +46,16 @@ fn blob_key(args: &[&str]) -> Result<BlobKey, String> {
 }
 
 pub fn parse_request(line: &str) -> Result<Request, String> {
+    // A blob's path is the rest of the line: a cache directory may hold a space, and
+    // `cachefilesctl umount` sends the path mountinfo shows.
+    if let Some(path) = line
+        .trim_end_matches(['\n', '\r'])
+        .strip_prefix("detach ")
+        .map(str::trim_start)
+        .filter(|p| p.starts_with('/'))
+    {
+        return Ok(Request::Detach(Detach::Path(PathBuf::from(path))));
+    }
     match line.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["status"] => Ok(Request::Status),
         ["status", "json"] => Ok(Request::StatusJson),
@@ -405,6 +415,13 @@ mod tests {
             parse_request("detach /var/cache/fscache/lazy/a/a"),
             Ok(Request::Detach(Detach::Path(
                 "/var/cache/fscache/lazy/a/a".into()
+            )))
+        );
+        // The path mountinfo shows for a cache directory with a space in its name.
+        assert_eq!(
+            parse_request("detach /srv/my cache/lazy/a/a"),
+            Ok(Request::Detach(Detach::Path(
+                "/srv/my cache/lazy/a/a".into()
             )))
         );
         assert_eq!(
