@@ -37,6 +37,37 @@ pub enum MountError {
     },
     #[error("{0} is not a mount point")]
     NotMounted(String),
+    #[error("{what} {name:?} cannot be given in EROFS's fsid= mount options (no ',' or '=')")]
+    NotAnOption { what: &'static str, name: String },
+}
+
+/// The `fsid=...[,domain_id=...]` options of the cachefiles front end: names the daemon
+/// accepts may hold `,` and `=`, which would add options of their own to the mount.
+fn fscache_options(
+    domain: Option<&str>,
+    fsid: &str,
+    options: Option<&str>,
+) -> Result<String, MountError> {
+    let plain = |what: &'static str, name: &str| {
+        if name.contains([',', '=']) {
+            return Err(MountError::NotAnOption {
+                what,
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    };
+    plain("fsid", fsid)?;
+    let mut data = format!("fsid={fsid}");
+    if let Some(d) = domain {
+        plain("domain", d)?;
+        data.push_str(&format!(",domain_id={d}"));
+    }
+    if let Some(o) = options {
+        data.push(',');
+        data.push_str(o);
+    }
+    Ok(data)
 }
 
 /// What the daemon serves a blob through.
@@ -100,17 +131,10 @@ pub fn mount(
     let attached = attach(socket, domain, fsid)?;
     let (source, data) = match &attached {
         Attached::File(path) => (path.as_os_str().to_owned(), options.map(str::to_string)),
-        Attached::Fscache => {
-            let mut data = format!("fsid={fsid}");
-            if let Some(d) = domain {
-                data.push_str(&format!(",domain_id={d}"));
-            }
-            if let Some(o) = options {
-                data.push(',');
-                data.push_str(o);
-            }
-            (OsStr::new("none").to_owned(), Some(data))
-        }
+        Attached::Fscache => (
+            OsStr::new("none").to_owned(),
+            Some(fscache_options(domain, fsid, options)?),
+        ),
     };
     nix::mount::mount(
         Some(source.as_os_str()),
@@ -208,6 +232,22 @@ fn mounts_of_source(mountinfo: &[u8], source: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fsid_and_domain_cannot_add_mount_options() {
+        assert_eq!(
+            fscache_options(Some("d"), "app", Some("noacl")).unwrap(),
+            "fsid=app,domain_id=d,noacl"
+        );
+        for (domain, fsid) in [
+            (None, "app,dax=always"),
+            (Some("d=x"), "app"),
+            (None, "a=b"),
+        ] {
+            let e = fscache_options(domain, fsid, None).unwrap_err();
+            assert!(matches!(e, MountError::NotAnOption { .. }), "{e}");
+        }
+    }
 
     const MOUNTINFO: &[u8] = b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
 40 22 0:50 / /mnt/app\\040one ro,relatime shared:20 - erofs /var/cache/fscache/lazy/d/app ro\n\
