@@ -140,7 +140,7 @@ for b in c1 c2 c3 c4; do
 done
 check "mount and read held (stays mounted)" sh -c "timeout -s KILL 120 '$ctl' -f '$conf' mount held /mnt && cmp /mnt/data.bin /tmp/held/data.bin"
 attached=$(field ondemand.fanotify.attached_blobs.0)
-check "only held is attached ($attached)" test "$attached" = held
+check "only held is attached ($attached)" test "$attached" = "$blobs/held/held"
 one_attached() { ! daemon_field ondemand.fanotify.attached_blobs.1 >/dev/null 2>&1; }
 check "and nothing else" one_attached
 # A known atime order: held (attached) the oldest of all, then img, img2, c1..c4.
