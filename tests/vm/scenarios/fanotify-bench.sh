@@ -15,7 +15,9 @@
 #   VM_EXTRA_BINS=target/vm/erofs-filemount:erofs-filemount tests/vm/run-suite.sh fanotify-bench
 # Goals: fanotify cold >= 0.9x loop cold; complete blob >= 0.98x file-backed. Lines BENCH and
 # RATIO carry the figures; per fanotify run: events, ranges allowed at once, fetches, bytes
-# fetched against bytes read, and the source's fetch latency percentiles from the report.
+# fetched against bytes read, the source's fetch latency percentiles from the report, the
+# daemon's CPU time and how busy the guest's CPUs were (a run that leaves them idle waits on
+# round trips, not on work).
 # shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
@@ -69,34 +71,44 @@ ctl_mount() { timeout -s KILL 600 "$ctl" -f "$conf" mount "$1" /mnt; }
 ctl_umount() { "$ctl" -f "$conf" umount /mnt >/dev/null; }
 loop_mount() { mount -t erofs -o loop,ro "$cache/copy.img" /mnt; }
 file_mount() { "$filemount" "$cache/copy.img" /mnt; }
+# Busy and total jiffies of the guest's CPUs, and the daemon's own CPU (utime + stime).
+cpu_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
+daemon_ticks() { sed 's/.*) //' "/proc/$daemon_pid/stat" | awk '{ print $12 + $13 }'; }
 # timed NAME MOUNT UMOUNT: page cache dropped, then mount + read every file + umount; appends the
-# milliseconds to the list NAME_ms.
+# milliseconds to the list NAME_ms and leaves the guest's CPU use over the run in $busy_pct and
+# the daemon's CPU time in $daemon_ms.
 timed() {
   drop_caches
+  _d0=$(daemon_ticks)
+  _c0=$(cpu_jiffies)
   _t0=$(now_ms)
   $2 || fail "$1: mount"
   read_all
   $3 || fail "$1: umount"
   _t1=$(now_ms)
+  _c1=$(cpu_jiffies)
+  busy_pct=$(( (${_c1% *} - ${_c0% *}) * 100 / (${_c1#* } - ${_c0#* } + 1) ))
+  daemon_ms=$(( ($(daemon_ticks) - _d0) * 10 ))
   eval "$1_ms=\"\$$1_ms $((_t1 - _t0))\""
-  echo $((_t1 - _t0))
 }
 
 loop_ms='' file_ms='' fan_ms='' complete_ms='' file2_ms=''
 r=1
 while [ $r -le 3 ]; do
-  timed loop loop_mount "umount /mnt" >/dev/null
-  timed file file_mount "umount /mnt" >/dev/null
+  timed loop loop_mount "umount /mnt"
+  loop_busy=$busy_pct
+  timed file file_mount "umount /mnt"
+  file_busy=$busy_pct
   check "no loop device under the file-backed mount" sh -c "! grep -q '^/dev/loop' /proc/mounts"
   ln /srv/erofs/big "/srv/erofs/b$r"
   e0=$(field ondemand.fanotify.events); a0=$(field ondemand.fanotify.allowed_at_once)
   f0=$(field ondemand.reads); w0=$(field ondemand.bytes_written)
-  timed fan "ctl_mount b$r" ctl_umount >/dev/null
+  timed fan "ctl_mount b$r" ctl_umount
   e1=$(field ondemand.fanotify.events); a1=$(field ondemand.fanotify.allowed_at_once)
   f1=$(field ondemand.reads); w1=$(field ondemand.bytes_written)
   p50=$(field ondemand.sources.0.latency_p50_seconds); p90=$(field ondemand.sources.0.latency_p90_seconds)
   p99=$(field ondemand.sources.0.latency_p99_seconds)
-  say "BENCH round $r: loop ${loop_ms##* } ms, file-backed ${file_ms##* } ms, fanotify ${fan_ms##* } ms;" \
+  say "BENCH round $r: loop ${loop_ms##* } ms (CPUs ${loop_busy}% busy), file-backed ${file_ms##* } ms (${file_busy}%), fanotify ${fan_ms##* } ms (${busy_pct}%, daemon CPU $daemon_ms ms);" \
     "fanotify: $((e1 - e0)) events, $((a1 - a0)) allowed at once, $((f1 - f0)) fetches, $((w1 - w0)) bytes fetched for $((tree_kib * 1024)) bytes of files ($img_bytes image);" \
     "fetch latency so far p50 $p50 s, p90 $p90 s, p99 $p99 s; blob file $(du -k "$blobs/b$r/b$r" | cut -f1) KiB allocated"
   check "round $r: the fanotify run fetched" test $((w1 - w0)) -gt 0
@@ -119,9 +131,10 @@ check "b3's file equals the image" cmp "$blobs/b3/b3" /srv/erofs/big
 ec0=$(field ondemand.fanotify.events)
 r=1
 while [ $r -le 3 ]; do
-  timed file2 file_mount "umount /mnt" >/dev/null
-  timed complete "ctl_mount b3" ctl_umount >/dev/null
-  say "BENCH complete round $r: file-backed ${file2_ms##* } ms, complete blob ${complete_ms##* } ms"
+  timed file2 file_mount "umount /mnt"
+  file_busy=$busy_pct
+  timed complete "ctl_mount b3" ctl_umount
+  say "BENCH complete round $r: file-backed ${file2_ms##* } ms (CPUs ${file_busy}% busy), complete blob ${complete_ms##* } ms (${busy_pct}%, daemon CPU $daemon_ms ms)"
   r=$((r + 1))
 done
 ec1=$(field ondemand.fanotify.events)
