@@ -71,12 +71,13 @@ ctl_mount() { timeout -s KILL 600 "$ctl" -f "$conf" mount "$1" /mnt; }
 ctl_umount() { "$ctl" -f "$conf" umount /mnt >/dev/null; }
 loop_mount() { mount -t erofs -o loop,ro "$cache/copy.img" /mnt; }
 file_mount() { "$filemount" "$cache/copy.img" /mnt; }
-# Busy and total jiffies of the guest's CPUs, and the daemon's own CPU (utime + stime).
+# Busy and total jiffies of the guest's CPUs, and the daemon's own CPU (utime, stime; all its
+# threads).
 cpu_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
-daemon_ticks() { sed 's/.*) //' "/proc/$daemon_pid/stat" | awk '{ print $12 + $13 }'; }
+daemon_ticks() { sed 's/.*) //' "/proc/$daemon_pid/stat" | awk '{ print $12, $13 }'; }
 # timed NAME MOUNT UMOUNT: page cache dropped, then mount + read every file + umount; appends the
 # milliseconds to the list NAME_ms and leaves the guest's CPU use over the run in $busy_pct and
-# the daemon's CPU time in $daemon_ms.
+# the daemon's CPU time (total, user, sys) in $daemon_ms.
 timed() {
   drop_caches
   _d0=$(daemon_ticks)
@@ -88,7 +89,10 @@ timed() {
   _t1=$(now_ms)
   _c1=$(cpu_jiffies)
   busy_pct=$(( (${_c1% *} - ${_c0% *}) * 100 / (${_c1#* } - ${_c0#* } + 1) ))
-  daemon_ms=$(( ($(daemon_ticks) - _d0) * 10 ))
+  _d1=$(daemon_ticks)
+  daemon_user_ms=$(( (${_d1% *} - ${_d0% *}) * 10 ))
+  daemon_sys_ms=$(( (${_d1#* } - ${_d0#* }) * 10 ))
+  daemon_ms="$((daemon_user_ms + daemon_sys_ms)) ms (user $daemon_user_ms, sys $daemon_sys_ms)"
   eval "$1_ms=\"\$$1_ms $((_t1 - _t0))\""
 }
 
@@ -108,7 +112,7 @@ while [ $r -le 3 ]; do
   f1=$(field ondemand.reads); w1=$(field ondemand.bytes_written)
   p50=$(field ondemand.sources.0.latency_p50_seconds); p90=$(field ondemand.sources.0.latency_p90_seconds)
   p99=$(field ondemand.sources.0.latency_p99_seconds)
-  say "BENCH round $r: loop ${loop_ms##* } ms (CPUs ${loop_busy}% busy), file-backed ${file_ms##* } ms (${file_busy}%), fanotify ${fan_ms##* } ms (${busy_pct}%, daemon CPU $daemon_ms ms);" \
+  say "BENCH round $r: loop ${loop_ms##* } ms (CPUs ${loop_busy}% busy), file-backed ${file_ms##* } ms (${file_busy}%), fanotify ${fan_ms##* } ms (${busy_pct}%, daemon CPU $daemon_ms);" \
     "fanotify: $((e1 - e0)) events, $((a1 - a0)) allowed at once, $((f1 - f0)) fetches, $((w1 - w0)) bytes fetched for $((tree_kib * 1024)) bytes of files ($img_bytes image);" \
     "fetch latency so far p50 $p50 s, p90 $p90 s, p99 $p99 s; blob file $(du -k "$blobs/b$r/b$r" | cut -f1) KiB allocated"
   check "round $r: the fanotify run fetched" test $((w1 - w0)) -gt 0
@@ -134,7 +138,7 @@ while [ $r -le 3 ]; do
   timed file2 file_mount "umount /mnt"
   file_busy=$busy_pct
   timed complete "ctl_mount b3" ctl_umount
-  say "BENCH complete round $r: file-backed ${file2_ms##* } ms (CPUs ${file_busy}% busy), complete blob ${complete_ms##* } ms (${busy_pct}%, daemon CPU $daemon_ms ms)"
+  say "BENCH complete round $r: file-backed ${file2_ms##* } ms (CPUs ${file_busy}% busy), complete blob ${complete_ms##* } ms (${busy_pct}%, daemon CPU $daemon_ms)"
   r=$((r + 1))
 done
 ec1=$(field ondemand.fanotify.events)
