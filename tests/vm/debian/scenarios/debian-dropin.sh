@@ -14,7 +14,9 @@
 #      cache objects, a second read comes from the cache; filled past bcull it culls back to
 #      brun; an edited brun is in force after `systemctl restart`; SIGKILL and a watchdog
 #      timeout end in a restart with the cache kept (fd store); `journalctl -p warning` hides
-#      info lines; `dir /srv/fscache` works with no hand-written drop-in; `systemctl stop`
+#      info lines; `dir /srv/fscache` works with no hand-written drop-in (a rebind, logged);
+#      RUN=no in /etc/default/cachefilesd keeps the daemon from starting, DAEMON_OPTS="-N"
+#      reaches it; `systemctl stop`
 #      exits 0 and unbinds; purge, then reinstalling Debian's cachefilesd works.
 # shellcheck source=SCRIPTDIR/../lib.sh
 . /vmtest/lib.sh
@@ -240,6 +242,25 @@ if [ "$phase" = 2 ]; then
   drop_caches
   check "reads through a fresh mount, sha256 correct" read_all
   wait_for 30 "objects appear under /srv/fscache" sh -c "[ \$(find /srv/fscache/cache -type f | wc -l) -gt 0 ]"
+
+  say "/etc/default/cachefilesd keeps its meaning: RUN=no stops the unit, DAEMON_OPTS reaches the daemon"
+  culling_enabled() {
+    cachefilesctl status --json 2>/dev/null | tr -d ' \n' | grep -q "\"culling\":{\"enabled\":$1"
+  }
+  sed -i 's/^RUN=.*/RUN=no/' /etc/default/cachefilesd
+  systemctl restart cachefilesd || true
+  check "with RUN=no the daemon does not run" sh -c '! systemctl is-active -q cachefilesd'
+  check "... and the journal says why" \
+    sh -c "journalctl -b -u cachefilesd --no-pager | grep -q 'not starting: RUN=no'"
+  sed -i 's/^RUN=.*/RUN=yes/' /etc/default/cachefilesd
+  echo 'DAEMON_OPTS="-N"' >>/etc/default/cachefilesd
+  check "with RUN=yes and DAEMON_OPTS=-N it starts" systemctl restart cachefilesd
+  wait_for 30 "the control socket answers" sh -c 'cachefilesctl status >/dev/null 2>&1'
+  check "... with culling disabled (-N)" culling_enabled false
+  sed -i '/^DAEMON_OPTS="-N"$/d' /etc/default/cachefilesd
+  check "without DAEMON_OPTS it restarts" systemctl restart cachefilesd
+  wait_for 30 "the control socket answers" sh -c 'cachefilesctl status >/dev/null 2>&1'
+  check "... with culling enabled" culling_enabled true
 
   say "stop, purge, back to Debian's package"
   umount "$mnt"
