@@ -276,8 +276,8 @@ if [ "$phase" = 2 ]; then
   binds=$(dmesg | grep -c 'CacheFiles: File cache on')
   check "Debian's cachefilesd installs again, no question" \
     sh -c "dpkg -i $(ls /root/debs/cachefilesd_*.deb) </dev/null >/tmp/c2.log 2>&1 && ! grep -q 'Configuration file' /tmp/c2.log"
-  check "... dpkg -V cachefilesd lists nothing but the admin's conffiles" \
-    same "$(dpkg -V cachefilesd 2>&1 | grep -v ' c /etc/cachefilesd.conf$')" ""
+  check "... dpkg -V cachefilesd lists nothing but the admin's conffiles (config, RUN=yes)" \
+    same "$(dpkg -V cachefilesd 2>&1 | grep -v -e ' c /etc/cachefilesd.conf$' -e ' c /etc/default/cachefilesd$')" ""
   systemctl daemon-reload
   check "... and its daemon starts and binds the cache" systemctl start cachefilesd
   wait_for 20 "the C daemon bound the cache again" \
