@@ -6,11 +6,11 @@
 //! Needs root and a kernel with FAN_PRE_ACCESS (6.14+) on a filesystem with pre-content
 //! events (ext4, xfs, btrfs); CACHEFILESD_NO_FANOTIFY=1 skips it (it says so on stderr).
 
-use cachefilesd_rs::config::Config;
-use cachefilesd_rs::daemon::{Daemon, Serving};
-use cachefilesd_rs::fake::FakeKernel;
+mod common;
+
 use cachefilesd_rs::ondemand::fanotify::Group;
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+use common::fanotify::{pattern, Running};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,78 +41,17 @@ fn counter(status: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number after {label:?} in {status}"))
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-struct Running {
-    stop: cachefilesd_rs::daemon::StopHandle,
-    thread: std::thread::JoinHandle<(Result<(), String>, String)>,
-}
-
-impl Running {
-    /// Stops the loop; its final stats line.
-    fn stop(self) -> String {
-        self.stop.stop();
-        let (result, stats) = self.thread.join().unwrap();
-        result.unwrap();
-        stats
-    }
-}
-
 /// The daemon over `root` (bound classic on a fake device), serving `src/{fsid}` for fsids
 /// `app*` through fanotify, with its control socket at `socket`.
 fn start(root: &Path, src: &Path, socket: &Path) -> Running {
-    let cfg = Config::parse(
-        Path::new("test.conf"),
-        format!(
-            "dir {}\nondemand /unused.toml\nnocull\ncontrol {}\n",
-            root.display(),
-            socket.display()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let map = SourceMap::parse(
-        "t.toml",
+    common::fanotify::start(
+        root,
+        socket,
         &format!(
             "frontend = \"fanotify\"\n[[source]]\nfsid = \"app*\"\npath = \"{}/{{fsid}}\"\n[fetch]\nreadahead = 0\n",
             src.display()
         ),
     )
-    .unwrap();
-    let (kernel, mut device) = FakeKernel::new();
-    kernel.with(|s| s.commands.push("bind".into()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let _kernel = kernel;
-        let group = Group::new().expect(
-            "a fanotify pre-content group (root and a 6.14+ kernel; CACHEFILESD_NO_FANOTIFY=1 skips)",
-        );
-        let mut daemon = Daemon::new(
-            &cfg,
-            &mut device,
-            true,
-            None,
-            Serving::Fanotify(map, Box::new(group)),
-        )
-        .unwrap();
-        tx.send(daemon.stop_handle()).unwrap();
-        let result = daemon.run().map_err(|e| e.to_string());
-        (result, daemon.stats_line())
-    });
-    Running {
-        stop: rx.recv().unwrap(),
-        thread,
-    }
 }
 
 #[test]

@@ -12,9 +12,12 @@
 //! Needs root and a kernel with FAN_PRE_ACCESS (6.14+) on a filesystem with pre-content
 //! events (ext4, xfs, btrfs); CACHEFILESD_NO_FANOTIFY=1 skips it (it says so on stderr).
 
+mod common;
+
 use cachefilesd_rs::ondemand::fanotify::{Attach, BlobKey, Group, Lazy};
 use cachefilesd_rs::ondemand::inflight::Record;
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+use common::fanotify::pattern;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 use std::io::Read;
@@ -25,18 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const FAN_PRE_ACCESS: u64 = 0x0010_0000;
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 /// The worker process: adopts the group at `FANOCRASH_GROUP_FD`, keeps its record at
 /// `FANOCRASH_RECORD`, attaches the blob `blob` and serves until killed.

@@ -6,10 +6,13 @@
 //! CONFIG_FANOTIFY_ACCESS_PERMISSIONS) on a filesystem that supports pre-content events (ext4,
 //! xfs, btrfs); set CACHEFILESD_NO_FANOTIFY=1 to skip it elsewhere (it says so on stderr).
 
+mod common;
+
 use cachefilesd_rs::ondemand::engine::{Engine, Opener};
 use cachefilesd_rs::ondemand::fanotify::{Fanotify, Group};
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
 use cachefilesd_rs::ondemand::sources::{Blob, FetchError};
+use common::fanotify::pattern;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -55,19 +58,6 @@ fn harness(readahead: u64) -> Option<Harness> {
         group,
         engine,
     })
-}
-
-/// Bytes that differ at every offset, so a misplaced page cannot compare equal.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 impl Harness {

@@ -5,11 +5,10 @@
 //! Needs root and a kernel with FAN_PRE_ACCESS (6.14+) on a filesystem with pre-content
 //! events (ext4, xfs, btrfs); CACHEFILESD_NO_FANOTIFY=1 skips it (it says so on stderr).
 
-use cachefilesd_rs::config::Config;
-use cachefilesd_rs::daemon::{Daemon, Serving};
-use cachefilesd_rs::fake::FakeKernel;
-use cachefilesd_rs::ondemand::fanotify::{Group, COMPLETE_XATTR};
-use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+mod common;
+
+use cachefilesd_rs::ondemand::fanotify::COMPLETE_XATTR;
+use common::fanotify::{pattern, Running};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -50,77 +49,17 @@ fn counter(status: &str, line: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number after {label:?} in {l}"))
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-struct Running {
-    stop: cachefilesd_rs::daemon::StopHandle,
-    thread: std::thread::JoinHandle<(Result<(), String>, String)>,
-}
-
-impl Running {
-    fn stop(self) -> String {
-        self.stop.stop();
-        let (result, stats) = self.thread.join().unwrap();
-        result.unwrap();
-        stats
-    }
-}
-
 /// The daemon over `root` in fanotify mode serving `src/{fsid}` with `prefetch = "all"` at
 /// `rate` bytes/s, with its control socket at `socket`.
 fn start(root: &Path, src: &Path, socket: &Path, rate: u64) -> Running {
-    let cfg = Config::parse(
-        Path::new("test.conf"),
-        format!(
-            "dir {}\nondemand /unused.toml\nnocull\ncontrol {}\n",
-            root.display(),
-            socket.display()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let map = SourceMap::parse(
-        "t.toml",
+    common::fanotify::start(
+        root,
+        socket,
         &format!(
             "frontend = \"fanotify\"\n[[source]]\npath = \"{}/{{fsid}}\"\nprefetch = \"all\"\n[fetch]\nreadahead = 0\nprefetch_rate = {rate}\n",
             src.display()
         ),
     )
-    .unwrap();
-    let (kernel, mut device) = FakeKernel::new();
-    kernel.with(|s| s.commands.push("bind".into()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let _kernel = kernel;
-        let group = Group::new().expect(
-            "a fanotify pre-content group (root and a 6.14+ kernel; CACHEFILESD_NO_FANOTIFY=1 skips)",
-        );
-        let mut daemon = Daemon::new(
-            &cfg,
-            &mut device,
-            true,
-            None,
-            Serving::Fanotify(map, Box::new(group)),
-        )
-        .unwrap();
-        tx.send(daemon.stop_handle()).unwrap();
-        let result = daemon.run().map_err(|e| e.to_string());
-        (result, daemon.stats_line())
-    });
-    Running {
-        stop: rx.recv().unwrap(),
-        thread,
-    }
 }
 
 fn setup() -> Option<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> {

@@ -7,4 +7,5 @@
 #![allow(dead_code)]
 
 pub mod fake_daemon;
+pub mod fanotify;
 pub mod servers;
