@@ -7,7 +7,8 @@
 #   1. mkfs.erofs a tree of a few dozen files into /srv/erofs/pre (and a second one, fresh),
 #   2. `cachefilesctl prefill --volume erofs,pre --key pre --from /srv/erofs/pre` on the freshly
 #      made ext4 cache, before any daemon binds; `check` must call that tree clean,
-#   3. cachefilesd in on-demand mode binds; while it runs, cachefilesctl must refuse to write,
+#   3. cachefilesd in on-demand mode binds; while it runs, `prefill` must refuse to write, and
+#      `invalidate` of the mounted blob goes through the daemon and is refused (in use),
 #   4. `mount -o fsid=pre`: every file must have its sha256, and the daemon must have received
 #      zero READ requests (`cachefilesctl status --json`: ondemand.reads 0): everything came
 #      from the prefilled file, which the kernel kept (same inode),
@@ -82,7 +83,6 @@ daemon_holds_lock() { grep -q "FLOCK .*WRITE *$daemon_pid [0-9a-f]*:[0-9a-f]*:$c
 if daemon_holds_lock; then
   check "cachefilesctl prefill refuses while the daemon runs" \
     ctl_refuses prefill --dir "$cache" --volume erofs,pre --key x --from /srv/erofs/pre
-  check "cachefilesctl purge refuses while the daemon runs" ctl_refuses purge --dir "$cache" --volume erofs,pre
 else
   # The daemon takes lock_cache_dir() once the lead wires it in; until then nothing to refuse.
   say "NOTE: the daemon holds no flock on $cache (lock_cache_dir not wired into the daemon yet): refusal checks skipped"
@@ -90,6 +90,14 @@ fi
 
 check "mount -t erofs none -o fsid=pre /mnt" erofs_mount pre
 check "every file of pre has its sha256" verify_sums /tmp/pre.sha
+# While the daemon runs, invalidate goes through it (the kernel's `cull`): a mounted blob's
+# object is in use, so it is refused with that reason and left whole.
+ctl_in_use() {
+  ! "$ctl" "$@" >/tmp/ctl.out 2>&1 && grep -q "is in use by the kernel" /tmp/ctl.out
+}
+check "cachefilesctl invalidate of the mounted blob, through the daemon: refused, in use" \
+  ctl_in_use invalidate --dir "$cache" --volume erofs,pre --key pre
+check "... and its object is still there (inode $ino_before)" test "$(stat -c %i "$obj")" = "$ino_before"
 
 reads=$(daemon_field ondemand.reads) || fail "the daemon's status has no ondemand.reads"
 say "daemon status: opens $(daemon_field ondemand.opens), reads $reads"
