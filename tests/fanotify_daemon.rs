@@ -10,7 +10,7 @@ mod common;
 
 use cachefilesd_rs::ondemand::fanotify::Group;
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
-use common::fanotify::{pattern, Running};
+use common::fanotify::{number_after, pattern, Running};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,19 +26,6 @@ fn ctl(socket: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// A counter from `status` text: the number after `label`.
-fn counter(status: &str, label: &str) -> u64 {
-    let at = status
-        .find(label)
-        .unwrap_or_else(|| panic!("{label:?} not in {status}"));
-    status[at + label.len()..]
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no number after {label:?} in {status}"))
 }
 
 /// The daemon over `root` (bound classic on a fake device), serving `src/{fsid}` for fsids
@@ -92,18 +79,18 @@ fn the_daemon_attaches_fills_and_detaches_through_its_control_socket() {
     assert!(read.stdout[data.len()..].iter().all(|&b| b == 0));
     let (_, status, _) = ctl(&socket, &["status"]);
     assert!(status.contains("fanotify: 1 blobs attached"), "{status}");
-    let fetched = counter(&status, "fetched");
+    let fetched = number_after(&status, "fetched");
     assert!(fetched >= 1, "{status}");
-    assert_eq!(counter(&status, "denied"), 0, "{status}");
+    assert_eq!(number_after(&status, "denied"), 0, "{status}");
 
     // Whole now: unmarked, so a second read is served from the file without an event.
-    assert_eq!(counter(&status, "completed"), 1, "{status}");
-    let events = counter(&status, "events");
+    assert_eq!(number_after(&status, "completed"), 1, "{status}");
+    let events = number_after(&status, "events");
     let read = Command::new("cat").arg(&file).output().unwrap();
     assert_eq!(&read.stdout[..data.len()], &data[..]);
     let (_, status, _) = ctl(&socket, &["status"]);
-    assert_eq!(counter(&status, "fetched"), fetched, "{status}");
-    assert_eq!(counter(&status, "events"), events, "{status}");
+    assert_eq!(number_after(&status, "fetched"), fetched, "{status}");
+    assert_eq!(number_after(&status, "events"), events, "{status}");
 
     // Names no source serves, or that are not names, are refused cleanly.
     let (ok, out, err) = ctl(&socket, &["attach", "other"]);
@@ -140,8 +127,8 @@ fn the_daemon_attaches_fills_and_detaches_through_its_control_socket() {
     let read = Command::new("cat").arg(&file).output().unwrap();
     assert_eq!(&read.stdout[..data.len()], &data[..]);
     let (_, status, _) = ctl(&socket, &["status"]);
-    assert_eq!(counter(&status, "complete at attach"), 1, "{status}");
-    assert_eq!(counter(&status, "events"), 0, "{status}");
+    assert_eq!(number_after(&status, "complete at attach"), 1, "{status}");
+    assert_eq!(number_after(&status, "events"), 0, "{status}");
     daemon.stop();
 }
 

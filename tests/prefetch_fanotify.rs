@@ -38,15 +38,7 @@ fn counter(status: &str, line: &str, label: &str) -> u64 {
         .lines()
         .find(|l| l.starts_with(line))
         .unwrap_or_else(|| panic!("no {line:?} line in {status}"));
-    let at = l
-        .find(label)
-        .unwrap_or_else(|| panic!("{label:?} not in {l}"));
-    l[at + label.len()..]
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no number after {label:?} in {l}"))
+    common::fanotify::number_after(l, label)
 }
 
 /// The daemon over `root` in fanotify mode serving `src/{fsid}` with `prefetch = "all"` at
