@@ -1075,3 +1075,52 @@ fn a_body_dripping_within_the_read_timeout_is_cut_off_at_four_times_it() {
     );
     assert!(e.to_string().contains("took too long"), "{e}");
 }
+
+#[test]
+fn a_kept_alive_connection_the_server_closed_is_not_a_failed_read() {
+    // A server's idle timeout can close a pooled connection just as the next request goes out
+    // on it: the request meets a reset or an EOF before any answer. That says nothing about the
+    // blob, so it must not cost a read even with `retries = 0`. This server answers the first
+    // request of each connection and closes the connection on the second without answering.
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = served.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                for nth in 0.. {
+                    let mut req = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !req.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1)
+                    {
+                        req.push(byte[0]);
+                    }
+                    if req.is_empty() || nth > 0 {
+                        return;
+                    }
+                    let head = String::from_utf8_lossy(&req);
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let reply: &[u8] = if head.starts_with("HEAD") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-7/8\r\nContent-Length: 8\r\n\r\nabcdefgh"
+                    };
+                    let _ = conn.write_all(reply);
+                }
+            });
+        }
+    });
+    let s = settings(2000, 0);
+    let blob =
+        HttpBlob::open(format!("http://127.0.0.1:{port}/b"), sources::agent(&s), &s).unwrap();
+    for round in 0..5 {
+        let mut buf = [0u8; 8];
+        blob.read_exact_at(0, &mut buf)
+            .unwrap_or_else(|e| panic!("read {round}: {e}"));
+        assert_eq!(&buf, b"abcdefgh", "read {round}");
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 6);
+}

@@ -131,22 +131,25 @@ pub(crate) fn send(
     let deadline = exchange_deadline(agent);
     for hop in 0..=head::MAX_REDIRECTS {
         let target = head::origin(&url).map_err(FetchError::Protocol)?;
-        let mut req = match method {
-            Method::Head => agent.head(&url),
-            Method::Get => agent.get(&url),
-        };
-        if hop == 0 {
-            for (k, v) in query {
-                req = req.query(k, v);
+        let request = || {
+            let mut req = match method {
+                Method::Head => agent.head(&url),
+                Method::Get => agent.get(&url),
+            };
+            if hop == 0 {
+                for (k, v) in query {
+                    req = req.query(k, v);
+                }
             }
-        }
-        if let Some((a, b)) = range {
-            req = req.header("Range", format!("bytes={a}-{b}"));
-        }
-        if let Some(auth) = auth.filter(|a| *a.origin == target) {
-            req = req.header("Authorization", auth.header.expose());
-        }
-        let resp = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| req.call())) {
+            if let Some((a, b)) = range {
+                req = req.header("Range", format!("bytes={a}-{b}"));
+            }
+            if let Some(auth) = auth.filter(|a| *a.origin == target) {
+                req = req.header("Authorization", auth.header.expose());
+            }
+            req
+        };
+        let resp = match call_once_more_if_dropped(request) {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(FetchError::Io(format!("{}: {e}", head::redact(&url)))),
             Err(_) => {
@@ -175,6 +178,30 @@ pub(crate) fn send(
         head::redact(&url),
         head::MAX_REDIRECTS
     )))
+}
+
+/// Sends `req`, and sends it once more when the connection dropped before any answer: a
+/// pooled keep-alive connection the server closed (its idle timeout) just as the request went
+/// out says nothing about the server or the blob, so it must not use up `retries` or fail a
+/// read with `retries = 0`. A panic inside the client is caught (`Err`).
+fn call_once_more_if_dropped(
+    request: impl Fn() -> ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+) -> std::thread::Result<Result<Response<Body>, ureq::Error>> {
+    let call = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| request().call()));
+    match call() {
+        Ok(Err(ureq::Error::Io(e)))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            call()
+        }
+        other => other,
+    }
 }
 
 /// An error for a status that is not the one expected.
