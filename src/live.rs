@@ -47,19 +47,11 @@ pub enum LiveError {
     Request(String),
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Result<Vec<u8>, LiveError> {
-    let bad = || LiveError::Request(format!("{s:?} is not hex"));
-    if s.is_empty() || !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return Err(bad());
+    match hex::decode(s) {
+        Ok(bytes) if !bytes.is_empty() => Ok(bytes),
+        _ => Err(LiveError::Request(format!("{s:?} is not hex"))),
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad()))
-        .collect()
 }
 
 impl Target {
@@ -67,9 +59,13 @@ impl Target {
     pub fn request(&self) -> String {
         match self {
             Target::Object { volume, key } => {
-                format!("invalidate {} {}", hex(volume.key()), hex(key))
+                format!(
+                    "invalidate {} {}",
+                    hex::encode(volume.key()),
+                    hex::encode(key)
+                )
             }
-            Target::Volume(volume) => format!("purge {}", hex(volume.key())),
+            Target::Volume(volume) => format!("purge {}", hex::encode(volume.key())),
         }
     }
 
@@ -198,6 +194,9 @@ mod tests {
             ("purge", vec!["612f62"]),
             ("purge", vec!["abc"]),
             ("purge", vec!["zz"]),
+            // Signs: "+f" is 15 to `u8::from_str_radix`, never a hex digit.
+            ("purge", vec!["+f+f"]),
+            ("invalidate", vec!["61", "-1"]),
             ("invalidate", vec!["61"]),
             ("purge", vec![]),
         ] {

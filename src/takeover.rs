@@ -45,8 +45,7 @@ pub fn state_path_in(run_dir: &Path, config: &Path) -> std::path::PathBuf {
     }
     use sha2::{Digest, Sha256};
     let hash = Sha256::digest(config.as_os_str().as_bytes());
-    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-    run_dir.join(format!("bound-{hex}.conf"))
+    run_dir.join(format!("bound-{}.conf", hex::encode(&hash[..8])))
 }
 
 const FAMILIES: [[Limit; 3]; 2] = [

@@ -389,11 +389,7 @@ fn sha256_of(fd: BorrowedFd<'_>, len: u64) -> Result<String, Errno> {
         h.update(&buf[..n]);
         off += n as u64;
     }
-    let mut s = String::from("sha256:");
-    for b in h.finalize().iter() {
-        s.push_str(&format!("{b:02x}"));
-    }
-    Ok(s)
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
 /// Whether `fd` is a fanotify group of class FAN_CLASS_PRE_CONTENT: its fdinfo starts with

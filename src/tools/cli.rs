@@ -121,14 +121,7 @@ fn parse_hex(s: &[u8]) -> Result<Vec<u8>, UsageError> {
     if s.is_empty() || !s.len().is_multiple_of(2) {
         return Err(usage_err("--key-hex needs an even number of hex digits"));
     }
-    s.chunks(2)
-        .map(|p| {
-            std::str::from_utf8(p)
-                .ok()
-                .and_then(|t| u8::from_str_radix(t, 16).ok())
-                .ok_or_else(|| usage_err("--key-hex: not hex"))
-        })
-        .collect()
+    hex::decode(s).map_err(|_| usage_err("--key-hex: not hex"))
 }
 
 /// A `--volume` value: one directory `I<volume>` in `cache/`, nothing else.
@@ -779,6 +772,8 @@ mod tests {
             &["prefill", "--volume", "erofs,x", "--key", "k"],
             &["invalidate", "--volume", "v"],
             &["invalidate", "--volume", "v", "--key-hex", "abc"],
+            &["invalidate", "--volume", "v", "--key-hex", "+f+f"],
+            &["invalidate", "--volume", "v", "--key-hex", "0x"],
             &["--dir", "/a", "-f", "/b", "ls"],
             &["ls", "--bogus"],
             // Volume names that are not one directory of cache/ (issue 12.1).

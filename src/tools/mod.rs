@@ -67,10 +67,6 @@ pub fn reap(graveyard: &Dir) -> Result<u64, ToolError> {
 pub fn show_bytes(b: &[u8]) -> String {
     match std::str::from_utf8(b) {
         Ok(s) if crate::cachedir::Escaped(b).to_string() == s => s.to_string(),
-        _ => format!("0x{}", hex(b)),
+        _ => format!("0x{}", hex::encode(b)),
     }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -70,13 +70,7 @@ pub fn digest_from_fsid(fsid: &str) -> Option<String> {
 }
 
 fn sha256_string(h: Sha256) -> String {
-    let hash = h.finalize();
-    let mut s = String::with_capacity(7 + 64);
-    s.push_str("sha256:");
-    for b in hash.iter() {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    format!("sha256:{}", hex::encode(h.finalize()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
