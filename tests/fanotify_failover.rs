@@ -30,12 +30,13 @@ use std::time::{Duration, Instant};
 const FAN_PRE_ACCESS: u64 = 0x0010_0000;
 
 /// The worker process: adopts the group at `FANOCRASH_GROUP_FD`, keeps its record at
-/// `FANOCRASH_RECORD`, attaches the blob `blob` and serves until killed.
+/// `FANOCRASH_RECORD`, attaches the blob `blob` and serves until killed. Not a test of its
+/// own: the tests below run it in a child process (`--ignored --exact worker`).
 #[test]
+#[ignore = "the worker process the failover tests start; not a test by itself"]
 fn worker() {
-    let Some(fd) = std::env::var_os("FANOCRASH_WORKER") else {
-        return;
-    };
+    let fd =
+        std::env::var_os("FANOCRASH_WORKER").expect("FANOCRASH_WORKER names the test's directory");
     let dir = PathBuf::from(fd);
     cachefilesd_rs::logging::init(true, 0);
     let fd: i32 = std::env::var("FANOCRASH_GROUP_FD")
@@ -129,7 +130,13 @@ impl Holder {
         )
         .unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "worker", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "worker",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("FANOCRASH_WORKER", self.dir.path())
             .env("FANOCRASH_GROUP_FD", held.as_raw_fd().to_string())
             .stdout(Stdio::null())
