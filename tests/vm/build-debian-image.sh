@@ -2,7 +2,8 @@
 # Builds (or reuses) the root disk of the Debian VM (`# vm-kind: debian` scenarios): a bookworm
 # tree made by debootstrap with systemd as PID 1, udev, the NFS client and server, and Debian's
 # C cachefilesd .deb in /root/debs/ (fetched on the host with apt-get download: the guest has no
-# network), turned into a raw ext4 image with mke2fs -d. The guest test driver
+# network), Debian's docker-registry holding one EROFS image (made here with mkfs.erofs) for the
+# guest's loopback, turned into a raw ext4 image with mke2fs -d. The guest test driver
 # debian/vmtest.service is baked in; the scenario and its runner come over 9p at run time.
 #   build-debian-image.sh        prints the image path as its last stdout line
 # Cached under ~/.cache/cachefilesd-rs/debian-image/<key>/root.img, key = hash of this script,
@@ -16,8 +17,9 @@ cache=${CACHEFILESD_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cachefilesd-rs}/de
 suite=bookworm
 # What the guest needs on top of minbase: systemd as init (udev, or device units never appear
 # and the boot waits for /dev/vda), the NFS server and client for the loopback fsc mount, kmod
-# for the unit's modprobe, procps for pgrep/ps in the scenario.
-packages=systemd,systemd-sysv,udev,kmod,procps,nfs-kernel-server,nfs-common,e2fsprogs
+# for the unit's modprobe, procps for pgrep/ps in the scenario, docker-registry for an
+# on-demand registry source inside the guest (issue 16: no traffic leaves the guest).
+packages=systemd,systemd-sysv,udev,kmod,procps,nfs-kernel-server,nfs-common,e2fsprogs,docker-registry
 # Debian's C daemon, installed by the scenario itself.
 guest_debs=(cachefilesd)
 size=${DEBIAN_IMAGE_SIZE:-2G}
@@ -31,6 +33,7 @@ if [ -s "$out/root.img" ]; then
 fi
 [ "$(id -u)" = 0 ] || { log "needs root (debootstrap)"; exit 1; }
 command -v debootstrap >/dev/null || { log "debootstrap is missing: apt-get install debootstrap"; exit 1; }
+command -v mkfs.erofs >/dev/null || { log "mkfs.erofs is missing: apt-get install erofs-utils"; exit 1; }
 PATH=$PATH:/usr/sbin:/sbin
 mirror=${CACHEFILESD_DEBIAN_MIRROR:-$("$here/debian-mirror.sh")}
 
@@ -70,6 +73,60 @@ done
 install -m 644 "$here/debian/vmtest.service" "$tree/etc/systemd/system/vmtest.service"
 mkdir -p "$tree/etc/systemd/system/multi-user.target.wants"
 ln -sf /etc/systemd/system/vmtest.service "$tree/etc/systemd/system/multi-user.target.wants/vmtest.service"
+
+# The registry's image: a tree of 300 files of varied sizes (empty, 1 B-16 KiB, 64-320 KiB;
+# about 4 MiB) in the registry's own storage layout, as a push leaves it:
+# blobs/sha256/XX/HEX/data and the repository's layer link. The scenario finds the digest, the
+# repository and the files' sha256 list in /root/registry-image/. The service is not started
+# at boot: the scenario starts it for its on-demand step.
+log "the registry's EROFS image"
+img=$work/image-tree
+i=0
+while [ $i -lt 300 ]; do
+  d=$img/d$((i % 12))/s$((i % 4))
+  mkdir -p "$d"
+  if [ $((i % 37)) -eq 5 ]; then
+    fsize=0
+  elif [ $((i % 29)) -eq 3 ]; then
+    fsize=$((65536 + (i * 40503) % 262144))
+  else
+    fsize=$(( (i * 2654435761) % 16384 + 1 ))
+  fi
+  head -c "$fsize" /dev/urandom >"$d/f$i"
+  i=$((i + 1))
+done
+reg=$tree/root/registry-image
+mkdir -p "$reg"
+(cd "$img" && find . -type f | sort | xargs sha256sum) >"$reg/SHA256SUMS"
+mkfs.erofs --quiet "$work/image.erofs" "$img" >&2
+hex=$(sha256sum "$work/image.erofs" | cut -c1-64)
+repo=vmtest/erofs
+v2=$tree/var/lib/docker-registry/docker/registry/v2
+mkdir -p "$v2/blobs/sha256/${hex:0:2}/$hex" "$v2/repositories/$repo/_layers/sha256/$hex"
+cp "$work/image.erofs" "$v2/blobs/sha256/${hex:0:2}/$hex/data"
+printf 'sha256:%s' "$hex" >"$v2/repositories/$repo/_layers/sha256/$hex/link"
+chroot "$tree" chown -R docker-registry: /var/lib/docker-registry
+echo "sha256:$hex" >"$reg/digest"
+echo "$repo" >"$reg/repository"
+stat -c %s "$work/image.erofs" >"$reg/size"
+# No authentication (Debian's default config names an htpasswd file it does not ship),
+# loopback only, the access log (a line per request with its status and bytes) in the journal.
+cat >"$tree/etc/docker/registry/config.yml" <<'EOF'
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: /var/lib/docker-registry
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:5000
+EOF
+rm -f "$tree/etc/systemd/system/multi-user.target.wants/docker-registry.service"
+log "registry image: $(grep -c . "$reg/SHA256SUMS") files, blob sha256:$hex, $(cat "$reg/size") bytes"
+
 # Journal on disk, so the scenario can read the previous boot's entries after its reboot.
 mkdir -p "$tree/var/log/journal"
 rm -rf "$tree/debootstrap" "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/*_Packages
