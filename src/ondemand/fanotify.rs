@@ -5,8 +5,13 @@
 //! whether an open file raises pre-content events is decided when it is opened, so the
 //! engine's fills through that fd raise none. Then the file is sized and gets an inode mark
 //! of FAN_PRE_ACCESS. Each event names the range a reader is about to see; a range already in
-//! the file (SEEK_HOLE) is allowed at once, any other is filled through the engine (the same
-//! pools, sources and fill code as the cachefiles front end) and then allowed. Every event is
+//! the file is allowed at once, any other is filled through the engine (the same pools,
+//! sources and fill code as the cachefiles front end) and then allowed. What is in the file is
+//! the blob's `Ranges`: read from the file at attach (SEEK_DATA/SEEK_HOLE), grown by each fill
+//! that succeeded, and asked of the file again (SEEK_HOLE from the event's offset) only for a
+//! range it does not hold, which finds the readahead of earlier fills and what prefetch wrote.
+//! An event held in it costs no system call but its answer and the one fstat that tells whose
+//! file it is. Every event is
 //! answered exactly once: from the moment its fd is adopted it is held by a `ReadReply`,
 //! which a dropped job or a panic turns into FAN_DENY with EIO. Never zeros, never a hang.
 //!
@@ -27,6 +32,7 @@ use super::engine::{Engine, OpenRequest};
 use super::fds::{AdoptError, KernelFd};
 use super::inflight::{self, Pending, Record};
 use super::pool::panic_message;
+use super::ranges::Ranges;
 use super::reply::{FrontEnd, ReadReply, Ticket};
 use super::sourcemap::{is_safe_name, Location};
 use super::sources::digest_from_fsid;
@@ -79,6 +85,8 @@ pub struct GroupStats {
     pub events: u64,
     /// Ranges already in the file, allowed at once.
     pub present: u64,
+    /// Events whose range the blob's map did not hold, asked of the file (SEEK_HOLE).
+    pub lookups: u64,
     /// Events of our own process (a fill through an fd that raises events), allowed at once.
     pub own: u64,
     /// Events for a file no attached blob has: denied.
@@ -109,10 +117,8 @@ pub struct Group {
     next_id: u32,
     /// Our pid, as events report it (the thread group id).
     pid: i32,
-    /// Each attached blob's file (the fd it was sized and is filled through), and what its
-    /// bytes must hash to once complete (registry blobs), with the blob's size: the file is
-    /// longer, to a whole page, and that tail is not the blob's.
-    files: HashMap<u32, (Arc<KernelFd>, Option<BlobDigest>)>,
+    /// Each attached blob's file and what it is known to hold.
+    files: HashMap<u32, BlobFile>,
     /// Blobs whose file holds them whole: unmarked, so their reads raise no event.
     complete: std::collections::HashSet<u32>,
     /// Blobs whose complete file did not match its digest: every read is denied.
@@ -133,11 +139,39 @@ pub struct Group {
     reattaching: HashMap<(u64, u64), u32>,
     /// Events on those files, served once their attach settles (`Lazy::settle`).
     parked: Vec<Parked>,
+    /// The fills in flight, by their event's ticket key: the blob and the range asked for,
+    /// which its blob's map holds once the fill succeeded (never after a failure).
+    fills: HashMap<u64, Fill>,
+    /// Numbers each attach's `BlobFile`.
+    next_serial: u64,
     pub stats: GroupStats,
 }
 
 /// An event waiting for its blob's attach: object id, range, reply, fd number.
 type Parked = (u32, Option<wire::Range>, ReadReply<Fanotify>, i32);
+
+/// An attached blob's file.
+struct BlobFile {
+    /// The fd it was sized and is filled through.
+    fd: Arc<KernelFd>,
+    /// What its bytes must hash to once complete (registry blobs), with the blob's size: the
+    /// file is longer, to a whole page, and that tail is not the blob's.
+    digest: Option<BlobDigest>,
+    /// The file's length, set at attach (the blob's size to a whole page).
+    len: u64,
+    /// What of `[0, len)` is known to hold the blob's bytes.
+    filled: Ranges,
+    /// Tells this attach from an earlier one with the same object id.
+    serial: u64,
+}
+
+/// A fill in flight: the event's range of the blob attached as `serial`.
+struct Fill {
+    object_id: u32,
+    serial: u64,
+    start: u64,
+    end: u64,
+}
 
 impl AsFd for Group {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -190,6 +224,8 @@ impl Group {
             owed: HashMap::new(),
             reattaching: HashMap::new(),
             parked: Vec::new(),
+            fills: HashMap::new(),
+            next_serial: 0,
             stats: GroupStats::default(),
         }
     }
@@ -329,18 +365,22 @@ impl Group {
         {
             return;
         }
-        let Some((file, digest)) = self.files.get(&object_id) else {
+        let Some(blob) = self.files.get_mut(&object_id) else {
             return;
         };
-        let fd = file.as_fd();
-        let Ok(st) = fstat(fd.as_raw_fd()) else {
-            return;
-        };
-        let len = st.st_size as u64;
-        if !is_present(fd, 0, len) {
+        let len = blob.len;
+        if !blob.filled.contains(0, len) {
             return;
         }
-        if let Some((want, size)) = digest {
+        // Once per blob, before it is recorded: the file itself must agree.
+        if !is_present(blob.fd.as_fd(), 0, len) {
+            log::error!("object {object_id}: its file has a hole where the daemon filled it; reading what it holds again");
+            blob.filled = Ranges::of_file(blob.fd.as_fd(), len).unwrap_or_default();
+            return;
+        }
+        let (file, digest) = (blob.fd.clone(), blob.digest.clone());
+        let fd = file.as_fd();
+        if let Some((want, size)) = &digest {
             match sha256_of(fd, *size) {
                 Ok(got) if got == *want => {}
                 Ok(got) => {
@@ -508,22 +548,34 @@ impl FrontEnd for Fanotify {
                 nix::unistd::ftruncate(fd, 0)?;
                 nix::unistd::ftruncate(fd, len as i64)?;
             }
-            let complete = current == len
-                && recorded.as_deref() == Some(len.to_string().as_bytes())
-                && is_present(fd, 0, len);
+            // What an earlier attach (or run) filled is kept. Read before the mark: nothing
+            // writes the file from here on but our fills.
+            let filled = if current == len {
+                Ranges::of_file(fd, len).unwrap_or_default()
+            } else {
+                Ranges::new()
+            };
+            let complete =
+                recorded.as_deref() == Some(len.to_string().as_bytes()) && filled.contains(0, len);
             if !complete {
                 // Sized before the mark: a truncate of a marked file raises an event itself.
                 group.mark(MarkFlags::FAN_MARK_ADD, fd)?;
             }
-            Ok::<_, Errno>((inode_key(fd)?, complete))
+            Ok::<_, Errno>((inode_key(fd)?, complete, filled))
         })();
         match prepared {
-            Ok((key, complete)) => {
+            Ok((key, complete, filled)) => {
                 group.blobs.insert(key, object_id);
                 let file = Arc::new(file);
-                group
-                    .files
-                    .insert(object_id, (file.clone(), digest.map(|d| (d, size))));
+                group.next_serial += 1;
+                let blob = BlobFile {
+                    fd: file.clone(),
+                    digest: digest.map(|d| (d, size)),
+                    len,
+                    filled,
+                    serial: group.next_serial,
+                };
+                group.files.insert(object_id, blob);
                 if complete {
                     group.complete.insert(object_id);
                     group.stats.complete_at_attach += 1;
@@ -550,6 +602,17 @@ impl FrontEnd for Fanotify {
             Err(errno) => Verdict::Deny(deny_errno(errno)),
         };
         let number = read.number;
+        let filled = group.fills.remove(&read.key()).filter(|_| result.is_ok());
+        if let Some(fill) = &filled {
+            // The fill wrote at least the range its event asked for (page-aligned; the
+            // readahead beyond it the next event finds in the file). Only into the file of
+            // the attach that started it: a detach may have given its id to another.
+            if let Some(blob) = group.files.get_mut(&fill.object_id) {
+                if blob.serial == fill.serial {
+                    blob.filled.insert(fill.start, fill.end);
+                }
+            }
+        }
         if read.fd.is_none() {
             if group.owed.remove(&number).is_none() {
                 // Denied already: a new event took its number (`settle_collision`).
@@ -559,10 +622,8 @@ impl FrontEnd for Fanotify {
         }
         group.respond(number, verdict);
         group.save_record(|r| r.events.remove(&number).is_some());
-        if verdict == Verdict::Allow {
-            if let Some(id) = read.fd.as_ref().and_then(|fd| group.attached(fd.as_fd())) {
-                group.check_complete(id);
-            }
+        if let Some(fill) = filled {
+            group.check_complete(fill.object_id);
         }
         // Answered first, closed now.
         drop(read);
@@ -570,6 +631,13 @@ impl FrontEnd for Fanotify {
     }
 
     fn prefetched(group: &mut Group, object_id: u32) {
+        // Prefetch writes past what any event asked: what it wrote is read from the file.
+        if let Some(blob) = group.files.get_mut(&object_id) {
+            match Ranges::of_file(blob.fd.as_fd(), blob.len) {
+                Ok(found) => found.iter().for_each(|(s, e)| blob.filled.insert(s, e)),
+                Err(e) => log::warn!("object {object_id}: reading what its file holds: {e}"),
+            }
+        }
         group.check_complete(object_id);
     }
 }
@@ -776,12 +844,20 @@ impl Engine<Fanotify> {
     }
 
     fn adopt(&self, fd: i32) -> Result<KernelFd, AdoptError> {
+        self.adopt_keyed(fd).map(|(fd, _)| fd)
+    }
+
+    /// Adopts an event's fd and tells whose file it is ((st_dev, st_ino)), with one fstat.
+    fn adopt_keyed(&self, fd: i32) -> Result<(KernelFd, (u64, u64)), AdoptError> {
+        let mut key = (0, 0);
         // Only a pre-content watched file is ever in an event of this group: a regular file.
-        self.fds().adopt(fd as u32, |fd| {
+        let owned = self.fds().adopt(fd as u32, |fd| {
             fstat(fd).is_ok_and(|st| {
+                key = (st.st_dev, st.st_ino);
                 SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
             })
-        })
+        })?;
+        Ok((owned, key))
     }
 
     /// Denies an event that cannot be served, and closes its fd when it is ours.
@@ -818,11 +894,10 @@ impl Engine<Fanotify> {
             drop(self.adopt(event.fd));
             return;
         }
-        let fd = match self.adopt(event.fd) {
-            Ok(fd) => fd,
+        let (fd, key) = match self.adopt_keyed(event.fd) {
+            Ok(adopted) => adopted,
             Err(_) => return self.refuse(group, event.fd, event.mask),
         };
-        let key = inode_key(fd.as_fd());
         let number = event.fd;
         let reply = self.read_reply(EventTicket {
             fd: Some(fd),
@@ -836,14 +911,9 @@ impl Engine<Fanotify> {
             let _ = reply.answer(group, Ok(0));
             return;
         }
-        let object = key
-            .ok()
-            .and_then(|k| group.blobs.get(&k).copied())
+        let object = (group.blobs.get(&key).copied())
             .and_then(|id| self.objects().get(&id).map(|o| (id, o.fd.clone())));
-        let waiting = key
-            .as_ref()
-            .ok()
-            .and_then(|k| group.reattaching.get(k).copied());
+        let waiting = group.reattaching.get(&key).copied();
         if let (None, Some(object_id)) = (&object, waiting) {
             // Marked by our predecessor, attached again by us: served once the source
             // answers (a denial now would fail a read that will be served in a moment).
@@ -888,23 +958,42 @@ impl Engine<Fanotify> {
         reply: ReadReply<Fanotify>,
         number: i32,
     ) {
-        let len = match fstat(file.as_fd().as_raw_fd()) {
-            Ok(st) => st.st_size as u64,
-            Err(e) => {
-                log::warn!("object {object_id}: fstat: {e}; failing the read");
-                let _ = reply.answer(group, Err(Errno::EIO));
-                return;
-            }
+        let Some(blob) = group.files.get_mut(&object_id) else {
+            log::warn!("object {object_id} has no file; failing the read");
+            let _ = reply.answer(group, Err(Errno::EIO));
+            return;
         };
+        let len = blob.len;
         // No range: the access may touch anything (an open for write, a truncate).
         let (off, count) = range.map_or((0, len), |r| (r.offset, r.count));
         let end = off.saturating_add(count).min(len);
-        if off >= end || is_present(file.as_fd(), off, end) {
+        if off >= end || blob.filled.contains(off, end) {
             group.stats.present += 1;
             let _ = reply.answer(group, Ok(0));
             return;
         }
+        // Not known to be there, it may be all the same: the readahead of a fill (which
+        // records only the range its event asked for), a prefetch, a fill that finished after
+        // a detach. What the file holds from `off` on is kept.
+        group.stats.lookups += 1;
+        let found = hole_after(file.as_fd(), off).is_some_and(|hole| {
+            blob.filled.insert(off, hole.min(len));
+            blob.filled.contains(off, end)
+        });
+        if found {
+            group.stats.present += 1;
+            let _ = reply.answer(group, Ok(0));
+            group.check_complete(object_id);
+            return;
+        }
         self.stats.reads += 1;
+        let fill = Fill {
+            object_id,
+            serial: blob.serial,
+            start: off,
+            end,
+        };
+        group.fills.insert(reply.key(), fill);
         // Recorded before the work starts, for a successor should we die before answering.
         if let Some(blob) = group.names.get(&object_id).cloned() {
             let pending = Pending {
@@ -924,10 +1013,16 @@ impl Engine<Fanotify> {
 /// Whether `[off, end)` of the file holds data throughout (SEEK_HOLE finds no hole before
 /// `end`). Any error just means "fill it".
 fn is_present(fd: BorrowedFd<'_>, off: u64, end: u64) -> bool {
-    matches!(
-        nix::unistd::lseek(fd.as_raw_fd(), off as i64, nix::unistd::Whence::SeekHole),
-        Ok(hole) if hole as u64 >= end
-    )
+    hole_after(fd, off).is_some_and(|hole| hole >= end)
+}
+
+/// The first hole of the file at or after `off` (its end when there is none); `None` when
+/// the filesystem cannot tell.
+fn hole_after(fd: BorrowedFd<'_>, off: u64) -> Option<u64> {
+    let off = i64::try_from(off).ok()?;
+    nix::unistd::lseek(fd.as_raw_fd(), off, nix::unistd::Whence::SeekHole)
+        .ok()
+        .map(|hole| hole as u64)
 }
 
 /// The directory under the cache root holding the attached blobs' sparse files, as
