@@ -103,6 +103,23 @@ pub struct GroupStats {
     /// Events a dead predecessor read but did not record (or whose number a new event
     /// took), denied with EIO.
     pub recovered_denied: u64,
+    /// Where the loop thread's time per event goes (logged at each detach).
+    pub calls: CallTimes,
+}
+
+/// Time spent in the loop thread's system calls for events, summed (wall clock around each
+/// call, so a call that sleeps or is preempted counts whole).
+#[derive(Debug, Default, Clone)]
+pub struct CallTimes {
+    /// `read` of the group that returned events, and those reads.
+    pub reads: u64,
+    pub read: std::time::Duration,
+    /// Taking each event's fd (its fstat).
+    pub adopt: std::time::Duration,
+    /// Writing each answer.
+    pub answer: std::time::Duration,
+    /// Closing each event's fd.
+    pub close: std::time::Duration,
 }
 
 /// `sha256:<hex>` of a blob and the blob's size in bytes.
@@ -620,13 +637,17 @@ impl FrontEnd for Fanotify {
             }
             group.stats.recovered += 1;
         }
+        let started = std::time::Instant::now();
         group.respond(number, verdict);
+        group.stats.calls.answer += started.elapsed();
         group.save_record(|r| r.events.remove(&number).is_some());
         if let Some(fill) = filled {
             group.check_complete(fill.object_id);
         }
         // Answered first, closed now.
+        let started = std::time::Instant::now();
         drop(read);
+        group.stats.calls.close += started.elapsed();
         Ok(())
     }
 
@@ -756,6 +777,18 @@ impl Engine<Fanotify> {
         let Some(object) = self.objects().get(&object_id) else {
             return;
         };
+        let (g, c) = (&group.stats, &group.stats.calls);
+        log::info!(
+            "fanotify so far: {} events ({} allowed at once, {} looked up in the file) in {} reads of the group; the loop thread's calls for them: read {} ms, fstat {} ms, answer {} ms, close {} ms",
+            g.events,
+            g.present,
+            g.lookups,
+            c.reads,
+            c.read.as_millis(),
+            c.adopt.as_millis(),
+            c.answer.as_millis(),
+            c.close.as_millis()
+        );
         if !group.complete.remove(&object_id) {
             if let Err(e) = group.mark(MarkFlags::FAN_MARK_REMOVE, object.fd.as_fd()) {
                 log::warn!("removing the mark of object {object_id}: {e}");
@@ -782,7 +815,13 @@ impl Engine<Fanotify> {
         let mut failed: Option<Errno> = None;
         let mut in_a_row = 0;
         loop {
-            let n = match nix::unistd::read(group.fan.as_fd().as_raw_fd(), &mut buf) {
+            let started = std::time::Instant::now();
+            let read = nix::unistd::read(group.fan.as_fd().as_raw_fd(), &mut buf);
+            if matches!(read, Ok(n) if n > 0) {
+                group.stats.calls.reads += 1;
+                group.stats.calls.read += started.elapsed();
+            }
+            let n = match read {
                 Ok(0) | Err(Errno::EAGAIN) => {
                     return failed.map_or(Ok(()), |e| Err(FanotifyError::Read(e)))
                 }
@@ -894,10 +933,12 @@ impl Engine<Fanotify> {
             drop(self.adopt(event.fd));
             return;
         }
+        let started = std::time::Instant::now();
         let (fd, key) = match self.adopt_keyed(event.fd) {
             Ok(adopted) => adopted,
             Err(_) => return self.refuse(group, event.fd, event.mask),
         };
+        group.stats.calls.adopt += started.elapsed();
         let number = event.fd;
         let reply = self.read_reply(EventTicket {
             fd: Some(fd),
