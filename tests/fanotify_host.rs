@@ -418,6 +418,52 @@ fn events_inside_what_a_fill_read_ahead_are_answered_from_the_map() {
     // The file asked (SEEK_HOLE) at most once per fetch, for the readahead it left behind
     // (and once more per fetch that raced another's), not per event.
     assert!(g.events > 4 * fetches, "{g:?}, {fetches} fetches");
-    assert!(g.lookups <= 2 * fetches, "{g:?}, {fetches} fetches");
+    assert!(
+        g.lookups <= 2 * (fetches + g.ahead),
+        "{g:?}, {fetches} fetches"
+    );
+    // A sequential reader is filled ahead of, in the background, after its first fetches.
+    assert!(g.ahead > 0, "{g:?}");
+    assert!(fetches < 8, "{g:?}, {fetches} fetches");
     assert!(h.group.is_complete(id), "{g:?}");
+}
+
+#[test]
+fn concurrent_readers_of_one_range_get_its_bytes_and_it_is_fetched_about_once() {
+    let Some(mut h) = harness(1 << 20) else {
+        return;
+    };
+    let data = pattern(16 << 20, 19);
+    std::fs::write(h.src.join("two"), &data).unwrap();
+    let (_, file) = h.attach("two");
+    let mut readers: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            Command::new("cmp")
+                .arg(h.src.join("two"))
+                .arg(&file)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    h.pump_until("three readers", |_| {
+        readers.iter_mut().all(|c| c.try_wait().unwrap().is_some())
+    });
+    for c in readers {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_eq!(h.engine.stats.reads_failed, 0);
+    let fetched = h.engine.stats.bytes_written;
+    // Readers inside a fill in flight wait for it instead of fetching their range again;
+    // only readahead past what a fill was asked for may be written twice.
+    assert!(
+        fetched < (16 << 20) * 3 / 2,
+        "{fetched} bytes fetched, {:?}",
+        h.group.stats
+    );
 }

@@ -87,6 +87,10 @@ pub struct GroupStats {
     pub present: u64,
     /// Events whose range the blob's map did not hold, asked of the file (SEEK_HOLE).
     pub lookups: u64,
+    /// Fills started ahead of a reader nearing the end of what is filled (no event waits).
+    pub ahead: u64,
+    /// Events that waited for a fill in flight instead of fetching their range again.
+    pub waited: u64,
     /// Events of our own process (a fill through an fd that raises events), allowed at once.
     pub own: u64,
     /// Events for a file no attached blob has: denied.
@@ -161,6 +165,10 @@ pub struct Group {
     fills: HashMap<u64, Fill>,
     /// Numbers each attach's `BlobFile`.
     next_serial: u64,
+    /// Events whose range a fill in flight is writing: answered when it is done.
+    waiting: Vec<Waiting>,
+    /// Numbers the fills started ahead of the readers (their tickets' keys).
+    next_ahead: u64,
     pub stats: GroupStats,
 }
 
@@ -180,9 +188,22 @@ struct BlobFile {
     filled: Ranges,
     /// Tells this attach from an earlier one with the same object id.
     serial: u64,
+    /// The ranges fills in flight were asked for: an event inside one waits for it.
+    filling: Vec<(u64, u64)>,
+}
+
+/// An event waiting for a fill in flight that covers its range (`Group::waiting`).
+struct Waiting {
+    object_id: u32,
+    serial: u64,
+    start: u64,
+    end: u64,
+    reply: ReadReply<Fanotify>,
+    number: i32,
 }
 
 /// A fill in flight: the event's range of the blob attached as `serial`.
+#[derive(Clone, Copy)]
 struct Fill {
     object_id: u32,
     serial: u64,
@@ -243,6 +264,8 @@ impl Group {
             parked: Vec::new(),
             fills: HashMap::new(),
             next_serial: 0,
+            waiting: Vec::new(),
+            next_ahead: 0,
             stats: GroupStats::default(),
         }
     }
@@ -427,6 +450,44 @@ impl Group {
     }
 }
 
+impl Group {
+    /// After a fill of `object_id` ended: each event waiting on it is allowed when its range
+    /// is filled now, waits on when another fill in flight covers it, and is otherwise served
+    /// afresh (`Lazy::settle`, through `parked`: the fill it waited for failed).
+    fn wake_waiting(&mut self, object_id: u32) {
+        if !self.waiting.iter().any(|w| w.object_id == object_id) {
+            return;
+        }
+        let (mine, others): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| w.object_id == object_id);
+        self.waiting = others;
+        for w in mine {
+            let blob = self.files.get(&object_id).filter(|b| b.serial == w.serial);
+            match blob {
+                Some(b) if b.filled.contains(w.start, w.end) => {
+                    self.stats.present += 1;
+                    let _ = w.reply.answer(self, Ok(0));
+                }
+                Some(b) if covering(&b.filling, w.start, w.end) => self.waiting.push(w),
+                _ => {
+                    let range = wire::Range {
+                        offset: w.start,
+                        count: w.end - w.start,
+                    };
+                    self.parked
+                        .push((object_id, Some(range), w.reply, w.number));
+                }
+            }
+        }
+    }
+}
+
+/// Whether one of `fills` covers `[start, end)`.
+fn covering(fills: &[(u64, u64)], start: u64, end: u64) -> bool {
+    fills.iter().any(|&(s, e)| s <= start && end <= e)
+}
+
 /// The xattr that records, on a blob's file, that it holds the whole blob: the file's size,
 /// in decimal. An attach finding it (and the size, and no hole) does not mark the file.
 pub const COMPLETE_XATTR: &str = "user.cachefilesd.complete";
@@ -496,6 +557,8 @@ pub struct AttachTicket {
 pub struct EventTicket {
     fd: Option<KernelFd>,
     number: i32,
+    /// A fill ahead of the readers, which answers no event: its number.
+    ahead: Option<u64>,
 }
 
 /// A predecessor's events are keyed apart from ours, which may reuse their numbers.
@@ -507,11 +570,15 @@ impl Ticket for AttachTicket {
     }
 }
 
+/// Fills ahead of the readers are keyed above everything else.
+const AHEAD_KEY_BASE: u64 = 1 << 48;
+
 impl Ticket for EventTicket {
     fn key(&self) -> u64 {
-        match self.fd {
-            Some(_) => self.number as u64,
-            None => OWED_KEY_BASE + self.number as u64,
+        match (self.ahead, &self.fd) {
+            (Some(n), _) => AHEAD_KEY_BASE + n,
+            (None, Some(_)) => self.number as u64,
+            (None, None) => OWED_KEY_BASE + self.number as u64,
         }
     }
 }
@@ -591,6 +658,7 @@ impl FrontEnd for Fanotify {
                     len,
                     filled,
                     serial: group.next_serial,
+                    filling: Vec::new(),
                 };
                 group.files.insert(object_id, blob);
                 if complete {
@@ -619,16 +687,34 @@ impl FrontEnd for Fanotify {
             Err(errno) => Verdict::Deny(deny_errno(errno)),
         };
         let number = read.number;
-        let filled = group.fills.remove(&read.key()).filter(|_| result.is_ok());
-        if let Some(fill) = &filled {
-            // The fill wrote at least the range its event asked for (page-aligned; the
-            // readahead beyond it the next event finds in the file). Only into the file of
-            // the attach that started it: a detach may have given its id to another.
-            if let Some(blob) = group.files.get_mut(&fill.object_id) {
-                if blob.serial == fill.serial {
+        let fill = group.fills.remove(&read.key());
+        let filled = fill.filter(|_| result.is_ok());
+        let fill = fill.as_ref();
+        if let Some(fill) = fill {
+            // Only into the file of the attach that started it: a detach may have given its
+            // id to another.
+            if let Some(blob) =
+                (group.files.get_mut(&fill.object_id)).filter(|b| b.serial == fill.serial)
+            {
+                if let Some(i) = (blob.filling.iter()).position(|r| *r == (fill.start, fill.end)) {
+                    blob.filling.swap_remove(i);
+                }
+                if result.is_ok() {
+                    // The fill wrote at least the range it was asked for (page-aligned; the
+                    // readahead beyond it the next event finds in the file).
                     blob.filled.insert(fill.start, fill.end);
                 }
             }
+            group.wake_waiting(fill.object_id);
+        }
+        if read.ahead.is_some() {
+            if let Err(e) = result {
+                log::debug!("a fill ahead of the readers failed ({e}); their events fetch it");
+            }
+            if let Some(fill) = filled {
+                group.check_complete(fill.object_id);
+            }
+            return Ok(());
         }
         if read.fd.is_none() {
             if group.owed.remove(&number).is_none() {
@@ -779,10 +865,12 @@ impl Engine<Fanotify> {
         };
         let (g, c) = (&group.stats, &group.stats.calls);
         log::info!(
-            "fanotify so far: {} events ({} allowed at once, {} looked up in the file) in {} reads of the group; the loop thread's calls for them: read {} ms, fstat {} ms, answer {} ms, close {} ms",
+            "fanotify so far: {} events ({} allowed at once, {} looked up in the file, {} waited for a fill in flight; {} fills ahead of the readers) in {} reads of the group; the loop thread's calls for them: read {} ms, fstat {} ms, answer {} ms, close {} ms",
             g.events,
             g.present,
             g.lookups,
+            g.waited,
+            g.ahead,
             c.reads,
             c.read.as_millis(),
             c.adopt.as_millis(),
@@ -907,6 +995,7 @@ impl Engine<Fanotify> {
                     let reply = self.read_reply(EventTicket {
                         number: fd,
                         fd: Some(owned),
+                        ahead: None,
                     });
                     let _ = reply.answer(group, Err(Errno::EIO));
                 }
@@ -943,6 +1032,7 @@ impl Engine<Fanotify> {
         let reply = self.read_reply(EventTicket {
             fd: Some(fd),
             number,
+            ahead: None,
         });
         *guarded = true;
         if event.pid == group.pid {
@@ -977,7 +1067,11 @@ impl Engine<Fanotify> {
     /// Serves an event a dead predecessor recorded (fd `number`, kept out of our own events
     /// by `Group::owe`) on the blob now attached as `object_id`: filled, then allowed.
     pub fn recover(&mut self, group: &mut Group, object_id: u32, number: i32, p: &Pending) {
-        let reply = self.read_reply(EventTicket { fd: None, number });
+        let reply = self.read_reply(EventTicket {
+            fd: None,
+            number,
+            ahead: None,
+        });
         let Some(file) = self.objects().get(&object_id).map(|o| o.fd.clone()) else {
             let _ = reply.answer(group, Err(Errno::EIO));
             return;
@@ -1011,6 +1105,7 @@ impl Engine<Fanotify> {
         if off >= end || blob.filled.contains(off, end) {
             group.stats.present += 1;
             let _ = reply.answer(group, Ok(0));
+            self.fill_ahead(group, object_id, end);
             return;
         }
         // Not known to be there, it may be all the same: the readahead of a fill (which
@@ -1025,16 +1120,11 @@ impl Engine<Fanotify> {
             group.stats.present += 1;
             let _ = reply.answer(group, Ok(0));
             group.check_complete(object_id);
+            self.fill_ahead(group, object_id, end);
             return;
         }
-        self.stats.reads += 1;
-        let fill = Fill {
-            object_id,
-            serial: blob.serial,
-            start: off,
-            end,
-        };
-        group.fills.insert(reply.key(), fill);
+        let waits = covering(&blob.filling, off, end);
+        let serial = blob.serial;
         // Recorded before the work starts, for a successor should we die before answering.
         if let Some(blob) = group.names.get(&object_id).cloned() {
             let pending = Pending {
@@ -1047,7 +1137,84 @@ impl Engine<Fanotify> {
                 true
             });
         }
+        if waits {
+            group.stats.waited += 1;
+            group.waiting.push(Waiting {
+                object_id,
+                serial,
+                start: off,
+                end,
+                reply,
+                number,
+            });
+            return;
+        }
+        self.stats.reads += 1;
+        if let Some(blob) = group.files.get_mut(&object_id) {
+            blob.filling.push((off, end));
+        }
+        let fill = Fill {
+            object_id,
+            serial,
+            start: off,
+            end,
+        };
+        group.fills.insert(reply.key(), fill);
         self.read(object_id, off, end - off, reply);
+    }
+
+    /// A reader of `object_id` was allowed up to `pos`: when that is within half a readahead
+    /// window of the end of the filled run it reads in, the next window is filled now, in the
+    /// background, so that the reader finds it there instead of waiting for it.
+    fn fill_ahead(&mut self, group: &mut Group, object_id: u32, pos: u64) {
+        let window = self.map().fetch.readahead;
+        let Some(blob) = group.files.get_mut(&object_id) else {
+            return;
+        };
+        let Some(mut run_end) = blob.filled.end_of_run(pos.saturating_sub(1)) else {
+            return;
+        };
+        let len = blob.len;
+        let wanted = |run_end: u64, filling: &[(u64, u64)]| {
+            window > 0
+                && run_end < len
+                && run_end - pos <= window / 2
+                && !filling.iter().any(|&(s, e)| s <= run_end && run_end < e)
+        };
+        if !wanted(run_end, &blob.filling) {
+            return;
+        }
+        // The fill that made this run wrote readahead past what it was asked for: the file
+        // knows where the run really ends.
+        group.stats.lookups += 1;
+        let found = hole_after(blob.fd.as_fd(), run_end).filter(|hole| *hole > run_end);
+        if let Some(hole) = found {
+            blob.filled.insert(run_end, hole.min(len));
+            run_end = blob.filled.end_of_run(run_end).unwrap_or(run_end);
+        }
+        if !wanted(run_end, &blob.filling) {
+            if found.is_some() {
+                group.check_complete(object_id);
+            }
+            return;
+        }
+        let end = run_end.saturating_add(window).min(blob.len);
+        blob.filling.push((run_end, end));
+        group.next_ahead += 1;
+        group.stats.ahead += 1;
+        let reply = self.read_reply(EventTicket {
+            fd: None,
+            number: -1,
+            ahead: Some(group.next_ahead),
+        });
+        let fill = Fill {
+            object_id,
+            serial: blob.serial,
+            start: run_end,
+            end,
+        };
+        group.fills.insert(reply.key(), fill);
+        self.read(object_id, run_end, end - run_end, reply);
     }
 }
 
@@ -1226,6 +1393,7 @@ impl Lazy {
                     let reply = self.engine.read_reply(EventTicket {
                         fd: None,
                         number: fd,
+                        ahead: None,
                     });
                     let _ = reply.answer(&mut self.group, Err(Errno::EIO));
                 }
