@@ -452,8 +452,9 @@ impl Group {
 
 impl Group {
     /// After a fill of `object_id` ended: each event waiting on it is allowed when its range
-    /// is filled now, waits on when another fill in flight covers it, and is otherwise served
-    /// afresh (`Lazy::settle`, through `parked`: the fill it waited for failed).
+    /// is filled now, waits on when another fill in flight covers it, is served afresh when
+    /// the fill it waited for failed (`Lazy::settle`, through `parked`), and fails with EIO
+    /// when its blob was detached meanwhile.
     fn wake_waiting(&mut self, object_id: u32) {
         if !self.waiting.iter().any(|w| w.object_id == object_id) {
             return;
@@ -470,13 +471,17 @@ impl Group {
                     let _ = w.reply.answer(self, Ok(0));
                 }
                 Some(b) if covering(&b.filling, w.start, w.end) => self.waiting.push(w),
-                _ => {
+                Some(_) => {
                     let range = wire::Range {
                         offset: w.start,
                         count: w.end - w.start,
                     };
                     self.parked
                         .push((object_id, Some(range), w.reply, w.number));
+                }
+                // Detached (its id maybe another blob's now): nothing can fill it any more.
+                None => {
+                    let _ = w.reply.answer(self, Err(Errno::EIO));
                 }
             }
         }
