@@ -17,8 +17,10 @@
 # RATIO carry the figures; per fanotify run: events, ranges allowed at once, fetches, bytes
 # fetched against bytes read, a plain copy of the image from the source to the cache disk (the
 # fetches' own cost without events), the source's fetch latency percentiles from the report, the
-# daemon's CPU time and how busy the guest's CPUs were (a run that leaves them idle waits on
-# round trips, not on work).
+# daemon's CPU time (split: loop thread, fetch workers) and how busy the guest's CPUs were (a
+# run that leaves them idle waits on round trips, not on work), the loop thread's context
+# switches, the guest's IPIs, writeback during the run, and the daemon's own log line of its
+# per-event calls (read, fstat, answer, close: wall time summed since it started).
 # shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
