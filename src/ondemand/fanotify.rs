@@ -11,7 +11,9 @@
 //! that succeeded, and asked of the file again (SEEK_HOLE from the event's offset) only for a
 //! range it does not hold, which finds the readahead of earlier fills and what prefetch wrote.
 //! An event held in it costs no system call but its answer and the one fstat that tells whose
-//! file it is. Every event is
+//! file it is. An event inside a fill in flight waits for that fill (`Group::waiting`); a
+//! reader nearing the end of a filled run gets the next readahead window filled in the
+//! background (`fill_ahead`), so a sequential reader rarely waits for a fetch. Every event is
 //! answered exactly once: from the moment its fd is adopted it is held by a `ReadReply`,
 //! which a dropped job or a panic turns into FAN_DENY with EIO. Never zeros, never a hang.
 //!
@@ -85,7 +87,8 @@ pub struct GroupStats {
     pub events: u64,
     /// Ranges already in the file, allowed at once.
     pub present: u64,
-    /// Events whose range the blob's map did not hold, asked of the file (SEEK_HOLE).
+    /// Times the file was asked (SEEK_HOLE) what its map did not hold: for an event's range,
+    /// and for where a run ends before a fill ahead of it.
     pub lookups: u64,
     /// Fills started ahead of a reader nearing the end of what is filled (no event waits).
     pub ahead: u64,
