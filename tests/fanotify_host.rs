@@ -265,3 +265,205 @@ fn a_detached_blob_raises_no_more_events() {
     assert_eq!(h.group.stats.events, 0);
     assert_eq!(h.engine.stats.bytes_written, 0);
 }
+
+/// `dd` of `len` bytes at `off` of `file`, by another process; its status, with the bytes
+/// read as its stdout (through a file: a pipe would fill up while the reader waits on us).
+fn read_range(h: &mut Harness, file: &Path, off: u64, len: u64, bs: u64) -> Output {
+    let copy = h.cache.with_file_name("read-range");
+    let _ = std::fs::remove_file(&copy);
+    let mut out = h.run(
+        Command::new("dd")
+            .arg(format!("if={}", file.display()))
+            .arg(format!("of={}", copy.display()))
+            .arg(format!("skip={off}"))
+            .arg(format!("count={len}"))
+            .arg(format!("bs={bs}"))
+            .args(["iflag=skip_bytes,count_bytes", "status=none"]),
+    );
+    out.stdout = std::fs::read(&copy).unwrap_or_default();
+    out
+}
+
+#[test]
+fn no_range_is_allowed_before_it_is_in_the_file_whatever_the_order_of_reads() {
+    // Readahead on, so that fills run past what events asked for, and reads that start in
+    // filled ranges and end in holes (and the reverse), of odd sizes, at the blob's end.
+    let Some(mut h) = harness(256 << 10) else {
+        return;
+    };
+    let len = 8u64 << 20;
+    let data = pattern(len as usize - 1000, 11);
+    std::fs::write(h.src.join("odd"), &data).unwrap();
+    let (id, file) = h.attach("odd");
+    let size = data.len() as u64;
+    // The file is the blob to a whole page: zeros after the blob's end.
+    let mut padded = data.clone();
+    padded.resize(len as usize, 0);
+    let check = |h: &mut Harness, off: u64, n: u64| {
+        let out = read_range(h, &file, off, n, 64 << 10);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let end = (off + n).min(len) as usize;
+        assert!(
+            out.stdout == padded[off as usize..end],
+            "bytes {off}..{end} differ from the source"
+        );
+    };
+    for (off, n) in [
+        (3 << 20, 5000),
+        ((3 << 20) - 4096, 8192),
+        (0, 1),
+        (size - 10, 10),
+        ((5 << 20) + 4095, 2),
+        ((3 << 20) + 200_000, 300_000),
+        (1 << 20, 3 << 20),
+        (size - 70_000, 70_000),
+    ] {
+        check(&mut h, off, n);
+    }
+    assert!(h.group.stats.present > 0, "{:?}", h.group.stats);
+    // Attached again, the map is read from the file: what is there is used, the holes are
+    // still filled before a read sees them.
+    h.engine.detach(&mut h.group, id);
+    let fetched = h.engine.stats.bytes_written;
+    let (_, again) = h.attach("odd");
+    assert_eq!(again, file);
+    for (off, n) in [
+        ((3 << 20) - 100, 200),
+        ((5 << 20) + 4000, 1 << 20),
+        (6 << 20, 2 << 20),
+        (4096, 12 << 10),
+    ] {
+        check(&mut h, off, n);
+    }
+    assert!(
+        h.engine.stats.bytes_written > fetched,
+        "the holes were fetched"
+    );
+    let out = h.run(
+        Command::new("cmp")
+            .arg(h.src.join("odd"))
+            .arg(&file)
+            .arg("-n")
+            .arg(size.to_string()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(h.engine.stats.reads_failed, 0);
+}
+
+#[test]
+fn a_failed_fill_leaves_its_range_unfilled_and_it_is_fetched_again() {
+    let Some(mut h) = harness(0) else { return };
+    let data = pattern(3 << 20, 13);
+    std::fs::write(h.src.join("flaky"), &data).unwrap();
+    let (_, file) = h.attach("flaky");
+    let src = std::fs::OpenOptions::new()
+        .write(true)
+        .open(h.src.join("flaky"))
+        .unwrap();
+    // The source loses its end after telling its size: a fill of 2 MiB from 0 writes its
+    // first MiB (one chunk), then fails.
+    src.set_len(1536 << 10).unwrap();
+    // One read, one event for all of it.
+    let out = read_range(&mut h, &file, 0, 2 << 20, 2 << 20);
+    assert!(!out.status.success(), "the read succeeded");
+    assert!(out.stdout.is_empty(), "no bytes reached the reader");
+    let out = read_range(&mut h, &file, 1600 << 10, 4096, 4096);
+    assert!(!out.status.success(), "the read succeeded");
+    assert_eq!(h.engine.stats.reads_failed, 2);
+    // Whole again: the same ranges are fetched, never allowed as they are (zeros).
+    use std::os::unix::fs::FileExt;
+    src.write_all_at(&data[1536 << 10..], 1536 << 10).unwrap();
+    let before = h.engine.stats.bytes_written;
+    for (off, n) in [(1600u64 << 10, 4096u64), (0, 2 << 20)] {
+        let out = read_range(&mut h, &file, off, n, n);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == data[off as usize..(off + n) as usize],
+            "bytes {off}..{} differ from the source",
+            off + n
+        );
+    }
+    assert!(h.engine.stats.bytes_written > before);
+    assert_eq!(h.engine.stats.reads_failed, 2);
+}
+
+#[test]
+fn events_inside_what_a_fill_read_ahead_are_answered_from_the_map() {
+    let Some(mut h) = harness(2 << 20) else {
+        return;
+    };
+    let data = pattern(32 << 20, 17);
+    std::fs::write(h.src.join("seq"), &data).unwrap();
+    let (id, file) = h.attach("seq");
+    let out = h.run(Command::new("cmp").arg(h.src.join("seq")).arg(&file));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let g = h.group.stats.clone();
+    let fetches = h.engine.stats.reads;
+    // The file asked (SEEK_HOLE) at most once per fetch, for the readahead it left behind
+    // (and once more per fetch that raced another's), not per event.
+    assert!(g.events > 4 * fetches, "{g:?}, {fetches} fetches");
+    assert!(
+        g.lookups <= 2 * (fetches + g.ahead),
+        "{g:?}, {fetches} fetches"
+    );
+    // A sequential reader is filled ahead of, in the background, after its first fetches.
+    assert!(g.ahead > 0, "{g:?}");
+    assert!(fetches < 8, "{g:?}, {fetches} fetches");
+    assert!(h.group.is_complete(id), "{g:?}");
+}
+
+#[test]
+fn concurrent_readers_of_one_range_get_its_bytes_and_it_is_fetched_about_once() {
+    let Some(mut h) = harness(1 << 20) else {
+        return;
+    };
+    let data = pattern(16 << 20, 19);
+    std::fs::write(h.src.join("two"), &data).unwrap();
+    let (_, file) = h.attach("two");
+    let mut readers: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            Command::new("cmp")
+                .arg(h.src.join("two"))
+                .arg(&file)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    h.pump_until("three readers", |_| {
+        readers.iter_mut().all(|c| c.try_wait().unwrap().is_some())
+    });
+    for c in readers {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_eq!(h.engine.stats.reads_failed, 0);
+    let fetched = h.engine.stats.bytes_written;
+    // Readers inside a fill in flight wait for it instead of fetching their range again;
+    // only readahead past what a fill was asked for may be written twice.
+    assert!(
+        fetched < (16 << 20) * 3 / 2,
+        "{fetched} bytes fetched, {:?}",
+        h.group.stats
+    );
+}

@@ -5,8 +5,15 @@
 //! whether an open file raises pre-content events is decided when it is opened, so the
 //! engine's fills through that fd raise none. Then the file is sized and gets an inode mark
 //! of FAN_PRE_ACCESS. Each event names the range a reader is about to see; a range already in
-//! the file (SEEK_HOLE) is allowed at once, any other is filled through the engine (the same
-//! pools, sources and fill code as the cachefiles front end) and then allowed. Every event is
+//! the file is allowed at once, any other is filled through the engine (the same pools,
+//! sources and fill code as the cachefiles front end) and then allowed. What is in the file is
+//! the blob's `Ranges`: read from the file at attach (SEEK_DATA/SEEK_HOLE), grown by each fill
+//! that succeeded, and asked of the file again (SEEK_HOLE from the event's offset) only for a
+//! range it does not hold, which finds the readahead of earlier fills and what prefetch wrote.
+//! An event held in it costs no system call but its answer and the one fstat that tells whose
+//! file it is. An event inside a fill in flight waits for that fill (`Group::waiting`); a
+//! reader nearing the end of a filled run gets the next readahead window filled in the
+//! background (`fill_ahead`), so a sequential reader rarely waits for a fetch. Every event is
 //! answered exactly once: from the moment its fd is adopted it is held by a `ReadReply`,
 //! which a dropped job or a panic turns into FAN_DENY with EIO. Never zeros, never a hang.
 //!
@@ -27,6 +34,7 @@ use super::engine::{Engine, OpenRequest};
 use super::fds::{AdoptError, KernelFd};
 use super::inflight::{self, Pending, Record};
 use super::pool::panic_message;
+use super::ranges::Ranges;
 use super::reply::{FrontEnd, ReadReply, Ticket};
 use super::sourcemap::{is_safe_name, Location};
 use super::sources::digest_from_fsid;
@@ -79,6 +87,13 @@ pub struct GroupStats {
     pub events: u64,
     /// Ranges already in the file, allowed at once.
     pub present: u64,
+    /// Times the file was asked (SEEK_HOLE) what its map did not hold: for an event's range,
+    /// and for where a run ends before a fill ahead of it.
+    pub lookups: u64,
+    /// Fills started ahead of a reader nearing the end of what is filled (no event waits).
+    pub ahead: u64,
+    /// Events that waited for a fill in flight instead of fetching their range again.
+    pub waited: u64,
     /// Events of our own process (a fill through an fd that raises events), allowed at once.
     pub own: u64,
     /// Events for a file no attached blob has: denied.
@@ -95,6 +110,23 @@ pub struct GroupStats {
     /// Events a dead predecessor read but did not record (or whose number a new event
     /// took), denied with EIO.
     pub recovered_denied: u64,
+    /// Where the loop thread's time per event goes (logged at each detach).
+    pub calls: CallTimes,
+}
+
+/// Time spent in the loop thread's system calls for events, summed (wall clock around each
+/// call, so a call that sleeps or is preempted counts whole).
+#[derive(Debug, Default, Clone)]
+pub struct CallTimes {
+    /// `read` of the group that returned events, and those reads.
+    pub reads: u64,
+    pub read: std::time::Duration,
+    /// Taking each event's fd (its fstat).
+    pub adopt: std::time::Duration,
+    /// Writing each answer.
+    pub answer: std::time::Duration,
+    /// Closing each event's fd.
+    pub close: std::time::Duration,
 }
 
 /// `sha256:<hex>` of a blob and the blob's size in bytes.
@@ -109,10 +141,8 @@ pub struct Group {
     next_id: u32,
     /// Our pid, as events report it (the thread group id).
     pid: i32,
-    /// Each attached blob's file (the fd it was sized and is filled through), and what its
-    /// bytes must hash to once complete (registry blobs), with the blob's size: the file is
-    /// longer, to a whole page, and that tail is not the blob's.
-    files: HashMap<u32, (Arc<KernelFd>, Option<BlobDigest>)>,
+    /// Each attached blob's file and what it is known to hold.
+    files: HashMap<u32, BlobFile>,
     /// Blobs whose file holds them whole: unmarked, so their reads raise no event.
     complete: std::collections::HashSet<u32>,
     /// Blobs whose complete file did not match its digest: every read is denied.
@@ -133,11 +163,56 @@ pub struct Group {
     reattaching: HashMap<(u64, u64), u32>,
     /// Events on those files, served once their attach settles (`Lazy::settle`).
     parked: Vec<Parked>,
+    /// The fills in flight, by their event's ticket key: the blob and the range asked for,
+    /// which its blob's map holds once the fill succeeded (never after a failure).
+    fills: HashMap<u64, Fill>,
+    /// Numbers each attach's `BlobFile`.
+    next_serial: u64,
+    /// Events whose range a fill in flight is writing: answered when it is done.
+    waiting: Vec<Waiting>,
+    /// Numbers the fills started ahead of the readers (their tickets' keys).
+    next_ahead: u64,
     pub stats: GroupStats,
 }
 
 /// An event waiting for its blob's attach: object id, range, reply, fd number.
 type Parked = (u32, Option<wire::Range>, ReadReply<Fanotify>, i32);
+
+/// An attached blob's file.
+struct BlobFile {
+    /// The fd it was sized and is filled through.
+    fd: Arc<KernelFd>,
+    /// What its bytes must hash to once complete (registry blobs), with the blob's size: the
+    /// file is longer, to a whole page, and that tail is not the blob's.
+    digest: Option<BlobDigest>,
+    /// The file's length, set at attach (the blob's size to a whole page).
+    len: u64,
+    /// What of `[0, len)` is known to hold the blob's bytes.
+    filled: Ranges,
+    /// Tells this attach from an earlier one with the same object id.
+    serial: u64,
+    /// The ranges fills in flight were asked for: an event inside one waits for it.
+    filling: Vec<(u64, u64)>,
+}
+
+/// An event waiting for a fill in flight that covers its range (`Group::waiting`).
+struct Waiting {
+    object_id: u32,
+    serial: u64,
+    start: u64,
+    end: u64,
+    reply: ReadReply<Fanotify>,
+    number: i32,
+}
+
+/// A fill in flight: the event's range of the blob attached as `serial`.
+#[derive(Clone, Copy)]
+struct Fill {
+    object_id: u32,
+    serial: u64,
+    start: u64,
+    end: u64,
+}
 
 impl AsFd for Group {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -190,6 +265,10 @@ impl Group {
             owed: HashMap::new(),
             reattaching: HashMap::new(),
             parked: Vec::new(),
+            fills: HashMap::new(),
+            next_serial: 0,
+            waiting: Vec::new(),
+            next_ahead: 0,
             stats: GroupStats::default(),
         }
     }
@@ -329,18 +408,22 @@ impl Group {
         {
             return;
         }
-        let Some((file, digest)) = self.files.get(&object_id) else {
+        let Some(blob) = self.files.get_mut(&object_id) else {
             return;
         };
-        let fd = file.as_fd();
-        let Ok(st) = fstat(fd.as_raw_fd()) else {
-            return;
-        };
-        let len = st.st_size as u64;
-        if !is_present(fd, 0, len) {
+        let len = blob.len;
+        if !blob.filled.contains(0, len) {
             return;
         }
-        if let Some((want, size)) = digest {
+        // Once per blob, before it is recorded: the file itself must agree.
+        if !is_present(blob.fd.as_fd(), 0, len) {
+            log::error!("object {object_id}: its file has a hole where the daemon filled it; reading what it holds again");
+            blob.filled = Ranges::of_file(blob.fd.as_fd(), len).unwrap_or_default();
+            return;
+        }
+        let (file, digest) = (blob.fd.clone(), blob.digest.clone());
+        let fd = file.as_fd();
+        if let Some((want, size)) = &digest {
             match sha256_of(fd, *size) {
                 Ok(got) if got == *want => {}
                 Ok(got) => {
@@ -368,6 +451,49 @@ impl Group {
         self.complete.insert(object_id);
         self.stats.completed += 1;
     }
+}
+
+impl Group {
+    /// After a fill of `object_id` ended: each event waiting on it is allowed when its range
+    /// is filled now, waits on when another fill in flight covers it, is served afresh when
+    /// the fill it waited for failed (`Lazy::settle`, through `parked`), and fails with EIO
+    /// when its blob was detached meanwhile.
+    fn wake_waiting(&mut self, object_id: u32) {
+        if !self.waiting.iter().any(|w| w.object_id == object_id) {
+            return;
+        }
+        let (mine, others): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| w.object_id == object_id);
+        self.waiting = others;
+        for w in mine {
+            let blob = self.files.get(&object_id).filter(|b| b.serial == w.serial);
+            match blob {
+                Some(b) if b.filled.contains(w.start, w.end) => {
+                    self.stats.present += 1;
+                    let _ = w.reply.answer(self, Ok(0));
+                }
+                Some(b) if covering(&b.filling, w.start, w.end) => self.waiting.push(w),
+                Some(_) => {
+                    let range = wire::Range {
+                        offset: w.start,
+                        count: w.end - w.start,
+                    };
+                    self.parked
+                        .push((object_id, Some(range), w.reply, w.number));
+                }
+                // Detached (its id maybe another blob's now): nothing can fill it any more.
+                None => {
+                    let _ = w.reply.answer(self, Err(Errno::EIO));
+                }
+            }
+        }
+    }
+}
+
+/// Whether one of `fills` covers `[start, end)`.
+fn covering(fills: &[(u64, u64)], start: u64, end: u64) -> bool {
+    fills.iter().any(|&(s, e)| s <= start && end <= e)
 }
 
 /// The xattr that records, on a blob's file, that it holds the whole blob: the file's size,
@@ -435,6 +561,8 @@ pub struct AttachTicket {
 pub struct EventTicket {
     fd: Option<KernelFd>,
     number: i32,
+    /// A fill ahead of the readers, which answers no event: its number.
+    ahead: Option<u64>,
 }
 
 /// A predecessor's events are keyed apart from ours, which may reuse their numbers.
@@ -446,11 +574,15 @@ impl Ticket for AttachTicket {
     }
 }
 
+/// Fills ahead of the readers are keyed above everything else.
+const AHEAD_KEY_BASE: u64 = 1 << 48;
+
 impl Ticket for EventTicket {
     fn key(&self) -> u64 {
-        match self.fd {
-            Some(_) => self.number as u64,
-            None => OWED_KEY_BASE + self.number as u64,
+        match (self.ahead, &self.fd) {
+            (Some(n), _) => AHEAD_KEY_BASE + n,
+            (None, Some(_)) => self.number as u64,
+            (None, None) => OWED_KEY_BASE + self.number as u64,
         }
     }
 }
@@ -504,22 +636,35 @@ impl FrontEnd for Fanotify {
                 nix::unistd::ftruncate(fd, 0)?;
                 nix::unistd::ftruncate(fd, len as i64)?;
             }
-            let complete = current == len
-                && recorded.as_deref() == Some(len.to_string().as_bytes())
-                && is_present(fd, 0, len);
+            // What an earlier attach (or run) filled is kept. Read before the mark: nothing
+            // writes the file from here on but our fills.
+            let filled = if current == len {
+                Ranges::of_file(fd, len).unwrap_or_default()
+            } else {
+                Ranges::new()
+            };
+            let complete =
+                recorded.as_deref() == Some(len.to_string().as_bytes()) && filled.contains(0, len);
             if !complete {
                 // Sized before the mark: a truncate of a marked file raises an event itself.
                 group.mark(MarkFlags::FAN_MARK_ADD, fd)?;
             }
-            Ok::<_, Errno>((inode_key(fd)?, complete))
+            Ok::<_, Errno>((inode_key(fd)?, complete, filled))
         })();
         match prepared {
-            Ok((key, complete)) => {
+            Ok((key, complete, filled)) => {
                 group.blobs.insert(key, object_id);
                 let file = Arc::new(file);
-                group
-                    .files
-                    .insert(object_id, (file.clone(), digest.map(|d| (d, size))));
+                group.next_serial += 1;
+                let blob = BlobFile {
+                    fd: file.clone(),
+                    digest: digest.map(|d| (d, size)),
+                    len,
+                    filled,
+                    serial: group.next_serial,
+                    filling: Vec::new(),
+                };
+                group.files.insert(object_id, blob);
                 if complete {
                     group.complete.insert(object_id);
                     group.stats.complete_at_attach += 1;
@@ -546,6 +691,35 @@ impl FrontEnd for Fanotify {
             Err(errno) => Verdict::Deny(deny_errno(errno)),
         };
         let number = read.number;
+        let fill = group.fills.remove(&read.key());
+        let filled = fill.filter(|_| result.is_ok());
+        let fill = fill.as_ref();
+        if let Some(fill) = fill {
+            // Only into the file of the attach that started it: a detach may have given its
+            // id to another.
+            if let Some(blob) =
+                (group.files.get_mut(&fill.object_id)).filter(|b| b.serial == fill.serial)
+            {
+                if let Some(i) = (blob.filling.iter()).position(|r| *r == (fill.start, fill.end)) {
+                    blob.filling.swap_remove(i);
+                }
+                if result.is_ok() {
+                    // The fill wrote at least the range it was asked for (page-aligned; the
+                    // readahead beyond it the next event finds in the file).
+                    blob.filled.insert(fill.start, fill.end);
+                }
+            }
+            group.wake_waiting(fill.object_id);
+        }
+        if read.ahead.is_some() {
+            if let Err(e) = result {
+                log::debug!("a fill ahead of the readers failed ({e}); their events fetch it");
+            }
+            if let Some(fill) = filled {
+                group.check_complete(fill.object_id);
+            }
+            return Ok(());
+        }
         if read.fd.is_none() {
             if group.owed.remove(&number).is_none() {
                 // Denied already: a new event took its number (`settle_collision`).
@@ -553,19 +727,28 @@ impl FrontEnd for Fanotify {
             }
             group.stats.recovered += 1;
         }
+        let started = std::time::Instant::now();
         group.respond(number, verdict);
+        group.stats.calls.answer += started.elapsed();
         group.save_record(|r| r.events.remove(&number).is_some());
-        if verdict == Verdict::Allow {
-            if let Some(id) = read.fd.as_ref().and_then(|fd| group.attached(fd.as_fd())) {
-                group.check_complete(id);
-            }
+        if let Some(fill) = filled {
+            group.check_complete(fill.object_id);
         }
         // Answered first, closed now.
+        let started = std::time::Instant::now();
         drop(read);
+        group.stats.calls.close += started.elapsed();
         Ok(())
     }
 
     fn prefetched(group: &mut Group, object_id: u32) {
+        // Prefetch writes past what any event asked: what it wrote is read from the file.
+        if let Some(blob) = group.files.get_mut(&object_id) {
+            match Ranges::of_file(blob.fd.as_fd(), blob.len) {
+                Ok(found) => found.iter().for_each(|(s, e)| blob.filled.insert(s, e)),
+                Err(e) => log::warn!("object {object_id}: reading what its file holds: {e}"),
+            }
+        }
         group.check_complete(object_id);
     }
 }
@@ -684,6 +867,20 @@ impl Engine<Fanotify> {
         let Some(object) = self.objects().get(&object_id) else {
             return;
         };
+        let (g, c) = (&group.stats, &group.stats.calls);
+        log::info!(
+            "fanotify so far: {} events ({} allowed at once, {} looked up in the file, {} waited for a fill in flight; {} fills ahead of the readers) in {} reads of the group; the loop thread's calls for them: read {} ms, fstat {} ms, answer {} ms, close {} ms",
+            g.events,
+            g.present,
+            g.lookups,
+            g.waited,
+            g.ahead,
+            c.reads,
+            c.read.as_millis(),
+            c.adopt.as_millis(),
+            c.answer.as_millis(),
+            c.close.as_millis()
+        );
         if !group.complete.remove(&object_id) {
             if let Err(e) = group.mark(MarkFlags::FAN_MARK_REMOVE, object.fd.as_fd()) {
                 log::warn!("removing the mark of object {object_id}: {e}");
@@ -710,7 +907,13 @@ impl Engine<Fanotify> {
         let mut failed: Option<Errno> = None;
         let mut in_a_row = 0;
         loop {
-            let n = match nix::unistd::read(group.fan.as_fd().as_raw_fd(), &mut buf) {
+            let started = std::time::Instant::now();
+            let read = nix::unistd::read(group.fan.as_fd().as_raw_fd(), &mut buf);
+            if matches!(read, Ok(n) if n > 0) {
+                group.stats.calls.reads += 1;
+                group.stats.calls.read += started.elapsed();
+            }
+            let n = match read {
                 Ok(0) | Err(Errno::EAGAIN) => {
                     return failed.map_or(Ok(()), |e| Err(FanotifyError::Read(e)))
                 }
@@ -772,12 +975,20 @@ impl Engine<Fanotify> {
     }
 
     fn adopt(&self, fd: i32) -> Result<KernelFd, AdoptError> {
+        self.adopt_keyed(fd).map(|(fd, _)| fd)
+    }
+
+    /// Adopts an event's fd and tells whose file it is ((st_dev, st_ino)), with one fstat.
+    fn adopt_keyed(&self, fd: i32) -> Result<(KernelFd, (u64, u64)), AdoptError> {
+        let mut key = (0, 0);
         // Only a pre-content watched file is ever in an event of this group: a regular file.
-        self.fds().adopt(fd as u32, |fd| {
+        let owned = self.fds().adopt(fd as u32, |fd| {
             fstat(fd).is_ok_and(|st| {
+                key = (st.st_dev, st.st_ino);
                 SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
             })
-        })
+        })?;
+        Ok((owned, key))
     }
 
     /// Denies an event that cannot be served, and closes its fd when it is ours.
@@ -788,6 +999,7 @@ impl Engine<Fanotify> {
                     let reply = self.read_reply(EventTicket {
                         number: fd,
                         fd: Some(owned),
+                        ahead: None,
                     });
                     let _ = reply.answer(group, Err(Errno::EIO));
                 }
@@ -814,15 +1026,17 @@ impl Engine<Fanotify> {
             drop(self.adopt(event.fd));
             return;
         }
-        let fd = match self.adopt(event.fd) {
-            Ok(fd) => fd,
+        let started = std::time::Instant::now();
+        let (fd, key) = match self.adopt_keyed(event.fd) {
+            Ok(adopted) => adopted,
             Err(_) => return self.refuse(group, event.fd, event.mask),
         };
-        let key = inode_key(fd.as_fd());
+        group.stats.calls.adopt += started.elapsed();
         let number = event.fd;
         let reply = self.read_reply(EventTicket {
             fd: Some(fd),
             number,
+            ahead: None,
         });
         *guarded = true;
         if event.pid == group.pid {
@@ -832,14 +1046,9 @@ impl Engine<Fanotify> {
             let _ = reply.answer(group, Ok(0));
             return;
         }
-        let object = key
-            .ok()
-            .and_then(|k| group.blobs.get(&k).copied())
+        let object = (group.blobs.get(&key).copied())
             .and_then(|id| self.objects().get(&id).map(|o| (id, o.fd.clone())));
-        let waiting = key
-            .as_ref()
-            .ok()
-            .and_then(|k| group.reattaching.get(k).copied());
+        let waiting = group.reattaching.get(&key).copied();
         if let (None, Some(object_id)) = (&object, waiting) {
             // Marked by our predecessor, attached again by us: served once the source
             // answers (a denial now would fail a read that will be served in a moment).
@@ -862,7 +1071,11 @@ impl Engine<Fanotify> {
     /// Serves an event a dead predecessor recorded (fd `number`, kept out of our own events
     /// by `Group::owe`) on the blob now attached as `object_id`: filled, then allowed.
     pub fn recover(&mut self, group: &mut Group, object_id: u32, number: i32, p: &Pending) {
-        let reply = self.read_reply(EventTicket { fd: None, number });
+        let reply = self.read_reply(EventTicket {
+            fd: None,
+            number,
+            ahead: None,
+        });
         let Some(file) = self.objects().get(&object_id).map(|o| o.fd.clone()) else {
             let _ = reply.answer(group, Err(Errno::EIO));
             return;
@@ -884,23 +1097,38 @@ impl Engine<Fanotify> {
         reply: ReadReply<Fanotify>,
         number: i32,
     ) {
-        let len = match fstat(file.as_fd().as_raw_fd()) {
-            Ok(st) => st.st_size as u64,
-            Err(e) => {
-                log::warn!("object {object_id}: fstat: {e}; failing the read");
-                let _ = reply.answer(group, Err(Errno::EIO));
-                return;
-            }
+        let Some(blob) = group.files.get_mut(&object_id) else {
+            log::warn!("object {object_id} has no file; failing the read");
+            let _ = reply.answer(group, Err(Errno::EIO));
+            return;
         };
+        let len = blob.len;
         // No range: the access may touch anything (an open for write, a truncate).
         let (off, count) = range.map_or((0, len), |r| (r.offset, r.count));
         let end = off.saturating_add(count).min(len);
-        if off >= end || is_present(file.as_fd(), off, end) {
+        if off >= end || blob.filled.contains(off, end) {
             group.stats.present += 1;
             let _ = reply.answer(group, Ok(0));
+            self.fill_ahead(group, object_id, end);
             return;
         }
-        self.stats.reads += 1;
+        // Not known to be there, it may be all the same: the readahead of a fill (which
+        // records only the range its event asked for), a prefetch, a fill that finished after
+        // a detach. What the file holds from `off` on is kept.
+        group.stats.lookups += 1;
+        let found = hole_after(file.as_fd(), off).is_some_and(|hole| {
+            blob.filled.insert(off, hole.min(len));
+            blob.filled.contains(off, end)
+        });
+        if found {
+            group.stats.present += 1;
+            let _ = reply.answer(group, Ok(0));
+            group.check_complete(object_id);
+            self.fill_ahead(group, object_id, end);
+            return;
+        }
+        let waits = covering(&blob.filling, off, end);
+        let serial = blob.serial;
         // Recorded before the work starts, for a successor should we die before answering.
         if let Some(blob) = group.names.get(&object_id).cloned() {
             let pending = Pending {
@@ -913,17 +1141,100 @@ impl Engine<Fanotify> {
                 true
             });
         }
+        if waits {
+            group.stats.waited += 1;
+            group.waiting.push(Waiting {
+                object_id,
+                serial,
+                start: off,
+                end,
+                reply,
+                number,
+            });
+            return;
+        }
+        self.stats.reads += 1;
+        if let Some(blob) = group.files.get_mut(&object_id) {
+            blob.filling.push((off, end));
+        }
+        let fill = Fill {
+            object_id,
+            serial,
+            start: off,
+            end,
+        };
+        group.fills.insert(reply.key(), fill);
         self.read(object_id, off, end - off, reply);
+    }
+
+    /// A reader of `object_id` was allowed up to `pos`: when that is within half a readahead
+    /// window of the end of the filled run it reads in, the next window is filled now, in the
+    /// background, so that the reader finds it there instead of waiting for it.
+    fn fill_ahead(&mut self, group: &mut Group, object_id: u32, pos: u64) {
+        let window = self.map().fetch.readahead;
+        let Some(blob) = group.files.get_mut(&object_id) else {
+            return;
+        };
+        let Some(mut run_end) = blob.filled.end_of_run(pos.saturating_sub(1)) else {
+            return;
+        };
+        let len = blob.len;
+        let wanted = |run_end: u64, filling: &[(u64, u64)]| {
+            window > 0
+                && run_end < len
+                && run_end - pos <= window / 2
+                && !filling.iter().any(|&(s, e)| s <= run_end && run_end < e)
+        };
+        if !wanted(run_end, &blob.filling) {
+            return;
+        }
+        // The fill that made this run wrote readahead past what it was asked for: the file
+        // knows where the run really ends.
+        group.stats.lookups += 1;
+        let found = hole_after(blob.fd.as_fd(), run_end).filter(|hole| *hole > run_end);
+        if let Some(hole) = found {
+            blob.filled.insert(run_end, hole.min(len));
+            run_end = blob.filled.end_of_run(run_end).unwrap_or(run_end);
+        }
+        if !wanted(run_end, &blob.filling) {
+            if found.is_some() {
+                group.check_complete(object_id);
+            }
+            return;
+        }
+        let end = run_end.saturating_add(window).min(blob.len);
+        blob.filling.push((run_end, end));
+        group.next_ahead += 1;
+        group.stats.ahead += 1;
+        let reply = self.read_reply(EventTicket {
+            fd: None,
+            number: -1,
+            ahead: Some(group.next_ahead),
+        });
+        let fill = Fill {
+            object_id,
+            serial: blob.serial,
+            start: run_end,
+            end,
+        };
+        group.fills.insert(reply.key(), fill);
+        self.read(object_id, run_end, end - run_end, reply);
     }
 }
 
 /// Whether `[off, end)` of the file holds data throughout (SEEK_HOLE finds no hole before
 /// `end`). Any error just means "fill it".
 fn is_present(fd: BorrowedFd<'_>, off: u64, end: u64) -> bool {
-    matches!(
-        nix::unistd::lseek(fd.as_raw_fd(), off as i64, nix::unistd::Whence::SeekHole),
-        Ok(hole) if hole as u64 >= end
-    )
+    hole_after(fd, off).is_some_and(|hole| hole >= end)
+}
+
+/// The first hole of the file at or after `off` (its end when there is none); `None` when
+/// the filesystem cannot tell.
+fn hole_after(fd: BorrowedFd<'_>, off: u64) -> Option<u64> {
+    let off = i64::try_from(off).ok()?;
+    nix::unistd::lseek(fd.as_raw_fd(), off, nix::unistd::Whence::SeekHole)
+        .ok()
+        .map(|hole| hole as u64)
 }
 
 /// The directory under the cache root holding the attached blobs' sparse files, as
@@ -1086,6 +1397,7 @@ impl Lazy {
                     let reply = self.engine.read_reply(EventTicket {
                         fd: None,
                         number: fd,
+                        ahead: None,
                     });
                     let _ = reply.answer(&mut self.group, Err(Errno::EIO));
                 }

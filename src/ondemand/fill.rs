@@ -72,6 +72,10 @@ fn serve_chunks(
     if pages.len() < want {
         pages.resize(want, Page([0; 4096]));
     }
+    // Into a regular file (the fanotify front end's blob file) the source may move its bytes
+    // itself (`Blob::copy_to`: a splice, one copy in the kernel instead of two through our
+    // buffer). Never into the cachefiles anon fd, which the kernel writes with O_DIRECT.
+    let mut direct = is_regular_file(fd);
     let mut pos = start;
     let mut written = 0;
     while pos < end {
@@ -82,16 +86,24 @@ fn serve_chunks(
         }
         let buf = &mut pages.as_mut_bytes()[..n];
         let data = (size.saturating_sub(pos) as usize).min(n);
-        blob.read_exact_at(pos, &mut buf[..data])
-            .map_err(|e| e.to_string())?;
-        buf[data..].fill(0);
-        let mut done = 0;
-        while done < n {
-            match nix::sys::uio::pwrite(fd, &buf[done..], (pos + done as u64) as i64) {
-                Ok(0) => return Err(format!("writing at {}: no progress", pos + done as u64)),
-                Ok(w) => done += w,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(format!("writing the cache at {}: {e}", pos + done as u64)),
+        let copied = if direct {
+            blob.copy_to(pos, data, fd, pos)
+        } else {
+            None
+        };
+        match copied {
+            Some(result) => {
+                result.map_err(|e| e.to_string())?;
+                // Past the blob's end the page is zeros, as the path through memory writes it.
+                buf[data..].fill(0);
+                write_all_at(fd, &buf[data..], pos + data as u64)?;
+            }
+            None => {
+                direct = false;
+                blob.read_exact_at(pos, &mut buf[..data])
+                    .map_err(|e| e.to_string())?;
+                buf[data..].fill(0);
+                write_all_at(fd, buf, pos)?;
             }
         }
         written += n as u64;
@@ -100,8 +112,90 @@ fn serve_chunks(
     Ok(written)
 }
 
+fn is_regular_file(fd: BorrowedFd<'_>) -> bool {
+    use nix::sys::stat::{fstat, SFlag};
+    fstat(fd.as_raw_fd()).is_ok_and(|st| {
+        SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
+    })
+}
+
+/// Writes all of `buf` at `at`.
+fn write_all_at(fd: BorrowedFd<'_>, buf: &[u8], at: u64) -> Result<(), String> {
+    let mut done = 0;
+    while done < buf.len() {
+        let pos = at + done as u64;
+        match nix::sys::uio::pwrite(fd, &buf[done..], pos as i64) {
+            Ok(0) => return Err(format!("writing at {pos}: no progress")),
+            Ok(w) => done += w,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("writing the cache at {pos}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_blob_tail_is_padded_with_zeros_whichever_way_its_bytes_move() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let size: usize = (2 << 20) + 1000;
+        let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8 + 1).collect();
+        std::fs::write(dir.path().join("blob"), &data).unwrap();
+        let blob = super::super::sources::LocalBlob::open(dir.path().join("blob")).unwrap();
+        let padded = size.div_ceil(4096) * 4096;
+        // Spliced by the local blob, and through memory by a blob that cannot splice.
+        struct NoSplice(super::super::sources::LocalBlob);
+        impl super::super::sources::Blob for NoSplice {
+            fn size(&self) -> u64 {
+                self.0.size()
+            }
+            fn read_exact_at(
+                &self,
+                off: u64,
+                buf: &mut [u8],
+            ) -> Result<(), super::super::sources::FetchError> {
+                self.0.read_exact_at(off, buf)
+            }
+            fn describe(&self) -> String {
+                self.0.describe()
+            }
+            fn is_remote(&self) -> bool {
+                false
+            }
+        }
+        let other =
+            NoSplice(super::super::sources::LocalBlob::open(dir.path().join("blob")).unwrap());
+        let blobs: [&dyn super::super::sources::Blob; 2] = [&blob, &other];
+        for (i, b) in blobs.into_iter().enumerate() {
+            let cache = std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .open(dir.path().join(format!("cache{i}")))
+                .unwrap();
+            // Garbage where the padding goes: the fill must overwrite it.
+            cache
+                .write_all_at(&vec![0xeeu8; 8192], padded as u64 - 8192)
+                .unwrap();
+            let fd: std::os::fd::OwnedFd = cache.try_clone().unwrap().into();
+            let written = super::serve_read(b, &fd, 4096, 100, 4 << 20).unwrap();
+            assert_eq!(written, padded as u64 - 4096);
+            let mut back = vec![0u8; padded - 4096];
+            cache.read_exact_at(&mut back, 4096).unwrap();
+            assert!(
+                back[..size - 4096] == data[4096..],
+                "way {i}: the blob's bytes"
+            );
+            assert!(
+                back[size - 4096..].iter().all(|&b| b == 0),
+                "way {i}: the padding"
+            );
+        }
+    }
+
     #[test]
     fn readahead_skips_chunks_already_cached() {
         use std::os::unix::fs::FileExt;

@@ -18,6 +18,8 @@
 //! - `fanotify`: the front end for kernels without on-demand cachefiles (7.2+): a sparse file
 //!   per attached blob with a FAN_PRE_ACCESS mark; events answered FAN_ALLOW once filled, or
 //!   FAN_DENY with EIO.
+//! - `ranges`: the ranges of a blob's file known to hold its bytes (the fanotify front end's
+//!   answer to an event, without a system call).
 //! - `inflight`: the fanotify front end's record of attached blobs and events in flight, which
 //!   a successor adopting the kept group answers.
 //!
@@ -35,6 +37,7 @@ pub mod fill;
 pub mod inflight;
 mod pool;
 pub mod prefetch;
+pub mod ranges;
 pub mod readahead;
 pub mod reply;
 pub mod sourcemap;

@@ -9,6 +9,7 @@ use super::head;
 use super::{Blob, FetchError};
 use nix::fcntl::OFlag;
 use std::fs::File;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
@@ -99,6 +100,130 @@ impl Blob for LocalBlob {
     fn is_remote(&self) -> bool {
         false
     }
+
+    fn copy_to(
+        &self,
+        off: u64,
+        len: usize,
+        out: BorrowedFd<'_>,
+        out_off: u64,
+    ) -> Option<Result<(), FetchError>> {
+        if let Err(e) = super::check_read(self.size, off, len) {
+            return Some(Err(e));
+        }
+        SPLICE_PIPE.with_borrow_mut(|kept| {
+            let pipe = match kept.take() {
+                Some(p) => p,
+                None => match new_pipe() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        log::debug!("no pipe to splice through ({e}): copying through memory");
+                        return None;
+                    }
+                },
+            };
+            match self.splice_through(&pipe, off, len, out, out_off) {
+                Ok(()) => {
+                    *kept = Some(pipe);
+                    Some(Ok(()))
+                }
+                // The source's filesystem cannot splice: nothing moved.
+                Err(Spliced::Unsupported) => {
+                    *kept = Some(pipe);
+                    None
+                }
+                // The pipe may hold bytes of the failed copy: it goes with the error.
+                Err(Spliced::Failed(e)) => Some(Err(e)),
+            }
+        })
+    }
+}
+
+/// A pipe per worker thread for `copy_to`: (read end, write end).
+type Pipe = (OwnedFd, OwnedFd);
+
+thread_local! {
+    /// Kept between copies while empty; a copy that fails drops it (it may hold bytes).
+    static SPLICE_PIPE: std::cell::RefCell<Option<Pipe>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What one pipe load moves at most: a fill's chunk (1 MiB) in one go where the pipe can
+/// be that large (the default 64 KiB otherwise, a non-root worker past pipe-max-size).
+const PIPE_SIZE: usize = 1 << 20;
+
+fn new_pipe() -> std::io::Result<Pipe> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&w, PIPE_SIZE);
+    Ok((r, w))
+}
+
+enum Spliced {
+    Unsupported,
+    Failed(FetchError),
+}
+
+impl LocalBlob {
+    /// Moves `[off, off+len)` of the source into the pipe and from there into `out` at
+    /// `out_off`, one pipe load at a time: the kernel copies each byte once, from the
+    /// source's page cache into `out`'s.
+    fn splice_through(
+        &self,
+        (r, w): &Pipe,
+        off: u64,
+        len: usize,
+        out: BorrowedFd<'_>,
+        out_off: u64,
+    ) -> Result<(), Spliced> {
+        use rustix::io::Errno;
+        use rustix::pipe::{splice, SpliceFlags};
+        let failed = |what: String| Spliced::Failed(FetchError::Io(what));
+        let mut done = 0usize;
+        while done < len {
+            let mut src = off + done as u64;
+            let loaded = match splice(
+                &self.file,
+                Some(&mut src),
+                w,
+                None,
+                (len - done).min(PIPE_SIZE),
+                SpliceFlags::empty(),
+            ) {
+                Ok(0) => {
+                    return Err(failed(format!(
+                        "{}: shorter than when it was opened",
+                        self.path.display()
+                    )))
+                }
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if done == 0 => {
+                    return Err(Spliced::Unsupported)
+                }
+                Err(e) => return Err(failed(format!("{}: {e}", self.path.display()))),
+            };
+            let mut moved = 0usize;
+            while moved < loaded {
+                let mut dst = out_off + (done + moved) as u64;
+                match splice(
+                    r,
+                    None,
+                    out,
+                    Some(&mut dst),
+                    loaded - moved,
+                    SpliceFlags::empty(),
+                ) {
+                    Ok(0) => {
+                        return Err(failed(format!("writing the cache at {dst}: no progress")))
+                    }
+                    Ok(n) => moved += n,
+                    Err(Errno::INTR) => continue,
+                    Err(e) => return Err(failed(format!("writing the cache at {dst}: {e}"))),
+                }
+            }
+            done += loaded;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +246,63 @@ mod tests {
             LocalBlob::open("/nonexistent/blob".into()),
             Err(FetchError::NotFound)
         ));
+    }
+
+    #[test]
+    fn copy_to_splices_the_exact_bytes_and_a_failed_copy_leaves_nothing_behind() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("src"), &data).unwrap();
+        let blob = LocalBlob::open(dir.path().join("src")).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(dir.path().join("out"))
+            .unwrap();
+        // More than a pipe load, at an offset that is not the source's.
+        let n = (1 << 20) + 12345;
+        blob.copy_to(4096, n, out.as_fd(), 8192)
+            .expect("a local file splices")
+            .unwrap();
+        let mut back = vec![0u8; n];
+        out.read_exact_at(&mut back, 8192).unwrap();
+        assert!(back == data[4096..4096 + n]);
+        // Past the end of the source: refused before anything moves.
+        assert!(blob.copy_to(3 << 20, 1, out.as_fd(), 0).unwrap().is_err());
+        // A destination that cannot be written: the bytes already in the pipe must not
+        // reach the next copy on this thread.
+        let read_only = std::fs::File::open(dir.path().join("out")).unwrap();
+        assert!(blob
+            .copy_to(0, 8192, read_only.as_fd(), 0)
+            .unwrap()
+            .is_err());
+        blob.copy_to(1 << 20, 8192, out.as_fd(), 0)
+            .unwrap()
+            .unwrap();
+        let mut back = vec![0u8; 8192];
+        out.read_exact_at(&mut back, 0).unwrap();
+        assert!(
+            back == data[1 << 20..(1 << 20) + 8192],
+            "stale bytes from the failed copy"
+        );
+        // A source cut short after it was opened: an error, not a short copy.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("src"))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let e = blob
+            .copy_to(0, 2 << 20, out.as_fd(), 0)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("shorter than when it was opened"),
+            "{e}"
+        );
     }
 
     #[test]

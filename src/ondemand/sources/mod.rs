@@ -64,6 +64,18 @@ pub trait Blob: Send + Sync {
     /// A short description for logs and status: the file or URL (without user info or query).
     fn describe(&self) -> String;
     fn is_remote(&self) -> bool;
+    /// Writes the `len` bytes at `off` into `out` at `out_off` without bringing them through
+    /// this process, where the source can (a local file: splice); `None` when it cannot, and
+    /// nothing was written: the caller reads and writes them itself.
+    fn copy_to(
+        &self,
+        _off: u64,
+        _len: usize,
+        _out: std::os::fd::BorrowedFd<'_>,
+        _out_off: u64,
+    ) -> Option<Result<(), FetchError>> {
+        None
+    }
 }
 
 /// A read must lie within the blob.

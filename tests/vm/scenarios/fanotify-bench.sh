@@ -17,8 +17,10 @@
 # RATIO carry the figures; per fanotify run: events, ranges allowed at once, fetches, bytes
 # fetched against bytes read, a plain copy of the image from the source to the cache disk (the
 # fetches' own cost without events), the source's fetch latency percentiles from the report, the
-# daemon's CPU time and how busy the guest's CPUs were (a run that leaves them idle waits on
-# round trips, not on work).
+# daemon's CPU time (split: loop thread, fetch workers) and how busy the guest's CPUs were (a
+# run that leaves them idle waits on round trips, not on work), the loop thread's context
+# switches, the guest's IPIs, writeback during the run, and the daemon's own log line of its
+# per-event calls (read, fstat, answer, close: wall time summed since it started).
 # shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
@@ -76,12 +78,30 @@ file_mount() { "$filemount" "$cache/copy.img" /mnt; }
 # threads).
 cpu_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
 daemon_ticks() { sed 's/.*) //' "/proc/$daemon_pid/stat" | awk '{ print $12, $13 }'; }
+# The daemon's CPU by thread: the loop thread (events, answers), the fetch workers (source to
+# blob file), the rest; user and sys ticks of each.
+daemon_split() {
+  for t in /proc/"$daemon_pid"/task/*; do
+    line=$(cat "$t/stat" 2>/dev/null) || continue
+    comm=${line#*(}; comm=${comm%)*}
+    echo "${t##*/} $comm ${line##*) }"
+  done | awk -v pid="$daemon_pid" '{ k = ($1 == pid) ? "l" : ($2 ~ /^fetch/ ? "f" : "o"); u[k] += $14; s[k] += $15 }
+    END { printf "%d %d %d %d %d %d", u["l"], s["l"], u["f"], s["f"], u["o"], s["o"] }'
+}
+pages_written() { awk '/^nr_written / { print $2 }' /proc/vmstat; }
+# Context switches of the daemon's loop thread; reschedule and function-call IPIs of the guest.
+loop_switches() { awk '/ctxt_switches:/ { s += $2 } END { print s + 0 }' "/proc/$daemon_pid/task/$daemon_pid/status"; }
+ipis() { awk '/^ *(RES|CAL):/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print s + 0 }' /proc/interrupts; }
 # timed NAME MOUNT UMOUNT: page cache dropped, then mount + read every file + umount; appends the
 # milliseconds to the list NAME_ms and leaves the guest's CPU use over the run in $busy_pct and
 # the daemon's CPU time (total, user, sys) in $daemon_ms.
 timed() {
   drop_caches
   _d0=$(daemon_ticks)
+  _p0=$(daemon_split)
+  _w0=$(pages_written)
+  _x0=$(loop_switches)
+  _i0=$(ipis)
   _c0=$(cpu_jiffies)
   _t0=$(now_ms)
   $2 || fail "$1: mount"
@@ -91,6 +111,14 @@ timed() {
   _c1=$(cpu_jiffies)
   busy_pct=$(( (${_c1% *} - ${_c0% *}) * 100 / (${_c1#* } - ${_c0#* } + 1) ))
   _d1=$(daemon_ticks)
+  _p1=$(daemon_split)
+  _w1=$(pages_written)
+  _x1=$(loop_switches)
+  _i1=$(ipis)
+  switches="$((_x1 - _x0)) context switches of the loop thread, $((_i1 - _i0)) IPIs"
+  # shellcheck disable=SC2086 # two lists of six numbers
+  daemon_threads=$(echo $_p0 $_p1 | awk '{ printf "loop thread user %d ms sys %d ms, fetch workers user %d ms sys %d ms, other threads %d ms", ($7 - $1) * 10, ($8 - $2) * 10, ($9 - $3) * 10, ($10 - $4) * 10, ($11 + $12 - $5 - $6) * 10 }')
+  written_mib=$(( (_w1 - _w0) * 4 / 1024 ))
   daemon_user_ms=$(( (${_d1% *} - ${_d0% *}) * 10 ))
   daemon_sys_ms=$(( (${_d1#* } - ${_d0#* }) * 10 ))
   daemon_ms="$((daemon_user_ms + daemon_sys_ms)) ms (user $daemon_user_ms, sys $daemon_sys_ms)"
@@ -120,8 +148,9 @@ while [ $r -le 3 ]; do
   f1=$(field ondemand.reads); w1=$(field ondemand.bytes_written)
   p50=$(field ondemand.sources.0.latency_p50_seconds); p90=$(field ondemand.sources.0.latency_p90_seconds)
   p99=$(field ondemand.sources.0.latency_p99_seconds)
-  say "BENCH round $r: loop ${loop_ms##* } ms (CPUs ${loop_busy}% busy), file-backed ${file_ms##* } ms (${file_busy}%), source-to-cache copy ${copy_ms##* } ms (${copy_busy}%), fanotify ${fan_ms##* } ms (${busy_pct}%, daemon CPU $daemon_ms);" \
+  say "BENCH round $r: loop ${loop_ms##* } ms (CPUs ${loop_busy}% busy), file-backed ${file_ms##* } ms (${file_busy}%), source-to-cache copy ${copy_ms##* } ms (${copy_busy}%), fanotify ${fan_ms##* } ms (${busy_pct}%, daemon CPU $daemon_ms: $daemon_threads; $written_mib MiB written back during the run);" \
     "fanotify: $((e1 - e0)) events, $((a1 - a0)) allowed at once, $((f1 - f0)) fetches, $((w1 - w0)) bytes fetched for $((tree_kib * 1024)) bytes of files ($img_bytes image);" \
+    "$switches; $(grep -o 'fanotify so far: .*' "$daemon_log" | tail -n 1);" \
     "fetch latency so far p50 $p50 s, p90 $p90 s, p99 $p99 s; blob file $(du -k "$blobs/b$r/b$r" | cut -f1) KiB allocated"
   check "round $r: the fanotify run fetched" test $((w1 - w0)) -gt 0
   if [ $r -lt 3 ]; then

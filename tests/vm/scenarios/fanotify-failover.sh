@@ -43,7 +43,10 @@ echo small >/tmp/tree/small.txt
 expected=$(sha256sum /tmp/tree/big.bin | cut -d' ' -f1)
 check "mkfs.erofs /srv/erofs/big" sh -c "mkfs.erofs --quiet /srv/erofs/big /tmp/tree >/dev/null 2>&1"
 rm -rf /tmp/tree
-printf 'frontend = "fanotify"\n[[source]]\npath = "/srv/erofs/{fsid}"\n' >"$map"
+# No readahead: each read of the stream is then a fetch of its own, so the worker can be caught
+# with one in flight (with readahead, fills ahead of a sequential reader leave none most of the
+# time).
+printf 'frontend = "fanotify"\n[fetch]\nreadahead = 0\n[[source]]\npath = "/srv/erofs/{fsid}"\n' >"$map"
 ondemand_conf
 
 "$daemon" --supervise -n -s -f "$conf" >"$daemon_log" 2>&1 &
