@@ -1124,3 +1124,28 @@ fn a_kept_alive_connection_the_server_closed_is_not_a_failed_read() {
     }
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 6);
 }
+
+#[test]
+fn a_connection_dropped_after_a_long_wait_is_not_sent_again() {
+    // A server that drips the start of an answer's head within each 500 ms read timeout for
+    // 1.6 s and then closes: that drop is the server's answer, and sending again would make
+    // the exchange take twice as long.
+    let port = raw_server(|_, c| {
+        for b in b"HTTP" {
+            if c.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    });
+    let s = settings(500, 0);
+    let started = Instant::now();
+    let e = HttpBlob::open(format!("http://127.0.0.1:{port}/b"), sources::agent(&s), &s)
+        .err()
+        .expect("a server that never answers gives no blob");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(3000),
+        "{took:?}: {e}"
+    );
+}

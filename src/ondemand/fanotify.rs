@@ -202,7 +202,6 @@ struct Waiting {
     start: u64,
     end: u64,
     reply: ReadReply<Fanotify>,
-    number: i32,
 }
 
 /// A fill in flight: the event's range of the blob attached as `serial`.
@@ -455,9 +454,9 @@ impl Group {
 
 impl Group {
     /// After a fill of `object_id` ended: each event waiting on it is allowed when its range
-    /// is filled now, waits on when another fill in flight covers it, is served afresh when
-    /// the fill it waited for failed (`Lazy::settle`, through `parked`), and fails with EIO
-    /// when its blob was detached meanwhile.
+    /// is filled now, waits on when another fill in flight covers it, and fails with EIO
+    /// when the fill failed (it had the source's retries; fetching again for each waiter in
+    /// turn would make the last one wait once per waiter) or its blob was detached meanwhile.
     fn wake_waiting(&mut self, object_id: u32) {
         if !self.waiting.iter().any(|w| w.object_id == object_id) {
             return;
@@ -474,16 +473,8 @@ impl Group {
                     let _ = w.reply.answer(self, Ok(0));
                 }
                 Some(b) if covering(&b.filling, w.start, w.end) => self.waiting.push(w),
-                Some(_) => {
-                    let range = wire::Range {
-                        offset: w.start,
-                        count: w.end - w.start,
-                    };
-                    self.parked
-                        .push((object_id, Some(range), w.reply, w.number));
-                }
-                // Detached (its id maybe another blob's now): nothing can fill it any more.
-                None => {
+                // Failed, or detached (its id maybe another blob's now).
+                _ => {
                     let _ = w.reply.answer(self, Err(Errno::EIO));
                 }
             }
@@ -1061,10 +1052,6 @@ impl Engine<Fanotify> {
             let _ = reply.answer(group, Err(Errno::EIO));
             return;
         };
-        if group.corrupt.contains(&object_id) {
-            let _ = reply.answer(group, Err(Errno::EIO));
-            return;
-        }
         self.serve(group, object_id, &file, event.range, reply, number);
     }
 
@@ -1097,6 +1084,12 @@ impl Engine<Fanotify> {
         reply: ReadReply<Fanotify>,
         number: i32,
     ) {
+        // Here, not only for new events: a parked or recovered one may meet a blob that
+        // failed its digest meanwhile.
+        if group.corrupt.contains(&object_id) {
+            let _ = reply.answer(group, Err(Errno::EIO));
+            return;
+        }
         let Some(blob) = group.files.get_mut(&object_id) else {
             log::warn!("object {object_id} has no file; failing the read");
             let _ = reply.answer(group, Err(Errno::EIO));
@@ -1112,14 +1105,25 @@ impl Engine<Fanotify> {
             self.fill_ahead(group, object_id, end);
             return;
         }
+        // A fill in flight covers it: wait for that (the file, being written, is not asked).
+        let waits = covering(&blob.filling, off, end);
         // Not known to be there, it may be all the same: the readahead of a fill (which
         // records only the range its event asked for), a prefetch, a fill that finished after
-        // a detach. What the file holds from `off` on is kept.
-        group.stats.lookups += 1;
-        let found = hole_after(file.as_fd(), off).is_some_and(|hole| {
-            blob.filled.insert(off, hole.min(len));
-            blob.filled.contains(off, end)
-        });
+        // a detach. What the file holds from `off` on is kept, unless a fill in flight is
+        // still writing into it.
+        let writing = |filling: &[(u64, u64)], start: u64, end: u64| {
+            filling.iter().any(|&(s, e)| s < end && start < e)
+        };
+        let found = !waits && !writing(&blob.filling, off, end) && {
+            group.stats.lookups += 1;
+            hole_after(file.as_fd(), off).is_some_and(|hole| {
+                let hole = hole.min(len);
+                if !writing(&blob.filling, off, hole) {
+                    blob.filled.insert(off, hole);
+                }
+                hole >= end
+            })
+        };
         if found {
             group.stats.present += 1;
             let _ = reply.answer(group, Ok(0));
@@ -1127,7 +1131,6 @@ impl Engine<Fanotify> {
             self.fill_ahead(group, object_id, end);
             return;
         }
-        let waits = covering(&blob.filling, off, end);
         let serial = blob.serial;
         // Recorded before the work starts, for a successor should we die before answering.
         if let Some(blob) = group.names.get(&object_id).cloned() {
@@ -1149,7 +1152,6 @@ impl Engine<Fanotify> {
                 start: off,
                 end,
                 reply,
-                number,
             });
             return;
         }

@@ -11,6 +11,11 @@ use nix::unistd::{lseek, Whence};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+/// At most this many separate runs are kept: a reader touching one byte in every few pages of
+/// a large blob must not grow the map (and the SEEK_DATA walk at the next attach, on the loop
+/// thread) without bound. What is left out is asked of the file (SEEK_HOLE) when needed.
+pub const MAX_RUNS: usize = 16 << 10;
+
 /// Disjoint, non-adjacent, non-empty half-open ranges `[start, end)`, by start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Ranges {
@@ -43,6 +48,9 @@ impl Ranges {
                 return Err(Errno::EIO);
             }
             let end = hole.min(len);
+            if ranges.runs() >= MAX_RUNS {
+                break;
+            }
             ranges.insert(data, end);
             pos = end;
         }
@@ -50,9 +58,13 @@ impl Ranges {
     }
 
     /// Adds `[start, end)`, merging it with every range it overlaps or touches. An empty or
-    /// reversed range adds nothing.
+    /// reversed range adds nothing, and neither does one that would be a run beyond
+    /// [`MAX_RUNS`] (the map may hold less than the file, never more).
     pub fn insert(&mut self, start: u64, end: u64) {
         if start >= end {
+            return;
+        }
+        if self.by_start.len() >= MAX_RUNS && !self.touches(start, end) {
             return;
         }
         let (mut start, mut end) = (start, end);
@@ -76,6 +88,13 @@ impl Ranges {
             end = end.max(e);
         }
         self.by_start.insert(start, end);
+    }
+
+    /// Whether `[start, end)` overlaps or touches a held range (so adding it makes no new run).
+    fn touches(&self, start: u64, end: u64) -> bool {
+        let before = self.by_start.range(..=start).next_back();
+        before.is_some_and(|(_, &e)| e >= start)
+            || self.by_start.range(start..=end).next().is_some()
     }
 
     /// Whether all of `[start, end)` is held (an empty range is).
@@ -255,5 +274,24 @@ mod tests {
             prop_assert!(v.iter().all(|(s, e)| s < e));
             prop_assert_eq!(r.covered(), bits.iter().filter(|b| **b).count() as u64);
         }
+    }
+
+    #[test]
+    fn a_hostile_pattern_cannot_grow_the_map_past_its_cap() {
+        let mut r = Ranges::new();
+        for i in 0..(MAX_RUNS as u64 + 100) {
+            r.insert(i * 8192, i * 8192 + 1);
+        }
+        assert_eq!(r.runs(), MAX_RUNS);
+        // Past the cap a range that extends or joins held runs is still taken...
+        r.insert(1, 8192);
+        assert!(r.contains(0, 8193));
+        assert_eq!(r.runs(), MAX_RUNS - 1);
+        // ...one that would be a run of its own is not, and nothing unheld is claimed.
+        let far = (MAX_RUNS as u64 + 200) * 8192;
+        r.insert(far, far + 10);
+        r.insert(far + 20, far + 30);
+        assert!(!r.contains(far + 20, far + 30));
+        assert!(r.runs() <= MAX_RUNS);
     }
 }

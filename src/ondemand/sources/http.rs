@@ -149,7 +149,7 @@ pub(crate) fn send(
             }
             req
         };
-        let resp = match call_once_more_if_dropped(request) {
+        let resp = match call_once_more_if_dropped(agent, request) {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(FetchError::Io(format!("{}: {e}", head::redact(&url)))),
             Err(_) => {
@@ -180,14 +180,23 @@ pub(crate) fn send(
     )))
 }
 
-/// Sends `req`, and sends it once more when the connection dropped before any answer: a
-/// pooled keep-alive connection the server closed (its idle timeout) just as the request went
-/// out says nothing about the server or the blob, so it must not use up `retries` or fail a
-/// read with `retries = 0`. A panic inside the client is caught (`Err`).
+/// Sends `req`, and sends it once more when the connection dropped at once, before any
+/// answer: a pooled keep-alive connection the server closed (its idle timeout) just as the
+/// request went out says nothing about the server or the blob, so it must not use up
+/// `retries` or fail a read with `retries = 0`. A drop after a wait longer than a connect
+/// timeout is the server's answer, and sending again would stretch the exchange's bound.
+/// A panic inside the client is caught (`Err`).
 fn call_once_more_if_dropped(
+    agent: &ureq::Agent,
     request: impl Fn() -> ureq::RequestBuilder<ureq::typestate::WithoutBody>,
 ) -> std::thread::Result<Result<Response<Body>, ureq::Error>> {
     let call = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| request().call()));
+    let at_once = agent
+        .config()
+        .timeouts()
+        .connect
+        .unwrap_or(FetchSettings::default().timeout);
+    let started = Instant::now();
     match call() {
         Ok(Err(ureq::Error::Io(e)))
             if matches!(
@@ -196,7 +205,7 @@ fn call_once_more_if_dropped(
                     | std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::ConnectionAborted
                     | std::io::ErrorKind::BrokenPipe
-            ) =>
+            ) && started.elapsed() < at_once =>
         {
             call()
         }
