@@ -10,33 +10,19 @@
 //!
 //! cargo bench --bench fanotify     # MB=n (default 256), RUNS=n (default 3)
 
+mod common;
+
 use cachefilesd_rs::ondemand::engine::Engine;
 use cachefilesd_rs::ondemand::fanotify::{Fanotify, Group};
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+use common::{cpu, env_or};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::resource::{getrusage, UsageWho};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// User and system CPU time of this process (all its threads).
-fn cpu() -> (Duration, Duration) {
-    let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
-    let t = |tv: nix::sys::time::TimeVal| {
-        Duration::from_secs(tv.tv_sec() as u64) + Duration::from_micros(tv.tv_usec() as u64)
-    };
-    (t(u.user_time()), t(u.system_time()))
-}
 
 fn dd(args: &[String]) {
     let st = Command::new("dd")

@@ -29,11 +29,13 @@
 //!
 //! cargo bench --bench fanotify_erofs     # MB=n (default 256), RUNS=n (default 3), HEAD_KIB=n
 
+mod common;
+
 use cachefilesd_rs::ondemand::engine::Engine;
 use cachefilesd_rs::ondemand::fanotify::{Fanotify, Group};
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+use common::{cpu, env_or};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::resource::{getrusage, UsageWho};
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
@@ -41,23 +43,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// User and system CPU time of this process (the engine's loop and its fetch workers; the
-/// reader is a child, apart).
-fn cpu() -> (Duration, Duration) {
-    let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
-    let t = |tv: nix::sys::time::TimeVal| {
-        Duration::from_secs(tv.tv_sec() as u64) + Duration::from_micros(tv.tv_usec() as u64)
-    };
-    (t(u.user_time()), t(u.system_time()))
-}
 
 fn sh(script: &str) {
     let st = Command::new("sh").arg("-c").arg(script).status().unwrap();
