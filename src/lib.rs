@@ -22,6 +22,7 @@ pub mod privilege;
 pub mod proto;
 pub mod reactor;
 pub mod report;
+pub mod rundir;
 pub mod scrape;
 pub mod service;
 pub mod start;

@@ -108,11 +108,7 @@ pub fn record(path: &Path, config: &Config) -> Result<(), StateError> {
         path: path.display().to_string(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.exists()) {
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(parent)
-            .map_err(err)?;
-    }
+    crate::rundir::create_parent(path).map_err(err)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = std::path::PathBuf::from(tmp);

@@ -195,6 +195,24 @@ fn reader(
     rx
 }
 
+/// A permission group on `file` that answers nothing: whatever raises `mask` there waits
+/// until the group is dropped (and is then allowed), which makes a source slow at will.
+fn gate(file: &Path, mask: MaskFlags) -> Fanotify {
+    let gate = Fanotify::init(
+        InitFlags::FAN_CLASS_PRE_CONTENT | InitFlags::FAN_CLOEXEC,
+        EventFFlags::O_RDONLY,
+    )
+    .unwrap();
+    gate.mark(
+        MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_INODE,
+        mask,
+        None,
+        Some(file),
+    )
+    .unwrap();
+    gate
+}
+
 fn kill(mut child: Child) {
     let _ = child.kill();
     child.wait().unwrap();
@@ -204,18 +222,10 @@ fn kill(mut child: Child) {
 fn a_read_blocked_when_the_worker_dies_completes_with_the_right_bytes() {
     let Some(h) = holder() else { return };
     // The source is slow: every read of it waits on this group, which answers nothing.
-    let gate = Fanotify::init(
-        InitFlags::FAN_CLASS_PRE_CONTENT | InitFlags::FAN_CLOEXEC,
-        EventFFlags::O_RDONLY,
-    )
-    .unwrap();
-    gate.mark(
-        MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_INODE,
+    let gate = gate(
+        &h.path("src/blob"),
         MaskFlags::from_bits_retain(FAN_PRE_ACCESS),
-        None,
-        Some(&h.path("src/blob")),
-    )
-    .unwrap();
+    );
     let first = h.start_worker();
     let file = h.path("cache/lazy/blob/blob");
     let done = reader(&file, 100, 16);
@@ -285,18 +295,7 @@ fn a_read_while_the_successor_attaches_the_blob_again_waits_for_it() {
     let first = h.start_worker();
     kill(first);
     // The successor's source is slow to open: its attach stays pending until the gate goes.
-    let gate = Fanotify::init(
-        InitFlags::FAN_CLASS_PRE_CONTENT | InitFlags::FAN_CLOEXEC,
-        EventFFlags::O_RDONLY,
-    )
-    .unwrap();
-    gate.mark(
-        MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_INODE,
-        MaskFlags::FAN_OPEN_PERM,
-        None,
-        Some(&h.path("src/blob")),
-    )
-    .unwrap();
+    let gate = gate(&h.path("src/blob"), MaskFlags::FAN_OPEN_PERM);
     let second = h.spawn_worker();
     std::thread::sleep(Duration::from_millis(300));
     // The blob file is still marked (the group outlived the first worker): this read raises

@@ -162,7 +162,7 @@ fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
 pub fn load(path: &Path) -> Option<Record> {
     let file = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc_nofollow())
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(path)
     {
         Ok(f) => f,
@@ -186,10 +186,6 @@ pub fn load(path: &Path) -> Option<Record> {
     }
 }
 
-fn libc_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
-}
-
 /// Keeps the record on disk in step with the worker.
 pub struct Writer {
     path: PathBuf,
@@ -201,20 +197,14 @@ impl Writer {
     /// Starts the record at `path` with `record` (what a successor still owes), replacing
     /// what was there.
     pub fn create(path: &Path, record: Record) -> std::io::Result<Writer> {
-        if let Some(parent) = path.parent().filter(|p| !p.exists()) {
-            std::os::unix::fs::DirBuilderExt::mode(
-                std::fs::DirBuilder::new().recursive(true),
-                0o700,
-            )
-            .create(parent)?;
-        }
+        crate::rundir::create_parent(path)?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc_nofollow())
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)?;
         let mut w = Writer {
             path: path.to_owned(),
