@@ -19,16 +19,6 @@ on_fail() {
   echo "--- processes"; show_processes
 }
 
-# worker_of PID: the supervisor's child process.
-worker_of() {
-  for s in /proc/[0-9]*/stat; do
-    _pid=${s#/proc/}; _pid=${_pid%/stat}
-    [ "$(sed 's/.*) //' "$s" 2>/dev/null | cut -d' ' -f2)" = "$1" ] && { echo "$_pid"; return 0; }
-  done
-  return 1
-}
-has_worker() { worker_of "$daemon_pid" >/dev/null; }
-
 check "mount the ext4 cache disk /dev/vda at $cache" mount -t ext4 /dev/vda "$cache"
 mkdir -p /srv/erofs /etc/cachefilesd /tmp/tree
 say "generating a 64 MiB file"
@@ -40,9 +30,7 @@ rm -rf /tmp/tree
 printf '[[source]]\npath = "/srv/erofs/{fsid}"\n' >"$map"
 ondemand_conf
 
-"$daemon" --supervise -n -s -f "$conf" >"$daemon_log" 2>&1 &
-daemon_pid=$!
-wait_for 30 "the worker bound the cache (dmesg: File cache on mycache registered)" bound_or_dead
+start_daemon --supervise
 wait_for 10 "the supervisor has a worker" has_worker
 worker=$(worker_of "$daemon_pid")
 say "supervisor $daemon_pid, worker $worker"
@@ -76,9 +64,7 @@ check "the supervisor exits with status 0 on SIGTERM (got $daemon_rc)" test "$da
 say "classic mode"
 printf 'dir %s\ntag mycache\n' "$cache" >"$conf"
 dmesg -c >/dev/null
-"$daemon" --supervise -n -s -f "$conf" >>"$daemon_log" 2>&1 &
-daemon_pid=$!
-wait_for 30 "the worker bound the cache in classic mode" bound_or_dead
+start_daemon --supervise
 wait_for 10 "the supervisor has a worker" has_worker
 worker=$(worker_of "$daemon_pid")
 objects() { find "$cache/cache" -path '*I9p*' -type f | wc -l; }

@@ -58,13 +58,8 @@ check "a complete local copy on the cache disk" cp /srv/erofs/big "$cache/copy.i
 printf '[[source]]\npath = "/srv/erofs/{fsid}"\n' >"$map"
 [ -z "${READAHEAD:-}" ] || printf '[fetch]\nreadahead = %s\n' "$READAHEAD" >>"$map"
 ondemand_conf
-"$daemon" -n -s -f "$conf" >"$daemon_log" 2>&1 &
-daemon_pid=$!
-wait_for 30 "the daemon bound the cache" bound_or_dead
-ctl_answers() { "$ctl" -f "$conf" status >/dev/null 2>&1; }
-wait_for 10 "the control socket answers" ctl_answers
-mode=$(daemon_field mode) || fail "no status"
-check "the daemon serves through fanotify (mode $mode)" test "$mode" = fanotify
+start_daemon
+serves_in fanotify
 
 now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 read_all() { find /mnt -type f -exec cat {} + >/dev/null; }

@@ -92,14 +92,9 @@ printf '[[source]]\ndomain = "*"\nfsid = "*"\npath = "/srv/erofs/{fsid}"\n' >"$m
 ondemand_conf
 say "config:"; sed 's/^/    /' "$conf"; sed 's/^/    /' "$map"
 
-"$daemon" -n -s -f "$conf" >"$daemon_log" 2>&1 &
-daemon_pid=$!
-say "started cachefilesd, pid $daemon_pid (log: results/cachefilesd.log)"
-wait_for 30 "the daemon bound the cache (dmesg: File cache on mycache registered)" bound_or_dead
-ctl_answers() { "$ctl" -f "$conf" status >/dev/null 2>&1; }
-wait_for 10 "the control socket answers" ctl_answers
-mode=$(daemon_field mode) || fail "no status"
-check "auto chose the $want front end on $(uname -r) (mode $mode)" test "$mode" = "$want"
+start_daemon
+say "auto is to choose the $want front end on $(uname -r)"
+serves_in "$want"
 fan() { [ "$want" = fanotify ]; }
 
 field() { daemon_field "$1" || echo "?"; }

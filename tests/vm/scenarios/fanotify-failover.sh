@@ -26,15 +26,6 @@ on_fail() {
   grep -q ' /mnt ' /proc/mounts && umount /mnt
 }
 
-worker_of() {
-  for s in /proc/[0-9]*/stat; do
-    _pid=${s#/proc/}; _pid=${_pid%/stat}
-    [ "$(sed 's/.*) //' "$s" 2>/dev/null | cut -d' ' -f2)" = "$1" ] && { echo "$_pid"; return 0; }
-  done
-  return 1
-}
-has_worker() { worker_of "$daemon_pid" >/dev/null; }
-
 check "mount the ext4 cache disk /dev/vda at $cache" mount -t ext4 /dev/vda "$cache"
 mkdir -p /srv/erofs /etc/cachefilesd /tmp/tree /mnt
 say "generating a 96 MiB file"
@@ -49,13 +40,9 @@ rm -rf /tmp/tree
 printf 'frontend = "fanotify"\n[fetch]\nreadahead = 0\n[[source]]\npath = "/srv/erofs/{fsid}"\n' >"$map"
 ondemand_conf
 
-"$daemon" --supervise -n -s -f "$conf" >"$daemon_log" 2>&1 &
-daemon_pid=$!
-wait_for 30 "the worker bound the cache (dmesg: File cache on mycache registered)" bound_or_dead
+start_daemon --supervise
 wait_for 10 "the supervisor has a worker" has_worker
-ctl_answers() { "$ctl" -f "$conf" status >/dev/null 2>&1; }
-wait_for 10 "the control socket answers" ctl_answers
-check "the mode is fanotify" test "$(daemon_field mode)" = fanotify
+serves_in fanotify
 worker=$(worker_of "$daemon_pid")
 say "supervisor $daemon_pid, worker $worker"
 

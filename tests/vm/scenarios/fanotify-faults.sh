@@ -62,13 +62,8 @@ ondemand_conf
 printf 'brun 20%%\nbcull 15%%\nbstop 5%%\n' >>"$conf"
 say "config:"; sed 's/^/    /' "$conf"
 
-"$daemon" -n -s -f "$conf" >"$daemon_log" 2>&1 &
-daemon_pid=$!
-wait_for 30 "the daemon bound the cache" bound_or_dead
-ctl_answers() { "$ctl" -f "$conf" status >/dev/null 2>&1; }
-wait_for 10 "the control socket answers" ctl_answers
-mode=$(daemon_field mode) || fail "no status"
-check "the daemon serves through fanotify (mode $mode)" test "$mode" = fanotify
+start_daemon
+serves_in fanotify
 
 field() { daemon_field "$1" || echo "?"; }
 mnt() { timeout -s KILL 120 "$ctl" -f "$conf" mount "$@"; }

@@ -149,6 +149,36 @@ bound_or_dead() {
   return 1
 }
 
+# start_daemon [ARG...]: starts $daemon ARG... -n -s -f $conf in the background (its stderr
+# appended to $daemon_log, its pid in daemon_pid) and waits until the kernel has bound the cache.
+# shellcheck disable=SC2120 # its arguments are optional
+start_daemon() {
+  "$daemon" "$@" -n -s -f "$conf" >>"$daemon_log" 2>&1 &
+  daemon_pid=$!
+  say "started cachefilesd $*, pid $daemon_pid (log: results/cachefilesd.log)"
+  wait_for 30 "the daemon bound the cache (dmesg: File cache on mycache registered)" bound_or_dead
+}
+
+# serves_in MODE: waits until the daemon's control socket answers, then checks that the daemon
+# reports MODE (classic, on-demand, fanotify).
+ctl_answers() { "$ctl" -f "$conf" status >/dev/null 2>&1; }
+serves_in() {
+  wait_for 10 "the control socket answers" ctl_answers
+  _mode=$(daemon_field mode) || fail "no status"
+  check "the daemon serves in mode $1 (got $_mode)" test "$_mode" = "$1"
+}
+
+# worker_of PID: the pid of PID's child (a --supervise holder's worker); has_worker: the running
+# daemon has one.
+worker_of() {
+  for s in /proc/[0-9]*/stat; do
+    _pid=${s#/proc/}; _pid=${_pid%/stat}
+    [ "$(sed 's/.*) //' "$s" 2>/dev/null | cut -d' ' -f2)" = "$1" ] && { echo "$_pid"; return 0; }
+  done
+  return 1
+}
+has_worker() { worker_of "$daemon_pid" >/dev/null; }
+
 # json_field PATH: the value at PATH (dotted keys, array elements by index: ondemand.reads,
 # ondemand.sources.0.errors) of the JSON document on stdin; strings without their quotes. Fails
 # if there is no such scalar. A small tokenizer in awk (busybox has no JSON tool): it follows
