@@ -5,7 +5,7 @@
 
 use super::signal::{CullSignal, Space};
 use super::worker::{Job, JobDone, Worker};
-use super::{CullOutcome, Culler, Deficit};
+use super::{CullOutcome, CullStats, Culler, Deficit};
 use crate::device::{Device, DeviceError};
 use crate::proto::{Status, StatusError};
 use nix::dir::Dir;
@@ -45,6 +45,9 @@ pub struct CullDriver {
     paused_until: Option<Instant>,
     /// Set while culling: a paced background scan then runs at full speed.
     hurry: Arc<AtomicBool>,
+    /// Since when the kernel wants culling, and the culler's counts then: what one episode
+    /// cost is logged when it ends.
+    episode: Option<(Instant, CullStats)>,
 }
 
 impl CullDriver {
@@ -67,6 +70,7 @@ impl CullDriver {
             reaped: 0,
             paused_until: None,
             hurry: Arc::new(AtomicBool::new(false)),
+            episode: None,
         }
     }
 
@@ -228,6 +232,34 @@ impl CullDriver {
         }
     }
 
+    /// Logs what a culling episode (from the kernel's request to the run limits) culled and
+    /// where the loop thread's time went, so that a slow one can be told apart from a slow
+    /// kernel without a profiler.
+    fn follow_episode(&mut self, culling: bool, now: Instant) {
+        let Some(culler) = self.culler.as_ref() else {
+            return;
+        };
+        match (&self.episode, culling) {
+            (None, true) => self.episode = Some((now, culler.stats.clone())),
+            (Some((since, before)), false) => {
+                let after = &culler.stats;
+                log::info!(
+                    "culling episode: {} culled ({} bytes), {} skipped, in {:.3}s; loop thread: entering directories {:.3}s, re-checks {:.3}s, kernel culls {:.3}s",
+                    after.culled - before.culled,
+                    after.bytes_freed - before.bytes_freed,
+                    (after.in_use + after.vanished + after.changed + after.refused)
+                        - (before.in_use + before.vanished + before.changed + before.refused),
+                    now.duration_since(*since).as_secs_f64(),
+                    (after.time_entering - before.time_entering).as_secs_f64(),
+                    (after.time_rechecking - before.time_rechecking).as_secs_f64(),
+                    (after.time_kernel - before.time_kernel).as_secs_f64(),
+                );
+                self.episode = None;
+            }
+            _ => {}
+        }
+    }
+
     /// Culls up to `CULL_BATCH` candidates while culling is wanted, and starts scans as needed.
     pub fn cull_batch(&mut self, device: &mut dyn Device) -> Result<(), CullError> {
         if self.culler.is_none() {
@@ -235,6 +267,7 @@ impl CullDriver {
         }
         let now = Instant::now();
         let culling = self.culling().then(|| self.deficit());
+        self.follow_episode(culling.is_some(), now);
         if culling.is_some() {
             self.hurry.store(true, Ordering::Relaxed);
         }
@@ -249,6 +282,7 @@ impl CullDriver {
         // one: a status read costs a statfs in the kernel, and the candidates' sizes are exact.
         for _ in 0..CULL_BATCH {
             let culler = self.culler.as_mut().expect("checked above");
+            culler.group_by_directory(owed);
             let outcome = match culler.cull_one(&self.cache_root, device) {
                 Ok(Some((c, outcome))) => {
                     if log::log_enabled!(log::Level::Debug) {
