@@ -282,7 +282,6 @@ impl CullDriver {
         // one: a status read costs a statfs in the kernel, and the candidates' sizes are exact.
         for _ in 0..CULL_BATCH {
             let culler = self.culler.as_mut().expect("checked above");
-            culler.group_by_directory(owed);
             let outcome = match culler.cull_one(&self.cache_root, device) {
                 Ok(Some((c, outcome))) => {
                     if log::log_enabled!(log::Level::Debug) {

@@ -97,8 +97,6 @@ pub struct Culler {
     dirs: HashMap<usize, (Arc<scan::DirPath>, Dir)>,
     /// The key of the directory the process is in, to skip repeated fchdirs.
     cwd: Option<usize>,
-    /// Candidates at the front of `ready` already put in directory order.
-    grouped: usize,
     /// Objects culled from the current table.
     table_culled: u64,
     /// Tables in a row that ran dry without a single cull (every candidate in use or refused).
@@ -151,7 +149,6 @@ impl Culler {
             resume_blocks,
             dirs: HashMap::new(),
             cwd: None,
-            grouped: 0,
             table_culled: 0,
             fruitless_tables: 0,
             rescan_not_before: None,
@@ -284,35 +281,9 @@ impl Culler {
         }
         self.ready_bytes = report.candidates.iter().map(|c| c.allocated).sum();
         self.ready = report.candidates.into();
-        self.grouped = 0;
         self.table_culled = 0;
         // The new table has new directory identities.
         self.dirs.clear();
-    }
-
-    /// Puts the oldest candidates that `owed` needs in any case into directory order, so that
-    /// they are culled one directory after the other. Culling all of them is the least that
-    /// brings the cache back to its run limits, so their order changes nothing in what is
-    /// culled (the oldest first); it only spares an fchdir per victim and lets the kernel
-    /// find each directory's blocks and lock still warm (victims in pure LRU order hop
-    /// between hundreds of fan-out directories). The rest of the table keeps its LRU order.
-    pub fn group_by_directory(&mut self, owed: Deficit) {
-        if self.grouped > 0 {
-            return;
-        }
-        let (mut bytes, mut files, mut needed) = (0u64, 0u64, 0usize);
-        for c in &self.ready {
-            if bytes >= owed.bytes && files >= owed.files {
-                break;
-            }
-            bytes += c.allocated;
-            files += 1;
-            needed += 1;
-        }
-        let slice = &mut self.ready.make_contiguous()[..needed];
-        // Stable: within a directory, the oldest first.
-        slice.sort_by_key(|c| Arc::as_ptr(&c.dir) as usize);
-        self.grouped = needed;
     }
 
     /// Culls the oldest candidate. `Ok(None)`: the table is empty.
@@ -324,13 +295,11 @@ impl Culler {
         let Some(candidate) = self.ready.pop_front() else {
             return Ok(None);
         };
-        self.grouped = self.grouped.saturating_sub(1);
         let outcome = match self.cull_candidate(root, device, &candidate) {
             Ok(o) => o,
             Err(e) => {
                 // Kept for the next attempt: the error may pass.
                 self.ready.push_front(candidate);
-                self.grouped += 1;
                 return Err(e);
             }
         };
@@ -530,53 +499,6 @@ mod tests {
             dir: Arc::new(scan::DirPath(vec![])),
             name: format!("D{rank}").into_bytes().into(),
         }
-    }
-
-    #[test]
-    fn the_victims_a_deficit_needs_are_culled_one_directory_after_the_other() {
-        let dirs: Vec<_> = (0..3u8)
-            .map(|d| Arc::new(scan::DirPath(vec![vec![b'@', b'0' + d].into()])))
-            .collect();
-        let mut c = Culler::new(12, None, None);
-        c.scan_started(4096);
-        c.scan_finished(
-            ScanReport {
-                candidates: (0..30)
-                    .map(|rank| Candidate {
-                        dir: dirs[rank as usize % 3].clone(),
-                        ..candidate(rank)
-                    })
-                    .collect(),
-                objects: 30,
-                allocated: 30 * 4096,
-                ..ScanReport::default()
-            },
-            Instant::now(),
-        );
-        // 10 objects are owed: the 10 oldest go, whatever the order among them.
-        c.group_by_directory(deficit(10 * 4096, 0, 4096));
-        let ranks = |c: &Culler, range: std::ops::Range<usize>| -> Vec<i64> {
-            c.ready.range(range).map(|v| v.atime.0).collect()
-        };
-        let mut first = ranks(&c, 0..10);
-        let by_dir: Vec<i64> = first.iter().map(|r| r % 3).collect();
-        let mut runs = by_dir.clone();
-        runs.dedup();
-        assert_eq!(runs.len(), 3, "each directory in one run: {by_dir:?}");
-        for run in first.chunk_by(|a, b| a % 3 == b % 3) {
-            assert!(
-                run.is_sorted(),
-                "oldest first within a directory: {first:?}"
-            );
-        }
-        first.sort();
-        assert_eq!(first, (0..10).collect::<Vec<_>>());
-        // The rest of the table keeps its LRU order.
-        assert_eq!(ranks(&c, 10..30), (10..30).collect::<Vec<_>>());
-        // Grouped once: a second call while those are being culled changes nothing.
-        let before = ranks(&c, 0..30);
-        c.group_by_directory(deficit(30 * 4096, 0, 4096));
-        assert_eq!(ranks(&c, 0..30), before);
     }
 
     #[test]

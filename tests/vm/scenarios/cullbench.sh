@@ -76,6 +76,8 @@ unmount_cache() {
 stop_run() { # PID: SIGTERM if still running; sets daemon_rc
   if alive "$1"; then stop_daemon "$1"; else daemon_rc=$run_rc; fi
 }
+# peak_rss PID: the process's peak resident set (VmHWM) in KiB, "-" once it has exited.
+peak_rss() { awk '/^VmHWM:/ { print $2; found = 1 } END { if (!found) print "-" }' "/proc/$1/status" 2>/dev/null || echo -; }
 # report DAEMON ATTEMPT: one BENCH line from the run_to_brun variables and a survey.
 report() {
   survey
@@ -83,7 +85,7 @@ report() {
   [ "$1" = c ] && [ -n "$c_preload" ] && _note=" (nodnotify shim)"
   say "BENCH n=$N daemon=$1 attempt=$2$_note result=$run_result seconds=$(secs "$run_cs") cpu=$(secs "$run_cpu_cs") user+sys=$run_cpu_split" \
     "culled=$culled oldest_left=${min_left:-none} lru=$( [ "$left" -eq 0 ] || [ "$min_left" -eq "$culled" ] && echo yes || echo NO)" \
-    "free_blocks=$(fs_bavail "$cache") brun_blocks=$brun_blocks (${cold})"
+    "free_blocks=$(fs_bavail "$cache") brun_blocks=$brun_blocks peak_rss_kib=$(peak_rss "$run_pid") (${cold})"
 }
 
 say "N=$N objects; limit ${limit}s per run; $(grep -c ^processor /proc/cpuinfo) CPU(s); $($c_daemon -v 2>&1 | head -n 1)"
