@@ -125,6 +125,9 @@ push_under_bcull() {
       cat "$_f" >/dev/null 2>&1
     done
   fi
+  # How long the wake-up activity took: the daemons may cull during it, the floor has none.
+  now_cs
+  push_cs=$(( cs - t0 ))
 }
 # wait_brun LIMIT [PID]: polls statfs every 0.05 s from t0 until brun (or PID exits, or LIMIT s).
 # Sets run_result and run_cs (from t0).
@@ -160,7 +163,7 @@ steady_daemon() {
   cpu_ticks "$_pid"
   umount /mnt 2>/dev/null
   survey
-  say "STEADY n=$N daemon=$_label result=$run_result seconds=$(secs "$run_cs") cpu_warm=$(secs "$_cpu0") cpu_cull=$(secs $(( cpu_user + cpu_sys - _cpu0 )))" \
+  say "STEADY n=$N daemon=$_label result=$run_result seconds=$(secs "$run_cs") cpu_warm=$(secs "$_cpu0") cpu_cull=$(secs $(( cpu_user + cpu_sys - _cpu0 ))) wake_activity=$(secs "$push_cs")" \
     "culled=$culled lru=$( [ "$left" -eq 0 ] || [ "$min_left" -eq "$culled" ] && echo yes || echo NO) free_blocks=$(fs_bavail "$cache") brun_blocks=$brun_blocks"
   stop_run "$_pid"
   unmount_cache
