@@ -112,6 +112,10 @@ pub struct FanotifyReport {
     pub digest_mismatches: u64,
     /// Detached blob files culled.
     pub culled: u64,
+    /// Whether this kernel's EROFS reads a file-backed mount's metadata through fanotify
+    /// events (`raised`: mounts are lazy), or not (`not-raised`: blobs are filled whole before
+    /// `cachefilesctl mount` mounts them); `unknown` until a mount found out.
+    pub erofs_meta_events: String,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -212,6 +216,7 @@ impl OnDemandReport {
                 complete_at_attach: g.complete_at_attach,
                 digest_mismatches: g.digest_mismatches,
                 culled: lazy.stats.culled,
+                erofs_meta_events: lazy.meta_events().as_str().into(),
             }),
             ..OnDemandReport::new(&lazy.engine)
         }
@@ -605,6 +610,7 @@ impl OnDemandReport {
                 f.attached_blobs.len(), f.events, f.allowed_at_once, od.reads, od.reads_failed + f.denied_unknown,
                 f.attaches, f.attaches_failed, f.detaches, f.completed, f.complete_at_attach, f.digest_mismatches, f.culled
             );
+            let _ = writeln!(o, "  erofs metadata events: {}", f.erofs_meta_events);
             for path in &f.attached_blobs {
                 let _ = writeln!(o, "  attached {path}");
             }

@@ -1312,9 +1312,77 @@ pub struct Lazy {
     /// A dead predecessor's events, waiting for their blob's attach to settle.
     recovering: std::collections::BTreeMap<i32, Pending>,
     pub stats: AttachStats,
+    /// What `cachefilesctl mount` found out about this kernel's EROFS (for this boot: the
+    /// daemon does not outlive it).
+    meta_events: MetaEvents,
+}
+
+/// Whether this kernel's EROFS raises pre-content events for the metadata it reads from a
+/// file-backed mount's blob. 7.3 does (`erofs_read_meta_folio` reads through the file);
+/// 6.14-6.18 do not (`read_mapping_folio` on the file's page cache): there a blob must be
+/// whole before it is mounted, or its metadata holes read as zeros. No kernel version
+/// tells (distributions backport): `cachefilesctl mount` finds out with its first mount of
+/// a blob whose first block is a hole, and tells the daemon, which keeps the verdict for
+/// every later mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetaEvents {
+    #[default]
+    Unknown,
+    Raised,
+    NotRaised,
+}
+
+impl MetaEvents {
+    /// The word of the control socket's `meta-events` request and reply.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetaEvents::Unknown => "unknown",
+            MetaEvents::Raised => "raised",
+            MetaEvents::NotRaised => "not-raised",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<MetaEvents> {
+        [
+            MetaEvents::Unknown,
+            MetaEvents::Raised,
+            MetaEvents::NotRaised,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == word)
+    }
 }
 
 impl Lazy {
+    /// What is known of the kernel's EROFS metadata events.
+    pub fn meta_events(&self) -> MetaEvents {
+        self.meta_events
+    }
+
+    /// Records a probe's verdict. "Not raised" stays: a later "raised" would make mounts
+    /// lazy on a kernel one mount proved reads zeros from holes (both cannot be right in
+    /// one boot; the safe one wins). The change is logged once.
+    pub fn set_meta_events(&mut self, verdict: MetaEvents) -> MetaEvents {
+        match (self.meta_events, verdict) {
+            (_, MetaEvents::Unknown) => {}
+            (old, new) if old == new => {}
+            (MetaEvents::NotRaised, MetaEvents::Raised) => log::warn!(
+                "a mount found EROFS metadata reads raising fanotify events, an earlier one found they do not: blobs are still filled whole before they are mounted"
+            ),
+            (_, MetaEvents::NotRaised) => {
+                log::warn!(
+                    "this kernel's EROFS reads a file-backed mount's metadata without fanotify pre-content events (6.14-6.18 do): `cachefilesctl mount` fills each blob whole before mounting it (correct, not lazy)"
+                );
+                self.meta_events = MetaEvents::NotRaised;
+            }
+            (_, MetaEvents::Raised) => {
+                log::info!("this kernel's EROFS reads metadata through fanotify pre-content events: blobs are mounted lazily");
+                self.meta_events = MetaEvents::Raised;
+            }
+        }
+        self.meta_events
+    }
+
     pub fn new(
         map: super::sourcemap::SourceMap,
         group: Group,
@@ -1332,6 +1400,7 @@ impl Lazy {
             failed: HashMap::new(),
             recovering: Default::default(),
             stats: AttachStats::default(),
+            meta_events: MetaEvents::Unknown,
         };
         if let Some(left) = left {
             lazy.recover(left);
