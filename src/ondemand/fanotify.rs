@@ -1342,6 +1342,16 @@ impl MetaEvents {
         }
     }
 
+    /// The verdict held once `verdict` is reported. "Not raised" stays: a later "raised"
+    /// would make mounts lazy on a kernel one mount proved reads zeros from holes (both
+    /// cannot be right in one boot; the safe one wins). "Unknown" reports nothing.
+    pub fn then(self, verdict: MetaEvents) -> MetaEvents {
+        match (self, verdict) {
+            (held, MetaEvents::Unknown) | (held @ MetaEvents::NotRaised, _) => held,
+            (_, new) => new,
+        }
+    }
+
     pub fn parse(word: &str) -> Option<MetaEvents> {
         [
             MetaEvents::Unknown,
@@ -1359,28 +1369,23 @@ impl Lazy {
         self.meta_events
     }
 
-    /// Records a probe's verdict. "Not raised" stays: a later "raised" would make mounts
-    /// lazy on a kernel one mount proved reads zeros from holes (both cannot be right in
-    /// one boot; the safe one wins). The change is logged once.
+    /// Records a probe's verdict (see `MetaEvents::then`); a change is logged once.
     pub fn set_meta_events(&mut self, verdict: MetaEvents) -> MetaEvents {
-        match (self.meta_events, verdict) {
-            (_, MetaEvents::Unknown) => {}
-            (old, new) if old == new => {}
-            (MetaEvents::NotRaised, MetaEvents::Raised) => log::warn!(
+        let held = self.meta_events.then(verdict);
+        match (held == self.meta_events, held) {
+            (false, MetaEvents::NotRaised) => log::warn!(
+                "this kernel's EROFS reads a file-backed mount's metadata without fanotify pre-content events (6.14-6.18 do): `cachefilesctl mount` fills each blob whole before mounting it (correct, not lazy)"
+            ),
+            (false, _) => log::info!(
+                "this kernel's EROFS reads metadata through fanotify pre-content events: blobs are mounted lazily"
+            ),
+            (true, MetaEvents::NotRaised) if verdict == MetaEvents::Raised => log::warn!(
                 "a mount found EROFS metadata reads raising fanotify events, an earlier one found they do not: blobs are still filled whole before they are mounted"
             ),
-            (_, MetaEvents::NotRaised) => {
-                log::warn!(
-                    "this kernel's EROFS reads a file-backed mount's metadata without fanotify pre-content events (6.14-6.18 do): `cachefilesctl mount` fills each blob whole before mounting it (correct, not lazy)"
-                );
-                self.meta_events = MetaEvents::NotRaised;
-            }
-            (_, MetaEvents::Raised) => {
-                log::info!("this kernel's EROFS reads metadata through fanotify pre-content events: blobs are mounted lazily");
-                self.meta_events = MetaEvents::Raised;
-            }
+            (true, _) => {}
         }
-        self.meta_events
+        self.meta_events = held;
+        held
     }
 
     pub fn new(
@@ -1770,6 +1775,20 @@ mod tests {
         assert!(!pre_content_flags(
             b"pos:\t0\nflags:\t0100000\nmnt_id:\t24\n"
         ));
+    }
+
+    #[test]
+    fn a_kernel_found_to_read_metadata_without_events_stays_so() {
+        use MetaEvents::*;
+        assert_eq!(Unknown.then(Raised), Raised);
+        assert_eq!(Unknown.then(NotRaised), NotRaised);
+        assert_eq!(Raised.then(NotRaised), NotRaised);
+        assert_eq!(NotRaised.then(Raised), NotRaised);
+        for held in [Unknown, Raised, NotRaised] {
+            assert_eq!(held.then(Unknown), held);
+            assert_eq!(MetaEvents::parse(held.as_str()), Some(held));
+        }
+        assert_eq!(MetaEvents::parse("yes"), None);
     }
 
     #[test]
