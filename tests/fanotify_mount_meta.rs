@@ -150,11 +150,20 @@ fn meta_events(socket: &Path) -> String {
         .to_string()
 }
 
-#[test]
-fn a_fresh_blob_mounted_with_cachefilesctl_reads_every_file_right() {
+/// The source tree, the cache, and a daemon serving `src/app*` (two copies of one EROFS
+/// image of `tree`) through fanotify with its control socket at `socket`.
+struct Setup {
+    t: tempfile::TempDir,
+    root: PathBuf,
+    tree: PathBuf,
+    socket: PathBuf,
+    daemon: Running,
+}
+
+fn setup() -> Option<Setup> {
     if let Some(why) = unsupported() {
         eprintln!("skipped: {why}");
-        return;
+        return None;
     }
     // The target dir, not /tmp: /tmp may be tmpfs, which has no pre-content events.
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -185,7 +194,43 @@ fn a_fresh_blob_mounted_with_cachefilesctl_reads_every_file_right() {
             src.display()
         ),
     );
+    Some(Setup {
+        t,
+        root,
+        tree,
+        socket,
+        daemon,
+    })
+}
 
+/// Attaches `fsid` and has another process read its first block (the daemon fills it):
+/// a blob whose first block is filled and the rest not, on which no mount can probe.
+fn attach_with_first_block(socket: &Path, fsid: &str) -> PathBuf {
+    let (ok, out, err) = ctl(socket, &["attach", fsid]);
+    assert!(ok, "{out}{err}");
+    let blob = PathBuf::from(out.trim_end());
+    let head = Command::new("dd")
+        .arg(format!("if={}", blob.display()))
+        .args(["of=/dev/null", "bs=4096", "count=1", "status=none"])
+        .status()
+        .unwrap();
+    assert!(head.success());
+    assert!(has_hole(&blob));
+    blob
+}
+
+#[test]
+fn a_fresh_blob_mounted_with_cachefilesctl_reads_every_file_right() {
+    let Some(Setup {
+        t,
+        root,
+        tree,
+        socket,
+        daemon,
+    }) = setup()
+    else {
+        return;
+    };
     // A fresh blob: its first block is a hole when the mount is tried.
     let mnt1 = t.path().join("mnt1");
     std::fs::create_dir(&mnt1).unwrap();
@@ -214,16 +259,7 @@ fn a_fresh_blob_mounted_with_cachefilesctl_reads_every_file_right() {
 
     // The verdict is kept: a blob whose first block is filled and the rest not (no probe
     // possible) is mounted as the verdict says, and reads right too.
-    let (ok, out, err) = ctl(&socket, &["attach", "app2"]);
-    assert!(ok, "{out}{err}");
-    let blob2 = PathBuf::from(out.trim_end());
-    let head = Command::new("dd")
-        .arg(format!("if={}", blob2.display()))
-        .args(["of=/dev/null", "bs=4096", "count=1", "status=none"])
-        .status()
-        .unwrap();
-    assert!(head.success());
-    assert!(has_hole(&blob2));
+    let blob2 = attach_with_first_block(&socket, "app2");
     let mnt2 = t.path().join("mnt2");
     std::fs::create_dir(&mnt2).unwrap();
     let (ok, out, err) = ctl(&socket, &["mount", "app2", mnt2.to_str().unwrap()]);
@@ -238,5 +274,33 @@ fn a_fresh_blob_mounted_with_cachefilesctl_reads_every_file_right() {
     }
     let (_, status, _) = ctl(&socket, &["status"]);
     assert!(status.contains("fanotify: 0 blobs attached"), "{status}");
+    daemon.stop();
+}
+
+#[test]
+fn with_no_verdict_a_partly_filled_blob_is_filled_whole_before_its_mount() {
+    let Some(Setup {
+        t,
+        root: _,
+        tree,
+        socket,
+        daemon,
+    }) = setup()
+    else {
+        return;
+    };
+    let blob = attach_with_first_block(&socket, "app1");
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let (ok, out, err) = ctl(&socket, &["mount", "app1", mnt.to_str().unwrap()]);
+    let _guard = Mounted(mnt.clone());
+    assert!(ok, "{out}{err}");
+    // Safe on every kernel: whole before the mount, and nothing learnt (no probe).
+    assert!(!has_hole(&blob), "mounted partly filled with no verdict");
+    assert!(err.contains("filling it whole"), "{err}");
+    assert_eq!(meta_events(&socket), "unknown");
+    assert_same_tree(&tree, &mnt);
+    let (ok, out, err) = ctl(&socket, &["umount", mnt.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
     daemon.stop();
 }
