@@ -12,7 +12,7 @@ mod common;
 
 use cachefilesd_rs::control::query;
 use cachefilesd_rs::ondemand::fanotify::Group;
-use common::fanotify::{pattern, Running};
+use common::fanotify::{number_after, pattern, Running};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -253,6 +253,11 @@ fn a_fresh_blob_mounted_with_cachefilesctl_reads_every_file_right() {
     let (_, status, _) = ctl(&socket, &["status"]);
     assert!(
         status.contains(&format!("erofs metadata events: {verdict}")),
+        "{status}"
+    );
+    // Every path read ranges the daemon's map did not hold: it asked the file.
+    assert!(
+        number_after(&status, "looked up in the file") >= 1,
         "{status}"
     );
     assert_same_tree(&tree, &mnt1);
