@@ -240,10 +240,13 @@ fn mount_erofs(source: &OsStr, mountpoint: &Path, data: Option<&str>) -> Result<
 }
 
 /// The attached blob's file, opened (never through a symlink) to read it through its mark:
-/// this process is not the daemon, so its reads raise the events the daemon fills.
+/// this process is not the daemon, so its reads raise the events the daemon fills. Held
+/// locked (flock) while it is probed, filled and mounted: another `cachefilesctl mount` of
+/// the same blob filling its first block between a probe's look at it and its mount would
+/// make the probe take a mount of a partly filled blob for a kernel with events.
 struct BlobFile {
     path: PathBuf,
-    file: std::fs::File,
+    file: nix::fcntl::Flock<std::fs::File>,
     len: u64,
 }
 
@@ -266,6 +269,8 @@ impl BlobFile {
         if !meta.is_file() {
             return Err(fail(nix::errno::Errno::EINVAL));
         }
+        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| fail(errno))?;
         Ok(BlobFile {
             path: path.to_owned(),
             file,
