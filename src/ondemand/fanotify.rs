@@ -172,6 +172,9 @@ pub struct Group {
     waiting: Vec<Waiting>,
     /// Numbers the fills started ahead of the readers (their tickets' keys).
     next_ahead: u64,
+    /// Where the EROFS metadata-events verdict is kept for a restart in the same boot (beside
+    /// the record, once `keep_record` started it).
+    meta_events_path: Option<PathBuf>,
     pub stats: GroupStats,
 }
 
@@ -268,6 +271,7 @@ impl Group {
             next_serial: 0,
             waiting: Vec::new(),
             next_ahead: 0,
+            meta_events_path: None,
             stats: GroupStats::default(),
         }
     }
@@ -281,6 +285,7 @@ impl Group {
     /// starts an empty record (one left there belongs to a group gone with its pending
     /// events); an adopted one first reads what its predecessor left, for `Lazy::new`.
     pub fn keep_record(&mut self, path: &Path) {
+        self.meta_events_path = path.parent().map(|dir| dir.join(META_EVENTS_FILE));
         let start = match self.recovered.as_mut() {
             Some(left) => {
                 *left = inflight::load(path).unwrap_or_default();
@@ -1363,6 +1368,68 @@ impl MetaEvents {
     }
 }
 
+/// The file beside the in-flight record that keeps the verdict for a restart of the daemon:
+/// `BOOT_ID VERDICT`, trusted only in the boot it names (another kernel may answer otherwise).
+const META_EVENTS_FILE: &str = "erofs-meta-events";
+
+/// This boot's id (36 characters of hex digits and dashes), if the kernel tells it.
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim_end();
+    (id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .then(|| id.to_string())
+}
+
+/// The verdict `text` keeps for the boot `boot`; anything else is unknown.
+fn parse_meta_events(text: &str, boot: &str) -> MetaEvents {
+    match text
+        .trim_end_matches('\n')
+        .split(' ')
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [b, word] if *b == boot => MetaEvents::parse(word).unwrap_or_default(),
+        _ => MetaEvents::Unknown,
+    }
+}
+
+/// What the file at `path` keeps for this boot (never through a symlink, at most a line).
+fn load_meta_events(path: &Path) -> MetaEvents {
+    use std::io::Read;
+    let Some(boot) = boot_id() else {
+        return MetaEvents::Unknown;
+    };
+    let mut text = String::new();
+    let read = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .and_then(|f| f.take(128).read_to_string(&mut text));
+    match read {
+        Ok(_) => parse_meta_events(&text, &boot),
+        Err(_) => MetaEvents::Unknown,
+    }
+}
+
+/// Writes `verdict` for this boot at `path`: a new file renamed over the old one (a rename
+/// replaces a symlink, it does not follow it).
+fn save_meta_events(path: &Path, verdict: MetaEvents) -> std::io::Result<()> {
+    use std::io::Write;
+    let boot = boot_id().ok_or_else(|| std::io::Error::other("no boot id"))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&tmp)?;
+    f.write_all(format!("{boot} {}\n", verdict.as_str()).as_bytes())?;
+    std::fs::rename(&tmp, path)
+}
+
 impl Lazy {
     /// What is known of the kernel's EROFS metadata events.
     pub fn meta_events(&self) -> MetaEvents {
@@ -1383,6 +1450,13 @@ impl Lazy {
                 "a mount found EROFS metadata reads raising fanotify events, an earlier one found they do not: blobs are still filled whole before they are mounted"
             ),
             (true, _) => {}
+        }
+        if held != self.meta_events {
+            if let Some(path) = self.group.meta_events_path.as_deref() {
+                if let Err(e) = save_meta_events(path, held) {
+                    log::warn!("{}: {e}: a restart will not know it", path.display());
+                }
+            }
         }
         self.meta_events = held;
         held
@@ -1407,6 +1481,16 @@ impl Lazy {
             stats: AttachStats::default(),
             meta_events: MetaEvents::Unknown,
         };
+        if let Some(path) = lazy.group.meta_events_path.as_deref() {
+            lazy.meta_events = load_meta_events(path);
+            if lazy.meta_events != MetaEvents::Unknown {
+                log::info!(
+                    "EROFS metadata events {}, as found earlier in this boot ({})",
+                    lazy.meta_events.as_str(),
+                    path.display()
+                );
+            }
+        }
         if let Some(left) = left {
             lazy.recover(left);
         }
@@ -1789,6 +1873,50 @@ mod tests {
             assert_eq!(MetaEvents::parse(held.as_str()), Some(held));
         }
         assert_eq!(MetaEvents::parse("yes"), None);
+    }
+
+    #[test]
+    fn the_verdict_is_kept_for_its_boot_only_and_never_through_a_symlink() {
+        const BOOT: &str = "0f6b2c1e-8d1a-4c57-9c3e-2a7d9b6e5f40";
+        assert_eq!(
+            parse_meta_events(&format!("{BOOT} not-raised\n"), BOOT),
+            MetaEvents::NotRaised
+        );
+        assert_eq!(
+            parse_meta_events(&format!("{BOOT} raised"), BOOT),
+            MetaEvents::Raised
+        );
+        let other = "11111111-2222-3333-4444-555555555555";
+        for text in [
+            format!("{other} not-raised\n"),
+            format!("{BOOT} maybe\n"),
+            format!("{BOOT} raised extra\n"),
+            String::new(),
+        ] {
+            assert_eq!(
+                parse_meta_events(&text, BOOT),
+                MetaEvents::Unknown,
+                "{text:?}"
+            );
+        }
+        let Some(_) = boot_id() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(META_EVENTS_FILE);
+        assert_eq!(load_meta_events(&path), MetaEvents::Unknown);
+        save_meta_events(&path, MetaEvents::NotRaised).unwrap();
+        assert_eq!(load_meta_events(&path), MetaEvents::NotRaised);
+        // A symlink in its place is neither read through nor written through.
+        let target = dir.path().join("elsewhere");
+        std::fs::copy(&path, &target).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert_eq!(load_meta_events(&path), MetaEvents::Unknown);
+        save_meta_events(&path, MetaEvents::Raised).unwrap();
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(load_meta_events(&path), MetaEvents::Raised);
+        assert!(std::fs::read_to_string(&target)
+            .unwrap()
+            .ends_with(" not-raised\n"));
     }
 
     #[test]

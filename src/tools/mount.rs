@@ -3,7 +3,9 @@
 //! The daemon attaches a blob over its control socket (fanotify front end: a sparse file,
 //! sized and marked, whose path it answers; cachefiles front end: `fscache`, and the kernel
 //! asks for the blob itself at an `fsid=` mount). The mount is made here, in another process
-//! than the daemon's: the daemon's own reads are allowed unfilled by design.
+//! than the daemon's: the daemon's own reads are allowed unfilled by design. Where the
+//! kernel's EROFS reads metadata without pre-content events, the blob is filled whole (read
+//! through its mark from here) before the mount: see `mount`.
 
 use crate::control::query;
 use crate::ondemand::fanotify::MetaEvents;
