@@ -157,13 +157,17 @@ pub fn mount(
         (MetaEvents::Raised, _) => mount_erofs(path.as_os_str(), mountpoint, options)?,
         (MetaEvents::Unknown, false) => probe(socket, &blob, mountpoint, options)?,
         (MetaEvents::NotRaised, _) => {
-            eprintln!("cachefilesctl: this kernel's EROFS reads metadata without fanotify pre-content events: filling {} whole before mounting it (not lazy)", path.display());
-            blob.fill_whole()?;
+            if blob.has_hole()? {
+                eprintln!("cachefilesctl: this kernel's EROFS reads metadata without fanotify pre-content events: filling {} whole before mounting it (not lazy)", path.display());
+                blob.fill_whole()?;
+            }
             mount_erofs(path.as_os_str(), mountpoint, options)?;
         }
         (MetaEvents::Unknown, true) => {
-            eprintln!("cachefilesctl: not known yet whether this kernel's EROFS reads metadata through fanotify pre-content events, and {} is partly filled (no probe possible): filling it whole before mounting it", path.display());
-            blob.fill_whole()?;
+            if blob.has_hole()? {
+                eprintln!("cachefilesctl: not known yet whether this kernel's EROFS reads metadata through fanotify pre-content events, and {} is partly filled (no probe possible): filling it whole before mounting it", path.display());
+                blob.fill_whole()?;
+            }
             mount_erofs(path.as_os_str(), mountpoint, options)?;
         }
     }
@@ -202,7 +206,7 @@ fn probe(
             errno: nix::errno::Errno::EINVAL,
             ..
         }) if !blob.first_block_filled()? => {
-            eprintln!("cachefilesctl: this kernel's EROFS read the superblock of {} without a fanotify pre-content event (6.14-6.18 read metadata that way): filling the blob whole before mounting it (not lazy)", blob.path.display());
+            eprintln!("cachefilesctl: EROFS did not read the superblock of {} through a fanotify pre-content event (6.14-6.18 read metadata without them): filling the blob whole before mounting it again (not lazy)", blob.path.display());
             blob.fill_whole()?;
             mount_erofs(path, mountpoint, options)?;
             meta_events(socket, Some(MetaEvents::NotRaised));
@@ -300,6 +304,10 @@ impl BlobFile {
         }
     }
 
+    fn has_hole(&self) -> Result<bool, MountError> {
+        Ok(self.hole_after(0)? < self.len)
+    }
+
     /// Whether the first block (EROFS's superblock is at 1024) holds data.
     fn first_block_filled(&self) -> Result<bool, MountError> {
         Ok(self.len == 0 || self.hole_after(0)? > 0)
@@ -326,7 +334,7 @@ impl BlobFile {
             pos = self.hole_after(pos + n as u64)?;
         }
         // The daemon fills what a read asks for, whole pages: no hole may be left.
-        if self.hole_after(0)? < self.len {
+        if self.has_hole()? {
             return Err(self.fail(nix::errno::Errno::EIO));
         }
         Ok(())
