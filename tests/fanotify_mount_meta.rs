@@ -309,3 +309,28 @@ fn with_no_verdict_a_partly_filled_blob_is_filled_whole_before_its_mount() {
     assert!(ok, "{out}{err}");
     daemon.stop();
 }
+
+#[test]
+fn a_restarted_daemon_keeps_the_verdict_of_its_boot() {
+    use cachefilesd_rs::ondemand::fanotify::{Lazy, MetaEvents};
+    use cachefilesd_rs::ondemand::sourcemap::SourceMap;
+    if std::env::var_os("CACHEFILESD_NO_FANOTIFY").is_some() || Group::new().is_err() {
+        eprintln!("skipped: no fanotify pre-content group here");
+        return;
+    }
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let run = t.path().join("run");
+    let map = SourceMap::parse("t.toml", "[[source]]\npath = \"/nonexistent/{fsid}\"\n").unwrap();
+    // As start.rs makes it: the record (and the verdict beside it) in the runtime dir.
+    let lazy = |map: &SourceMap| {
+        let mut group = Group::new().unwrap();
+        group.keep_record(&run.join("fanotify-inflight"));
+        Lazy::new(map.clone(), group, std::sync::Arc::new(|| {}), t.path())
+    };
+    let mut first = lazy(&map);
+    assert_eq!(first.meta_events(), MetaEvents::Unknown);
+    first.set_meta_events(MetaEvents::NotRaised);
+    drop(first);
+    let second = lazy(&map);
+    assert_eq!(second.meta_events(), MetaEvents::NotRaised);
+}
