@@ -184,6 +184,7 @@ fn setup() -> Option<Setup> {
         .unwrap();
     assert!(made.status.success(), "{made:?}");
     std::fs::copy(&image, src.join("app2")).unwrap();
+    std::fs::copy(&image, src.join("app3")).unwrap();
     let socket = t.path().join("ctl.sock");
     // No readahead: the lazy path fills only what the mount and the readers ask for.
     let daemon: Running = common::fanotify::start(
@@ -206,9 +207,19 @@ fn setup() -> Option<Setup> {
 /// Attaches `fsid` and has another process read its first block (the daemon fills it):
 /// a blob whose first block is filled and the rest not, on which no mount can probe.
 fn attach_with_first_block(socket: &Path, fsid: &str) -> PathBuf {
-    let (ok, out, err) = ctl(socket, &["attach", fsid]);
-    assert!(ok, "{out}{err}");
-    let blob = PathBuf::from(out.trim_end());
+    // Through the socket, not `cachefilesctl attach`, which fills a blob whole on a kernel
+    // known to need it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let blob = loop {
+        let reply = query(socket, &format!("attach {fsid}"), Duration::from_secs(5)).unwrap();
+        match reply.trim_end().split_once(' ') {
+            Some(("ok", path)) => break PathBuf::from(path),
+            _ if reply.trim_end() == "pending" && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => panic!("attach {fsid}: {reply}"),
+        }
+    };
     let head = Command::new("dd")
         .arg(format!("if={}", blob.display()))
         .args(["of=/dev/null", "bs=4096", "count=1", "status=none"])
@@ -273,10 +284,32 @@ fn a_fresh_blob_mounted_with_cachefilesctl_reads_every_file_right() {
     assert_eq!(has_hole(&blob2), verdict == "raised", "{err}");
     assert_same_tree(&tree, &mnt2);
 
+    // `cachefilesctl attach` (for fstab, a mount unit) gives a blob such a mount can use:
+    // filled whole where the verdict says it must be, left lazy where not.
+    let (ok, out, err) = ctl(&socket, &["attach", "app3"]);
+    assert!(ok, "{out}{err}");
+    let blob3 = PathBuf::from(out.trim_end());
+    assert_eq!(has_hole(&blob3), verdict == "raised", "{err}");
+    let same = Command::new("cmp")
+        .arg(t.path().join("src/app3"))
+        .arg(&blob3)
+        .args([
+            "-n",
+            &std::fs::metadata(t.path().join("src/app3"))
+                .unwrap()
+                .len()
+                .to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(same.status.success(), "{same:?}");
+
     for mnt in [&mnt1, &mnt2] {
         let (ok, out, err) = ctl(&socket, &["umount", mnt.to_str().unwrap()]);
         assert!(ok, "{out}{err}");
     }
+    let detached = query(&socket, "detach app3", Duration::from_secs(5)).unwrap();
+    assert!(detached.starts_with("ok "), "{detached}");
     let (_, status, _) = ctl(&socket, &["status"]);
     assert!(status.contains("fanotify: 0 blobs attached"), "{status}");
     daemon.stop();

@@ -152,23 +152,44 @@ pub fn mount(
         }
     };
     let blob = BlobFile::open(&path)?;
-    let verdict = meta_events(socket, None);
-    match (verdict, blob.first_block_filled()?) {
-        (MetaEvents::Raised, _) => mount_erofs(path.as_os_str(), mountpoint, options)?,
-        (MetaEvents::Unknown, false) => probe(socket, &blob, mountpoint, options)?,
-        (MetaEvents::NotRaised, _) => {
-            if blob.has_hole()? {
-                eprintln!("cachefilesctl: this kernel's EROFS reads metadata without fanotify pre-content events: filling {} whole before mounting it (not lazy)", path.display());
-                blob.fill_whole()?;
-            }
-            mount_erofs(path.as_os_str(), mountpoint, options)?;
+    mount_blob(socket, &blob, mountpoint, options)?;
+    Ok(attached)
+}
+
+/// Mounts the blob's file on `mountpoint` as the kernel allows: lazily where its EROFS
+/// reads metadata through fanotify events, else filled whole first; finds out which kernel
+/// this is when not known yet and the blob can tell (`probe`).
+fn mount_blob(
+    socket: &Path,
+    blob: &BlobFile,
+    mountpoint: &Path,
+    options: Option<&str>,
+) -> Result<(), MountError> {
+    let path = blob.path.as_os_str();
+    match (meta_events(socket, None), blob.first_block_filled()?) {
+        (MetaEvents::Raised, _) => mount_erofs(path, mountpoint, options),
+        (MetaEvents::Unknown, false) => probe(socket, blob, mountpoint, options),
+        (verdict, _) => {
+            blob.fill_whole_saying(verdict)?;
+            mount_erofs(path, mountpoint, options)
         }
-        (MetaEvents::Unknown, true) => {
-            if blob.has_hole()? {
-                eprintln!("cachefilesctl: not known yet whether this kernel's EROFS reads metadata through fanotify pre-content events, and {} is partly filled (no probe possible): filling it whole before mounting it", path.display());
-                blob.fill_whole()?;
-            }
-            mount_erofs(path.as_os_str(), mountpoint, options)?;
+    }
+}
+
+/// `attach` for a mount made by other means (fstab, a mount unit), which this tool cannot
+/// fill first: where this boot's EROFS is known to read metadata without events, the blob
+/// is filled whole before its path is given. Where that is not known yet, nothing is
+/// probed here (a probe mounts, and the blob may not even be an EROFS image): the path is
+/// given as it is, as the manual page says.
+pub fn attach_ready(
+    socket: &Path,
+    domain: Option<&str>,
+    fsid: &str,
+) -> Result<Attached, MountError> {
+    let attached = attach(socket, domain, fsid)?;
+    if let Attached::File(path) = &attached {
+        if meta_events(socket, None) == MetaEvents::NotRaised {
+            BlobFile::open(path)?.fill_whole_saying(MetaEvents::NotRaised)?;
         }
     }
     Ok(attached)
@@ -302,6 +323,18 @@ impl BlobFile {
             Err(nix::errno::Errno::ENXIO) => Ok(self.len),
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// `fill_whole`, saying why on stderr when there is anything to fill.
+    fn fill_whole_saying(&self, verdict: MetaEvents) -> Result<(), MountError> {
+        if !self.has_hole()? {
+            return Ok(());
+        }
+        match verdict {
+            MetaEvents::NotRaised => eprintln!("cachefilesctl: this kernel's EROFS reads metadata without fanotify pre-content events: filling {} whole before it is mounted (not lazy)", self.path.display()),
+            _ => eprintln!("cachefilesctl: not known yet whether this kernel's EROFS reads metadata through fanotify pre-content events, and {} cannot tell (partly filled): filling it whole before it is mounted", self.path.display()),
+        }
+        self.fill_whole()
     }
 
     fn has_hole(&self) -> Result<bool, MountError> {
