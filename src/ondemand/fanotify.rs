@@ -1317,8 +1317,8 @@ pub struct Lazy {
     /// A dead predecessor's events, waiting for their blob's attach to settle.
     recovering: std::collections::BTreeMap<i32, Pending>,
     pub stats: AttachStats,
-    /// What `cachefilesctl mount` found out about this kernel's EROFS (for this boot: the
-    /// daemon does not outlive it).
+    /// What `cachefilesctl mount` found out about this kernel's EROFS, this boot (kept
+    /// beside the in-flight record for a restart: `META_EVENTS_FILE`).
     meta_events: MetaEvents,
 }
 
@@ -1328,7 +1328,7 @@ pub struct Lazy {
 /// whole before it is mounted, or its metadata holes read as zeros. No kernel version
 /// tells (distributions backport): `cachefilesctl mount` finds out with its first mount of
 /// a blob whose first block is a hole, and tells the daemon, which keeps the verdict for
-/// every later mount.
+/// every later mount of the boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MetaEvents {
     #[default]
