@@ -4,7 +4,7 @@
 //! without ever blocking it: every connection is non-blocking, bounded in size and in time, so
 //! a client that connects and never reads cannot stall the daemon.
 
-use crate::ondemand::fanotify::{BlobKey, Detach};
+use crate::ondemand::fanotify::{BlobKey, Detach, MetaEvents};
 use crate::reactor::Registrar;
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Token};
@@ -34,6 +34,9 @@ pub enum Request {
     Attach(BlobKey),
     /// `detach PATH|[--domain D] FSID`.
     Detach(Detach),
+    /// `meta-events [raised|not-raised]`: what `cachefilesctl mount` found out about the
+    /// kernel's EROFS (`None`: asks what is known). The reply is the verdict held after it.
+    MetaEvents(Option<MetaEvents>),
 }
 
 /// `[--domain D] FSID`, validated.
@@ -67,11 +70,15 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         ["detach", path] if path.starts_with('/') => {
             Ok(Request::Detach(Detach::Path(PathBuf::from(path))))
         }
+        ["meta-events"] => Ok(Request::MetaEvents(None)),
+        ["meta-events", word @ ("raised" | "not-raised")] => {
+            Ok(Request::MetaEvents(MetaEvents::parse(word)))
+        }
         ["detach", args @ ..] => blob_key(args)
             .map(|k| Request::Detach(Detach::Key(k)))
             .map_err(|e| format!("error: detach: {e}\n")),
         _ => Err(format!(
-            "error: unknown request {:?} (try: status, status json, metrics, invalidate, purge, attach, detach)\n",
+            "error: unknown request {:?} (try: status, status json, metrics, invalidate, purge, attach, detach, meta-events)\n",
             line.trim()
         )),
     }
@@ -424,6 +431,11 @@ mod tests {
                 "/srv/my cache/lazy/a/a".into()
             )))
         );
+        assert_eq!(parse_request("meta-events"), Ok(Request::MetaEvents(None)));
+        assert_eq!(
+            parse_request("meta-events not-raised"),
+            Ok(Request::MetaEvents(Some(MetaEvents::NotRaised)))
+        );
         assert_eq!(
             parse_request("detach a"),
             Ok(Request::Detach(Detach::Key(
@@ -438,6 +450,8 @@ mod tests {
             "attach --domain",
             "attach a b",
             "detach ..",
+            "meta-events unknown",
+            "meta-events raised x",
         ] {
             let e = parse_request(bad).unwrap_err();
             assert!(e.starts_with("error: "), "{bad}: {e}");

@@ -264,6 +264,16 @@ impl<'d> Engine<'d> {
             Request::Remove(target) => crate::live::answer(&self.dir, &target, self.device),
             Request::Attach(key) => self.attach(&key),
             Request::Detach(what) => self.detach(what),
+            Request::MetaEvents(verdict) => match &mut self.mode {
+                Mode::Fanotify { lazy, .. } => {
+                    let held = match verdict {
+                        Some(v) => lazy.set_meta_events(v),
+                        None => lazy.meta_events(),
+                    };
+                    format!("{}\n", held.as_str())
+                }
+                _ => "error: no fanotify front end\n".into(),
+            },
         }
     }
 

@@ -112,6 +112,16 @@ pub struct FanotifyReport {
     pub digest_mismatches: u64,
     /// Detached blob files culled.
     pub culled: u64,
+    /// Times the file was asked (SEEK_HOLE) what the daemon's map of it did not hold.
+    pub lookups: u64,
+    /// Fills started ahead of a reader nearing the end of what is filled.
+    pub fills_ahead: u64,
+    /// Events that waited for a fill in flight instead of fetching their range again.
+    pub waited: u64,
+    /// Whether this kernel's EROFS reads a file-backed mount's metadata through fanotify
+    /// events (`raised`: mounts are lazy), or not (`not-raised`: blobs are filled whole before
+    /// `cachefilesctl mount` mounts them); `unknown` until a mount found out.
+    pub erofs_meta_events: String,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -212,6 +222,10 @@ impl OnDemandReport {
                 complete_at_attach: g.complete_at_attach,
                 digest_mismatches: g.digest_mismatches,
                 culled: lazy.stats.culled,
+                lookups: g.lookups,
+                fills_ahead: g.ahead,
+                waited: g.waited,
+                erofs_meta_events: lazy.meta_events().as_str().into(),
             }),
             ..OnDemandReport::new(&lazy.engine)
         }
@@ -601,10 +615,12 @@ impl OnDemandReport {
         if let Some(f) = &od.fanotify {
             let _ = writeln!(
                 o,
-                "fanotify: {} blobs attached; events {}, allowed at once {}, fetched {}, denied {}; attaches {} ({} failed), detaches {}; completed {}, complete at attach {}, digest mismatches {}; culled {}",
+                "fanotify: {} blobs attached; events {}, allowed at once {}, fetched {}, denied {}; attaches {} ({} failed), detaches {}; completed {}, complete at attach {}, digest mismatches {}; culled {}; looked up in the file {}, fills ahead {}, waited for a fill {}",
                 f.attached_blobs.len(), f.events, f.allowed_at_once, od.reads, od.reads_failed + f.denied_unknown,
-                f.attaches, f.attaches_failed, f.detaches, f.completed, f.complete_at_attach, f.digest_mismatches, f.culled
+                f.attaches, f.attaches_failed, f.detaches, f.completed, f.complete_at_attach, f.digest_mismatches, f.culled,
+                f.lookups, f.fills_ahead, f.waited
             );
+            let _ = writeln!(o, "  erofs metadata events: {}", f.erofs_meta_events);
             for path in &f.attached_blobs {
                 let _ = writeln!(o, "  attached {path}");
             }
@@ -750,6 +766,21 @@ impl OnDemandReport {
                     "fanotify_denied_unknown_total",
                     "Events denied for a file no attached blob has.",
                     f.denied_unknown,
+                ),
+                counter(
+                    "fanotify_lookups_total",
+                    "Times a blob's file was asked (SEEK_HOLE) what the daemon's map did not hold.",
+                    f.lookups,
+                ),
+                counter(
+                    "fanotify_fills_ahead_total",
+                    "Fills started ahead of a reader nearing the end of what is filled.",
+                    f.fills_ahead,
+                ),
+                counter(
+                    "fanotify_waited_total",
+                    "Events that waited for a fill in flight instead of fetching again.",
+                    f.waited,
                 ),
             ]);
         }
@@ -976,6 +1007,41 @@ mod tests {
             m.contains("cachefilesd_ondemand_prefetch_bytes_total 5242880\n"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn fanotify_counters_are_in_text_json_and_metrics() {
+        let mut r = sample();
+        r.mode = "fanotify".into();
+        r.ondemand.as_mut().unwrap().fanotify = Some(FanotifyReport {
+            events: 40,
+            lookups: 7,
+            fills_ahead: 5,
+            waited: 3,
+            erofs_meta_events: "not-raised".into(),
+            ..Default::default()
+        });
+        let t = r.text();
+        assert!(
+            t.contains("; looked up in the file 7, fills ahead 5, waited for a fill 3\n"),
+            "{t}"
+        );
+        assert!(t.contains("  erofs metadata events: not-raised\n"), "{t}");
+        let j: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        let f = &j["ondemand"]["fanotify"];
+        assert_eq!(
+            (&f["lookups"], &f["fills_ahead"], &f["waited"]),
+            (&7.into(), &5.into(), &3.into())
+        );
+        assert_eq!(f["erofs_meta_events"], "not-raised");
+        let m = r.metrics();
+        for sample in [
+            "cachefilesd_fanotify_lookups_total 7\n",
+            "cachefilesd_fanotify_fills_ahead_total 5\n",
+            "cachefilesd_fanotify_waited_total 3\n",
+        ] {
+            assert!(m.contains(sample), "{sample} not in {m}");
+        }
     }
 
     #[test]

@@ -172,6 +172,9 @@ pub struct Group {
     waiting: Vec<Waiting>,
     /// Numbers the fills started ahead of the readers (their tickets' keys).
     next_ahead: u64,
+    /// Where the EROFS metadata-events verdict is kept for a restart in the same boot (beside
+    /// the record, once `keep_record` started it).
+    meta_events_path: Option<PathBuf>,
     pub stats: GroupStats,
 }
 
@@ -268,6 +271,7 @@ impl Group {
             next_serial: 0,
             waiting: Vec::new(),
             next_ahead: 0,
+            meta_events_path: None,
             stats: GroupStats::default(),
         }
     }
@@ -281,6 +285,7 @@ impl Group {
     /// starts an empty record (one left there belongs to a group gone with its pending
     /// events); an adopted one first reads what its predecessor left, for `Lazy::new`.
     pub fn keep_record(&mut self, path: &Path) {
+        self.meta_events_path = path.parent().map(|dir| dir.join(META_EVENTS_FILE));
         let start = match self.recovered.as_mut() {
             Some(left) => {
                 *left = inflight::load(path).unwrap_or_default();
@@ -1312,9 +1317,151 @@ pub struct Lazy {
     /// A dead predecessor's events, waiting for their blob's attach to settle.
     recovering: std::collections::BTreeMap<i32, Pending>,
     pub stats: AttachStats,
+    /// What `cachefilesctl mount` found out about this kernel's EROFS, this boot (kept
+    /// beside the in-flight record for a restart: `META_EVENTS_FILE`).
+    meta_events: MetaEvents,
+}
+
+/// Whether this kernel's EROFS raises pre-content events for the metadata it reads from a
+/// file-backed mount's blob. 7.3 does (`erofs_read_meta_folio` reads through the file);
+/// 6.14-6.18 do not (`read_mapping_folio` on the file's page cache): there a blob must be
+/// whole before it is mounted, or its metadata holes read as zeros. No kernel version
+/// tells (distributions backport): `cachefilesctl mount` finds out with its first mount of
+/// a blob whose first block is a hole, and tells the daemon, which keeps the verdict for
+/// every later mount of the boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetaEvents {
+    #[default]
+    Unknown,
+    Raised,
+    NotRaised,
+}
+
+impl MetaEvents {
+    /// The word of the control socket's `meta-events` request and reply.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetaEvents::Unknown => "unknown",
+            MetaEvents::Raised => "raised",
+            MetaEvents::NotRaised => "not-raised",
+        }
+    }
+
+    /// The verdict held once `verdict` is reported. "Not raised" stays: a later "raised"
+    /// would make mounts lazy on a kernel one mount proved reads zeros from holes (both
+    /// cannot be right in one boot; the safe one wins). "Unknown" reports nothing.
+    pub fn then(self, verdict: MetaEvents) -> MetaEvents {
+        match (self, verdict) {
+            (held, MetaEvents::Unknown) | (held @ MetaEvents::NotRaised, _) => held,
+            (_, new) => new,
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<MetaEvents> {
+        [
+            MetaEvents::Unknown,
+            MetaEvents::Raised,
+            MetaEvents::NotRaised,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == word)
+    }
+}
+
+/// The file beside the in-flight record that keeps the verdict for a restart of the daemon:
+/// `BOOT_ID VERDICT`, trusted only in the boot it names (another kernel may answer otherwise).
+const META_EVENTS_FILE: &str = "erofs-meta-events";
+
+/// This boot's id (36 characters of hex digits and dashes), if the kernel tells it.
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim_end();
+    (id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .then(|| id.to_string())
+}
+
+/// The verdict `text` keeps for the boot `boot`; anything else is unknown.
+fn parse_meta_events(text: &str, boot: &str) -> MetaEvents {
+    match text
+        .trim_end_matches('\n')
+        .split(' ')
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [b, word] if *b == boot => MetaEvents::parse(word).unwrap_or_default(),
+        _ => MetaEvents::Unknown,
+    }
+}
+
+/// What the file at `path` keeps for this boot (never through a symlink, at most a line).
+fn load_meta_events(path: &Path) -> MetaEvents {
+    use std::io::Read;
+    let Some(boot) = boot_id() else {
+        return MetaEvents::Unknown;
+    };
+    let mut text = String::new();
+    let read = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .and_then(|f| f.take(128).read_to_string(&mut text));
+    match read {
+        Ok(_) => parse_meta_events(&text, &boot),
+        Err(_) => MetaEvents::Unknown,
+    }
+}
+
+/// Writes `verdict` for this boot at `path`: a new file renamed over the old one (a rename
+/// replaces a symlink, it does not follow it).
+fn save_meta_events(path: &Path, verdict: MetaEvents) -> std::io::Result<()> {
+    use std::io::Write;
+    let boot = boot_id().ok_or_else(|| std::io::Error::other("no boot id"))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&tmp)?;
+    f.write_all(format!("{boot} {}\n", verdict.as_str()).as_bytes())?;
+    std::fs::rename(&tmp, path)
 }
 
 impl Lazy {
+    /// What is known of the kernel's EROFS metadata events.
+    pub fn meta_events(&self) -> MetaEvents {
+        self.meta_events
+    }
+
+    /// Records a probe's verdict (see `MetaEvents::then`); a change is logged once.
+    pub fn set_meta_events(&mut self, verdict: MetaEvents) -> MetaEvents {
+        let held = self.meta_events.then(verdict);
+        match (held == self.meta_events, held) {
+            (false, MetaEvents::NotRaised) => log::warn!(
+                "this kernel's EROFS reads a file-backed mount's metadata without fanotify pre-content events (6.14-6.18 do): `cachefilesctl mount` fills each blob whole before mounting it (correct, not lazy)"
+            ),
+            (false, _) => log::info!(
+                "this kernel's EROFS reads metadata through fanotify pre-content events: blobs are mounted lazily"
+            ),
+            (true, MetaEvents::NotRaised) if verdict == MetaEvents::Raised => log::warn!(
+                "a mount found EROFS metadata reads raising fanotify events, an earlier one found they do not: blobs are still filled whole before they are mounted"
+            ),
+            (true, _) => {}
+        }
+        if held != self.meta_events {
+            if let Some(path) = self.group.meta_events_path.as_deref() {
+                if let Err(e) = save_meta_events(path, held) {
+                    log::warn!("{}: {e}: a restart will not know it", path.display());
+                }
+            }
+        }
+        self.meta_events = held;
+        held
+    }
+
     pub fn new(
         map: super::sourcemap::SourceMap,
         group: Group,
@@ -1332,7 +1479,18 @@ impl Lazy {
             failed: HashMap::new(),
             recovering: Default::default(),
             stats: AttachStats::default(),
+            meta_events: MetaEvents::Unknown,
         };
+        if let Some(path) = lazy.group.meta_events_path.as_deref() {
+            lazy.meta_events = load_meta_events(path);
+            if lazy.meta_events != MetaEvents::Unknown {
+                log::info!(
+                    "EROFS metadata events {}, as found earlier in this boot ({})",
+                    lazy.meta_events.as_str(),
+                    path.display()
+                );
+            }
+        }
         if let Some(left) = left {
             lazy.recover(left);
         }
@@ -1701,6 +1859,64 @@ mod tests {
         assert!(!pre_content_flags(
             b"pos:\t0\nflags:\t0100000\nmnt_id:\t24\n"
         ));
+    }
+
+    #[test]
+    fn a_kernel_found_to_read_metadata_without_events_stays_so() {
+        use MetaEvents::*;
+        assert_eq!(Unknown.then(Raised), Raised);
+        assert_eq!(Unknown.then(NotRaised), NotRaised);
+        assert_eq!(Raised.then(NotRaised), NotRaised);
+        assert_eq!(NotRaised.then(Raised), NotRaised);
+        for held in [Unknown, Raised, NotRaised] {
+            assert_eq!(held.then(Unknown), held);
+            assert_eq!(MetaEvents::parse(held.as_str()), Some(held));
+        }
+        assert_eq!(MetaEvents::parse("yes"), None);
+    }
+
+    #[test]
+    fn the_verdict_is_kept_for_its_boot_only_and_never_through_a_symlink() {
+        const BOOT: &str = "0f6b2c1e-8d1a-4c57-9c3e-2a7d9b6e5f40";
+        assert_eq!(
+            parse_meta_events(&format!("{BOOT} not-raised\n"), BOOT),
+            MetaEvents::NotRaised
+        );
+        assert_eq!(
+            parse_meta_events(&format!("{BOOT} raised"), BOOT),
+            MetaEvents::Raised
+        );
+        let other = "11111111-2222-3333-4444-555555555555";
+        for text in [
+            format!("{other} not-raised\n"),
+            format!("{BOOT} maybe\n"),
+            format!("{BOOT} raised extra\n"),
+            String::new(),
+        ] {
+            assert_eq!(
+                parse_meta_events(&text, BOOT),
+                MetaEvents::Unknown,
+                "{text:?}"
+            );
+        }
+        let Some(_) = boot_id() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(META_EVENTS_FILE);
+        assert_eq!(load_meta_events(&path), MetaEvents::Unknown);
+        save_meta_events(&path, MetaEvents::NotRaised).unwrap();
+        assert_eq!(load_meta_events(&path), MetaEvents::NotRaised);
+        // A symlink in its place is neither read through nor written through.
+        let target = dir.path().join("elsewhere");
+        std::fs::copy(&path, &target).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert_eq!(load_meta_events(&path), MetaEvents::Unknown);
+        save_meta_events(&path, MetaEvents::Raised).unwrap();
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(load_meta_events(&path), MetaEvents::Raised);
+        assert!(std::fs::read_to_string(&target)
+            .unwrap()
+            .ends_with(" not-raised\n"));
     }
 
     #[test]

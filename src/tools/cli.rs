@@ -477,7 +477,7 @@ pub fn run(inv: &Invocation, out: &mut dyn Write) -> Result<bool, RunError> {
             socket,
         } => {
             let socket = control_socket(&inv.dir, socket)?;
-            match super::mount::attach(&socket, domain.as_deref(), fsid)? {
+            match super::mount::attach_ready(&socket, domain.as_deref(), fsid)? {
                 Attached::File(path) => writeln!(out, "{}", path.display())?,
                 Attached::Fscache => writeln!(
                     out,

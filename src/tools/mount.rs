@@ -3,9 +3,12 @@
 //! The daemon attaches a blob over its control socket (fanotify front end: a sparse file,
 //! sized and marked, whose path it answers; cachefiles front end: `fscache`, and the kernel
 //! asks for the blob itself at an `fsid=` mount). The mount is made here, in another process
-//! than the daemon's: the daemon's own reads are allowed unfilled by design.
+//! than the daemon's: the daemon's own reads are allowed unfilled by design. Where the
+//! kernel's EROFS reads metadata without pre-content events, the blob is filled whole (read
+//! through its mark from here) before the mount: see `mount`.
 
 use crate::control::query;
+use crate::ondemand::fanotify::MetaEvents;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -33,6 +36,11 @@ pub enum MountError {
     #[error("umount {on}: {errno}")]
     Umount {
         on: String,
+        errno: nix::errno::Errno,
+    },
+    #[error("{path}: reading it through its mark, for the daemon to fill it: {errno}")]
+    Fill {
+        path: String,
         errno: nix::errno::Errno,
     },
     #[error("{0} is not a mount point")]
@@ -121,6 +129,12 @@ pub fn attach(socket: &Path, domain: Option<&str>, fsid: &str) -> Result<Attache
 /// Attaches the blob and mounts EROFS read-only on `mountpoint`: on the blob's file itself
 /// (a file-backed mount, never a loop device, whose reads raise no pre-content events and
 /// would see zeros in the holes), or with `fsid=` on the cachefiles front end.
+///
+/// A file-backed mount is lazy only where the kernel's EROFS reads its metadata through
+/// the file (raising events); where it reads the file's page cache directly (6.14-6.18),
+/// a hole in the metadata reads as zeros, so the blob is filled whole first. Which kernel
+/// this is, the first mount of a blob whose first block is a hole finds out (`probe`); the
+/// daemon keeps the verdict for the mounts after it.
 pub fn mount(
     socket: &Path,
     domain: Option<&str>,
@@ -129,26 +143,239 @@ pub fn mount(
     options: Option<&str>,
 ) -> Result<Attached, MountError> {
     let attached = attach(socket, domain, fsid)?;
-    let (source, data) = match &attached {
-        Attached::File(path) => (path.as_os_str().to_owned(), options.map(str::to_string)),
-        Attached::Fscache => (
-            OsStr::new("none").to_owned(),
-            Some(fscache_options(domain, fsid, options)?),
-        ),
+    let path = match &attached {
+        Attached::File(path) => path.clone(),
+        Attached::Fscache => {
+            let data = fscache_options(domain, fsid, options)?;
+            mount_erofs(OsStr::new("none"), mountpoint, Some(&data))?;
+            return Ok(attached);
+        }
     };
+    let blob = BlobFile::open(&path)?;
+    mount_blob(socket, &blob, mountpoint, options)?;
+    Ok(attached)
+}
+
+/// Mounts the blob's file on `mountpoint` as the kernel allows: lazily where its EROFS
+/// reads metadata through fanotify events, else filled whole first; finds out which kernel
+/// this is when not known yet and the blob can tell (`probe`).
+fn mount_blob(
+    socket: &Path,
+    blob: &BlobFile,
+    mountpoint: &Path,
+    options: Option<&str>,
+) -> Result<(), MountError> {
+    let path = blob.path.as_os_str();
+    match (meta_events(socket, None), blob.first_block_filled()?) {
+        (MetaEvents::Raised, _) => mount_erofs(path, mountpoint, options),
+        (MetaEvents::Unknown, false) => probe(socket, blob, mountpoint, options),
+        (verdict, _) => {
+            blob.fill_whole_saying(verdict)?;
+            mount_erofs(path, mountpoint, options)
+        }
+    }
+}
+
+/// `attach` for a mount made by other means (fstab, a mount unit), which this tool cannot
+/// fill first: where this boot's EROFS is known to read metadata without events, the blob
+/// is filled whole before its path is given. Where that is not known yet, nothing is
+/// probed here (a probe mounts, and the blob may not even be an EROFS image): the path is
+/// given as it is, as the manual page says.
+pub fn attach_ready(
+    socket: &Path,
+    domain: Option<&str>,
+    fsid: &str,
+) -> Result<Attached, MountError> {
+    let attached = attach(socket, domain, fsid)?;
+    if let Attached::File(path) = &attached {
+        if meta_events(socket, None) == MetaEvents::NotRaised {
+            BlobFile::open(path)?.fill_whole_saying(MetaEvents::NotRaised)?;
+        }
+    }
+    Ok(attached)
+}
+
+/// The first mount of a blob whose first block is a hole tells whether EROFS reads
+/// metadata through fanotify events: the superblock is in that block, so a mount that
+/// succeeds read it, and the daemon filled it (an event was raised); a mount that fails
+/// with EINVAL and left the block a hole never asked for it. Then the blob is filled whole
+/// and mounted again; only when that mount succeeds is "not raised" recorded (EINVAL may
+/// also be bad options, which never read the superblock).
+fn probe(
+    socket: &Path,
+    blob: &BlobFile,
+    mountpoint: &Path,
+    options: Option<&str>,
+) -> Result<(), MountError> {
+    let path = blob.path.as_os_str();
+    match mount_erofs(path, mountpoint, options) {
+        Ok(()) if blob.first_block_filled()? => {
+            meta_events(socket, Some(MetaEvents::Raised));
+            Ok(())
+        }
+        Ok(()) => {
+            // Mounted on a superblock nobody filled: what it read is not the blob's.
+            // Undone; the blob is filled whole and mounted again, and nothing is recorded.
+            nix::mount::umount(mountpoint).map_err(|errno| MountError::Umount {
+                on: mountpoint.display().to_string(),
+                errno,
+            })?;
+            blob.fill_whole()?;
+            mount_erofs(path, mountpoint, options)
+        }
+        Err(MountError::Mount {
+            errno: nix::errno::Errno::EINVAL,
+            ..
+        }) if !blob.first_block_filled()? => {
+            eprintln!("cachefilesctl: EROFS did not read the superblock of {} through a fanotify pre-content event (6.14-6.18 read metadata without them): filling the blob whole before mounting it again (not lazy)", blob.path.display());
+            blob.fill_whole()?;
+            mount_erofs(path, mountpoint, options)?;
+            meta_events(socket, Some(MetaEvents::NotRaised));
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Asks the daemon what it knows of the kernel's metadata events, or tells it a verdict;
+/// a daemon that cannot say (an older one, a broken socket) knows nothing: the blob is
+/// then filled whole, which is correct on every kernel.
+fn meta_events(socket: &Path, verdict: Option<MetaEvents>) -> MetaEvents {
+    let request = match verdict {
+        Some(v) => format!("meta-events {}", v.as_str()),
+        None => "meta-events".to_string(),
+    };
+    ask(socket, &request)
+        .ok()
+        .and_then(|r| MetaEvents::parse(r.lines().next().unwrap_or("").trim_end()))
+        .unwrap_or(MetaEvents::Unknown)
+}
+
+fn mount_erofs(source: &OsStr, mountpoint: &Path, data: Option<&str>) -> Result<(), MountError> {
     nix::mount::mount(
-        Some(source.as_os_str()),
+        Some(source),
         mountpoint,
         Some("erofs"),
         nix::mount::MsFlags::MS_RDONLY,
-        data.as_deref(),
+        data,
     )
     .map_err(|errno| MountError::Mount {
-        what: Path::new(&source).display().to_string(),
+        what: Path::new(source).display().to_string(),
         on: mountpoint.display().to_string(),
         errno,
-    })?;
-    Ok(attached)
+    })
+}
+
+/// The attached blob's file, opened (never through a symlink) to read it through its mark:
+/// this process is not the daemon, so its reads raise the events the daemon fills. Held
+/// locked (flock) while it is probed, filled and mounted: another `cachefilesctl mount` of
+/// the same blob filling its first block between a probe's look at it and its mount would
+/// make the probe take a mount of a partly filled blob for a kernel with events.
+struct BlobFile {
+    path: PathBuf,
+    file: nix::fcntl::Flock<std::fs::File>,
+    len: u64,
+}
+
+/// What one read through the mark asks for: the daemon fills it and its readahead.
+const FILL_CHUNK: usize = 1 << 20;
+
+impl BlobFile {
+    fn open(path: &Path) -> Result<BlobFile, MountError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let fail = |errno: nix::errno::Errno| MountError::Fill {
+            path: path.display().to_string(),
+            errno,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(path)
+            .map_err(|e| fail(io_errno(&e)))?;
+        let meta = file.metadata().map_err(|e| fail(io_errno(&e)))?;
+        if !meta.is_file() {
+            return Err(fail(nix::errno::Errno::EINVAL));
+        }
+        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| fail(errno))?;
+        Ok(BlobFile {
+            path: path.to_owned(),
+            file,
+            len: meta.len(),
+        })
+    }
+
+    fn fail(&self, errno: nix::errno::Errno) -> MountError {
+        MountError::Fill {
+            path: self.path.display().to_string(),
+            errno,
+        }
+    }
+
+    /// The first hole at or after `off` (the file's end when there is none). A seek raises
+    /// no event.
+    fn hole_after(&self, off: u64) -> Result<u64, MountError> {
+        use nix::unistd::{lseek, Whence};
+        use std::os::fd::AsRawFd;
+        let off = i64::try_from(off).map_err(|_| self.fail(nix::errno::Errno::EOVERFLOW))?;
+        match lseek(self.file.as_raw_fd(), off, Whence::SeekHole) {
+            Ok(hole) => Ok(hole as u64),
+            Err(nix::errno::Errno::ENXIO) => Ok(self.len),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// `fill_whole`, saying why on stderr when there is anything to fill.
+    fn fill_whole_saying(&self, verdict: MetaEvents) -> Result<(), MountError> {
+        if !self.has_hole()? {
+            return Ok(());
+        }
+        match verdict {
+            MetaEvents::NotRaised => eprintln!("cachefilesctl: this kernel's EROFS reads metadata without fanotify pre-content events: filling {} whole before it is mounted (not lazy)", self.path.display()),
+            _ => eprintln!("cachefilesctl: not known yet whether this kernel's EROFS reads metadata through fanotify pre-content events, and {} cannot tell (partly filled): filling it whole before it is mounted", self.path.display()),
+        }
+        self.fill_whole()
+    }
+
+    fn has_hole(&self) -> Result<bool, MountError> {
+        Ok(self.hole_after(0)? < self.len)
+    }
+
+    /// Whether the first block (EROFS's superblock is at 1024) holds data.
+    fn first_block_filled(&self) -> Result<bool, MountError> {
+        Ok(self.len == 0 || self.hole_after(0)? > 0)
+    }
+
+    /// Reads each hole through the mark, which has the daemon fill it (and its readahead,
+    /// skipped by the next seek), until the file has none; a fill that fails is EIO here.
+    fn fill_whole(&self) -> Result<(), MountError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; FILL_CHUNK];
+        let mut pos = self.hole_after(0)?;
+        while pos < self.len {
+            let want = (self.len - pos).min(FILL_CHUNK as u64) as usize;
+            let n = loop {
+                match self.file.read_at(&mut buf[..want], pos) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other.map_err(|e| self.fail(io_errno(&e)))?,
+                }
+            };
+            if n == 0 {
+                // Shorter than at attach: not the file the daemon sized.
+                return Err(self.fail(nix::errno::Errno::ESTALE));
+            }
+            pos = self.hole_after(pos + n as u64)?;
+        }
+        // The daemon fills what a read asks for, whole pages: no hole may be left.
+        if self.has_hole()? {
+            return Err(self.fail(nix::errno::Errno::EIO));
+        }
+        Ok(())
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO))
 }
 
 /// Unmounts `mountpoint` and detaches its blob (a file-backed EROFS mount of a file the
