@@ -10,7 +10,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Token};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -110,15 +110,8 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds the socket, replacing a stale one; only root (the owner) may connect.
     pub fn bind(path: &Path) -> std::io::Result<ControlServer> {
-        if let Some(parent) = path.parent() {
-            if !parent.exists() {
-                // The mode is set by mkdir itself, not by a later chmod through the path.
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)?;
-            }
-        }
+        // The mode is set by mkdir itself, not by a later chmod through the path.
+        crate::rundir::create_parent(path)?;
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {

@@ -19,6 +19,29 @@ pub fn create_parent(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Replaces the file at `path` with `contents` atomically (a crash leaves the old file or
+/// the new one, never a mix): a new file beside it, synced, then renamed over it. A rename
+/// replaces a symlink at `path` instead of following it, and the new file is opened with
+/// `O_NOFOLLOW`.
+pub fn replace(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    create_parent(path)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +65,25 @@ mod tests {
         let mode = std::fs::metadata(&existing).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
         create_parent(Path::new("record")).unwrap();
+    }
+
+    #[test]
+    fn a_replaced_file_has_the_new_contents_and_a_symlink_in_its_place_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/record");
+        replace(&path, b"one").unwrap();
+        replace(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"kept").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        replace(&path, b"three").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&path).unwrap(), b"three");
     }
 }

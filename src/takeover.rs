@@ -18,7 +18,6 @@
 use crate::config::{Config, ConfigError};
 use crate::device::{Device, DeviceError};
 use crate::proto::{Command, Limit};
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -108,21 +107,7 @@ pub fn record(path: &Path, config: &Config) -> Result<(), StateError> {
         path: path.display().to_string(),
         source,
     };
-    crate::rundir::create_parent(path).map_err(err)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(&render(config)).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::rundir::replace(path, &render(config)).map_err(err)
 }
 
 /// The recorded settings, validated as a config is; `None` when there is no record.

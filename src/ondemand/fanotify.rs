@@ -1411,23 +1411,10 @@ fn load_meta_events(path: &Path) -> MetaEvents {
     }
 }
 
-/// Writes `verdict` for this boot at `path`: a new file renamed over the old one (a rename
-/// replaces a symlink, it does not follow it).
+/// Writes `verdict` for this boot at `path`.
 fn save_meta_events(path: &Path, verdict: MetaEvents) -> std::io::Result<()> {
-    use std::io::Write;
     let boot = boot_id().ok_or_else(|| std::io::Error::other("no boot id"))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(&tmp)?;
-    f.write_all(format!("{boot} {}\n", verdict.as_str()).as_bytes())?;
-    std::fs::rename(&tmp, path)
+    crate::rundir::replace(path, format!("{boot} {}\n", verdict.as_str()).as_bytes())
 }
 
 impl Lazy {
