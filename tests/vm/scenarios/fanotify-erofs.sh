@@ -107,6 +107,11 @@ check "cachefilesctl mount testblob /mnt" mnt testblob /mnt
 if fan; then
   check "EROFS sits on the blob file itself, no loop device" on_the_file_itself /mnt "$blobs/testblob/testblob"
   check "the blob file has the blob's size" test "$(stat -c %s "$blobs/testblob/testblob")" -eq "$size"
+  # 7.x reads EROFS metadata through the file (pre-content events): the mount stayed lazy.
+  check "this kernel's EROFS raises metadata events: the mount is lazy (got $(field ondemand.fanotify.erofs_meta_events))" \
+    test "$(field ondemand.fanotify.erofs_meta_events)" = raised
+  check "the blob still has holes after the mount (not filled whole first)" \
+    test "$(du -k "$blobs/testblob/testblob" | cut -f1)" -lt "$(( size / 1024 ))"
 else
   check "EROFS is mounted with fsid=testblob" sh -c "grep ' /mnt erofs ' /proc/mounts | grep -q 'fsid=testblob'"
 fi
