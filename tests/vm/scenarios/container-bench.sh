@@ -11,7 +11,12 @@
 #   loop-http    busybox wget of the whole image from busybox httpd on the guest's loopback,
 #                loop mount, chroot, run,
 #   daemon-local mount -t erofs -o fsid=... through our daemon (local source), chroot, run,
-#   daemon-http  the same with the url source on that httpd.
+#   daemon-http  the same with the url source on that httpd,
+#   daemon-nginx (only if the initramfs has nginx: VM_EXTRA_BINS=/usr/sbin/nginx:nginx) the
+#                same from nginx, which keeps connections alive (busybox httpd closes each one),
+#                with its access log giving the server's time per request,
+#   daemon-warm  the daemon-local fsid mounted again, page cache dropped: everything is in the
+#                cache file, no READ reaches the daemon (the on-demand path minus the fetching).
 # Time is from the start (fetch or mount) to python's exit; bytes fetched are the image size
 # for loop-*, and the source's byte counter of the daemon's report (ondemand.sources.N.bytes,
 # plus prefetch.bytes) for daemon-*. Before each run the page cache is dropped and the daemon
@@ -21,12 +26,14 @@
 # the chroot: the image's own /dev nodes (debootstrap made them) are all python needs.
 # Run with the image shared as 9p `data`:
 #   img=$(tests/vm/build-container-image.sh | tail -n 1)
-#   VM_DATA=$(dirname "$img") flock /tmp/vm.lock tests/vm/run-suite.sh container-bench
+#   VM_DATA=$(dirname "$img") VM_EXTRA_BINS=/usr/sbin/nginx:nginx \
+#     flock /tmp/vm.lock tests/vm/run-suite.sh container-bench
 # Prints "CONTAINER ..." lines per run and the medians.
 # shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
 port=8080
+nport=8081
 src=/srv/erofs
 disk=/disk
 cache=$disk/fscache
@@ -51,7 +58,7 @@ size=$(stat -c %s "$src/root")
 say "image: $size bytes"
 [ -f /data/composition.txt ] && sed 's/^/    /' /data/composition.txt
 # A name per daemon run, so that each starts with no cache object (hard links: one copy in RAM).
-for r in 1 2 3; do ln "$src/root" "$src/l$r"; ln "$src/root" "$src/h$r"; done
+for r in 1 2 3; do for p in l h n; do ln "$src/root" "$src/$p$r"; done; done
 
 check "bring up the loopback interface" ifconfig lo 127.0.0.1 up
 httpd -f -p "127.0.0.1:$port" -h "$src" &
@@ -63,10 +70,46 @@ range_reply() {
 }
 wait_for 20 "busybox httpd answers a Range request with 206 Partial Content" range_reply
 say "Range reply: $(head -c 300 /tmp/range.txt | tr -d '\r' | tr '\n' '|')"
+nginx=
+if [ -x /usr/sbin/nginx ]; then
+  # One process (no user switch, no master), its temporary paths under /tmp/nginx; the log has
+  # per request: status, bytes, the server's seconds, the connection and its request number.
+  mkdir -p /tmp/nginx
+  cat >/tmp/nginx/nginx.conf <<EOF
+daemon off;
+master_process off;
+user root root;
+error_log /tmp/nginx/error.log;
+pid /tmp/nginx/nginx.pid;
+events { worker_connections 64; }
+http {
+  log_format t '\$uri \$status \$body_bytes_sent \$request_time \$connection \$connection_requests';
+  access_log /tmp/nginx/access.log t;
+  client_body_temp_path /tmp/nginx/body;
+  proxy_temp_path /tmp/nginx/proxy;
+  fastcgi_temp_path /tmp/nginx/fastcgi;
+  uwsgi_temp_path /tmp/nginx/uwsgi;
+  scgi_temp_path /tmp/nginx/scgi;
+  server { listen 127.0.0.1:$nport; root $src; }
+}
+EOF
+  /usr/sbin/nginx -c /tmp/nginx/nginx.conf -p /tmp/nginx >/tmp/nginx/stderr 2>&1 &
+  nginx_pid=$!
+  nginx_range() {
+    printf 'GET /root HTTP/1.0\r\nHost: 127.0.0.1\r\nRange: bytes=1024-1031\r\n\r\n' |
+      timeout 10 nc 127.0.0.1 "$nport" 2>/dev/null | grep -q '^HTTP/1.1 206 '
+  }
+  wait_for 20 "nginx answers a Range request with 206 Partial Content" nginx_range
+  nginx=1
+else
+  say "no nginx in the initramfs: no daemon-nginx runs"
+fi
 
-# Sources by fsid: l* local, h* over HTTP. readahead as configured (default: the daemon's).
+# Sources by fsid: h* busybox httpd (source 0), n* nginx (1), l* local (2). readahead as
+# configured (default: the daemon's).
 {
   printf '[[source]]\nfsid = "h*"\nurl = "http://127.0.0.1:%s/{fsid}"\n\n' "$port"
+  printf '[[source]]\nfsid = "n*"\nurl = "http://127.0.0.1:%s/{fsid}"\n\n' "$nport"
   printf '[[source]]\nfsid = "l*"\npath = "%s/{fsid}"\n\n' "$src"
   printf '[fetch]\nworkers = 4\n'
   [ -z "${READAHEAD:-}" ] || printf 'readahead = %s\n' "$READAHEAD"
@@ -141,21 +184,31 @@ daemon_run() {
 # The lists are read by name (eval) below.
 # shellcheck disable=SC2034
 {
-  ms_loop_local='' ms_loop_http='' ms_daemon_local='' ms_daemon_http=''
-  by_loop_local='' by_loop_http='' by_daemon_local='' by_daemon_http=''
+  ms_loop_local='' ms_loop_http='' ms_daemon_local='' ms_daemon_http='' ms_daemon_nginx=''
+  ms_daemon_warm=''
+  by_loop_local='' by_loop_http='' by_daemon_local='' by_daemon_http='' by_daemon_nginx=''
+  by_daemon_warm=''
 }
 r=1
 while [ $r -le 3 ]; do
   loop_run loop-local
-  daemon_run daemon-local "l$r" 1
+  daemon_run daemon-local "l$r" 2
+  daemon_run daemon-warm "l$r" 2
   loop_run loop-http
   daemon_run daemon-http "h$r" 0
+  if [ -n "$nginx" ]; then
+    daemon_run daemon-nginx "n$r" 1
+    # The server's side of that run: requests, connections, summed seconds.
+    awk -v f="/n$r" -v r="$r" '$1 == f && $2 == 206 { n++; b += $3; t += $4; c[$5] = 1 }
+      END { k = 0; for (x in c) k++; printf "CONTAINER round=%d nginx-log requests=%d connections=%d bytes=%d server_seconds=%.3f\n", r, n, k, b, t }' /tmp/nginx/access.log
+  fi
   r=$((r + 1))
 done
 check "cachefilesd is still running" alive "$daemon_pid"
 
 median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | sed -n 2p; }
-for m in loop-local loop-http daemon-local daemon-http; do
+modes="loop-local loop-http daemon-local daemon-warm daemon-http${nginx:+ daemon-nginx}"
+for m in $modes; do
   v=$(var_of "$m")
   t='' b=''
   eval "t=\$ms_$v b=\$by_$v"
@@ -176,5 +229,6 @@ echo "CONTAINER ratio daemon-http/loop-http time $(awk -v a="$dh" -v b="$lh" 'BE
 stop_daemon "$daemon_pid"
 check "cachefilesd exits with status 0 on SIGTERM (got $daemon_rc)" test "$daemon_rc" -eq 0
 kill "$httpd_pid" 2>/dev/null
+[ -z "$nginx" ] || kill "$nginx_pid" 2>/dev/null
 check "umount the disk" umount "$disk"
 pass
