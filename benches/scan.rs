@@ -8,11 +8,20 @@
 //! cargo bench --bench scan                      # 50k, 200k and 1M objects
 //! SCAN_SIZES=50000,200000 cargo bench --bench scan
 //!
+//! Cold mode (root: it drops the page cache before every scan): `SCAN_COLD=100000` (or
+//! `100000,300000`) runs only the cold case: each round drops the caches and scans with the
+//! inode order the daemon uses, then drops them again and scans in readdir order (the scan
+//! before 2026-12), alternating which goes first; `COLD_ROUNDS` rounds (default 3).
+//!
+//! SCAN_COLD=100000 cargo bench --bench scan
+//!
 //! Hidden modes (the bench re-executes itself to measure a scan's peak RSS in a fresh process):
-//! `scan --scan-child <cache dir> <capacity>` and `scan --noop-child`.
+//! `scan --scan-child <cache dir> <capacity>` and `scan --noop-child`; and, to run one scan
+//! under strace or perf, `scan --cold-child <cache dir> inode|readdir [threads]` (drops the
+//! caches first).
 
 use cachefilesd_rs::cachedir::tree::dir_flags;
-use cachefilesd_rs::cull::scan::scan;
+use cachefilesd_rs::cull::scan::{scan, scan_in_order, Order, ScanReport};
 use nix::dir::Dir;
 use nix::sys::stat::Mode;
 use rustix::fs::{OFlags, Timespec, Timestamps};
@@ -42,20 +51,17 @@ fn main() {
         Some("--scan-child") => return scan_child(&args[2], args[3].parse().expect("capacity")),
         Some("--noop-child") => return,
         Some("--rss-runner") => return rss_runner(&args[2..]),
+        Some("--cold-child") => return cold_child(&args[2..]),
         _ => {}
     }
     let base = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-tree"));
-    let sizes: Vec<u64> = std::env::var("SCAN_SIZES")
-        .unwrap_or_else(|_| "50000,200000,1000000".into())
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse()
-                .expect("SCAN_SIZES: comma-separated counts")
-        })
-        .collect();
+    if let Ok(sizes) = std::env::var("SCAN_COLD") {
+        return cold(&base, &parse_sizes(&sizes));
+    }
+    let sizes =
+        parse_sizes(&std::env::var("SCAN_SIZES").unwrap_or_else(|_| "50000,200000,1000000".into()));
     println!("# scan bench: culltable {CULLTABLE}, {RUNS} alternating runs each after one warm-up run, medians");
     println!("# trees under {}", base.display());
     let noop = child_rss(&[exe(), "--noop-child".into()], None);
@@ -143,6 +149,164 @@ fn main() {
     }
 }
 
+fn parse_sizes(list: &str) -> Vec<u64> {
+    list.split(',')
+        .map(|s| s.trim().parse().expect("comma-separated object counts"))
+        .collect()
+}
+
+/// The page cache, dentries and inodes dropped (dirty data written first), as after a boot.
+fn drop_caches() {
+    rustix::fs::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .expect("writing /proc/sys/vm/drop_caches (the cold bench runs as root)");
+}
+
+/// Bytes this process has had read from storage (`read_bytes` of /proc/self/io, all threads).
+fn read_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").expect("reading /proc/self/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("read_bytes in /proc/self/io")
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn order_name(order: Order) -> &'static str {
+    match order {
+        Order::Inode => "inode order",
+        Order::Readdir => "readdir order",
+    }
+}
+
+/// User + system CPU time of this process, all threads.
+fn cpu_time() -> Duration {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .expect("getrusage");
+    let t = |tv: nix::sys::time::TimeVal| {
+        Duration::from_secs(tv.tv_sec() as u64) + Duration::from_micros(tv.tv_usec() as u64)
+    };
+    t(u.user_time()) + t(u.system_time())
+}
+
+/// One scan from a cold cache.
+struct Cold {
+    time: Duration,
+    /// CPU time of all the scan's threads (mostly the kernel's, in lookups and inode reads).
+    cpu: Duration,
+    /// Bytes read from the disk.
+    read: u64,
+    report: ScanReport,
+}
+
+fn cold_scan(cache: &Path, order: Order, threads: usize) -> Cold {
+    drop_caches();
+    let (read, cpu) = (read_bytes(), cpu_time());
+    let t = Instant::now();
+    let root = open_dir(cache);
+    let report = scan_in_order(&root, CULLTABLE, threads, order);
+    Cold {
+        time: t.elapsed(),
+        cpu: cpu_time() - cpu,
+        read: read_bytes() - read,
+        report,
+    }
+}
+
+/// The cold case: both orders on the same tree from a dropped cache, alternating.
+fn cold(base: &Path, sizes: &[u64]) {
+    let rounds = common_env("COLD_ROUNDS", RUNS as u64) as usize;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    println!("# cold scan bench: culltable {CULLTABLE}, {threads} scan threads, {rounds} rounds of (drop caches, scan) per order, alternating, medians");
+    println!(
+        "# trees under {}; load average at start {}",
+        base.display(),
+        loadavg()
+    );
+    println!();
+    println!("| objects | readdir order (old) | inode order (new) | **new/old** | read, old | read, new | load avg |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in sizes {
+        let tree = base.join(format!("tree-{n}"));
+        if let Some(d) = ensure_tree(&tree, n) {
+            eprintln!("  made the {n}-object tree in {:.1} s", d.as_secs_f64());
+        }
+        let cache = tree.join("cache");
+        let load_before = loadavg();
+        let mut times = [Vec::new(), Vec::new()];
+        let mut bytes = [Vec::new(), Vec::new()];
+        let orders = [Order::Readdir, Order::Inode];
+        for round in 0..rounds {
+            for k in 0..2 {
+                let which = (k + round) % 2;
+                let c = cold_scan(&cache, orders[which], threads);
+                check(&c.report, n);
+                eprintln!(
+                    "  n={n} round {round}: {} {} ms, CPU {} ms, {:.1} MB read",
+                    order_name(orders[which]),
+                    c.time.as_millis(),
+                    c.cpu.as_millis(),
+                    c.read as f64 / 1e6
+                );
+                times[which].push(c.time);
+                bytes[which].push(c.read);
+            }
+        }
+        let old = median(&mut times[0]);
+        let new = median(&mut times[1]);
+        bytes[0].sort_unstable();
+        bytes[1].sort_unstable();
+        println!(
+            "| {n} | {} | {} | **{:.2}x** | {:.1} MB | {:.1} MB | {load_before} → {} |",
+            ms(old),
+            ms(new),
+            new.as_secs_f64() / old.as_secs_f64(),
+            bytes[0][rounds / 2] as f64 / 1e6,
+            bytes[1][rounds / 2] as f64 / 1e6,
+            loadavg(),
+        );
+        let runs = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(" / ");
+        println!(
+            "<!-- n={n}: old {}; new {} -->",
+            runs(&times[0]),
+            runs(&times[1])
+        );
+    }
+}
+
+fn common_env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `--cold-child <cache> inode|readdir [threads]`: one cold scan, for strace -c or perf.
+fn cold_child(args: &[String]) {
+    let order = match args[1].as_str() {
+        "inode" => Order::Inode,
+        "readdir" => Order::Readdir,
+        other => panic!("order {other}: inode or readdir"),
+    };
+    let threads = args.get(2).map_or(2, |t| t.parse().expect("threads"));
+    let c = cold_scan(Path::new(&args[0]), order, threads);
+    println!(
+        "{}: {} objects in {} ms, CPU {} ms, {:.1} MB read",
+        order_name(order),
+        c.report.objects,
+        c.time.as_millis(),
+        c.cpu.as_millis(),
+        c.read as f64 / 1e6
+    );
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -162,13 +326,17 @@ fn ours(cache: &Path, n: u64) -> Duration {
     let t = Instant::now();
     let r = scan(&root, CULLTABLE);
     let d = t.elapsed();
+    check(&r, n);
+    d
+}
+
+fn check(r: &ScanReport, n: u64) {
     assert_eq!(r.objects, n, "objects seen");
     assert_eq!(r.oddities_seen, 0);
     let keep = CULLTABLE.min(n as usize);
     assert_eq!(r.candidates.len(), keep);
     assert_eq!(r.candidates[0].atime.0, BASE);
     assert_eq!(r.candidates[keep - 1].atime.0, BASE + keep as i64 - 1);
-    d
 }
 
 fn find(tree: &Path) -> Duration {
