@@ -11,9 +11,14 @@
 //! Cold mode (root: it drops the page cache before every scan): `SCAN_COLD=100000` (or
 //! `100000,300000`) runs only the cold case: each round drops the caches and scans with the
 //! inode order the daemon uses, then drops them again and scans in readdir order (the scan
-//! before 2026-12), alternating which goes first; `COLD_ROUNDS` rounds (default 3).
+//! before 2026-12), alternating which goes first; `COLD_ROUNDS` rounds (default 3). With
+//! `COLD_EVICT_MS=50`, the page cache of the tree's block device (its metadata) is evicted every
+//! 50 ms during each scan: a tree whose metadata does not fit in memory. Put the tree on a
+//! filesystem of its own (`BENCH_DIR`, see BENCHMARKS.md "Cold scan"): the eviction and the
+//! I/O then concern that device alone.
 //!
 //! SCAN_COLD=100000 cargo bench --bench scan
+//! SCAN_COLD=100000,300000 COLD_EVICT_MS=50 BENCH_DIR=/mnt/scratch cargo bench --bench scan
 //!
 //! Hidden modes (the bench re-executes itself to measure a scan's peak RSS in a fresh process):
 //! `scan --scan-child <cache dir> <capacity>` and `scan --noop-child`; and, to run one scan
@@ -29,6 +34,8 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CULLTABLE: usize = 4096;
@@ -204,34 +211,94 @@ struct Cold {
     report: ScanReport,
 }
 
-fn cold_scan(cache: &Path, order: Order, threads: usize) -> Cold {
+/// Until dropped, a thread evicts the page cache of the block device under `tree` every
+/// `every` (inode tables and directory blocks live there): a model of a machine whose memory
+/// does not hold the tree's metadata for the length of a scan.
+struct Evictor {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Evictor {
+    fn start(tree: &Path, every: Duration) -> Evictor {
+        let dev = rustix::fs::stat(tree).expect("stat of the tree").st_dev;
+        let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+        let uevent = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+            .expect("the tree's block device in /sys/dev/block");
+        let name = uevent
+            .lines()
+            .find_map(|l| l.strip_prefix("DEVNAME="))
+            .expect("DEVNAME in uevent");
+        let device = std::fs::File::open(format!("/dev/{name}"))
+            .unwrap_or_else(|e| panic!("opening /dev/{name} to evict its cache: {e}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(AtomicOrdering::Relaxed) {
+                rustix::fs::fadvise(&device, 0, None, rustix::fs::Advice::DontNeed)
+                    .expect("fadvise(DONTNEED) on the block device");
+                std::thread::sleep(every);
+            }
+        });
+        Evictor {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Evictor {
+    fn drop(&mut self) {
+        self.stop.store(true, AtomicOrdering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn cold_scan(cache: &Path, order: Order, threads: usize, evict: Option<Duration>) -> Cold {
     drop_caches();
     let (read, cpu) = (read_bytes(), cpu_time());
+    let evictor = evict.map(|every| Evictor::start(cache, every));
     let t = Instant::now();
     let root = open_dir(cache);
     let report = scan_in_order(&root, CULLTABLE, threads, order);
+    let time = t.elapsed();
+    drop(evictor);
     Cold {
-        time: t.elapsed(),
+        time,
         cpu: cpu_time() - cpu,
         read: read_bytes() - read,
         report,
     }
 }
 
+fn median_u64(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
 /// The cold case: both orders on the same tree from a dropped cache, alternating.
 fn cold(base: &Path, sizes: &[u64]) {
-    let rounds = common_env("COLD_ROUNDS", RUNS as u64) as usize;
+    let rounds = common_env("COLD_ROUNDS", RUNS as u64).max(1) as usize;
+    let evict = match common_env("COLD_EVICT_MS", 0) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(4);
     println!("# cold scan bench: culltable {CULLTABLE}, {threads} scan threads, {rounds} rounds of (drop caches, scan) per order, alternating, medians");
-    println!(
-        "# trees under {}; load average at start {}",
-        base.display(),
-        loadavg()
-    );
+    match evict {
+        Some(e) => println!(
+            "# the tree's block device's page cache is evicted every {} ms during each scan",
+            e.as_millis()
+        ),
+        None => println!("# no eviction during the scans"),
+    }
+    println!("# trees under {}", base.display());
     println!();
-    println!("| objects | readdir order (old) | inode order (new) | **new/old** | read, old | read, new | load avg |");
+    println!("| objects | readdir order (old) | inode order (new) | **new/old** | CPU old / new | read old / new | load avg before → after |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for &n in sizes {
         let tree = base.join(format!("tree-{n}"));
@@ -239,14 +306,19 @@ fn cold(base: &Path, sizes: &[u64]) {
             eprintln!("  made the {n}-object tree in {:.1} s", d.as_secs_f64());
         }
         let cache = tree.join("cache");
+        // Untimed: right after the tree is made its metadata is pinned until the journal is
+        // checkpointed, and the first dropped cache reads nothing.
+        let settle = cold_scan(&cache, Order::Inode, threads, None);
+        check(&settle.report, n);
         let load_before = loadavg();
-        let mut times = [Vec::new(), Vec::new()];
-        let mut bytes = [Vec::new(), Vec::new()];
         let orders = [Order::Readdir, Order::Inode];
+        let mut times = [Vec::new(), Vec::new()];
+        let mut cpus = [Vec::new(), Vec::new()];
+        let mut reads = [Vec::new(), Vec::new()];
         for round in 0..rounds {
             for k in 0..2 {
                 let which = (k + round) % 2;
-                let c = cold_scan(&cache, orders[which], threads);
+                let c = cold_scan(&cache, orders[which], threads, evict);
                 check(&c.report, n);
                 eprintln!(
                     "  n={n} round {round}: {} {} ms, CPU {} ms, {:.1} MB read",
@@ -256,28 +328,27 @@ fn cold(base: &Path, sizes: &[u64]) {
                     c.read as f64 / 1e6
                 );
                 times[which].push(c.time);
-                bytes[which].push(c.read);
+                cpus[which].push(c.cpu);
+                reads[which].push(c.read);
             }
         }
-        let old = median(&mut times[0]);
-        let new = median(&mut times[1]);
-        bytes[0].sort_unstable();
-        bytes[1].sort_unstable();
+        let runs = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(" / ");
+        let all = [runs(&times[0]), runs(&times[1])];
+        let [old, new] = [median(&mut times[0]), median(&mut times[1])];
+        let [cpu_old, cpu_new] = [median(&mut cpus[0]), median(&mut cpus[1])];
+        let [read_old, read_new] = [median_u64(&mut reads[0]), median_u64(&mut reads[1])];
         println!(
-            "| {n} | {} | {} | **{:.2}x** | {:.1} MB | {:.1} MB | {load_before} → {} |",
+            "| {n} | {} | {} | **{:.2}x** | {:.2} / {:.2} s | {:.0} / {:.0} MB | {load_before} → {} |",
             ms(old),
             ms(new),
             new.as_secs_f64() / old.as_secs_f64(),
-            bytes[0][rounds / 2] as f64 / 1e6,
-            bytes[1][rounds / 2] as f64 / 1e6,
+            cpu_old.as_secs_f64(),
+            cpu_new.as_secs_f64(),
+            read_old as f64 / 1e6,
+            read_new as f64 / 1e6,
             loadavg(),
         );
-        let runs = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(" / ");
-        println!(
-            "<!-- n={n}: old {}; new {} -->",
-            runs(&times[0]),
-            runs(&times[1])
-        );
+        eprintln!("  n={n}: readdir order {}; inode order {}", all[0], all[1]);
     }
 }
 
@@ -296,7 +367,11 @@ fn cold_child(args: &[String]) {
         other => panic!("order {other}: inode or readdir"),
     };
     let threads = args.get(2).map_or(2, |t| t.parse().expect("threads"));
-    let c = cold_scan(Path::new(&args[0]), order, threads);
+    let evict = match common_env("COLD_EVICT_MS", 0) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
+    let c = cold_scan(Path::new(&args[0]), order, threads, evict);
     println!(
         "{}: {} objects in {} ms, CPU {} ms, {:.1} MB read",
         order_name(order),

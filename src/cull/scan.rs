@@ -205,11 +205,13 @@ fn walk_tree(
         Ok(dir) => top.walk(dir, &mut Vec::new(), Some(&mut units)),
         Err(_) => top.report.vanished += 1,
     }
-    // Directories in inode order too: on ext4 a directory's inode, and often its blocks, lie
-    // near those of the directories made just before and after it.
-    units.sort_unstable_by_key(|u: &Unit| u.ino);
     let per_batch = match order {
-        Order::Inode => batch_dirs(units.len(), threads),
+        Order::Inode => {
+            // Directories in inode order too: on ext4 a directory's inode, and often its
+            // blocks, lie near those of the directories made just before and after it.
+            units.sort_unstable_by_key(|u: &Unit| u.ino);
+            batch_dirs(units.len(), threads)
+        }
         Order::Readdir => 1,
     };
     let mut batches: Vec<Vec<Vec<Box<[u8]>>>> = Vec::new();
@@ -221,8 +223,10 @@ fn walk_tree(
             b.push(u.path);
         }
     }
-    // Popped from the end: the lowest inodes first.
-    batches.reverse();
+    if order == Order::Inode {
+        // Popped from the end: the lowest inodes first.
+        batches.reverse();
+    }
     let queue = Mutex::new(batches);
     let walk_units = |w: &mut Walker| loop {
         let Some(batch) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
