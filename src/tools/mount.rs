@@ -240,7 +240,7 @@ fn probe(
             errno: nix::errno::Errno::EINVAL,
             ..
         }) if !blob.first_block_filled()? => {
-            eprintln!("cachefilesctl: EROFS did not read the superblock of {} through a fanotify pre-content event (6.14-6.18 read metadata without them): filling the blob whole before mounting it again (not lazy)", blob.path.display());
+            eprintln!("cachefilesctl: the mount of {} failed (EINVAL) without reading its superblock through a fanotify pre-content event: this kernel's EROFS may read metadata without them (6.14-6.18 do), or it refused the options; filling the blob whole before mounting it again (not lazy)", blob.path.display());
             blob.fill_whole()?;
             mount_erofs(path, mountpoint, options)?;
             meta_events(socket, "meta-events not-raised");
