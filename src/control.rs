@@ -37,6 +37,9 @@ pub enum Request {
     /// `meta-events [raised|not-raised]`: what `cachefilesctl mount` found out about the
     /// kernel's EROFS (`None`: asks what is known). The reply is the verdict held after it.
     MetaEvents(Option<MetaEvents>),
+    /// `meta-events raised [--domain D] FSID`: a probe mount of that blob found its
+    /// superblock filled. Taken only where a reader's event asked for it (`Lazy::superblock_asked`).
+    MetaEventsRaisedBy(BlobKey),
 }
 
 /// `[--domain D] FSID`, validated.
@@ -71,9 +74,10 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
             Ok(Request::Detach(Detach::Path(PathBuf::from(path))))
         }
         ["meta-events"] => Ok(Request::MetaEvents(None)),
-        ["meta-events", word @ ("raised" | "not-raised")] => {
-            Ok(Request::MetaEvents(MetaEvents::parse(word)))
-        }
+        ["meta-events", "not-raised"] => Ok(Request::MetaEvents(Some(MetaEvents::NotRaised))),
+        ["meta-events", "raised", args @ ..] => blob_key(args)
+            .map(Request::MetaEventsRaisedBy)
+            .map_err(|e| format!("error: meta-events raised: {e}\n")),
         ["detach", args @ ..] => blob_key(args)
             .map(|k| Request::Detach(Detach::Key(k)))
             .map_err(|e| format!("error: detach: {e}\n")),
@@ -430,6 +434,12 @@ mod tests {
             Ok(Request::MetaEvents(Some(MetaEvents::NotRaised)))
         );
         assert_eq!(
+            parse_request("meta-events raised --domain d a"),
+            Ok(Request::MetaEventsRaisedBy(
+                BlobKey::new(Some("d"), "a").unwrap()
+            ))
+        );
+        assert_eq!(
             parse_request("detach a"),
             Ok(Request::Detach(Detach::Key(
                 BlobKey::new(None, "a").unwrap()
@@ -444,7 +454,8 @@ mod tests {
             "attach a b",
             "detach ..",
             "meta-events unknown",
-            "meta-events raised x",
+            "meta-events raised",
+            "meta-events raised x y",
         ] {
             let e = parse_request(bad).unwrap_err();
             assert!(e.starts_with("error: "), "{bad}: {e}");

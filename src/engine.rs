@@ -12,7 +12,7 @@ use crate::cull::Culler;
 use crate::daemon::DaemonError;
 use crate::device::Device;
 use crate::events::Completions;
-use crate::ondemand::fanotify::{Attach, BlobKey, Detach, FanotifyError, Group, Lazy};
+use crate::ondemand::fanotify::{Attach, BlobKey, Detach, FanotifyError, Group, Lazy, MetaEvents};
 use crate::ondemand::sourcemap::{FrontEndChoice, SourceMap};
 use crate::ondemand::OnDemand;
 use crate::proto::{Limit, Status};
@@ -269,6 +269,23 @@ impl<'d> Engine<'d> {
                     let held = match verdict {
                         Some(v) => lazy.set_meta_events(v),
                         None => lazy.meta_events(),
+                    };
+                    format!("{}\n", held.as_str())
+                }
+                _ => "error: no fanotify front end\n".into(),
+            },
+            Request::MetaEventsRaisedBy(key) => match &mut self.mode {
+                Mode::Fanotify { lazy, .. } => {
+                    let held = if lazy.superblock_asked(&key) {
+                        lazy.set_meta_events(MetaEvents::Raised)
+                    } else {
+                        // Filled by a prefetch or a fill ahead, not by the mount's read:
+                        // taking it would make mounts lazy on a kernel that reads zeros.
+                        log::warn!(
+                            "a probe mount of fsid {} found its superblock filled, but no reader's event asked for it: not taken as EROFS metadata events",
+                            key.fsid()
+                        );
+                        lazy.meta_events()
                     };
                     format!("{}\n", held.as_str())
                 }

@@ -161,6 +161,11 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
+    setup_with("")
+}
+
+/// `setup` with `source` (TOML lines) added to the source's table.
+fn setup_with(source: &str) -> Option<Setup> {
     if let Some(why) = unsupported() {
         eprintln!("skipped: {why}");
         return None;
@@ -191,7 +196,7 @@ fn setup() -> Option<Setup> {
         &root,
         &socket,
         &format!(
-            "frontend = \"fanotify\"\n[[source]]\nfsid = \"app*\"\npath = \"{}/{{fsid}}\"\n[fetch]\nreadahead = 0\n",
+            "frontend = \"fanotify\"\n[[source]]\nfsid = \"app*\"\npath = \"{}/{{fsid}}\"\n{source}[fetch]\nreadahead = 0\n",
             src.display()
         ),
     );
@@ -207,8 +212,20 @@ fn setup() -> Option<Setup> {
 /// Attaches `fsid` and has another process read its first block (the daemon fills it):
 /// a blob whose first block is filled and the rest not, on which no mount can probe.
 fn attach_with_first_block(socket: &Path, fsid: &str) -> PathBuf {
-    // Through the socket, not `cachefilesctl attach`, which fills a blob whole on a kernel
-    // known to need it.
+    let blob = attach_raw(socket, fsid);
+    let head = Command::new("dd")
+        .arg(format!("if={}", blob.display()))
+        .args(["of=/dev/null", "bs=4096", "count=1", "status=none"])
+        .status()
+        .unwrap();
+    assert!(head.success());
+    assert!(has_hole(&blob));
+    blob
+}
+
+/// Attaches `fsid` through the socket, not `cachefilesctl attach`, which fills a blob whole
+/// on a kernel known to need it: its file.
+fn attach_raw(socket: &Path, fsid: &str) -> PathBuf {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let blob = loop {
         let reply = query(socket, &format!("attach {fsid}"), Duration::from_secs(5)).unwrap();
@@ -220,13 +237,6 @@ fn attach_with_first_block(socket: &Path, fsid: &str) -> PathBuf {
             _ => panic!("attach {fsid}: {reply}"),
         }
     };
-    let head = Command::new("dd")
-        .arg(format!("if={}", blob.display()))
-        .args(["of=/dev/null", "bs=4096", "count=1", "status=none"])
-        .status()
-        .unwrap();
-    assert!(head.success());
-    assert!(has_hole(&blob));
     blob
 }
 
@@ -342,6 +352,54 @@ fn with_no_verdict_a_partly_filled_blob_is_filled_whole_before_its_mount() {
     assert!(ok, "{out}{err}");
     daemon.stop();
 }
+
+/// A superblock the daemon's prefetch wrote (no event asked for it) proves nothing of the
+/// kernel's metadata events: a probe mount that raced such a fill on a kernel without them
+/// read a real superblock and would report "raised", and every later mount would be lazy
+/// and read zeros from its metadata holes. The daemon takes "raised" only for a blob whose
+/// superblock a reader's event asked for.
+#[test]
+fn a_superblock_written_by_prefetch_is_no_evidence_of_metadata_events() {
+    let Some(Setup {
+        t: _t,
+        socket,
+        daemon,
+        ..
+    }) = setup_with("prefetch = [\"0-4096\"]\n")
+    else {
+        return;
+    };
+    let blob = attach_raw(&socket, "app1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first_block_filled = |blob: &Path| {
+        let f = std::fs::File::open(blob).unwrap();
+        nix::unistd::lseek(f.as_raw_fd(), 0, nix::unistd::Whence::SeekHole).unwrap() > 0
+    };
+    while !first_block_filled(&blob) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prefetch never wrote the first block"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(has_hole(&blob), "the prefetch wrote more than asked");
+    let reply = query(&socket, RAISED_BY_APP1, Duration::from_secs(5)).unwrap();
+    assert_eq!(meta_events(&socket), "unknown", "{reply}");
+    // Once a reader (another process) has asked for it, the same report is taken.
+    let head = Command::new("dd")
+        .arg(format!("if={}", blob.display()))
+        .args(["of=/dev/null", "bs=4096", "count=1", "status=none"])
+        .status()
+        .unwrap();
+    assert!(head.success());
+    let reply = query(&socket, RAISED_BY_APP1, Duration::from_secs(5)).unwrap();
+    assert_eq!(reply.trim_end(), "raised");
+    daemon.stop();
+}
+
+/// What `cachefilesctl mount` tells the daemon after a probe mount of `app1` that found its
+/// superblock filled.
+const RAISED_BY_APP1: &str = "meta-events raised app1";
 
 #[test]
 fn a_restarted_daemon_keeps_the_verdict_of_its_boot() {

@@ -45,9 +45,8 @@ pub struct CullDriver {
     paused_until: Option<Instant>,
     /// Set while culling: a paced background scan then runs at full speed.
     hurry: Arc<AtomicBool>,
-    /// Since when the kernel wants culling, and the culler's counts then: what one episode
-    /// cost is logged when it ends.
-    episode: Option<(Instant, CullStats)>,
+    /// The culling episode under way: what it cost is logged when it ends.
+    episode: Option<Episode>,
 }
 
 impl CullDriver {
@@ -239,29 +238,32 @@ impl CullDriver {
         let Some(culler) = self.culler.as_ref() else {
             return;
         };
-        match (&self.episode, culling) {
-            (None, true) => self.episode = Some((now, culler.stats.clone())),
-            (Some((since, before)), false) => {
-                let after = &culler.stats;
-                log::info!(
+        if let Some((Episode { before, .. }, length)) =
+            Episode::follow(&mut self.episode, &culler.stats, culling, now)
+        {
+            let after = &culler.stats;
+            log::info!(
                     "culling episode: {} culled ({} bytes), {} skipped, in {:.3}s; loop thread: entering directories {:.3}s, re-checks {:.3}s, kernel culls {:.3}s",
                     after.culled - before.culled,
                     after.bytes_freed - before.bytes_freed,
                     (after.in_use + after.vanished + after.changed + after.refused)
                         - (before.in_use + before.vanished + before.changed + before.refused),
-                    now.duration_since(*since).as_secs_f64(),
+                    length.as_secs_f64(),
                     (after.time_entering - before.time_entering).as_secs_f64(),
                     (after.time_rechecking - before.time_rechecking).as_secs_f64(),
                     (after.time_kernel - before.time_kernel).as_secs_f64(),
                 );
-                self.episode = None;
-            }
-            _ => {}
         }
     }
 
     /// Culls up to `CULL_BATCH` candidates while culling is wanted, and starts scans as needed.
     pub fn cull_batch(&mut self, device: &mut dyn Device) -> Result<(), CullError> {
+        let done = self.batch(device);
+        Episode::batch_ended(&mut self.episode, Instant::now());
+        done
+    }
+
+    fn batch(&mut self, device: &mut dyn Device) -> Result<(), CullError> {
         if self.culler.is_none() {
             return Ok(());
         }
@@ -320,5 +322,77 @@ impl CullDriver {
             self.start_scan_if_wanted(Instant::now(), Some(deficit));
         }
         Ok(())
+    }
+}
+
+/// A culling episode followed for its log line.
+#[derive(Debug)]
+struct Episode {
+    /// When a batch first saw the kernel want culling.
+    since: Instant,
+    /// The culler's counts then.
+    before: CullStats,
+    /// When its last batch ended: the loop may sleep up to a tick after it before a batch
+    /// sees that culling is no longer wanted.
+    last_batch_end: Instant,
+}
+
+impl Episode {
+    /// Starts an episode when culling is wanted and none is under way; ends the one under
+    /// way when it is not, returning it and how long it lasted (to its last batch's end).
+    fn follow(
+        episode: &mut Option<Episode>,
+        stats: &CullStats,
+        culling: bool,
+        now: Instant,
+    ) -> Option<(Episode, Duration)> {
+        match (episode.as_ref(), culling) {
+            (None, true) => {
+                *episode = Some(Episode {
+                    since: now,
+                    before: stats.clone(),
+                    last_batch_end: now,
+                });
+                None
+            }
+            (Some(_), false) => episode.take().map(|e| {
+                let length = e.last_batch_end.duration_since(e.since);
+                (e, length)
+            }),
+            _ => None,
+        }
+    }
+
+    /// Notes that a batch of the episode under way ended at `now`.
+    fn batch_ended(episode: &mut Option<Episode>, now: Instant) {
+        if let Some(e) = episode.as_mut() {
+            e.last_batch_end = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_episode_lasts_to_its_last_batch_not_to_the_tick_that_sees_it_over() {
+        let t0 = Instant::now();
+        let mut episode = None;
+        let stats = CullStats::default();
+        assert!(Episode::follow(&mut episode, &stats, true, t0).is_none());
+        Episode::batch_ended(&mut episode, t0 + Duration::from_millis(4));
+        assert!(
+            Episode::follow(&mut episode, &stats, true, t0 + Duration::from_millis(5)).is_none()
+        );
+        Episode::batch_ended(&mut episode, t0 + Duration::from_millis(10));
+        // The loop slept a tick before its next batch saw culling was over.
+        let (_, length) =
+            Episode::follow(&mut episode, &stats, false, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(length, Duration::from_millis(10));
+        assert!(episode.is_none());
+        assert!(
+            Episode::follow(&mut episode, &stats, false, t0 + Duration::from_secs(2)).is_none()
+        );
     }
 }

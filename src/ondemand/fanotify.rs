@@ -196,7 +196,14 @@ struct BlobFile {
     serial: u64,
     /// The ranges fills in flight were asked for: an event inside one waits for it.
     filling: Vec<(u64, u64)>,
+    /// Whether a reader's event asked for the range holding EROFS's superblock: the only
+    /// evidence of metadata events a probe mount can give (a prefetch, a fill ahead, or the
+    /// daemon's own writes fill that block without one).
+    superblock_asked: bool,
 }
+
+/// Where EROFS's superblock starts in its image.
+const EROFS_SUPERBLOCK: u64 = 1024;
 
 /// An event waiting for a fill in flight that covers its range (`Group::waiting`).
 struct Waiting {
@@ -397,6 +404,13 @@ impl Group {
 }
 
 impl Group {
+    /// Whether an event of a reader of `object_id` (this attach) asked for its superblock.
+    pub fn superblock_asked(&self, object_id: u32) -> bool {
+        self.files
+            .get(&object_id)
+            .is_some_and(|blob| blob.superblock_asked)
+    }
+
     /// Whether the blob `object_id` is whole in its file (unmarked, no event on its reads).
     pub fn is_complete(&self, object_id: u32) -> bool {
         self.complete.contains(&object_id)
@@ -659,6 +673,7 @@ impl FrontEnd for Fanotify {
                     filled,
                     serial: group.next_serial,
                     filling: Vec::new(),
+                    superblock_asked: false,
                 };
                 group.files.insert(object_id, blob);
                 if complete {
@@ -1104,6 +1119,9 @@ impl Engine<Fanotify> {
         // No range: the access may touch anything (an open for write, a truncate).
         let (off, count) = range.map_or((0, len), |r| (r.offset, r.count));
         let end = off.saturating_add(count).min(len);
+        if (off..end).contains(&EROFS_SUPERBLOCK) {
+            blob.superblock_asked = true;
+        }
         if off >= end || blob.filled.contains(off, end) {
             group.stats.present += 1;
             let _ = reply.answer(group, Ok(0));
@@ -1421,6 +1439,14 @@ impl Lazy {
     /// What is known of the kernel's EROFS metadata events.
     pub fn meta_events(&self) -> MetaEvents {
         self.meta_events
+    }
+
+    /// Whether a reader's event asked for the superblock of the blob attached as `key`: a
+    /// probe's "raised" is taken only for such a blob.
+    pub fn superblock_asked(&self, key: &BlobKey) -> bool {
+        self.attached
+            .get(key)
+            .is_some_and(|(id, _)| self.group.superblock_asked(*id))
     }
 
     /// Records a probe's verdict (see `MetaEvents::then`); a change is logged once.

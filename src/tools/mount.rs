@@ -152,7 +152,7 @@ pub fn mount(
         }
     };
     let blob = BlobFile::open(&path)?;
-    mount_blob(socket, &blob, mountpoint, options)?;
+    mount_blob(socket, &blob_args(domain, fsid), &blob, mountpoint, options)?;
     Ok(attached)
 }
 
@@ -161,14 +161,18 @@ pub fn mount(
 /// this is when not known yet and the blob can tell (`probe`).
 fn mount_blob(
     socket: &Path,
+    key: &str,
     blob: &BlobFile,
     mountpoint: &Path,
     options: Option<&str>,
 ) -> Result<(), MountError> {
     let path = blob.path.as_os_str();
-    match (meta_events(socket, None), blob.first_block_filled()?) {
+    match (
+        meta_events(socket, "meta-events"),
+        blob.first_block_filled()?,
+    ) {
         (MetaEvents::Raised, _) => mount_erofs(path, mountpoint, options),
-        (MetaEvents::Unknown, false) => probe(socket, blob, mountpoint, options),
+        (MetaEvents::Unknown, false) => probe(socket, key, blob, mountpoint, options),
         (verdict, _) => {
             blob.fill_whole_saying(verdict)?;
             mount_erofs(path, mountpoint, options)
@@ -188,7 +192,7 @@ pub fn attach_ready(
 ) -> Result<Attached, MountError> {
     let attached = attach(socket, domain, fsid)?;
     if let Attached::File(path) = &attached {
-        if meta_events(socket, None) == MetaEvents::NotRaised {
+        if meta_events(socket, "meta-events") == MetaEvents::NotRaised {
             BlobFile::open(path)?.fill_whole_saying(MetaEvents::NotRaised)?;
         }
     }
@@ -200,22 +204,31 @@ pub fn attach_ready(
 /// succeeds read it, and the daemon filled it (an event was raised); a mount that fails
 /// with EINVAL and left the block a hole never asked for it. Then the blob is filled whole
 /// and mounted again; only when that mount succeeds is "not raised" recorded (EINVAL may
-/// also be bad options, which never read the superblock).
+/// also be bad options, which never read the superblock). A filled superblock is "raised"
+/// only when the daemon agrees a reader's event asked for it (`key`: the blob's
+/// `[--domain D] FSID`): a prefetch racing the mount fills it with no event, and a mount
+/// left lazy on such a kernel reads zeros from the holes of its other metadata.
 fn probe(
     socket: &Path,
+    key: &str,
     blob: &BlobFile,
     mountpoint: &Path,
     options: Option<&str>,
 ) -> Result<(), MountError> {
     let path = blob.path.as_os_str();
     match mount_erofs(path, mountpoint, options) {
-        Ok(()) if blob.first_block_filled()? => {
-            meta_events(socket, Some(MetaEvents::Raised));
+        Ok(())
+            if blob.first_block_filled()?
+                && meta_events(socket, &format!("meta-events raised {key}"))
+                    == MetaEvents::Raised =>
+        {
             Ok(())
         }
         Ok(()) => {
-            // Mounted on a superblock nobody filled: what it read is not the blob's.
-            // Undone; the blob is filled whole and mounted again, and nothing is recorded.
+            // Mounted on a superblock nobody filled (what it read is not the blob's), or
+            // on one filled without the mount's event (nothing tells whether the rest of
+            // its metadata will be asked for). Undone; the blob is filled whole and
+            // mounted again, and nothing is recorded.
             nix::mount::umount(mountpoint).map_err(|errno| MountError::Umount {
                 on: mountpoint.display().to_string(),
                 errno,
@@ -227,25 +240,21 @@ fn probe(
             errno: nix::errno::Errno::EINVAL,
             ..
         }) if !blob.first_block_filled()? => {
-            eprintln!("cachefilesctl: EROFS did not read the superblock of {} through a fanotify pre-content event (6.14-6.18 read metadata without them): filling the blob whole before mounting it again (not lazy)", blob.path.display());
+            eprintln!("cachefilesctl: the mount of {} failed (EINVAL) without reading its superblock through a fanotify pre-content event: this kernel's EROFS may read metadata without them (6.14-6.18 do), or it refused the options; filling the blob whole before mounting it again (not lazy)", blob.path.display());
             blob.fill_whole()?;
             mount_erofs(path, mountpoint, options)?;
-            meta_events(socket, Some(MetaEvents::NotRaised));
+            meta_events(socket, "meta-events not-raised");
             Ok(())
         }
         Err(e) => Err(e),
     }
 }
 
-/// Asks the daemon what it knows of the kernel's metadata events, or tells it a verdict;
-/// a daemon that cannot say (an older one, a broken socket) knows nothing: the blob is
-/// then filled whole, which is correct on every kernel.
-fn meta_events(socket: &Path, verdict: Option<MetaEvents>) -> MetaEvents {
-    let request = match verdict {
-        Some(v) => format!("meta-events {}", v.as_str()),
-        None => "meta-events".to_string(),
-    };
-    ask(socket, &request)
+/// Sends the daemon a `meta-events` request (a question, or a verdict): the verdict it
+/// holds after it. A daemon that cannot say (an older one, a broken socket) knows nothing:
+/// the blob is then filled whole, which is correct on every kernel.
+fn meta_events(socket: &Path, request: &str) -> MetaEvents {
+    ask(socket, request)
         .ok()
         .and_then(|r| MetaEvents::parse(r.lines().next().unwrap_or("").trim_end()))
         .unwrap_or(MetaEvents::Unknown)
