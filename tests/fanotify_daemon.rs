@@ -10,23 +10,9 @@ mod common;
 
 use cachefilesd_rs::ondemand::fanotify::Group;
 use cachefilesd_rs::ondemand::sourcemap::SourceMap;
-use common::fanotify::{number_after, pattern, Running};
+use common::fanotify::{ctl, number_after, pattern, Running};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn ctl(socket: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cachefilesctl"))
-        .args(["--dir", "/nonexistent", "--socket"])
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The daemon over `root` (bound classic on a fake device), serving `src/{fsid}` for fsids
 /// `app*` through fanotify, with its control socket at `socket`.

@@ -12,25 +12,11 @@ mod common;
 
 use cachefilesd_rs::control::query;
 use cachefilesd_rs::ondemand::fanotify::Group;
-use common::fanotify::{number_after, pattern, Running};
+use common::fanotify::{ctl, number_after, pattern, Running};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-fn ctl(socket: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cachefilesctl"))
-        .args(["--dir", "/nonexistent", "--socket"])
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Why this host cannot run the test, if it cannot.
 fn unsupported() -> Option<String> {

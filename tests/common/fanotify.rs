@@ -90,3 +90,18 @@ pub fn start(root: &Path, socket: &Path, map: &str) -> Running {
         thread,
     }
 }
+
+/// Runs `cachefilesctl` against the daemon's control socket: (success, stdout, stderr).
+pub fn ctl(socket: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cachefilesctl"))
+        .args(["--dir", "/nonexistent", "--socket"])
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
