@@ -195,16 +195,22 @@ fn setup_with(source: &str) -> Option<Setup> {
     })
 }
 
-/// Attaches `fsid` and has another process read its first block (the daemon fills it):
-/// a blob whose first block is filled and the rest not, on which no mount can probe.
-fn attach_with_first_block(socket: &Path, fsid: &str) -> PathBuf {
-    let blob = attach_raw(socket, fsid);
+/// Reads the blob's first block in another process (`dd`), as a reader would: through its
+/// mark, so the daemon fills it.
+fn read_first_block(blob: &Path) {
     let head = Command::new("dd")
         .arg(format!("if={}", blob.display()))
         .args(["of=/dev/null", "bs=4096", "count=1", "status=none"])
         .status()
         .unwrap();
     assert!(head.success());
+}
+
+/// Attaches `fsid` and has another process read its first block (the daemon fills it):
+/// a blob whose first block is filled and the rest not, on which no mount can probe.
+fn attach_with_first_block(socket: &Path, fsid: &str) -> PathBuf {
+    let blob = attach_raw(socket, fsid);
+    read_first_block(&blob);
     assert!(has_hole(&blob));
     blob
 }
@@ -372,12 +378,7 @@ fn a_superblock_written_by_prefetch_is_no_evidence_of_metadata_events() {
     let reply = query(&socket, RAISED_BY_APP1, Duration::from_secs(5)).unwrap();
     assert_eq!(meta_events(&socket), "unknown", "{reply}");
     // Once a reader (another process) has asked for it, the same report is taken.
-    let head = Command::new("dd")
-        .arg(format!("if={}", blob.display()))
-        .args(["of=/dev/null", "bs=4096", "count=1", "status=none"])
-        .status()
-        .unwrap();
-    assert!(head.success());
+    read_first_block(&blob);
     let reply = query(&socket, RAISED_BY_APP1, Duration::from_secs(5)).unwrap();
     assert_eq!(reply.trim_end(), "raised");
     daemon.stop();
