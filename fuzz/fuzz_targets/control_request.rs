@@ -19,6 +19,9 @@ fn canonical(r: &Request) -> String {
         Request::Attach(key) => format!("attach {}", key_words(key)),
         Request::Detach(Detach::Key(key)) => format!("detach {}", key_words(key)),
         Request::Detach(Detach::Path(path)) => format!("detach {}", path.display()),
+        Request::MetaEvents(None) => "meta-events".into(),
+        Request::MetaEvents(Some(verdict)) => format!("meta-events {}", verdict.as_str()),
+        Request::MetaEventsRaisedBy(key) => format!("meta-events raised {}", key_words(key)),
     }
 }
 
@@ -35,6 +38,7 @@ fn key_words(key: &BlobKey) -> String {
 fn names_the_default_domain(line: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
     matches!(words.as_slice(), ["attach" | "detach", "--domain", d, f] if d == f)
+        || matches!(words.as_slice(), ["meta-events", "raised", "--domain", d, f] if d == f)
 }
 
 fn check(line: &str) {
@@ -57,6 +61,7 @@ fn check(line: &str) {
                 .or_else(|| reply.strip_prefix("error: bad request: "))
                 .or_else(|| reply.strip_prefix("error: attach: "))
                 .or_else(|| reply.strip_prefix("error: detach: "))
+                .or_else(|| reply.strip_prefix("error: meta-events raised: "))
                 .and_then(|r| r.strip_suffix('\n'))
                 .unwrap_or_else(|| panic!("reply {reply:?}"));
             assert!(!body.chars().any(char::is_control), "reply {reply:?}");
