@@ -19,7 +19,6 @@ use crate::config::{Config, ConfigError};
 use crate::device::{Device, DeviceError};
 use crate::proto::{Command, Limit};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Next to the control socket, in the directory systemd keeps across a restart
@@ -112,26 +111,15 @@ pub fn record(path: &Path, config: &Config) -> Result<(), StateError> {
 
 /// The recorded settings, validated as a config is; `None` when there is no record.
 pub fn load(path: &Path) -> Result<Option<Config>, StateError> {
-    use std::io::Read;
     let err = |source| StateError::Read {
         path: path.display().to_string(),
         source,
     };
     // Not followed if a link stands there; a record is a few hundred bytes, so reading more
     // than a config can hold means it is not one.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path);
-    let file = match file {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(err(e)),
+    let Some(bytes) = crate::rundir::read(path, MAX_RECORD).map_err(err)? else {
+        return Ok(None);
     };
-    let mut bytes = Vec::new();
-    file.take(MAX_RECORD + 1)
-        .read_to_end(&mut bytes)
-        .map_err(err)?;
     if bytes.len() as u64 > MAX_RECORD {
         return Err(err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -1413,19 +1413,13 @@ fn parse_meta_events(text: &str, boot: &str) -> MetaEvents {
 
 /// What the file at `path` keeps for this boot (never through a symlink, at most a line).
 fn load_meta_events(path: &Path) -> MetaEvents {
-    use std::io::Read;
     let Some(boot) = boot_id() else {
         return MetaEvents::Unknown;
     };
-    let mut text = String::new();
-    let read = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path)
-        .and_then(|f| f.take(128).read_to_string(&mut text));
-    match read {
-        Ok(_) => parse_meta_events(&text, &boot),
-        Err(_) => MetaEvents::Unknown,
+    match crate::rundir::read(path, 128) {
+        Ok(Some(bytes)) => std::str::from_utf8(&bytes)
+            .map_or(MetaEvents::Unknown, |text| parse_meta_events(text, &boot)),
+        _ => MetaEvents::Unknown,
     }
 }
 

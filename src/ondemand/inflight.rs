@@ -21,7 +21,6 @@
 
 use super::fanotify::BlobKey;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -160,23 +159,13 @@ fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
 /// Reads the record at `path`: `None` when there is none; an unreadable or invalid one is
 /// logged and trusted in nothing.
 pub fn load(path: &Path) -> Option<Record> {
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+    let bytes = match crate::rundir::read(path, MAX_RECORD) {
+        Ok(bytes) => bytes?,
         Err(e) => {
             log::warn!("{}: {e}: no in-flight event is recovered", path.display());
             return Some(Record::default());
         }
     };
-    let mut bytes = Vec::new();
-    if let Err(e) = file.take(MAX_RECORD + 1).read_to_end(&mut bytes) {
-        log::warn!("{}: {e}: no in-flight event is recovered", path.display());
-        return Some(Record::default());
-    }
     match Record::parse(&bytes) {
         Ok(r) => Some(r),
         Err(e) => {
