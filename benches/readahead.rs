@@ -47,12 +47,20 @@ impl Policy {
         }
     }
 
-    /// The readahead of each READ, as the engine would decide it.
+    /// The readahead of each READ, as the engine would decide it (its window fetched in the
+    /// same call here, not in the background).
     fn decider(self) -> Box<dyn FnMut(u64, u64) -> u64> {
         match self {
             Policy::Adaptive => {
                 let mut r = Readahead::new(MAX);
-                Box::new(move |off, len| r.on_read(off, len))
+                // Replayed one READ at a time, each window lands before the next READ, so
+                // every window starts where its READ ends.
+                Box::new(move |off, len| {
+                    r.on_read(off, len).map_or(0, |(start, end)| {
+                        assert_eq!(start, off + len);
+                        end - start
+                    })
+                })
             }
             Policy::Fixed(n) => Box::new(move |_, _| n),
         }

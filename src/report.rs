@@ -72,6 +72,10 @@ pub struct OnDemandReport {
     pub bad_messages: u64,
     /// Requests whose msg_id was already pending.
     pub duplicates: u64,
+    /// Readahead windows fetched apart from the READs they followed.
+    pub reads_ahead: u64,
+    /// READs answered by a readahead window that was being fetched when they came.
+    pub reads_joined: u64,
     pub sources: Vec<SourceReport>,
     /// The fanotify front end's own counters (absent with the cachefiles front end).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -286,6 +290,8 @@ impl OnDemandReport {
             bytes_written: s.bytes_written,
             bad_messages: s.bad_messages,
             duplicates: s.duplicates,
+            reads_ahead: s.reads_ahead,
+            reads_joined: s.reads_joined,
             sources,
             fanotify: None,
             prefetch: PrefetchReport {
@@ -323,6 +329,13 @@ impl Report {
                 "; on-demand: {} objects open, {} in flight, opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages, {} duplicates",
                 od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages, od.duplicates
             );
+            if od.reads_ahead > 0 {
+                let _ = write!(
+                    line,
+                    "; readahead: {} background windows, {} reads joined one in flight",
+                    od.reads_ahead, od.reads_joined
+                );
+            }
             let p = &od.prefetch;
             if p.started > 0 {
                 let _ = write!(
@@ -574,6 +587,11 @@ impl OnDemandReport {
             "on-demand: {} open objects, {} requests in flight; opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages",
             od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages
         );
+        let _ = writeln!(
+            o,
+            "  readahead: {} background windows, {} READs joined one in flight",
+            od.reads_ahead, od.reads_joined
+        );
         for obj in &od.objects {
             let _ = writeln!(
                 o,
@@ -666,6 +684,16 @@ impl OnDemandReport {
                 "ondemand_reads_failed_total",
                 "READ requests completed without data.",
                 od.reads_failed,
+            ),
+            counter(
+                "ondemand_reads_ahead_total",
+                "Readahead windows fetched apart from the READs they followed.",
+                od.reads_ahead,
+            ),
+            counter(
+                "ondemand_reads_joined_total",
+                "READs answered by a readahead window being fetched when they came.",
+                od.reads_joined,
             ),
             counter(
                 "ondemand_bad_messages_total",
@@ -928,7 +956,14 @@ mod tests {
         );
         has(
             od,
-            &["reads_failed", "bytes_written", "bad_messages", "sources"],
+            &[
+                "reads_failed",
+                "bytes_written",
+                "bad_messages",
+                "sources",
+                "reads_ahead",
+                "reads_joined",
+            ],
         );
         has(
             &od["objects"][0],

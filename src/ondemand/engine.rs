@@ -6,7 +6,7 @@
 
 use super::fds::{FdTable, KernelFd};
 use super::fill::serve_read;
-use super::pool::{Job, Pool};
+use super::pool::{panic_message, Job, Pool};
 use super::prefetch::{self, Gate, Plan, PrefetchStats, Step};
 use super::readahead::Readahead;
 use super::reply::{FrontEnd, OpenReply, Orphan, Orphans, ReadReply, Ticket, Wake};
@@ -16,6 +16,7 @@ use super::stats::{SourceStats, Stats};
 use crate::device::DeviceError;
 use nix::errno::Errno;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -33,6 +34,8 @@ pub struct Object {
     pub source: usize,
     /// How far beyond each READ to fetch: grows while this object is read sequentially.
     readahead: Readahead,
+    /// Its readahead windows being fetched: `(start, end, id)`.
+    ahead: Vec<(u64, u64, u64)>,
     /// The background fill under way, if the source asks for one and it is not done.
     prefetch: Option<Prefetching>,
 }
@@ -85,6 +88,22 @@ enum Done<F: FrontEnd> {
         serial: u64,
         step: Step,
     },
+    /// A readahead window, fetched apart from the READ that asked for it.
+    Ahead {
+        object_id: u32,
+        id: u64,
+        source: usize,
+        result: Result<u64, String>,
+    },
+}
+
+/// A READ whose whole range lies in a readahead window being fetched: it is answered when
+/// that window is in, instead of fetching its range a second time.
+struct Parked<F: FrontEnd> {
+    reply: ReadReply<F>,
+    off: u64,
+    len: u64,
+    started: Instant,
 }
 
 pub struct Engine<F: FrontEnd> {
@@ -105,6 +124,9 @@ pub struct Engine<F: FrontEnd> {
     orphans: Orphans<F>,
     unanswered: mpsc::Receiver<Orphan<F>>,
     fds: FdTable,
+    /// READs waiting for a readahead window, by the window's id.
+    parked: HashMap<u64, Vec<Parked<F>>>,
+    next_ahead: u64,
     pub stats: Stats,
     /// Keyed by the source's position in the map (1-based).
     pub per_source: BTreeMap<usize, SourceStats>,
@@ -143,6 +165,8 @@ impl<F: FrontEnd> Engine<F> {
             orphans,
             unanswered,
             fds: FdTable::default(),
+            parked: HashMap::new(),
+            next_ahead: 0,
             stats: Stats::default(),
             per_source: Default::default(),
         }
@@ -226,8 +250,9 @@ impl<F: FrontEnd> Engine<F> {
         Ok(())
     }
 
-    /// Starts filling `[off, off+len)` (plus the object's adaptive readahead) of an object's
-    /// cache file. For an object not open the reply is dropped, which fails the read.
+    /// Starts filling `[off, off+len)` of an object's cache file, and the object's adaptive
+    /// readahead beyond it as a job of its own. For an object not open the reply is dropped,
+    /// which fails the read.
     pub fn read(&mut self, object_id: u32, off: u64, len: u64, reply: ReadReply<F>) {
         let Some(object) = self.objects.get_mut(&object_id) else {
             log::warn!("read for object {object_id}, which is not open; failing it");
@@ -235,14 +260,48 @@ impl<F: FrontEnd> Engine<F> {
         };
         self.in_flight.insert(reply.key());
         self.gate.read_started();
+        let end = off.saturating_add(len);
+        let window = (object.ahead.iter())
+            .find(|&&(start, stop, _)| start <= off && end <= stop)
+            .map(|&(_, _, id)| id);
+        let ahead = object.readahead.on_read(off, len);
         let fd = object.fd.clone();
         let blob = object.blob.clone();
         let source = object.source;
-        let readahead = object.readahead.on_read(off, len);
         let remote = blob.is_remote();
+        let started = Instant::now();
+        match window {
+            Some(id) => {
+                self.stats.reads_joined += 1;
+                self.parked.entry(id).or_default().push(Parked {
+                    reply,
+                    off,
+                    len,
+                    started,
+                });
+            }
+            None => self.fill(remote, source, fd.clone(), blob.clone(), off, len, reply),
+        }
+        if let Some((start, stop)) = ahead {
+            self.fetch_window(object_id, start, stop);
+        }
+    }
+
+    /// Queues the fill of a READ's own range; its reply is answered when it is written.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &self,
+        remote: bool,
+        source: usize,
+        fd: Arc<KernelFd>,
+        blob: Arc<dyn Blob>,
+        off: u64,
+        len: u64,
+        reply: ReadReply<F>,
+    ) {
         let job: Job<Done<F>> = Box::new(move || {
             let started = Instant::now();
-            let result = serve_read(&*blob, &*fd, off, len, readahead);
+            let result = serve_read(&*blob, &*fd, off, len, 0);
             Done::Read {
                 reply,
                 source,
@@ -251,6 +310,47 @@ impl<F: FrontEnd> Engine<F> {
             }
         });
         self.submit(remote, job);
+    }
+
+    /// Queues the fetch of readahead window `[start, stop)` of an object, unless it lies past
+    /// the blob's end.
+    fn fetch_window(&mut self, object_id: u32, start: u64, stop: u64) {
+        let Some(object) = self.objects.get(&object_id) else {
+            return;
+        };
+        let stop = stop.min(object.blob.size());
+        if start >= stop {
+            return;
+        }
+        self.next_ahead += 1;
+        let id = self.next_ahead;
+        let (fd, blob, source) = (object.fd.clone(), object.blob.clone(), object.source);
+        let remote = blob.is_remote();
+        let job: Job<Done<F>> = Box::new(move || {
+            // Caught here, not by the pool: READs may be parked on this window, and a job
+            // that panicked would send nothing to answer them by.
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                serve_read(&*blob, &*fd, start, 0, stop - start)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(format!(
+                    "fetching ahead panicked: {}",
+                    panic_message(&*panic)
+                ))
+            });
+            Done::Ahead {
+                object_id,
+                id,
+                source,
+                result,
+            }
+        });
+        if self.submit(remote, job) {
+            if let Some(object) = self.objects.get_mut(&object_id) {
+                object.ahead.push((start, stop, id));
+            }
+            self.stats.reads_ahead += 1;
+        }
     }
 
     /// Forgets an object. In-flight reads keep their own reference to its fd: it stays open
@@ -382,11 +482,16 @@ impl<F: FrontEnd> Engine<F> {
     }
 
     /// Remote fetches have their own pool so that a slow server never delays local blobs.
-    fn submit(&self, remote: bool, job: Job<Done<F>>) {
+    /// Queues `job`; false when it was dropped (and with it any reply it held, which answers
+    /// with EIO).
+    fn submit(&self, remote: bool, job: Job<Done<F>>) -> bool {
         let pool = if remote { &self.remote } else { &self.local };
-        if let Err(e) = pool.submit(job) {
-            // The job, and the reply in it, were dropped: the request is answered with EIO.
-            log::error!("{e}; failing the request");
+        match pool.submit(job) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("{e}; failing the request");
+                false
+            }
         }
     }
 
@@ -412,6 +517,12 @@ impl<F: FrontEnd> Engine<F> {
                     serial,
                     step,
                 } => self.prefetched(kernel, object_id, serial, step),
+                Done::Ahead {
+                    object_id,
+                    id,
+                    source,
+                    result,
+                } => self.ahead_done(kernel, object_id, id, source, result)?,
             }
         }
         while let Ok(orphan) = self.unanswered.try_recv() {
@@ -463,6 +574,7 @@ impl<F: FrontEnd> Engine<F> {
                     fsid,
                     source,
                     readahead: Readahead::new(self.map.fetch.readahead),
+                    ahead: Vec::new(),
                     prefetch: None,
                 };
                 self.objects.insert(object_id, object);
@@ -505,6 +617,61 @@ impl<F: FrontEnd> Engine<F> {
             }
         }
         reply.answer(kernel, result.map_err(|_| Errno::EIO))
+    }
+
+    /// A readahead window is in (or failed): the READs parked on it are answered, or, when
+    /// it failed, each fetches its own range (the failure may have been the window's part
+    /// beyond it).
+    fn ahead_done(
+        &mut self,
+        kernel: &mut F::Kernel<'_>,
+        object_id: u32,
+        id: u64,
+        source: usize,
+        result: Result<u64, String>,
+    ) -> Result<(), DeviceError> {
+        let object = self.objects.get_mut(&object_id);
+        let target = object.map(|o| {
+            o.ahead.retain(|&(_, _, a)| a != id);
+            (o.fd.clone(), o.blob.clone())
+        });
+        let per = self.per_source.entry(source).or_default();
+        match &result {
+            Ok(bytes) => {
+                per.bytes += bytes;
+                self.stats.bytes_written += bytes;
+            }
+            Err(why) => {
+                per.errors += 1;
+                log::warn!("readahead for object {object_id} failed: {why}");
+            }
+        }
+        for parked in self.parked.remove(&id).unwrap_or_default() {
+            match (&result, &target) {
+                (Ok(_), _) => {
+                    self.read_done(kernel, parked.reply, source, Ok(0), parked.started)?
+                }
+                (Err(_), Some((fd, blob))) => {
+                    let remote = blob.is_remote();
+                    let (fd, blob) = (fd.clone(), blob.clone());
+                    self.fill(
+                        remote,
+                        source,
+                        fd,
+                        blob,
+                        parked.off,
+                        parked.len,
+                        parked.reply,
+                    );
+                }
+                // Closed meanwhile: nothing to fetch into.
+                (Err(why), None) => {
+                    let why = why.clone();
+                    self.read_done(kernel, parked.reply, source, Err(why), parked.started)?
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -677,6 +844,18 @@ mod tests {
         drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd1 as i32) });
     }
 
+    impl Harness {
+        /// Runs the loop until no readahead window is being fetched.
+        fn pump_until_windows_landed(&mut self) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.engine.objects.values().any(|o| !o.ahead.is_empty()) {
+                self.engine.drain_done(&mut self.device).unwrap();
+                assert!(Instant::now() < deadline, "timed out waiting for readahead");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
     #[test]
     fn readahead_grows_per_object_while_reads_are_sequential() {
         let mut h = harness_with(1, 64 << 10);
@@ -690,6 +869,7 @@ mod tests {
         for id in 0..6u32 {
             h.push(encode_read(10 + id, 1, off, 4096));
             h.pump_until("the completion", |s| s.completed.len() > id as usize);
+            h.pump_until_windows_landed();
             let end = back.metadata().unwrap().len();
             landed.push(end - off);
             off = end;
@@ -697,10 +877,137 @@ mod tests {
         // 4 KiB as asked, then 8, 16, 32 and 64 KiB (the maximum) of readahead.
         let k = 4096;
         assert_eq!(landed, vec![k, 3 * k, 5 * k, 9 * k, 17 * k, 17 * k]);
+        assert_eq!(h.engine.stats.reads_ahead, 5);
         // A jump elsewhere in the blob: served as asked.
         h.push(encode_read(20, 1, 512 << 10, 4096));
         h.pump_until("the completion", |s| s.completed.len() > 6);
         assert_eq!(back.metadata().unwrap().len(), (512 << 10) + 4096);
+    }
+
+    /// 1 MiB of 7s whose reads from `GATED` on wait for `open`; the first such read fails
+    /// when `fail_once` is set. Counts the reads that cover `GATED`.
+    struct GatedBlob {
+        open: std::sync::Mutex<bool>,
+        opened: std::sync::Condvar,
+        fail_once: AtomicBool,
+        reads_of_gated: std::sync::atomic::AtomicU32,
+    }
+
+    const GATED: u64 = 8192;
+
+    impl GatedBlob {
+        fn new(fail_once: bool) -> Arc<GatedBlob> {
+            Arc::new(GatedBlob {
+                open: std::sync::Mutex::new(false),
+                opened: std::sync::Condvar::new(),
+                fail_once: AtomicBool::new(fail_once),
+                reads_of_gated: Default::default(),
+            })
+        }
+        fn open_gate(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    /// The harness's `Blob` for one shared `GatedBlob`.
+    struct Shared(Arc<GatedBlob>);
+
+    impl Blob for Shared {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> Result<(), FetchError> {
+            let b = &self.0;
+            if off + buf.len() as u64 > GATED {
+                let mut open = b.open.lock().unwrap();
+                while !*open {
+                    open = b.opened.wait(open).unwrap();
+                }
+            }
+            if off <= GATED && GATED < off + buf.len() as u64 {
+                b.reads_of_gated.fetch_add(1, Ordering::SeqCst);
+                if b.fail_once.swap(false, Ordering::SeqCst) {
+                    return Err(FetchError::Io("test: the window's fetch fails".into()));
+                }
+            }
+            buf.fill(7);
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "gated blob".into()
+        }
+        fn is_remote(&self) -> bool {
+            false
+        }
+    }
+
+    /// An engine over one `GatedBlob` (fsid `gated`), readahead up to 64 KiB, 2 workers;
+    /// READs at 0 and 4 KiB make a stream whose first window, [8K, 16K), waits at the gate.
+    fn gated(fail_once: bool) -> (Harness, Arc<GatedBlob>, std::fs::File) {
+        let blob = GatedBlob::new(fail_once);
+        let mut h = harness_with(2, 64 << 10);
+        let shared = blob.clone();
+        h.engine.opener = Arc::new(move |_, _| Ok(Box::new(Shared(shared.clone()))));
+        let (fd1, back) = h.anon("a1");
+        h.push(encode_open(1, 1, b"erofs,x", b"gated", fd1));
+        h.pump_until("a copen", copens_sent(1));
+        h.push(encode_read(10, 1, 0, 4096));
+        h.pump_until("the first completion", |s| s.completed.len() == 1);
+        h.push(encode_read(11, 1, 4096, 4096));
+        h.pump_until("the second completion", |s| s.completed.len() == 2);
+        assert_eq!(
+            h.engine.objects[&1].ahead.len(),
+            1,
+            "the window is in flight"
+        );
+        (h, blob, back)
+    }
+
+    #[test]
+    fn a_read_inside_a_window_in_flight_waits_for_it_and_is_not_fetched_twice() {
+        let (mut h, blob, back) = gated(false);
+        h.push(encode_read(12, 1, GATED, 4096));
+        for _ in 0..20 {
+            h.engine.drain_device(&mut h.device).unwrap();
+            h.engine.drain_done(&mut h.device).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(h.kernel.state.lock().unwrap().completed, vec![10, 11]);
+        assert_eq!(h.engine.stats.reads_joined, 1);
+        blob.open_gate();
+        h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
+        h.pump_until_windows_landed();
+        assert_eq!(h.kernel.state.lock().unwrap().completed, vec![10, 11, 12]);
+        assert_eq!(
+            blob.reads_of_gated.load(Ordering::SeqCst),
+            1,
+            "fetched once"
+        );
+        let mut got = vec![0u8; 4096];
+        back.read_exact_at(&mut got, GATED).unwrap();
+        assert_eq!(got, vec![7u8; 4096]);
+        assert_eq!((h.engine.stats.reads_failed, h.engine.in_flight()), (0, 0));
+        // The waiting READ also started the window after the one it waited for.
+        assert_eq!(h.engine.stats.reads_ahead, 2);
+        assert!(h.engine.parked.is_empty());
+    }
+
+    #[test]
+    fn when_a_window_fails_the_reads_waiting_for_it_fetch_their_own_range() {
+        let (mut h, blob, back) = gated(true);
+        h.push(encode_read(12, 1, GATED, 4096));
+        h.pump_until("the READ parked", |_| true);
+        blob.open_gate();
+        h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
+        h.pump_until_windows_landed();
+        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!(h.engine.stats.reads_failed, 0, "served by its own fetch");
+        assert_eq!(blob.reads_of_gated.load(Ordering::SeqCst), 2);
+        let mut got = vec![0u8; 4096];
+        back.read_exact_at(&mut got, GATED).unwrap();
+        assert_eq!(got, vec![7u8; 4096]);
+        assert_eq!(h.engine.in_flight(), 0);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Adaptive readahead, pure: per object, how far beyond each READ to fetch.
+//! Adaptive readahead, pure: per object, what to fetch beyond each READ, in the background.
 //!
 //! Modelled on the kernel's own (mm/readahead.c): a READ that continues a stream (starts
 //! inside or at the end of what was already fetched for it) grows that stream's window — 2×
@@ -7,10 +7,14 @@
 //! each pull megabytes across the network. Several streams are followed per object (two
 //! files of one image read at once), the least recently used replaced first.
 //!
-//! Ranges already written are not asked for again by the kernel (they are cached), so the
-//! READ after a stream's readahead starts where that readahead ended; READs the kernel has in
-//! flight together may come out of order or overlap, and one inside a stream's fetched range
-//! is served as asked without moving the stream.
+//! The window is fetched apart from the READ, which is answered once its own range is
+//! written: the reader reads that while the window is being fetched. Ranges already written
+//! are not asked for again by the kernel (they are cached), so a READ that starts inside the
+//! stream's fetched range means the reader caught up with a window still being fetched: the
+//! next window starts then (the kernel's asynchronous readahead at its PG_readahead mark), so a
+//! reader faster than the source always has one window being fetched beyond the one it waits
+//! for. READs the kernel has in flight together
+//! may come out of order or overlap; one earlier in the range is served as asked.
 
 /// Streams followed per object: more concurrent sequential readers of one blob than this
 /// evict each other and fall back to reading as asked.
@@ -49,8 +53,9 @@ impl Readahead {
         }
     }
 
-    /// Takes a READ of `[off, off+len)` and returns the bytes to fetch beyond its end.
-    pub fn on_read(&mut self, off: u64, len: u64) -> u64 {
+    /// Takes a READ of `[off, off+len)` and returns the range `[start, end)` to fetch in the
+    /// background for it, if any.
+    pub fn on_read(&mut self, off: u64, len: u64) -> Option<(u64, u64)> {
         self.clock += 1;
         let end = off.saturating_add(len);
         // The stream this READ continues: it starts inside or at the end of what was fetched
@@ -61,25 +66,33 @@ impl Readahead {
             .position(|s| off >= s.start && off <= s.end);
         let Some(i) = hit else {
             self.start_stream(off, end);
-            return 0;
+            return None;
         };
         let max = self.max;
         let s = &mut self.streams[i];
         s.used = self.clock;
-        if end <= s.end {
-            // Already being fetched by an earlier READ of the stream: a READ in flight
-            // together with it, or out of order.
-            return 0;
-        }
+        let start = if end <= s.end {
+            // Inside what is being fetched for the stream: a reader into the last window moves
+            // it on, once (the move puts the last window a whole window further).
+            if s.window == 0 || s.end - end >= s.window {
+                return None;
+            }
+            s.end
+        } else {
+            end
+        };
         let window = if s.window == 0 {
             initial_window(len, max)
         } else {
             next_window(s.window, max)
         };
+        if window == 0 {
+            return None;
+        }
         s.start = off;
         s.window = window;
-        s.end = end.saturating_add(window);
-        window
+        s.end = start.saturating_add(window);
+        Some((start, s.end))
     }
 
     /// A READ that continues no stream: remembered (the next READ may continue it), served
@@ -133,14 +146,20 @@ mod tests {
     const KIB: u64 = 1024;
     const MIB: u64 = 1024 * KIB;
 
-    /// Reads `[off, off+len)` as the kernel would after `ra` bytes of readahead landed: the
-    /// next READ starts where the fetched range ends.
+    /// Reads `[off, off+len)` as the kernel would when each window lands before the reader
+    /// gets there: the next READ starts where the fetched range ends. Returns the windows.
     fn sequential(r: &mut Readahead, mut off: u64, len: u64, n: usize) -> Vec<u64> {
         (0..n)
-            .map(|_| {
-                let ra = r.on_read(off, len);
-                off += len + ra;
-                ra
+            .map(|_| match r.on_read(off, len) {
+                Some((start, end)) => {
+                    assert_eq!(start, off + len, "a window starts where its READ ends");
+                    off = end;
+                    end - start
+                }
+                None => {
+                    off += len;
+                    0
+                }
             })
             .collect()
     }
@@ -189,7 +208,9 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let off = (x >> 20) % (1 << 30) / PAGE * PAGE;
-            total += r.on_read(off, 4 * KIB);
+            total += r
+                .on_read(off, 4 * KIB)
+                .map_or(0, |(start, end)| end - start);
         }
         assert_eq!(total, 0, "bytes of readahead for random reads");
     }
@@ -199,9 +220,12 @@ mod tests {
         let mut r = Readahead::new(2 * MIB);
         let got = sequential(&mut r, 0, 128 * KIB, 6);
         assert_eq!(*got.last().unwrap(), 2 * MIB);
-        assert_eq!(r.on_read(700 * MIB, 128 * KIB), 0, "a jump: as asked");
+        assert_eq!(r.on_read(700 * MIB, 128 * KIB), None, "a jump: as asked");
         // Sequential from there: grows again from the initial window, not from 2 MiB.
-        assert_eq!(r.on_read(700 * MIB + 128 * KIB, 128 * KIB), 256 * KIB);
+        assert_eq!(
+            r.on_read(700 * MIB + 128 * KIB, 128 * KIB),
+            Some((700 * MIB + 256 * KIB, 700 * MIB + 512 * KIB))
+        );
     }
 
     #[test]
@@ -209,41 +233,60 @@ mod tests {
         let mut r = Readahead::new(2 * MIB);
         let (mut a, mut b) = (0u64, 512 * MIB);
         let mut last = (0, 0);
+        let read = |r: &mut Readahead, off: &mut u64| match r.on_read(*off, 128 * KIB) {
+            Some((start, end)) => {
+                *off = end;
+                end - start
+            }
+            None => {
+                *off += 128 * KIB;
+                0
+            }
+        };
         for _ in 0..6 {
-            let ra = r.on_read(a, 128 * KIB);
-            a += 128 * KIB + ra;
-            let rb = r.on_read(b, 128 * KIB);
-            b += 128 * KIB + rb;
-            last = (ra, rb);
+            last = (read(&mut r, &mut a), read(&mut r, &mut b));
         }
         assert_eq!(last, (2 * MIB, 2 * MIB));
         // More streams than are followed: the oldest is dropped, the newest kept.
         for i in 0..STREAMS as u64 {
             r.on_read((100 + i) * MIB, 4 * KIB);
         }
-        assert_eq!(r.on_read(a, 128 * KIB), 0, "stream a was evicted");
-        assert_eq!(r.on_read(107 * MIB + 4 * KIB, 4 * KIB), 16 * KIB);
+        assert_eq!(r.on_read(a, 128 * KIB), None, "stream a was evicted");
+        assert_eq!(
+            r.on_read(107 * MIB + 4 * KIB, 4 * KIB),
+            Some((107 * MIB + 8 * KIB, 107 * MIB + 24 * KIB))
+        );
     }
 
     #[test]
-    fn reads_in_flight_together_or_out_of_order_do_not_move_the_stream() {
+    fn a_reader_that_caught_up_starts_the_next_window_once() {
         let mut r = Readahead::new(2 * MIB);
-        assert_eq!(r.on_read(0, 128 * KIB), 0);
-        assert_eq!(r.on_read(128 * KIB, 128 * KIB), 256 * KIB);
-        // The kernel had more READs in flight, inside the range being fetched: as asked.
-        assert_eq!(r.on_read(256 * KIB, 128 * KIB), 0);
-        assert_eq!(r.on_read(128 * KIB, 4 * KIB), 0, "an overlap, re-asked");
-        // The next READ past the fetched end (512 KiB) still continues the stream.
-        assert_eq!(r.on_read(384 * KIB, 256 * KIB), 512 * KIB);
-        // One that overlaps the stream's end moves it too.
-        assert_eq!(r.on_read(1088 * KIB, 128 * KIB), MIB);
-        // A READ behind the stream (before its last move) is not sequential.
-        assert_eq!(r.on_read(64 * KIB, 128 * KIB), 0);
+        assert_eq!(r.on_read(0, 128 * KIB), None);
+        assert_eq!(
+            r.on_read(128 * KIB, 128 * KIB),
+            Some((256 * KIB, 512 * KIB))
+        );
+        // A READ inside [256K, 512K): that window is still being fetched and the reader is
+        // waiting for it, so the next one starts now, beyond it.
+        assert_eq!(r.on_read(256 * KIB, 128 * KIB), Some((512 * KIB, MIB)));
+        // More READs the kernel had in flight in the older window: as asked.
+        assert_eq!(r.on_read(384 * KIB, 128 * KIB), None);
+        assert_eq!(r.on_read(448 * KIB, 64 * KIB), None);
+        // Caught up again, in the newest window: the next one.
+        assert_eq!(r.on_read(640 * KIB, 128 * KIB), Some((MIB, 2 * MIB)));
+        // The READ after the windows landed, at the fetched end, continues the stream.
+        assert_eq!(
+            r.on_read(2 * MIB, 128 * KIB),
+            Some((2 * MIB + 128 * KIB, 4 * MIB + 128 * KIB))
+        );
+        // A READ behind the stream's last move is not sequential.
+        assert_eq!(r.on_read(64 * KIB, 128 * KIB), None);
     }
 
     #[test]
     fn readahead_zero_never_reads_ahead() {
         let mut r = Readahead::new(0);
         assert!(sequential(&mut r, 0, 128 * KIB, 10).iter().all(|&x| x == 0));
+        assert_eq!(r.on_read(4 * KIB, 4 * KIB), None);
     }
 }

@@ -13,6 +13,10 @@ pub struct Stats {
     pub bad_messages: u64,
     pub duplicates: u64,
     pub unknown_objects: u64,
+    /// Readahead windows fetched apart from the READs they followed.
+    pub reads_ahead: u64,
+    /// READs answered by a readahead window that was being fetched when they came.
+    pub reads_joined: u64,
 }
 
 /// READ latency histogram: bucket i counts latencies below 2^(i+6) microseconds.
