@@ -10,6 +10,11 @@
 # Prints the medians and the ratio loop/daemon (issue 17: daemon >= 1.0x loop throughput). Each
 # daemon run is followed by a warm run of the same mount (the cache file now complete, no READ):
 # what reading through cachefiles costs by itself, the part of the cold run no daemon can remove.
+# And, with no daemon, the I/O that any daemon's part includes: the image copied onto the cache
+# disk with O_DIRECT writes of 2 MiB (the kernel writes a cache file so) and read back with
+# O_DIRECT reads of 128 KiB (as cachefiles reads it for EROFS); then both at once, as a daemon
+# filling ahead of its reader would overlap them: the second half of a file written (allocating)
+# while the first half of another file is read, and the same in one file (a cache file is one).
 # shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
@@ -31,7 +36,18 @@ now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 read_all() { find /mnt -type f -exec cat {} + >/dev/null; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
-loop_ms='' daemon_ms='' warm_ms=
+loop_ms='' daemon_ms='' warm_ms='' write_ms='' readback_ms='' two_ms='' one_ms=''
+half=$((mb / 4)) # 2 MiB blocks in half the image
+# together FILE: the second half of the image written into FILE while the first half of
+# $cache/copy2 is read in 128 KiB reads; sets together_ms.
+together() {
+  drop_caches
+  _t0=$(now_ms)
+  dd if=/srv/erofs/big of="$1" bs=2M skip=$half seek=$half count=$half conv=notrunc oflag=direct 2>/dev/null &
+  dd if="$cache/copy2" of=/dev/null bs=128k count=$((half * 16)) iflag=direct 2>/dev/null || fail "dd read, together"
+  wait $! || fail "dd write, together"
+  together_ms=$(($(now_ms) - _t0))
+}
 r=1
 while [ $r -le 3 ]; do
   drop_caches
@@ -57,7 +73,21 @@ while [ $r -le 3 ]; do
   t1=$(now_ms); warm_ms="$warm_ms $((t1 - t0))"
   stop_daemon "$pid"
   dmesg -c >/dev/null
-  say "run $r: loop ${loop_ms##* } ms, daemon ${daemon_ms##* } ms, warm ${warm_ms##* } ms"
+  drop_caches
+  t0=$(now_ms)
+  dd if=/srv/erofs/big of="$cache/copy" bs=2M oflag=direct 2>/dev/null || fail "dd write"
+  t1=$(now_ms)
+  dd if="$cache/copy" of=/dev/null bs=128k iflag=direct 2>/dev/null || fail "dd read"
+  t2=$(now_ms)
+  # Two files: copy2 holds the first half; copy3 is new. One file: copy2 gets its second half.
+  dd if=/srv/erofs/big of="$cache/copy2" bs=2M count=$half oflag=direct 2>/dev/null || fail "dd copy2"
+  together "$cache/copy3"; two=$together_ms
+  together "$cache/copy2"; one=$together_ms
+  rm -f "$cache/copy" "$cache/copy2" "$cache/copy3"
+  write_ms="$write_ms $((t1 - t0))" readback_ms="$readback_ms $((t2 - t1))" two_ms="$two_ms $two" one_ms="$one_ms $one"
+  say "run $r: loop ${loop_ms##* } ms, daemon ${daemon_ms##* } ms, warm ${warm_ms##* } ms;" \
+    "no daemon: O_DIRECT write ${write_ms##* } ms, O_DIRECT read ${readback_ms##* } ms;" \
+    "half written while half read: two files ${two_ms##* } ms, one file ${one_ms##* } ms"
   r=$((r + 1))
 done
 median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | sed -n 2p; }
@@ -72,17 +102,9 @@ say "RESULT: $mb MiB cold read: loop mount median $lm ms ($(awk -v m="$mb" -v t=
 say "RESULT: warm (complete cache file, no READ) median $wm ms: loop/warm throughput $(awk -v l="$lm" -v w="$wm" 'BEGIN { printf "%.2f", l / w }');" \
   "the daemon's own part of a cold run: $((dm - wm)) ms"
 grep -h 'readahead:' "$daemon_log" | tail -n 1 | sed 's/.*on-demand:/on-demand:/' | sed 's/^/    /'
-# The I/O any daemon's part includes, without a daemon: the image copied into a file on the
-# cache disk with O_DIRECT writes (the kernel writes the cache file so), and read back with
-# O_DIRECT reads of 128 KiB (as cachefiles reads it for EROFS).
-drop_caches
-t0=$(now_ms)
-dd if=/srv/erofs/big of="$cache/copy" bs=2M oflag=direct 2>/dev/null || fail "dd write"
-t1=$(now_ms)
-dd if="$cache/copy" of=/dev/null bs=128k iflag=direct 2>/dev/null || fail "dd read"
-t2=$(now_ms)
-rm -f "$cache/copy"
-say "RESULT: without a daemon: O_DIRECT copy of the image onto the cache disk $((t1 - t0)) ms, O_DIRECT read of it $((t2 - t1)) ms"
+# shellcheck disable=SC2086
+say "RESULT: without a daemon: O_DIRECT write of the image onto the cache disk median $(median $write_ms) ms, O_DIRECT read of it median $(median $readback_ms) ms;" \
+  "half of it written while half is read: in two files median $(median $two_ms) ms, in one file median $(median $one_ms) ms"
 check "measured both ($loop_ms / $daemon_ms)" test -n "$lm" -a -n "$dm"
 check "umount the cache disk" umount "$cache"
 pass
