@@ -104,6 +104,10 @@ struct Parked<F: FrontEnd> {
     off: u64,
     len: u64,
     started: Instant,
+    /// Its object's, kept here: the object may be closed, and its id reused, before the
+    /// window lands.
+    fd: Arc<KernelFd>,
+    blob: Arc<dyn Blob>,
 }
 
 pub struct Engine<F: FrontEnd> {
@@ -268,7 +272,6 @@ impl<F: FrontEnd> Engine<F> {
         let fd = object.fd.clone();
         let blob = object.blob.clone();
         let source = object.source;
-        let remote = blob.is_remote();
         let started = Instant::now();
         match window {
             Some(id) => {
@@ -278,9 +281,11 @@ impl<F: FrontEnd> Engine<F> {
                     off,
                     len,
                     started,
+                    fd,
+                    blob,
                 });
             }
-            None => self.fill(remote, source, fd.clone(), blob.clone(), off, len, reply),
+            None => self.fill(source, fd, blob, off, len, reply),
         }
         if let Some((start, stop)) = ahead {
             self.fetch_window(object_id, start, stop);
@@ -288,10 +293,8 @@ impl<F: FrontEnd> Engine<F> {
     }
 
     /// Queues the fill of a READ's own range; its reply is answered when it is written.
-    #[allow(clippy::too_many_arguments)]
     fn fill(
         &self,
-        remote: bool,
         source: usize,
         fd: Arc<KernelFd>,
         blob: Arc<dyn Blob>,
@@ -299,6 +302,7 @@ impl<F: FrontEnd> Engine<F> {
         len: u64,
         reply: ReadReply<F>,
     ) {
+        let remote = blob.is_remote();
         let job: Job<Done<F>> = Box::new(move || {
             let started = Instant::now();
             let result = serve_read(&*blob, &*fd, off, len, 0);
@@ -620,8 +624,8 @@ impl<F: FrontEnd> Engine<F> {
     }
 
     /// A readahead window is in (or failed): the READs parked on it are answered, or, when
-    /// it failed, each fetches its own range (the failure may have been the window's part
-    /// beyond it).
+    /// it failed, each fetches its own range (the failure may have been in the window's part
+    /// beyond it, or may pass).
     fn ahead_done(
         &mut self,
         kernel: &mut F::Kernel<'_>,
@@ -630,11 +634,9 @@ impl<F: FrontEnd> Engine<F> {
         source: usize,
         result: Result<u64, String>,
     ) -> Result<(), DeviceError> {
-        let object = self.objects.get_mut(&object_id);
-        let target = object.map(|o| {
+        if let Some(o) = self.objects.get_mut(&object_id) {
             o.ahead.retain(|&(_, _, a)| a != id);
-            (o.fd.clone(), o.blob.clone())
-        });
+        }
         let per = self.per_source.entry(source).or_default();
         match &result {
             Ok(bytes) => {
@@ -647,27 +649,11 @@ impl<F: FrontEnd> Engine<F> {
             }
         }
         for parked in self.parked.remove(&id).unwrap_or_default() {
-            match (&result, &target) {
-                (Ok(_), _) => {
-                    self.read_done(kernel, parked.reply, source, Ok(0), parked.started)?
-                }
-                (Err(_), Some((fd, blob))) => {
-                    let remote = blob.is_remote();
-                    let (fd, blob) = (fd.clone(), blob.clone());
-                    self.fill(
-                        remote,
-                        source,
-                        fd,
-                        blob,
-                        parked.off,
-                        parked.len,
-                        parked.reply,
-                    );
-                }
-                // Closed meanwhile: nothing to fetch into.
-                (Err(why), None) => {
-                    let why = why.clone();
-                    self.read_done(kernel, parked.reply, source, Err(why), parked.started)?
+            match &result {
+                Ok(_) => self.read_done(kernel, parked.reply, source, Ok(0), parked.started)?,
+                Err(_) => {
+                    let (off, len) = (parked.off, parked.len);
+                    self.fill(source, parked.fd, parked.blob, off, len, parked.reply);
                 }
             }
         }
@@ -684,7 +670,7 @@ mod tests {
     use crate::fake::{FakeDevice, FakeKernel, FakeState};
     use crate::ondemand::sourcemap::FetchSettings;
     use crate::ondemand::OnDemand;
-    use crate::proto::msg::{encode_open, encode_read};
+    use crate::proto::msg::{encode_close, encode_open, encode_read};
     use std::os::unix::fs::FileExt;
     use std::time::Duration;
 
@@ -942,11 +928,12 @@ mod tests {
         }
     }
 
-    /// An engine over one `GatedBlob` (fsid `gated`), readahead up to 64 KiB, 2 workers;
+    /// An engine over one `GatedBlob` (fsid `gated`), readahead up to 64 KiB, 3 workers (two
+    /// windows may wait at the gate);
     /// READs at 0 and 4 KiB make a stream whose first window, [8K, 16K), waits at the gate.
     fn gated(fail_once: bool) -> (Harness, Arc<GatedBlob>, std::fs::File) {
         let blob = GatedBlob::new(fail_once);
-        let mut h = harness_with(2, 64 << 10);
+        let mut h = harness_with(3, 64 << 10);
         let shared = blob.clone();
         h.engine.opener = Arc::new(move |_, _| Ok(Box::new(Shared(shared.clone()))));
         let (fd1, back) = h.anon("a1");
@@ -1008,6 +995,31 @@ mod tests {
         back.read_exact_at(&mut got, GATED).unwrap();
         assert_eq!(got, vec![7u8; 4096]);
         assert_eq!(h.engine.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_read_waiting_on_a_failed_window_is_filled_into_its_own_object_after_a_close() {
+        let (mut h, blob, back) = gated(true);
+        h.push(encode_read(12, 1, GATED, 4096));
+        h.pump_until("the READ parked", |_| true);
+        assert_eq!(h.engine.stats.reads_joined, 1);
+        // The object is closed and its id reused by another blob before the window fails.
+        h.push(encode_close(13, 1));
+        h.engine.opener =
+            Arc::new(|location, fsid| sources::open(location, fsid, &FetchSettings::default()));
+        let (fd2, back2) = h.anon("a2");
+        h.push(encode_open(14, 1, b"erofs,x", b"big", fd2));
+        h.pump_until("the second copen", copens_sent(2));
+        blob.open_gate();
+        h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
+        let mut got = vec![0u8; 4096];
+        back.read_exact_at(&mut got, GATED).unwrap();
+        assert_eq!(got, vec![7u8; 4096], "the READ's own object got its range");
+        let len2 = back2.metadata().unwrap().len();
+        assert!(
+            len2 <= GATED,
+            "nothing of the old object landed in the new one ({len2})"
+        );
     }
 
     #[test]
