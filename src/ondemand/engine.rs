@@ -275,7 +275,6 @@ impl<F: FrontEnd> Engine<F> {
         let started = Instant::now();
         match window {
             Some(id) => {
-                self.stats.reads_joined += 1;
                 self.parked.entry(id).or_default().push(Parked {
                     reply,
                     off,
@@ -650,7 +649,12 @@ impl<F: FrontEnd> Engine<F> {
         }
         for parked in self.parked.remove(&id).unwrap_or_default() {
             match &result {
-                Ok(_) => self.read_done(kernel, parked.reply, source, Ok(0), parked.started)?,
+                Ok(_) => {
+                    // Counted here, not when parked: a READ whose window failed is served
+                    // by its own fetch.
+                    self.stats.reads_joined += 1;
+                    self.read_done(kernel, parked.reply, source, Ok(0), parked.started)?
+                }
                 Err(_) => {
                     let (off, len) = (parked.off, parked.len);
                     self.fill(source, parked.fd, parked.blob, off, len, parked.reply);
@@ -961,7 +965,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(h.kernel.state.lock().unwrap().completed, vec![10, 11]);
-        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
         blob.open_gate();
         h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
         h.pump_until_windows_landed();
@@ -975,6 +979,7 @@ mod tests {
         back.read_exact_at(&mut got, GATED).unwrap();
         assert_eq!(got, vec![7u8; 4096]);
         assert_eq!((h.engine.stats.reads_failed, h.engine.in_flight()), (0, 0));
+        assert_eq!(h.engine.stats.reads_joined, 1);
         // The waiting READ also started the window after the one it waited for.
         assert_eq!(h.engine.stats.reads_ahead, 2);
         assert!(h.engine.parked.is_empty());
@@ -988,7 +993,7 @@ mod tests {
         blob.open_gate();
         h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
         h.pump_until_windows_landed();
-        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!(h.engine.stats.reads_joined, 0, "not answered by the window");
         assert_eq!(h.engine.stats.reads_failed, 0, "served by its own fetch");
         assert_eq!(blob.reads_of_gated.load(Ordering::SeqCst), 2);
         let mut got = vec![0u8; 4096];
@@ -1002,7 +1007,7 @@ mod tests {
         let (mut h, blob, back) = gated(true);
         h.push(encode_read(12, 1, GATED, 4096));
         h.pump_until("the READ parked", |_| true);
-        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
         // The object is closed and its id reused by another blob before the window fails.
         h.push(encode_close(13, 1));
         h.engine.opener =
