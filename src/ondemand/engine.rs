@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
+const PAGE: u64 = 4096;
+
 /// Opens the blob a resolved location names; `sources::open` unless a test or another kind
 /// of source says otherwise. Runs on a worker thread.
 pub type Opener = Arc<dyn Fn(Location, &str) -> Result<Box<dyn Blob>, FetchError> + Send + Sync>;
@@ -321,10 +323,13 @@ impl<F: FrontEnd> Engine<F> {
         let Some(object) = self.objects.get(&object_id) else {
             return;
         };
-        let stop = stop.min(object.blob.size());
-        if start >= stop {
+        let size = object.blob.size();
+        if start >= stop.min(size) {
             return;
         }
+        // Up to the end of the last page: the kernel asks for that page whole and the fill
+        // writes it whole (zero-padded), so a READ of it is inside the window.
+        let stop = stop.min(size.div_ceil(PAGE) * PAGE);
         self.next_ahead += 1;
         let id = self.next_ahead;
         let (fd, blob, source) = (object.fd.clone(), object.blob.clone(), object.source);
@@ -874,9 +879,10 @@ mod tests {
         assert_eq!(back.metadata().unwrap().len(), (512 << 10) + 4096);
     }
 
-    /// 1 MiB of 7s whose reads from `GATED` on wait for `open`; the first such read fails
+    /// `size` bytes of 7s whose reads from `GATED` on wait for `open`; the first such read fails
     /// when `fail_once` is set. Counts the reads that cover `GATED`.
     struct GatedBlob {
+        size: u64,
         open: std::sync::Mutex<bool>,
         opened: std::sync::Condvar,
         fail_once: AtomicBool,
@@ -886,8 +892,9 @@ mod tests {
     const GATED: u64 = 8192;
 
     impl GatedBlob {
-        fn new(fail_once: bool) -> Arc<GatedBlob> {
+        fn new(fail_once: bool, size: u64) -> Arc<GatedBlob> {
             Arc::new(GatedBlob {
+                size,
                 open: std::sync::Mutex::new(false),
                 opened: std::sync::Condvar::new(),
                 fail_once: AtomicBool::new(fail_once),
@@ -905,7 +912,7 @@ mod tests {
 
     impl Blob for Shared {
         fn size(&self) -> u64 {
-            1 << 20
+            self.0.size
         }
         fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> Result<(), FetchError> {
             let b = &self.0;
@@ -936,7 +943,12 @@ mod tests {
     /// windows may wait at the gate);
     /// READs at 0 and 4 KiB make a stream whose first window, [8K, 16K), waits at the gate.
     fn gated(fail_once: bool) -> (Harness, Arc<GatedBlob>, std::fs::File) {
-        let blob = GatedBlob::new(fail_once);
+        gated_sized(fail_once, 1 << 20)
+    }
+
+    /// `gated`, with a blob of `size` bytes.
+    fn gated_sized(fail_once: bool, size: u64) -> (Harness, Arc<GatedBlob>, std::fs::File) {
+        let blob = GatedBlob::new(fail_once, size);
         let mut h = harness_with(3, 64 << 10);
         let shared = blob.clone();
         h.engine.opener = Arc::new(move |_, _| Ok(Box::new(Shared(shared.clone()))));
@@ -983,6 +995,25 @@ mod tests {
         // The waiting READ also started the window after the one it waited for.
         assert_eq!(h.engine.stats.reads_ahead, 2);
         assert!(h.engine.parked.is_empty());
+    }
+
+    #[test]
+    fn a_read_of_the_last_page_waits_for_the_window_that_ends_inside_it() {
+        // The window [8K, 16K) holds the blob's end: its last page is written whole.
+        let size = GATED + 4096 + 100;
+        let (mut h, blob, back) = gated_sized(false, size);
+        h.push(encode_read(12, 1, GATED + 4096, 4096));
+        h.pump_until("the READ parked", |_| true);
+        assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
+        blob.open_gate();
+        h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
+        h.pump_until_windows_landed();
+        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!((h.engine.stats.reads_failed, h.engine.in_flight()), (0, 0));
+        let mut got = vec![0u8; 100];
+        back.read_exact_at(&mut got, GATED + 4096).unwrap();
+        assert_eq!(got, vec![7u8; 100]);
+        assert!(back.metadata().unwrap().len() >= size);
     }
 
     #[test]
