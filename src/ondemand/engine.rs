@@ -1059,6 +1059,41 @@ mod tests {
     }
 
     #[test]
+    fn a_read_waiting_on_a_window_is_answered_from_its_own_object_after_its_id_is_reused() {
+        let (mut h, blob, back) = gated(false);
+        h.push(encode_read(12, 1, GATED, 4096));
+        h.pump_until("the READ parked", |_| true);
+        assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
+        h.push(encode_close(13, 1));
+        h.engine.opener =
+            Arc::new(|location, fsid| sources::open(location, fsid, &FetchSettings::default()));
+        let (fd2, back2) = h.anon("a2");
+        h.push(encode_open(14, 1, b"erofs,x", b"big", fd2));
+        h.pump_until("the second copen", copens_sent(2));
+        // The new object's READ of the same range is its own, not parked on the old window.
+        h.push(encode_read(15, 1, GATED, 4096));
+        h.pump_until("the new object's READ", |s| s.completed.contains(&15));
+        assert_eq!(h.kernel.state.lock().unwrap().completed, vec![10, 11, 15]);
+        blob.open_gate();
+        h.pump_until("the waiting READ's completion", |s| s.completed.len() == 4);
+        let mut got = vec![0u8; 4096];
+        back.read_exact_at(&mut got, GATED).unwrap();
+        assert_eq!(
+            got,
+            vec![7u8; 4096],
+            "the old object's window landed in its file"
+        );
+        back2.read_exact_at(&mut got, GATED).unwrap();
+        assert_eq!(
+            got,
+            vec![6u8; 4096],
+            "the new object holds its own blob's bytes"
+        );
+        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!(h.engine.stats.reads_failed, 0);
+    }
+
+    #[test]
     fn without_a_worker_requests_are_refused_not_a_panic() {
         let mut h = harness(0);
         let (fd1, _) = h.anon("a1");
