@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
+const PAGE: u64 = 4096;
+
 /// Opens the blob a resolved location names; `sources::open` unless a test or another kind
 /// of source says otherwise. Runs on a worker thread.
 pub type Opener = Arc<dyn Fn(Location, &str) -> Result<Box<dyn Blob>, FetchError> + Send + Sync>;
@@ -275,7 +277,6 @@ impl<F: FrontEnd> Engine<F> {
         let started = Instant::now();
         match window {
             Some(id) => {
-                self.stats.reads_joined += 1;
                 self.parked.entry(id).or_default().push(Parked {
                     reply,
                     off,
@@ -322,10 +323,13 @@ impl<F: FrontEnd> Engine<F> {
         let Some(object) = self.objects.get(&object_id) else {
             return;
         };
-        let stop = stop.min(object.blob.size());
-        if start >= stop {
+        let size = object.blob.size();
+        if start >= stop.min(size) {
             return;
         }
+        // Up to the end of the last page: the kernel asks for that page whole and the fill
+        // writes it whole (zero-padded), so a READ of it is inside the window.
+        let stop = stop.min(size.div_ceil(PAGE) * PAGE);
         self.next_ahead += 1;
         let id = self.next_ahead;
         let (fd, blob, source) = (object.fd.clone(), object.blob.clone(), object.source);
@@ -650,7 +654,12 @@ impl<F: FrontEnd> Engine<F> {
         }
         for parked in self.parked.remove(&id).unwrap_or_default() {
             match &result {
-                Ok(_) => self.read_done(kernel, parked.reply, source, Ok(0), parked.started)?,
+                Ok(_) => {
+                    // Counted here, not when parked: a READ whose window failed is served
+                    // by its own fetch.
+                    self.stats.reads_joined += 1;
+                    self.read_done(kernel, parked.reply, source, Ok(0), parked.started)?
+                }
                 Err(_) => {
                     let (off, len) = (parked.off, parked.len);
                     self.fill(source, parked.fd, parked.blob, off, len, parked.reply);
@@ -870,9 +879,10 @@ mod tests {
         assert_eq!(back.metadata().unwrap().len(), (512 << 10) + 4096);
     }
 
-    /// 1 MiB of 7s whose reads from `GATED` on wait for `open`; the first such read fails
+    /// `size` bytes of 7s whose reads from `GATED` on wait for `open`; the first such read fails
     /// when `fail_once` is set. Counts the reads that cover `GATED`.
     struct GatedBlob {
+        size: u64,
         open: std::sync::Mutex<bool>,
         opened: std::sync::Condvar,
         fail_once: AtomicBool,
@@ -882,8 +892,9 @@ mod tests {
     const GATED: u64 = 8192;
 
     impl GatedBlob {
-        fn new(fail_once: bool) -> Arc<GatedBlob> {
+        fn new(fail_once: bool, size: u64) -> Arc<GatedBlob> {
             Arc::new(GatedBlob {
+                size,
                 open: std::sync::Mutex::new(false),
                 opened: std::sync::Condvar::new(),
                 fail_once: AtomicBool::new(fail_once),
@@ -901,7 +912,7 @@ mod tests {
 
     impl Blob for Shared {
         fn size(&self) -> u64 {
-            1 << 20
+            self.0.size
         }
         fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> Result<(), FetchError> {
             let b = &self.0;
@@ -932,7 +943,12 @@ mod tests {
     /// windows may wait at the gate);
     /// READs at 0 and 4 KiB make a stream whose first window, [8K, 16K), waits at the gate.
     fn gated(fail_once: bool) -> (Harness, Arc<GatedBlob>, std::fs::File) {
-        let blob = GatedBlob::new(fail_once);
+        gated_sized(fail_once, 1 << 20)
+    }
+
+    /// `gated`, with a blob of `size` bytes.
+    fn gated_sized(fail_once: bool, size: u64) -> (Harness, Arc<GatedBlob>, std::fs::File) {
+        let blob = GatedBlob::new(fail_once, size);
         let mut h = harness_with(3, 64 << 10);
         let shared = blob.clone();
         h.engine.opener = Arc::new(move |_, _| Ok(Box::new(Shared(shared.clone()))));
@@ -961,7 +977,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(h.kernel.state.lock().unwrap().completed, vec![10, 11]);
-        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
         blob.open_gate();
         h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
         h.pump_until_windows_landed();
@@ -975,9 +991,29 @@ mod tests {
         back.read_exact_at(&mut got, GATED).unwrap();
         assert_eq!(got, vec![7u8; 4096]);
         assert_eq!((h.engine.stats.reads_failed, h.engine.in_flight()), (0, 0));
+        assert_eq!(h.engine.stats.reads_joined, 1);
         // The waiting READ also started the window after the one it waited for.
         assert_eq!(h.engine.stats.reads_ahead, 2);
         assert!(h.engine.parked.is_empty());
+    }
+
+    #[test]
+    fn a_read_of_the_last_page_waits_for_the_window_that_ends_inside_it() {
+        // The window [8K, 16K) holds the blob's end: its last page is written whole.
+        let size = GATED + 4096 + 100;
+        let (mut h, blob, back) = gated_sized(false, size);
+        h.push(encode_read(12, 1, GATED + 4096, 4096));
+        h.pump_until("the READ parked", |_| true);
+        assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
+        blob.open_gate();
+        h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
+        h.pump_until_windows_landed();
+        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!((h.engine.stats.reads_failed, h.engine.in_flight()), (0, 0));
+        let mut got = vec![0u8; 100];
+        back.read_exact_at(&mut got, GATED + 4096).unwrap();
+        assert_eq!(got, vec![7u8; 100]);
+        assert!(back.metadata().unwrap().len() >= size);
     }
 
     #[test]
@@ -988,7 +1024,7 @@ mod tests {
         blob.open_gate();
         h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
         h.pump_until_windows_landed();
-        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!(h.engine.stats.reads_joined, 0, "not answered by the window");
         assert_eq!(h.engine.stats.reads_failed, 0, "served by its own fetch");
         assert_eq!(blob.reads_of_gated.load(Ordering::SeqCst), 2);
         let mut got = vec![0u8; 4096];
@@ -1002,7 +1038,7 @@ mod tests {
         let (mut h, blob, back) = gated(true);
         h.push(encode_read(12, 1, GATED, 4096));
         h.pump_until("the READ parked", |_| true);
-        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
         // The object is closed and its id reused by another blob before the window fails.
         h.push(encode_close(13, 1));
         h.engine.opener =
@@ -1020,6 +1056,41 @@ mod tests {
             len2 <= GATED,
             "nothing of the old object landed in the new one ({len2})"
         );
+    }
+
+    #[test]
+    fn a_read_waiting_on_a_window_is_answered_from_its_own_object_after_its_id_is_reused() {
+        let (mut h, blob, back) = gated(false);
+        h.push(encode_read(12, 1, GATED, 4096));
+        h.pump_until("the READ parked", |_| true);
+        assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
+        h.push(encode_close(13, 1));
+        h.engine.opener =
+            Arc::new(|location, fsid| sources::open(location, fsid, &FetchSettings::default()));
+        let (fd2, back2) = h.anon("a2");
+        h.push(encode_open(14, 1, b"erofs,x", b"big", fd2));
+        h.pump_until("the second copen", copens_sent(2));
+        // The new object's READ of the same range is its own, not parked on the old window.
+        h.push(encode_read(15, 1, GATED, 4096));
+        h.pump_until("the new object's READ", |s| s.completed.contains(&15));
+        assert_eq!(h.kernel.state.lock().unwrap().completed, vec![10, 11, 15]);
+        blob.open_gate();
+        h.pump_until("the waiting READ's completion", |s| s.completed.len() == 4);
+        let mut got = vec![0u8; 4096];
+        back.read_exact_at(&mut got, GATED).unwrap();
+        assert_eq!(
+            got,
+            vec![7u8; 4096],
+            "the old object's window landed in its file"
+        );
+        back2.read_exact_at(&mut got, GATED).unwrap();
+        assert_eq!(
+            got,
+            vec![6u8; 4096],
+            "the new object holds its own blob's bytes"
+        );
+        assert_eq!(h.engine.stats.reads_joined, 1);
+        assert_eq!(h.engine.stats.reads_failed, 0);
     }
 
     #[test]
