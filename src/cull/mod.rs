@@ -5,7 +5,9 @@
 //! the event loop calls to cull them until there is room again.
 //!
 //! `cull NAME` is resolved against the process's current directory, so only the event-loop
-//! thread may call `cull_one` (it `fchdir`s into the object's directory). Scans and graveyard
+//! thread may call `cull_one` (it `fchdir`s into the object's directory). Culling from threads
+//! with a cwd each (`unshare(CLONE_FS)`) would not be faster: the kernel runs every command,
+//! `cull` included, under the cache's `daemon_mutex` (measured slower, BENCHMARKS-vm.md). Scans and graveyard
 //! reaping use dirfds only and run on a worker thread (a scan shares its directories among
 //! scan threads of its own).
 
