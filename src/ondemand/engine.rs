@@ -1033,19 +1033,28 @@ mod tests {
         assert_eq!(h.engine.in_flight(), 0);
     }
 
-    #[test]
-    fn a_read_waiting_on_a_failed_window_is_filled_into_its_own_object_after_a_close() {
-        let (mut h, blob, back) = gated(true);
+    /// `gated`, then a READ parked on the window at the gate, then its object closed and its
+    /// id reused for the 6s of `big`; returns the handles to both objects' files.
+    fn parked_then_id_reused(
+        fail_once: bool,
+    ) -> (Harness, Arc<GatedBlob>, std::fs::File, std::fs::File) {
+        let (mut h, blob, back) = gated(fail_once);
         h.push(encode_read(12, 1, GATED, 4096));
         h.pump_until("the READ parked", |_| true);
         assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
-        // The object is closed and its id reused by another blob before the window fails.
         h.push(encode_close(13, 1));
         h.engine.opener =
             Arc::new(|location, fsid| sources::open(location, fsid, &FetchSettings::default()));
         let (fd2, back2) = h.anon("a2");
         h.push(encode_open(14, 1, b"erofs,x", b"big", fd2));
         h.pump_until("the second copen", copens_sent(2));
+        (h, blob, back, back2)
+    }
+
+    #[test]
+    fn a_read_waiting_on_a_failed_window_is_filled_into_its_own_object_after_a_close() {
+        // The object is closed and its id reused by another blob before the window fails.
+        let (mut h, blob, back, back2) = parked_then_id_reused(true);
         blob.open_gate();
         h.pump_until("the waiting READ's completion", |s| s.completed.len() == 3);
         let mut got = vec![0u8; 4096];
@@ -1060,16 +1069,7 @@ mod tests {
 
     #[test]
     fn a_read_waiting_on_a_window_is_answered_from_its_own_object_after_its_id_is_reused() {
-        let (mut h, blob, back) = gated(false);
-        h.push(encode_read(12, 1, GATED, 4096));
-        h.pump_until("the READ parked", |_| true);
-        assert_eq!(h.engine.parked.values().map(Vec::len).sum::<usize>(), 1);
-        h.push(encode_close(13, 1));
-        h.engine.opener =
-            Arc::new(|location, fsid| sources::open(location, fsid, &FetchSettings::default()));
-        let (fd2, back2) = h.anon("a2");
-        h.push(encode_open(14, 1, b"erofs,x", b"big", fd2));
-        h.pump_until("the second copen", copens_sent(2));
+        let (mut h, blob, back, back2) = parked_then_id_reused(false);
         // The new object's READ of the same range is its own, not parked on the old window.
         h.push(encode_read(15, 1, GATED, 4096));
         h.pump_until("the new object's READ", |s| s.completed.contains(&15));
