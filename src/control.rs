@@ -42,11 +42,13 @@ pub enum Request {
     MetaEventsRaisedBy(BlobKey),
 }
 
-/// `[--domain D] FSID`, validated.
+/// `[--domain D] FSID`, validated. No name may start with `-`: `--domain X X` is written
+/// `X` (the default domain), which would then read as an option.
 fn blob_key(args: &[&str]) -> Result<BlobKey, String> {
+    let plain = |name: &&str| !name.starts_with('-');
     match args {
-        ["--domain", d, fsid] => BlobKey::new(Some(d), fsid),
-        [fsid] if !fsid.starts_with('-') => BlobKey::new(None, fsid),
+        ["--domain", d, fsid] if plain(d) && plain(fsid) => BlobKey::new(Some(d), fsid),
+        [fsid] if plain(fsid) => BlobKey::new(None, fsid),
         _ => Err("expected [--domain DOMAIN] FSID".into()),
     }
 }
@@ -456,6 +458,24 @@ mod tests {
             "meta-events unknown",
             "meta-events raised",
             "meta-events raised x y",
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.starts_with("error: "), "{bad}: {e}");
+        }
+    }
+
+    /// Found by the control_request fuzz target: `attach --domain --dom --dom` was taken,
+    /// and its canonical text `attach --dom` (the default domain leaves `--domain` out) was
+    /// refused. A name starting with `-` is refused in every form.
+    #[test]
+    fn names_that_read_as_options_are_refused_in_every_form() {
+        for bad in [
+            "attach --domain --dom --dom",
+            "attach --dom",
+            "attach --domain -d x",
+            "attach --domain d -x",
+            "detach --domain -x -x",
+            "meta-events raised --domain -x -x",
         ] {
             let e = parse_request(bad).unwrap_err();
             assert!(e.starts_with("error: "), "{bad}: {e}");
