@@ -409,6 +409,14 @@ mod tests {
         assert!(parse_request("invalidate 61").is_err());
     }
 
+    /// Each request is refused with the "error: " reply a client shows as it is.
+    fn assert_refused(requests: &[&str]) {
+        for bad in requests {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.starts_with("error: "), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn attach_and_detach_names_are_validated() {
         assert_eq!(
@@ -447,7 +455,7 @@ mod tests {
                 BlobKey::new(None, "a").unwrap()
             )))
         );
-        for bad in [
+        assert_refused(&[
             "attach",
             "attach ../x",
             "attach --domain .. x",
@@ -458,10 +466,7 @@ mod tests {
             "meta-events unknown",
             "meta-events raised",
             "meta-events raised x y",
-        ] {
-            let e = parse_request(bad).unwrap_err();
-            assert!(e.starts_with("error: "), "{bad}: {e}");
-        }
+        ]);
     }
 
     /// Found by the control_request fuzz target: `attach --domain --dom --dom` was taken,
@@ -469,16 +474,13 @@ mod tests {
     /// refused. A name starting with `-` is refused in every form.
     #[test]
     fn names_that_read_as_options_are_refused_in_every_form() {
-        for bad in [
+        assert_refused(&[
             "attach --domain --dom --dom",
             "attach --dom",
             "attach --domain -d x",
             "attach --domain d -x",
             "detach --domain -x -x",
             "meta-events raised --domain -x -x",
-        ] {
-            let e = parse_request(bad).unwrap_err();
-            assert!(e.starts_with("error: "), "{bad}: {e}");
-        }
+        ]);
     }
 }

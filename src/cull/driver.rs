@@ -183,8 +183,15 @@ impl CullDriver {
         };
         let capacity = culler.scan_capacity(deficit);
         if capacity > culler.capacity() {
+            // While the cache is healthy nothing is to be freed yet: the table is sized for the
+            // most the kernel could ask.
+            let why = if culling.is_some() {
+                "to free"
+            } else {
+                "the most culling could free"
+            };
             log::info!(
-                "scanning for {capacity} candidates (culltable: {}): about {} MiB and {} files to free",
+                "scanning for {capacity} candidates (culltable: {}): about {} MiB and {} files, {why}",
                 culler.capacity(),
                 deficit.bytes >> 20,
                 deficit.files

@@ -51,7 +51,23 @@ struct Prefetching {
     serial: u64,
 }
 
+/// Where a fill reads and writes: copied from the object when the job is queued, because the
+/// object may be closed, and its id reused, before the job runs or lands.
+struct Target {
+    fd: Arc<KernelFd>,
+    blob: Arc<dyn Blob>,
+    source: usize,
+}
+
 impl Object {
+    fn target(&self) -> Target {
+        Target {
+            fd: self.fd.clone(),
+            blob: self.blob.clone(),
+            source: self.source,
+        }
+    }
+
     /// Whether a background prefetch of this object is under way.
     pub fn prefetching(&self) -> bool {
         self.prefetch.is_some()
@@ -106,10 +122,7 @@ struct Parked<F: FrontEnd> {
     off: u64,
     len: u64,
     started: Instant,
-    /// Its object's, kept here: the object may be closed, and its id reused, before the
-    /// window lands.
-    fd: Arc<KernelFd>,
-    blob: Arc<dyn Blob>,
+    target: Target,
 }
 
 pub struct Engine<F: FrontEnd> {
@@ -271,22 +284,18 @@ impl<F: FrontEnd> Engine<F> {
             .find(|&&(start, stop, _)| start <= off && end <= stop)
             .map(|&(_, _, id)| id);
         let ahead = object.readahead.on_read(off, len);
-        let fd = object.fd.clone();
-        let blob = object.blob.clone();
-        let source = object.source;
-        let started = Instant::now();
+        let target = object.target();
         match window {
             Some(id) => {
                 self.parked.entry(id).or_default().push(Parked {
                     reply,
                     off,
                     len,
-                    started,
-                    fd,
-                    blob,
+                    started: Instant::now(),
+                    target,
                 });
             }
-            None => self.fill(source, fd, blob, off, len, reply),
+            None => self.fill(target, off, len, reply),
         }
         if let Some((start, stop)) = ahead {
             self.fetch_window(object_id, start, stop);
@@ -294,15 +303,8 @@ impl<F: FrontEnd> Engine<F> {
     }
 
     /// Queues the fill of a READ's own range; its reply is answered when it is written.
-    fn fill(
-        &self,
-        source: usize,
-        fd: Arc<KernelFd>,
-        blob: Arc<dyn Blob>,
-        off: u64,
-        len: u64,
-        reply: ReadReply<F>,
-    ) {
+    fn fill(&self, target: Target, off: u64, len: u64, reply: ReadReply<F>) {
+        let Target { fd, blob, source } = target;
         let remote = blob.is_remote();
         let job: Job<Done<F>> = Box::new(move || {
             let started = Instant::now();
@@ -332,7 +334,7 @@ impl<F: FrontEnd> Engine<F> {
         let stop = stop.min(size.div_ceil(PAGE) * PAGE);
         self.next_ahead += 1;
         let id = self.next_ahead;
-        let (fd, blob, source) = (object.fd.clone(), object.blob.clone(), object.source);
+        let Target { fd, blob, source } = object.target();
         let remote = blob.is_remote();
         let job: Job<Done<F>> = Box::new(move || {
             // Caught here, not by the pool: READs may be parked on this window, and a job
@@ -660,10 +662,7 @@ impl<F: FrontEnd> Engine<F> {
                     self.stats.reads_joined += 1;
                     self.read_done(kernel, parked.reply, source, Ok(0), parked.started)?
                 }
-                Err(_) => {
-                    let (off, len) = (parked.off, parked.len);
-                    self.fill(source, parked.fd, parked.blob, off, len, parked.reply);
-                }
+                Err(_) => self.fill(parked.target, parked.off, parked.len, parked.reply),
             }
         }
         Ok(())
