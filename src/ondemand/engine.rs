@@ -359,7 +359,6 @@ impl<F: FrontEnd> Engine<F> {
             if let Some(object) = self.objects.get_mut(&object_id) {
                 object.ahead.push((start, stop, id));
             }
-            self.stats.reads_ahead += 1;
         }
     }
 
@@ -648,6 +647,10 @@ impl<F: FrontEnd> Engine<F> {
             Ok(bytes) => {
                 per.bytes += bytes;
                 self.stats.bytes_written += bytes;
+                // A window whose pages were all cached already cost nothing to count.
+                if *bytes > 0 {
+                    self.stats.reads_ahead += 1;
+                }
             }
             Err(why) => {
                 per.errors += 1;
@@ -848,6 +851,34 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+    }
+
+    #[test]
+    fn a_window_whose_pages_were_all_cached_is_not_counted() {
+        let mut h = harness_with(1, 64 << 10);
+        let (fd1, back) = h.anon("a1");
+        h.push(encode_open(1, 1, b"erofs,x", b"big", fd1));
+        h.pump_until("a copen", copens_sent(1));
+        // 8..64 KiB cached by a READ that continues no stream, then a stream from 0 whose
+        // first window lies inside it.
+        h.push(encode_read(10, 1, 8 << 10, 56 << 10));
+        h.push(encode_read(11, 1, 0, 4096));
+        h.pump_until("two completions", |s| s.completed.len() == 2);
+        h.push(encode_read(12, 1, 4096, 4096));
+        h.pump_until("the third completion", |s| s.completed.len() == 3);
+        h.pump_until_windows_landed();
+        assert_eq!(
+            back.metadata().unwrap().len(),
+            64 << 10,
+            "nothing past 64 KiB"
+        );
+        assert_eq!(h.engine.stats.reads_ahead, 0);
+        // A window that does fetch is counted.
+        h.push(encode_read(13, 1, 64 << 10, 4096));
+        h.pump_until("the fourth completion", |s| s.completed.len() == 4);
+        h.pump_until_windows_landed();
+        assert!(back.metadata().unwrap().len() > (68 << 10));
+        assert_eq!(h.engine.stats.reads_ahead, 1);
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub struct Stats {
     pub bad_messages: u64,
     pub duplicates: u64,
     pub unknown_objects: u64,
-    /// Readahead windows fetched apart from the READs they followed.
+    /// Readahead windows fetched apart from the READs they followed, once landed with
+    /// something fetched (a window whose pages were all cached is not one).
     pub reads_ahead: u64,
     /// READs answered by a readahead window that was being fetched when they came.
     pub reads_joined: u64,
