@@ -842,6 +842,15 @@ mod tests {
     }
 
     impl Harness {
+        /// Object 1 opened on the blob `fsid` and its copen sent; the handle reads back
+        /// what lands in its cache file.
+        fn open_object(&mut self, fsid: &[u8]) -> std::fs::File {
+            let (fd1, back) = self.anon("a1");
+            self.push(encode_open(1, 1, b"erofs,x", fsid, fd1));
+            self.pump_until("a copen", copens_sent(1));
+            back
+        }
+
         /// Runs the loop until no readahead window is being fetched.
         fn pump_until_windows_landed(&mut self) {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -856,9 +865,7 @@ mod tests {
     #[test]
     fn a_window_whose_pages_were_all_cached_is_not_counted() {
         let mut h = harness_with(1, 64 << 10);
-        let (fd1, back) = h.anon("a1");
-        h.push(encode_open(1, 1, b"erofs,x", b"big", fd1));
-        h.pump_until("a copen", copens_sent(1));
+        let back = h.open_object(b"big");
         // 8..64 KiB cached by a READ that continues no stream, then a stream from 0 whose
         // first window lies inside it.
         h.push(encode_read(10, 1, 8 << 10, 56 << 10));
@@ -884,9 +891,7 @@ mod tests {
     #[test]
     fn readahead_grows_per_object_while_reads_are_sequential() {
         let mut h = harness_with(1, 64 << 10);
-        let (fd1, back) = h.anon("a1");
-        h.push(encode_open(1, 1, b"erofs,x", b"big", fd1));
-        h.pump_until("a copen", copens_sent(1));
+        let back = h.open_object(b"big");
         // Each READ where the previous one's data ends, as the kernel asks; what lands
         // in the cache file is the READ plus the readahead the engine chose.
         let mut off = 0;
@@ -982,9 +987,7 @@ mod tests {
         let mut h = harness_with(3, 64 << 10);
         let shared = blob.clone();
         h.engine.opener = Arc::new(move |_, _| Ok(Box::new(Shared(shared.clone()))));
-        let (fd1, back) = h.anon("a1");
-        h.push(encode_open(1, 1, b"erofs,x", b"gated", fd1));
-        h.pump_until("a copen", copens_sent(1));
+        let back = h.open_object(b"gated");
         h.push(encode_read(10, 1, 0, 4096));
         h.pump_until("the first completion", |s| s.completed.len() == 1);
         h.push(encode_read(11, 1, 4096, 4096));
@@ -1126,9 +1129,7 @@ mod tests {
     #[test]
     fn without_a_worker_requests_are_refused_not_a_panic() {
         let mut h = harness(0);
-        let (fd1, _) = h.anon("a1");
-        h.push(encode_open(1, 1, b"erofs,x", b"good", fd1));
-        h.pump_until("a copen", copens_sent(1));
+        h.open_object(b"good");
         assert_eq!(h.copens(), vec!["copen 1,-5"]);
         assert_eq!(h.engine.in_flight(), 0);
         assert!(
