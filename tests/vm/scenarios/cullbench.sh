@@ -35,6 +35,11 @@
 # (/dev/vda), ours (/dev/vdb) and the unlink floor of ours' victims (/dev/vdc, /dev/vdd; no 9p,
 # no daemon). Result lines start with "STEADY". Give it VM_TIMEOUT for two warm-ups more.
 #   VM_APPEND=CULLBENCH=steady VM_DISK=prefilled-100000 tests/vm/run-suite.sh cullbench
+# IDLE=S (in VM_APPEND, with CULLBENCH=steady) also measures what keeping the table warm costs:
+# after its warm-up our daemon is left S seconds more on the healthy cache, and the "IDLE" line
+# gives its CPU time, the bytes read from its disk (/sys/block/vdb/stat: nothing else uses it
+# then; the test kernel has no per-task I/O accounting) and the scans it ran in those S seconds
+# (its stats line, SIGUSR1).
 #
 # CULLBENCH_C=no (in VM_APPEND) leaves the C daemon out of a cold run. At 1M objects it does not
 # reach brun in its limit (17 min, plus two surveys of 7 min), and only ours and the floor are
@@ -147,6 +152,29 @@ wait_brun() {
   done
   run_cs=$(( cs - t0 ))
 }
+# scans_so_far PID: sets scans to the scans our daemon has run (its stats line, on SIGUSR1).
+scans_so_far() {
+  kill -USR1 "$1"
+  sleep 1
+  scans=$(sed -n 's/.*; scans \([0-9]*\),.*/\1/p' /results/cachefilesd.log | tail -n 1)
+}
+# disk_read_bytes: what has been read from /dev/vdb (our daemon's disk) since boot, bytes.
+disk_read_bytes() { awk '{ print $3 * 512 }' /sys/block/vdb/stat; }
+# idle_cost PID SECONDS: our daemon's CPU, disk reads and scans over SECONDS on the healthy cache.
+idle_cost() {
+  scans_so_far "$1"
+  _scans0=$scans
+  cpu_ticks "$1"
+  _idle_cpu0=$(( cpu_user + cpu_sys ))
+  _read0=$(disk_read_bytes)
+  sleep "$2"
+  cpu_ticks "$1"
+  _idle_cpu=$(( cpu_user + cpu_sys - _idle_cpu0 ))
+  _read=$(( $(disk_read_bytes) - _read0 ))
+  scans_so_far "$1"
+  say "IDLE n=$N seconds=$2 cpu=$(secs "$_idle_cpu") cpu_share=$(awk -v c="$_idle_cpu" -v s="$2" 'BEGIN { printf "%.2f%%", c / s }')" \
+    "disk_read_bytes=$_read scans=$(( scans - _scans0 )) (after the warm-up's $_scans0)"
+}
 # steady_daemon LABEL DEV COMMAND...: the daemon on a healthy cache, WARM s, then the push.
 steady_daemon() {
   _label=$1
@@ -162,6 +190,7 @@ steady_daemon() {
   fi
   sleep "$warm"
   alive "$_pid" || fail "$_label exited while the cache was healthy; its log: $(tail -n 5 "/results/$_label.log")"
+  [ "$_label" = cachefilesd ] && [ -n "${IDLE:-}" ] && idle_cost "$_pid" "$IDLE"
   cpu_ticks "$_pid"
   _cpu0=$(( cpu_user + cpu_sys ))
   push_under_bcull 9p
