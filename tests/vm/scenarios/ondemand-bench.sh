@@ -14,7 +14,11 @@
 # disk with O_DIRECT writes of 2 MiB (the kernel writes a cache file so) and read back with
 # O_DIRECT reads of 128 KiB (as cachefiles reads it for EROFS); then both at once, as a daemon
 # filling ahead of its reader would overlap them: the second half of a file written (allocating)
-# while the first half of another file is read, and the same in one file (a cache file is one).
+# while the first half of another file is read, and the same in one file (a cache file is one),
+# and in one file whose second half was allocated beforehand (fallocate): ext4 takes the inode
+# lock exclusively for a direct write that allocates and shared for one that overwrites, and a
+# direct read takes it shared, so this tells whether that lock is what keeps a write and a read
+# of one file from overlapping.
 # shellcheck source=SCRIPTDIR/lib/common.sh
 . /scenarios/lib/common.sh
 
@@ -36,15 +40,15 @@ now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 read_all() { find /mnt -type f -exec cat {} + >/dev/null; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
-loop_ms='' daemon_ms='' warm_ms='' write_ms='' readback_ms='' two_ms='' one_ms=''
+loop_ms='' daemon_ms='' warm_ms='' write_ms='' readback_ms='' two_ms='' one_ms='' prealloc_ms=''
 half=$((mb / 4)) # 2 MiB blocks in half the image
-# together FILE: the second half of the image written into FILE while the first half of
-# $cache/copy2 is read in 128 KiB reads; sets together_ms.
+# together WRITTEN READ: the second half of the image written into WRITTEN while the first half
+# of READ is read in 128 KiB reads; sets together_ms.
 together() {
   drop_caches
   _t0=$(now_ms)
   dd if=/srv/erofs/big of="$1" bs=2M skip=$half seek=$half count=$half conv=notrunc oflag=direct 2>/dev/null &
-  dd if="$cache/copy2" of=/dev/null bs=128k count=$((half * 16)) iflag=direct 2>/dev/null || fail "dd read, together"
+  dd if="$2" of=/dev/null bs=128k count=$((half * 16)) iflag=direct 2>/dev/null || fail "dd read, together"
   wait $! || fail "dd write, together"
   together_ms=$(($(now_ms) - _t0))
 }
@@ -80,14 +84,21 @@ while [ $r -le 3 ]; do
   dd if="$cache/copy" of=/dev/null bs=128k iflag=direct 2>/dev/null || fail "dd read"
   t2=$(now_ms)
   # Two files: copy2 holds the first half; copy3 is new. One file: copy2 gets its second half.
+  # Allocated beforehand: copy4 holds the first half, its second half allocated (unwritten).
   dd if=/srv/erofs/big of="$cache/copy2" bs=2M count=$half oflag=direct 2>/dev/null || fail "dd copy2"
-  together "$cache/copy3"; two=$together_ms
-  together "$cache/copy2"; one=$together_ms
-  rm -f "$cache/copy" "$cache/copy2" "$cache/copy3"
+  together "$cache/copy3" "$cache/copy2"; two=$together_ms
+  together "$cache/copy2" "$cache/copy2"; one=$together_ms
+  rm -f "$cache/copy" "$cache/copy3"
+  dd if=/srv/erofs/big of="$cache/copy4" bs=2M count=$half oflag=direct 2>/dev/null || fail "dd copy4"
+  fallocate -o $((half * 2 * 1048576)) -l $((half * 2 * 1048576)) "$cache/copy4" || fail "fallocate copy4"
+  together "$cache/copy4" "$cache/copy4"; prealloc=$together_ms
+  rm -f "$cache/copy2" "$cache/copy4"
   write_ms="$write_ms $((t1 - t0))" readback_ms="$readback_ms $((t2 - t1))" two_ms="$two_ms $two" one_ms="$one_ms $one"
+  prealloc_ms="$prealloc_ms $prealloc"
   say "run $r: loop ${loop_ms##* } ms, daemon ${daemon_ms##* } ms, warm ${warm_ms##* } ms;" \
     "no daemon: O_DIRECT write ${write_ms##* } ms, O_DIRECT read ${readback_ms##* } ms;" \
-    "half written while half read: two files ${two_ms##* } ms, one file ${one_ms##* } ms"
+    "half written while half read: two files ${two_ms##* } ms, one file ${one_ms##* } ms," \
+    "one file allocated beforehand ${prealloc_ms##* } ms"
   r=$((r + 1))
 done
 median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | sed -n 2p; }
@@ -104,7 +115,8 @@ say "RESULT: warm (complete cache file, no READ) median $wm ms: loop/warm throug
 grep -h 'readahead:' "$daemon_log" | tail -n 1 | sed 's/.*on-demand:/on-demand:/' | sed 's/^/    /'
 # shellcheck disable=SC2086
 say "RESULT: without a daemon: O_DIRECT write of the image onto the cache disk median $(median $write_ms) ms, O_DIRECT read of it median $(median $readback_ms) ms;" \
-  "half of it written while half is read: in two files median $(median $two_ms) ms, in one file median $(median $one_ms) ms"
+  "half of it written while half is read: in two files median $(median $two_ms) ms, in one file median $(median $one_ms) ms," \
+  "in one file allocated beforehand median $(median $prealloc_ms) ms"
 check "measured both ($loop_ms / $daemon_ms)" test -n "$lm" -a -n "$dm"
 check "umount the cache disk" umount "$cache"
 pass
