@@ -329,7 +329,7 @@ impl Report {
                 "; on-demand: {} objects open, {} in flight, opens {} ({} failed), reads {} ({} failed), {} bytes written, {} bad messages, {} duplicates",
                 od.objects.len(), od.requests_in_flight, od.opens, od.opens_failed, od.reads, od.reads_failed, od.bytes_written, od.bad_messages, od.duplicates
             );
-            if od.reads_ahead > 0 {
+            if od.reads_ahead > 0 || od.reads_joined > 0 {
                 let _ = write!(
                     line,
                     "; readahead: {} background windows, {} reads joined one in flight",
@@ -1005,6 +1005,21 @@ mod tests {
             "uptime 12s; culling disabled; graveyard entries removed 9"
         );
         assert_eq!(r.summary(), "culling disabled: free space unknown");
+    }
+
+    /// A READ can join a window that then found every page cached: the window is not
+    /// counted, the READ is, and the stats line still shows it.
+    #[test]
+    fn the_stats_line_shows_reads_joined_with_no_window_counted() {
+        let mut r = sample();
+        let od = r.ondemand.as_mut().unwrap();
+        od.reads_joined = 3;
+        assert!(
+            r.stats_line()
+                .ends_with("; readahead: 0 background windows, 3 reads joined one in flight"),
+            "{}",
+            r.stats_line()
+        );
     }
 
     #[test]

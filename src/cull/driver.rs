@@ -188,7 +188,7 @@ impl CullDriver {
             let why = if culling.is_some() {
                 "to free"
             } else {
-                "the most culling could free"
+                "the most culling can have to free"
             };
             log::info!(
                 "scanning for {capacity} candidates (culltable: {}): about {} MiB and {} files, {why}",

@@ -874,10 +874,16 @@ mod tests {
         h.push(encode_read(12, 1, 4096, 4096));
         h.pump_until("the third completion", |s| s.completed.len() == 3);
         h.pump_until_windows_landed();
+        assert_eq!(h.engine.next_ahead, 1, "READ 12 started a window");
         assert_eq!(
             back.metadata().unwrap().len(),
             64 << 10,
             "nothing past 64 KiB"
+        );
+        assert_eq!(
+            h.engine.stats.bytes_written,
+            (56 + 4 + 4) << 10,
+            "the window wrote nothing"
         );
         assert_eq!(h.engine.stats.reads_ahead, 0);
         // A window that does fetch is counted.

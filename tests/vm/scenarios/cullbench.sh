@@ -39,7 +39,8 @@
 # after its warm-up our daemon is left S seconds more on the healthy cache, and the "IDLE" line
 # gives its CPU time, the bytes read from its disk (/sys/block/vdb/stat: nothing else uses it
 # then; the test kernel has no per-task I/O accounting) and the scans it ran in those S seconds
-# (its stats line, SIGUSR1).
+# (its stats line, SIGUSR1). Our daemon's STEADY line then says idle=S: its warm-up was S s
+# longer than C's. Add S to VM_TIMEOUT.
 #
 # CULLBENCH_C=no (in VM_APPEND) leaves the C daemon out of a cold run. At 1M objects it does not
 # reach brun in its limit (17 min, plus two surveys of 7 min), and only ours and the floor are
@@ -152,26 +153,28 @@ wait_brun() {
   done
   run_cs=$(( cs - t0 ))
 }
-# scans_so_far PID: sets scans to the scans our daemon has run (its stats line, on SIGUSR1).
-scans_so_far() {
-  kill -USR1 "$1"
-  sleep 1
-  scans=$(sed -n 's/.*; scans \([0-9]*\),.*/\1/p' /results/cachefilesd.log | tail -n 1)
-}
+# scans_logged: the scans our daemon had run when it last logged its stats line (SIGUSR1).
+scans_logged() { sed -n 's/.*; scans \([0-9]*\),.*/\1/p' /results/cachefilesd.log | tail -n 1; }
 # disk_read_bytes: what has been read from /dev/vdb (our daemon's disk) since boot, bytes.
 disk_read_bytes() { awk '{ print $3 * 512 }' /sys/block/vdb/stat; }
 # idle_cost PID SECONDS: our daemon's CPU, disk reads and scans over SECONDS on the healthy cache.
 idle_cost() {
-  scans_so_far "$1"
-  _scans0=$scans
+  # The stats line is asked for when the CPU and disk are read, and read back a second later
+  # (once logged), so that the scans counted are those of the same span.
+  kill -USR1 "$1"
   cpu_ticks "$1"
   _idle_cpu0=$(( cpu_user + cpu_sys ))
   _read0=$(disk_read_bytes)
-  sleep "$2"
+  sleep 1
+  _scans0=$(scans_logged)
+  sleep $(( $2 - 1 ))
+  alive "$1" || fail "our daemon exited while idle; its log: $(tail -n 5 /results/cachefilesd.log)"
+  kill -USR1 "$1"
   cpu_ticks "$1"
   _idle_cpu=$(( cpu_user + cpu_sys - _idle_cpu0 ))
   _read=$(( $(disk_read_bytes) - _read0 ))
-  scans_so_far "$1"
+  sleep 1
+  scans=$(scans_logged)
   say "IDLE n=$N seconds=$2 cpu=$(secs "$_idle_cpu") cpu_share=$(awk -v c="$_idle_cpu" -v s="$2" 'BEGIN { printf "%.2f%%", c / s }')" \
     "disk_read_bytes=$_read scans=$(( scans - _scans0 )) (after the warm-up's $_scans0)"
 }
@@ -198,7 +201,9 @@ steady_daemon() {
   cpu_ticks "$_pid"
   umount /mnt 2>/dev/null
   survey
-  say "STEADY n=$N daemon=$_label result=$run_result seconds=$(secs "$run_cs") cpu_warm=$(secs "$_cpu0") cpu_cull=$(secs $(( cpu_user + cpu_sys - _cpu0 ))) wake_activity=$(secs "$push_cs")" \
+  _idle=
+  [ "$_label" = cachefilesd ] && [ -n "${IDLE:-}" ] && _idle=" idle=$IDLE"
+  say "STEADY n=$N daemon=$_label$_idle result=$run_result seconds=$(secs "$run_cs") cpu_warm=$(secs "$_cpu0") cpu_cull=$(secs $(( cpu_user + cpu_sys - _cpu0 ))) wake_activity=$(secs "$push_cs")" \
     "culled=$culled lru=$( [ "$left" -eq 0 ] || [ "$min_left" -eq "$culled" ] && echo yes || echo NO) free_blocks=$(fs_bavail "$cache") brun_blocks=$brun_blocks"
   stop_run "$_pid"
   unmount_cache
