@@ -109,6 +109,7 @@ steady_mount() {
   check "mount the pre-filled cache disk $1 at $cache" mount -t ext4 "$1" "$cache"
   survey
   check "the disk holds the $N planted objects (found $left)" test "$left" -eq "$N"
+  check_planted_atime
   blocks=$(fs_blocks "$cache")
   brun_blocks=$(threshold "$blocks" $brun)
   bcull_blocks=$(threshold "$blocks" $bcull)
