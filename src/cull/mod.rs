@@ -101,7 +101,7 @@ pub struct Culler {
     cwd: Option<usize>,
     /// Objects culled while a scan runs, as (inode, atime): the scan may have listed them
     /// before their cull, and its table must not offer them again (each would cost a
-    /// re-check that finds it gone).
+    /// re-check that finds it gone). Emptied by `scan_finished`, the only end of a scan.
     culled_while_scanning: HashSet<(u64, (i64, i64))>,
     /// Objects culled from the current table.
     table_culled: u64,
@@ -270,7 +270,6 @@ impl Culler {
         self.table_capacity = table_capacity;
         self.released_files = 0;
         self.released_blocks = 0;
-        self.culled_while_scanning.clear();
     }
 
     pub fn scan_finished(&mut self, report: ScanReport, now: Instant) {

@@ -647,7 +647,8 @@ impl<F: FrontEnd> Engine<F> {
             Ok(bytes) => {
                 per.bytes += bytes;
                 self.stats.bytes_written += bytes;
-                // A window whose pages were all cached already cost nothing to count.
+                // Only windows that fetched something: one whose pages were all cached cost
+                // nothing.
                 if *bytes > 0 {
                     self.stats.reads_ahead += 1;
                 }

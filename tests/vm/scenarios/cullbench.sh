@@ -194,7 +194,8 @@ steady_daemon() {
   fi
   sleep "$warm"
   alive "$_pid" || fail "$_label exited while the cache was healthy; its log: $(tail -n 5 "/results/$_label.log")"
-  [ "$_label" = cachefilesd ] && [ -n "${IDLE:-}" ] && idle_cost "$_pid" "$IDLE"
+  _idle=
+  [ "$_label" = cachefilesd ] && [ -n "${IDLE:-}" ] && _idle=" idle=$IDLE" && idle_cost "$_pid" "$IDLE"
   cpu_ticks "$_pid"
   _cpu0=$(( cpu_user + cpu_sys ))
   push_under_bcull 9p
@@ -202,8 +203,6 @@ steady_daemon() {
   cpu_ticks "$_pid"
   umount /mnt 2>/dev/null
   survey
-  _idle=
-  [ "$_label" = cachefilesd ] && [ -n "${IDLE:-}" ] && _idle=" idle=$IDLE"
   say "STEADY n=$N daemon=$_label$_idle result=$run_result seconds=$(secs "$run_cs") cpu_warm=$(secs "$_cpu0") cpu_cull=$(secs $(( cpu_user + cpu_sys - _cpu0 ))) wake_activity=$(secs "$push_cs")" \
     "culled=$culled lru=$( [ "$left" -eq 0 ] || [ "$min_left" -eq "$culled" ] && echo yes || echo NO) free_blocks=$(fs_bavail "$cache") brun_blocks=$brun_blocks"
   stop_run "$_pid"
@@ -243,48 +242,52 @@ if [ "${CULLBENCH:-cold}" = steady ]; then
 fi
 
 
-# 1. The C daemon on /dev/vda.
-c_result=none c_cs=0 c_attempts=0 c_max_attempts=3
+# 1. The C daemon on /dev/vda. c_cold_runs: up to 3 attempts from the same starting state;
+# sets c_result, c_cs and c_attempts.
+c_cold_runs() {
+  prefilled_mount /dev/vda
+  while [ $c_attempts -lt 3 ]; do
+    c_attempts=$((c_attempts + 1))
+    drop_caches
+    log=cachefilesd-c-$c_attempts
+    run_to_brun "$log" "$limit" env ${c_preload:+LD_PRELOAD=$c_preload} "$c_daemon" -n -s -f "$conf"
+    c_pid=$run_pid
+    report c "$c_attempts"
+    c_result=$run_result c_cs=$run_cs
+    [ "$run_result" = brun ] && { stop_run "$c_pid"; break; }
+    if [ "$run_result" = exited ]; then
+      say "the C daemon exited with status $run_rc after $(secs "$run_cs") s, before brun; its log:"
+      sed 's/^/    /' "/results/$log.log" | tail -n 15
+      dmesg | grep -iE 'cachefiles|fscache' | tail -n 4 | sed 's/^/    dmesg: /'
+    else
+      stop_run "$c_pid"
+      say "the C daemon did not reach brun within ${limit}s (stopped, status $daemon_rc)"
+    fi
+    if grep -q 'unable to set notification on graveyard: errno 22' "/results/$log.log" && [ -z "$c_preload" ]; then
+      if [ -f "$shim" ]; then
+        c_preload=$shim
+        say "the C daemon needs dnotify (fcntl F_NOTIFY), which this kernel lacks (CONFIG_DNOTIFY):" \
+          "the next attempts run it with LD_PRELOAD=$shim (F_NOTIFY EINVAL -> 0)"
+      else
+        say "the C daemon needs dnotify, which this kernel lacks, and there is no $shim"
+      fi
+    fi
+    if [ "$culled" -ne 0 ]; then
+      say "it culled $culled objects first: the starting state is gone, no retry"
+      break
+    fi
+    # The kernel withdraws the cache when the device is closed; wait for the device to be free.
+    sleep 1
+  done
+  unmount_cache
+}
+c_result=none c_cs=0 c_attempts=0
 if [ "${CULLBENCH_C:-yes}" = no ]; then
   say "CULLBENCH_C=no: the C daemon is left out of this run"
-  c_result=skipped c_max_attempts=0
+  c_result=skipped
 else
-  prefilled_mount /dev/vda
+  c_cold_runs
 fi
-while [ $c_attempts -lt $c_max_attempts ]; do
-  c_attempts=$((c_attempts + 1))
-  drop_caches
-  log=cachefilesd-c-$c_attempts
-  run_to_brun "$log" "$limit" env ${c_preload:+LD_PRELOAD=$c_preload} "$c_daemon" -n -s -f "$conf"
-  c_pid=$run_pid
-  report c "$c_attempts"
-  c_result=$run_result c_cs=$run_cs
-  [ "$run_result" = brun ] && { stop_run "$c_pid"; break; }
-  if [ "$run_result" = exited ]; then
-    say "the C daemon exited with status $run_rc after $(secs "$run_cs") s, before brun; its log:"
-    sed 's/^/    /' "/results/$log.log" | tail -n 15
-    dmesg | grep -iE 'cachefiles|fscache' | tail -n 4 | sed 's/^/    dmesg: /'
-  else
-    stop_run "$c_pid"
-    say "the C daemon did not reach brun within ${limit}s (stopped, status $daemon_rc)"
-  fi
-  if grep -q 'unable to set notification on graveyard: errno 22' "/results/$log.log" && [ -z "$c_preload" ]; then
-    if [ -f "$shim" ]; then
-      c_preload=$shim
-      say "the C daemon needs dnotify (fcntl F_NOTIFY), which this kernel lacks (CONFIG_DNOTIFY):" \
-        "the next attempts run it with LD_PRELOAD=$shim (F_NOTIFY EINVAL -> 0)"
-    else
-      say "the C daemon needs dnotify, which this kernel lacks, and there is no $shim"
-    fi
-  fi
-  if [ "$culled" -ne 0 ]; then
-    say "it culled $culled objects first: the starting state is gone, no retry"
-    break
-  fi
-  # The kernel withdraws the cache when the device is closed; wait for the device to be free.
-  sleep 1
-done
-[ "$c_result" = skipped ] || unmount_cache
 
 # 2. Ours on /dev/vdb, same starting state.
 prefilled_mount /dev/vdb

@@ -52,6 +52,10 @@ together() {
   wait $! || fail "dd write, together"
   together_ms=$(($(now_ms) - _t0))
 }
+# first_half FILE: the first half of the image written into the new FILE.
+first_half() {
+  dd if=/srv/erofs/big of="$1" bs=2M count=$half oflag=direct 2>/dev/null || fail "dd first half of $1"
+}
 r=1
 while [ $r -le 3 ]; do
   drop_caches
@@ -85,11 +89,11 @@ while [ $r -le 3 ]; do
   t2=$(now_ms)
   # Two files: copy2 holds the first half; copy3 is new. One file: copy2 gets its second half.
   # Allocated beforehand: copy4 holds the first half, its second half allocated (unwritten).
-  dd if=/srv/erofs/big of="$cache/copy2" bs=2M count=$half oflag=direct 2>/dev/null || fail "dd copy2"
+  first_half "$cache/copy2"
   together "$cache/copy3" "$cache/copy2"; two=$together_ms
   together "$cache/copy2" "$cache/copy2"; one=$together_ms
   rm -f "$cache/copy" "$cache/copy3"
-  dd if=/srv/erofs/big of="$cache/copy4" bs=2M count=$half oflag=direct 2>/dev/null || fail "dd copy4"
+  first_half "$cache/copy4"
   fallocate -o $((half * 2 * 1048576)) -l $((half * 2 * 1048576)) "$cache/copy4" || fail "fallocate copy4"
   together "$cache/copy4" "$cache/copy4"; prealloc=$together_ms
   rm -f "$cache/copy2" "$cache/copy4"
